@@ -1,0 +1,33 @@
+# Two commands for a fresh machine: `make demo` and `make test`. Both create .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cksum requirements.txt | cut -d' ' -f1)
+PYTEST_FLAGS ?=
+
+.PHONY: venv demo test test-slow bench clean-venv
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -r requirements.txt
+	# Make the repository importable (esort_jax, data_gen, experiments) without a build step.
+	$(PY) -c "import site, pathlib; pathlib.Path(site.getsitepackages()[0], 'esort_jax_repo.pth').write_text('$(CURDIR)\n')"
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+demo: venv
+	$(PY) experiments/demo.py
+
+test: venv
+	$(PY) -m pytest $(PYTEST_FLAGS)
+
+test-slow: venv
+	$(PY) -m pytest -m slow $(PYTEST_FLAGS)
+
+bench: venv
+	$(PY) benchmarks/bench_synthesis.py
+
+clean-venv:
+	rm -rf $(VENV)

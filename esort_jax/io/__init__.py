@@ -1,0 +1,19 @@
+"""File formats: esort_jax's recording folder, MEArec .h5, SpikeInterface objects."""
+
+from esort_jax.io.folder import (
+    RecordingFormatError,
+    is_recording_folder,
+    read_recording_folder,
+    read_sorting_npz,
+    write_recording_folder,
+    write_sorting_npz,
+)
+
+__all__ = [
+    "RecordingFormatError",
+    "is_recording_folder",
+    "read_recording_folder",
+    "read_sorting_npz",
+    "write_recording_folder",
+    "write_sorting_npz",
+]

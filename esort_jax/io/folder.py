@@ -1,0 +1,256 @@
+"""esort_jax's own on-disk recording format: one folder per recording.
+
+    <folder>/
+      metadata.json      format tag and version, sizes, fs, dtype and gain, generating config,
+                         seed, provenance (package versions, git commit, time)
+      traces.npy         [T, C] samples, time-major; memory-mapped on read
+      channels.npz       channel_positions [C, 2] µm, channel_ids [C]
+      probe.json         probeinterface description of the sites (when known)
+      ground_truth.npz   spike samples, unit indices, unit ids, unit table, drift (when known)
+
+The folder is written under a temporary name and renamed into place when complete, so a
+folder found at its final path always loads (see esort_jax.io.atomic).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from esort_jax.io.atomic import atomic_folder, write_json, write_npz
+from esort_jax.provenance import provenance
+from esort_jax.recording import ArrayTraces, Drift, GroundTruth, Recording, Sorting
+
+__all__ = [
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "is_recording_folder",
+    "write_recording_folder",
+    "read_recording_folder",
+    "write_sorting_npz",
+    "read_sorting_npz",
+    "RecordingFormatError",
+]
+
+FORMAT_NAME = "esort_jax.recording"
+FORMAT_VERSION = 1
+_TABLE_PREFIX = "unit_table__"
+
+
+class RecordingFormatError(ValueError):
+    """A file or folder does not hold what its format promises."""
+
+
+def is_recording_folder(path: str | os.PathLike) -> bool:
+    path = Path(path)
+    meta = path / "metadata.json"
+    if not meta.is_file():
+        return False
+    try:
+        return json.loads(meta.read_text()).get("format") == FORMAT_NAME
+    except (json.JSONDecodeError, OSError):
+        return False
+
+
+def write_recording_folder(
+    path: str | os.PathLike,
+    recording: Recording,
+    ground_truth: GroundTruth | Sorting | None = None,
+    metadata: dict | None = None,
+    overwrite: bool = False,
+    chunk_samples: int = 65536,
+    dtype: str = "float32",
+    gain_to_uv: float = 1.0,
+    progress: bool = False,
+) -> Path:
+    """Write `recording` (streamed chunk by chunk) and its ground truth to a folder, atomically.
+
+    The traces are read through `recording.read`, so a lazily synthesised recording is
+    generated here in bounded memory. With dtype='int16' samples are stored as
+    round(µV / gain_to_uv) and read back scaled.
+    """
+    path = Path(path)
+    dtype = np.dtype(dtype)
+    if dtype not in (np.dtype("float32"), np.dtype("int16")):
+        raise ValueError(f"dtype must be 'float32' or 'int16'; got {dtype}")
+    if dtype == np.float32 and gain_to_uv != 1.0:
+        raise ValueError("gain_to_uv applies to int16 storage only")
+    num_samples, num_channels = recording.num_samples, recording.num_channels
+    with atomic_folder(path, overwrite=overwrite) as tmp:
+        traces = np.lib.format.open_memmap(
+            tmp / "traces.npy", mode="w+", dtype=dtype, shape=(num_samples, num_channels)
+        )
+        chunks = recording.iter_chunks(chunk_samples)
+        if progress:
+            from tqdm.auto import tqdm
+
+            chunks = tqdm(
+                chunks, total=-(-num_samples // chunk_samples), desc=f"writing {path.name}", unit="chunk"
+            )
+        for start, block in chunks:
+            if dtype == np.int16:
+                block = np.clip(np.rint(block / gain_to_uv), -32768, 32767)
+            traces[start : start + block.shape[0]] = block
+        traces.flush()
+        del traces
+        np.savez(
+            tmp / "channels.npz",
+            channel_positions=recording.channel_positions,
+            channel_ids=recording.channel_ids,
+        )
+        if recording.probe is not None:
+            import probeinterface
+
+            probeinterface.write_probeinterface(tmp / "probe.json", recording.probe)
+        if ground_truth is not None:
+            write_sorting_npz(tmp / "ground_truth.npz", ground_truth)
+        write_json(
+            tmp / "metadata.json",
+            {
+                "format": FORMAT_NAME,
+                "format_version": FORMAT_VERSION,
+                "num_samples": num_samples,
+                "num_channels": num_channels,
+                "sampling_frequency": recording.sampling_frequency,
+                "dtype": dtype.name,
+                "gain_to_uv": gain_to_uv,
+                "offset_to_uv": 0.0,
+                "has_ground_truth": ground_truth is not None,
+                "provenance": provenance(),
+                **(metadata or {}),
+                "recording_metadata": recording.metadata,
+            },
+        )
+    return path
+
+
+def read_recording_folder(path: str | os.PathLike) -> tuple[Recording, GroundTruth | Sorting | None]:
+    """Open a recording folder lazily: traces are memory-mapped, nothing large is read."""
+    path = Path(path)
+    meta_path = path / "metadata.json"
+    if not meta_path.is_file():
+        raise RecordingFormatError(f"{path} is not an esort_jax recording folder: no metadata.json")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as error:
+        raise RecordingFormatError(f"{meta_path} is not valid JSON: {error}") from error
+    if meta.get("format") != FORMAT_NAME:
+        raise RecordingFormatError(
+            f"{meta_path}: field 'format' is {meta.get('format')!r}; expected {FORMAT_NAME!r}"
+        )
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise RecordingFormatError(
+            f"{meta_path}: format_version {meta['format_version']} is newer than this esort_jax "
+            f"reads ({FORMAT_VERSION}); update esort_jax"
+        )
+    traces = _open_traces(path / "traces.npy", meta)
+    channels = _load_npz(path / "channels.npz", ("channel_positions", "channel_ids"))
+    probe = None
+    if (path / "probe.json").is_file():
+        import probeinterface
+
+        group = probeinterface.read_probeinterface(path / "probe.json")
+        probe = group.probes[0]
+    recording = Recording(
+        traces=ArrayTraces(traces, meta.get("gain_to_uv", 1.0), meta.get("offset_to_uv", 0.0)),
+        sampling_frequency=meta["sampling_frequency"],
+        channel_positions=channels["channel_positions"],
+        probe=probe,
+        channel_ids=channels["channel_ids"],
+        metadata={**meta.get("recording_metadata", {}), "source": str(path), "folder_metadata": meta},
+    )
+    ground_truth = None
+    if (path / "ground_truth.npz").is_file():
+        ground_truth = read_sorting_npz(path / "ground_truth.npz")
+    elif meta.get("has_ground_truth"):
+        raise RecordingFormatError(f"{path}: metadata says it has ground truth but ground_truth.npz is missing")
+    return recording, ground_truth
+
+
+def _open_traces(npy_path: Path, meta: dict) -> np.memmap:
+    if not npy_path.is_file():
+        raise RecordingFormatError(f"{npy_path.parent}: traces.npy is missing")
+    with open(npy_path, "rb") as handle:
+        try:
+            version = np.lib.format.read_magic(handle)
+            read_header = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
+            shape, fortran_order, dtype = read_header(handle)
+        except ValueError as error:
+            raise RecordingFormatError(f"{npy_path}: not a valid .npy file ({error})") from error
+        header_bytes = handle.tell()
+    expected_shape = (meta["num_samples"], meta["num_channels"])
+    if tuple(shape) != expected_shape:
+        raise RecordingFormatError(
+            f"{npy_path}: traces shape {tuple(shape)} does not match metadata.json {expected_shape}"
+        )
+    if fortran_order:
+        raise RecordingFormatError(f"{npy_path}: traces must be C-ordered (time-major)")
+    expected_bytes = header_bytes + int(np.prod(shape)) * dtype.itemsize
+    actual_bytes = npy_path.stat().st_size
+    if actual_bytes < expected_bytes:
+        raise RecordingFormatError(
+            f"{npy_path} is truncated: header says {shape} {dtype} = {expected_bytes} bytes, "
+            f"file holds {actual_bytes} bytes"
+        )
+    return np.load(npy_path, mmap_mode="r")
+
+
+def _load_npz(path: Path, required: tuple[str, ...]) -> dict:
+    if not path.is_file():
+        raise RecordingFormatError(f"{path.parent}: {path.name} is missing")
+    with np.load(path, allow_pickle=False) as data:
+        missing = [k for k in required if k not in data.files]
+        if missing:
+            raise RecordingFormatError(f"{path}: missing array(s) {missing}; found {data.files}")
+        return {k: data[k] for k in data.files}
+
+
+def write_sorting_npz(path: str | os.PathLike, sorting: Sorting) -> None:
+    """Atomically write a Sorting (or GroundTruth with unit table and drift) to .npz."""
+    arrays = {
+        "samples": sorting.samples,
+        "unit_indices": sorting.unit_indices,
+        "unit_ids": sorting.unit_ids,
+        "sampling_frequency": np.float64(sorting.sampling_frequency),
+    }
+    if isinstance(sorting, GroundTruth):
+        arrays["is_ground_truth"] = np.bool_(True)
+        for name, column in sorting.unit_table.items():
+            arrays[_TABLE_PREFIX + name] = np.asarray(column)
+        if sorting.drift is not None:
+            arrays["drift_samples"] = sorting.drift.samples
+            arrays["drift_displacement_um"] = sorting.drift.displacement_um
+        if sorting.spike_amplitude_scales is not None:
+            arrays["spike_amplitude_scales"] = sorting.spike_amplitude_scales
+    write_npz(path, **arrays)
+
+
+def read_sorting_npz(path: str | os.PathLike) -> Sorting | GroundTruth:
+    """Read what `write_sorting_npz` wrote."""
+    path = Path(path)
+    data = _load_npz(path, ("samples", "unit_indices", "unit_ids", "sampling_frequency"))
+    common = dict(
+        samples=data["samples"],
+        unit_indices=data["unit_indices"],
+        unit_ids=data["unit_ids"],
+        sampling_frequency=float(data["sampling_frequency"]),
+    )
+    if not bool(data.get("is_ground_truth", False)):
+        return Sorting(**common)
+    drift = None
+    if "drift_samples" in data:
+        drift = Drift(samples=data["drift_samples"], displacement_um=data["drift_displacement_um"])
+    table = {k[len(_TABLE_PREFIX):]: v for k, v in data.items() if k.startswith(_TABLE_PREFIX)}
+    return GroundTruth(
+        **common,
+        unit_table=table,
+        drift=drift,
+        spike_amplitude_scales=data.get("spike_amplitude_scales"),
+    )

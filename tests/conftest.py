@@ -1,0 +1,10 @@
+"""Shared test set-up: strict JAX numerics, no W&B, a temp folder per test."""
+
+import os
+
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+import jax  # noqa: E402
+
+jax.config.update("jax_numpy_rank_promotion", "raise")
