@@ -115,7 +115,7 @@ class TemporalFilter(nnx.Module):
             h_BxCxF = jnp.einsum("bwc,wf->bcf", x.astype(self.dtype), kernel)
         else:  # x_BxCxF
             h_BxCxF = jnp.einsum("bcg,gf->bcf", x.astype(self.dtype), kernel)
-        return nnx.relu(self.norm(h_BxCxF + bias))
+        return nnx.relu(self.norm(h_BxCxF + bias[None, None, :]))
 
 
 class SpatialFilter(nnx.Module):
