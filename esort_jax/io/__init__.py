@@ -8,6 +8,7 @@ from esort_jax.io.folder import (
     write_recording_folder,
     write_sorting_npz,
 )
+from esort_jax.io.mearec import is_mearec_file, read_mearec, write_mearec
 
 __all__ = [
     "RecordingFormatError",
@@ -16,4 +17,7 @@ __all__ = [
     "read_sorting_npz",
     "write_recording_folder",
     "write_sorting_npz",
+    "is_mearec_file",
+    "read_mearec",
+    "write_mearec",
 ]

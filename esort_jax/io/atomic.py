@@ -18,7 +18,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-__all__ = ["atomic_folder", "atomic_file", "write_json", "write_npz", "to_jsonable"]
+__all__ = ["atomic_folder", "atomic_file", "atomic_path", "write_json", "write_npz", "to_jsonable"]
 
 
 def _fsync_dir(path: Path) -> None:
@@ -74,6 +74,31 @@ def atomic_file(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary file path next to `path`; it replaces `path` when the block exits cleanly.
+
+    For writers that insist on opening the file themselves (h5py). With overwrite=False an
+    existing `path` is an error raised before any work is done.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists (pass overwrite=True to replace it)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
