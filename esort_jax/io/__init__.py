@@ -9,6 +9,12 @@ from esort_jax.io.folder import (
     write_sorting_npz,
 )
 from esort_jax.io.mearec import is_mearec_file, read_mearec, write_mearec
+from esort_jax.io.spikeinterface import (
+    from_spikeinterface_recording,
+    from_spikeinterface_sorting,
+    to_spikeinterface_recording,
+    to_spikeinterface_sorting,
+)
 
 __all__ = [
     "RecordingFormatError",
@@ -20,4 +26,8 @@ __all__ = [
     "is_mearec_file",
     "read_mearec",
     "write_mearec",
+    "to_spikeinterface_recording",
+    "from_spikeinterface_recording",
+    "to_spikeinterface_sorting",
+    "from_spikeinterface_sorting",
 ]
