@@ -8,6 +8,7 @@ from esort_jax.io.folder import (
     write_recording_folder,
     write_sorting_npz,
 )
+from esort_jax.io.loader import is_spikeinterface_folder, load_recording
 from esort_jax.io.mearec import is_mearec_file, read_mearec, write_mearec
 from esort_jax.io.spikeinterface import (
     from_spikeinterface_recording,
@@ -23,6 +24,8 @@ __all__ = [
     "read_sorting_npz",
     "write_recording_folder",
     "write_sorting_npz",
+    "load_recording",
+    "is_spikeinterface_folder",
     "is_mearec_file",
     "read_mearec",
     "write_mearec",

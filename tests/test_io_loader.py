@@ -1,0 +1,80 @@
+"""load_recording picks the reader from what the path holds, and says what it found otherwise."""
+
+import h5py
+import numpy as np
+import pytest
+
+from esort_jax import ArrayTraces, GroundTruth, Recording, Sorting
+from esort_jax.io import RecordingFormatError, load_recording, write_mearec, write_recording_folder
+
+FS = 32000.0
+pytestmark = pytest.mark.filterwarnings("ignore:The extractor is not serializable")
+
+
+def _data():
+    traces = np.random.default_rng(0).standard_normal((400, 4)).astype(np.float32)
+    positions = np.stack([np.zeros(4), 20.0 * np.arange(4)], axis=1)
+    truth = GroundTruth(
+        samples=[10, 200, 390], unit_indices=[0, 1, 0], unit_ids=[5, 6], sampling_frequency=FS
+    )
+    return Recording(ArrayTraces(traces), FS, positions), truth, traces
+
+
+def test_our_folder_and_mearec_file(tmp_path):
+    recording, truth, traces = _data()
+    write_recording_folder(tmp_path / "ours", recording, truth)
+    write_mearec(tmp_path / "sim.h5", recording, truth)
+    for path in (tmp_path / "ours", tmp_path / "sim.h5"):
+        loaded, loaded_truth = load_recording(path)
+        np.testing.assert_array_equal(loaded.read(), traces)
+        assert isinstance(loaded_truth, GroundTruth)
+        assert loaded_truth.samples.tolist() == [10, 200, 390]
+        assert loaded_truth.unit_ids.tolist() == [5, 6]
+
+
+def test_hdf5_without_mearec_entries_says_which(tmp_path):
+    with h5py.File(tmp_path / "other.hdf5", "w") as f:
+        f["recordings"] = np.zeros((10, 2), np.float32)
+        f["something"] = 1
+    expected = "group 'spiketrains' is missing.*top level holds: recordings, something"
+    with pytest.raises(RecordingFormatError, match=expected):
+        load_recording(tmp_path / "other.hdf5")
+
+
+def test_spikeinterface_folders(tmp_path):
+    spikeinterface = pytest.importorskip("spikeinterface")
+    from esort_jax.io import to_spikeinterface_recording, to_spikeinterface_sorting
+
+    recording, truth, traces = _data()
+    job = dict(n_jobs=1, progress_bar=False)
+    to_spikeinterface_recording(recording).save(folder=tmp_path / "pair" / "recording", **job)
+    loaded, nothing = load_recording(tmp_path / "pair" / "recording")
+    assert nothing is None
+    np.testing.assert_array_equal(loaded.read(), traces)
+
+    to_spikeinterface_sorting(truth).save(folder=tmp_path / "pair" / "sorting")
+    loaded, sorting = load_recording(tmp_path / "pair")  # a recording with its sorting alongside
+    np.testing.assert_array_equal(loaded.read(), traces)
+    assert type(sorting) is Sorting
+    assert sorting.samples.tolist() == [10, 200, 390] and sorting.unit_ids.tolist() == [5, 6]
+    with pytest.raises(RecordingFormatError, match="a SpikeInterface sorting, not a recording"):
+        load_recording(tmp_path / "pair" / "sorting")
+    assert spikeinterface.__version__
+
+
+def test_unrecognised_paths_are_described(tmp_path):
+    (tmp_path / "stuff").mkdir()
+    (tmp_path / "stuff" / "a.txt").write_text("hi")
+    (tmp_path / "stuff" / "b.bin").write_bytes(b"\0" * 8)
+    expected = r"stuff: not a recognised recording: a folder containing \[a.txt, b.bin\]; expected"
+    with pytest.raises(RecordingFormatError, match=expected):
+        load_recording(tmp_path / "stuff")
+    with pytest.raises(RecordingFormatError, match="nope: does not exist"):
+        load_recording(tmp_path / "nope")
+    expected = r"a.txt: not a recognised recording: a file \(2 bytes, suffix '.txt'\)"
+    with pytest.raises(RecordingFormatError, match=expected):
+        load_recording(tmp_path / "stuff" / "a.txt")
+    (tmp_path / "fake.h5").write_bytes(b"garbage")
+    expected = "fake.h5: not a recognised recording: not a readable HDF5 file"
+    with pytest.raises(RecordingFormatError, match=expected):
+        load_recording(tmp_path / "fake.h5")
