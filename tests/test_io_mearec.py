@@ -43,7 +43,7 @@ def _truth(num_samples=1500, seed=1):
 
 
 def test_round_trip_is_exact_and_lazy(tmp_path):
-    probeinterface = pytest.importorskip("probeinterface")
+    import probeinterface
     recording, traces = _recording()
     probe = probeinterface.Probe(ndim=2, si_units="um")
     probe.set_contacts(recording.channel_positions, shapes="square", shape_params={"width": 12.0})
@@ -250,7 +250,7 @@ def test_write_is_atomic_and_sorting_stays_a_sorting(tmp_path):
 
 
 def test_probeinterface_reads_our_geometry(tmp_path):
-    probeinterface = pytest.importorskip("probeinterface")
+    import probeinterface
     recording, _ = _recording()
     write_mearec(tmp_path / "rec.h5", recording, _truth())
     probe = probeinterface.read_mearec(tmp_path / "rec.h5")
@@ -258,7 +258,7 @@ def test_probeinterface_reads_our_geometry(tmp_path):
 
 
 def test_spikeinterface_mearec_extractor_agrees(tmp_path):
-    pytest.importorskip("MEArec")  # neo's MEArecRawIO, behind SpikeInterface's reader, needs it
+    import MEArec  # noqa: F401  (pinned: neo's MEArecRawIO behind SpikeInterface's reader needs it)
     import spikeinterface.extractors as se
 
     recording, traces = _recording()
