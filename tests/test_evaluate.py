@@ -174,7 +174,8 @@ def test_known_identities_count_what_spikeinterface_leaves_unpaired(si):
     # a poor unit (agreement < 0.5): SpikeInterface reports tp = fp = 0 for it; known mode
     # still counts its matches and false positives
     truth = Sorting.from_unit_dict({0: np.arange(0, 3000, 100), 1: np.arange(50, 3000, 100)}, FS)
-    predicted = Sorting.from_unit_dict({0: np.arange(0, 3000, 100), 1: np.r_[np.arange(50, 1000, 100), np.arange(75, 3000, 100)]}, FS)
+    half_right = np.r_[np.arange(50, 1000, 100), np.arange(75, 3000, 100)]
+    predicted = Sorting.from_unit_dict({0: np.arange(0, 3000, 100), 1: half_right}, FS)
     ref = _si_reference(si, truth, predicted, 12)
     assert ref["match"].tolist() == [0, -1] and ref["tp"][1] == 0 and ref["fp"][1] == 0
     known = evaluate(predicted, truth, tolerance_samples=12)
