@@ -116,7 +116,13 @@ class SyntheticTraces:
         return out
 
     def add_spikes(self, out: np.ndarray, start: int) -> None:
-        """Add every spike overlapping [start, start + len(out)) to `out` in place."""
+        """Add every spike overlapping [start, start + len(out)) to `out` in place.
+
+        Waveforms are interpolated per unit for all its spikes in the span at once
+        (elementwise, so the values do not depend on the span), then added one by one, units
+        in order and each unit's spikes in time order: every sample receives its spikes'
+        contributions in the same order whatever the span, hence exact chunking.
+        """
         stop = start + out.shape[0]
         lead, length = self._lead, self._length
         first = int(np.searchsorted(self.samples, start + lead - length, side="right"))
@@ -124,24 +130,33 @@ class SyntheticTraces:
         if first >= last:
             return
         bank = self.bank
-        waveforms, c_start, c_stop = bank.waveforms, bank.channel_start, bank.channel_stop
+        units = self.unit_indices[first:last]
+        order = np.argsort(units, kind="stable")
+        sorted_units = units[order]
+        bounds = np.flatnonzero(np.diff(sorted_units)) + 1
         one = np.float32(1.0)
-        for s, u, g, f, a in zip(
-            self.samples[first:last].tolist(),
-            self.unit_indices[first:last].tolist(),
-            self.grid_index[first:last].tolist(),
-            self.grid_fraction[first:last],
-            self.amplitude[first:last],
-        ):
-            table = waveforms[u]
-            if table.shape[0] == 1:
-                wave = table[0] * a
+        for group in np.split(order + first, bounds):
+            u = int(self.unit_indices[group[0]])
+            table = bank.waveforms[u]
+            grid, positions, samples_per = table.shape[0], table.shape[1], table.shape[2]
+            flat = table.reshape(grid, positions * samples_per)
+            a = self.amplitude[group][:, None]
+            if grid == 1:
+                waves = flat[0][None, :] * a
             else:
-                wave = table[g] * (a * (one - f))
-                wave += table[g + 1] * (a * f)
-            t0 = s - lead - start
-            i0, i1 = max(0, -t0), min(length, stop - start - t0)
-            out[t0 + i0 : t0 + i1, c_start[u] : c_stop[u]] += wave[i0:i1]
+                g = self.grid_index[group]
+                f = self.grid_fraction[group][:, None]
+                waves = flat[g] * (a * (one - f))
+                waves += flat[g + 1] * (a * f)
+            waves = waves.reshape(-1, positions, samples_per)
+            c0, c1 = int(bank.channel_start[u]), int(bank.channel_stop[u])
+            for wave, s in zip(waves, self.samples[group].tolist()):
+                t0 = s - lead - start
+                if t0 >= 0 and t0 + length <= out.shape[0]:
+                    out[t0 : t0 + length, c0:c1] += wave
+                else:
+                    i0, i1 = max(0, -t0), min(length, stop - start - t0)
+                    out[t0 + i0 : t0 + i1, c0:c1] += wave[i0:i1]
 
 
 def resolve_config(config: SynthesisConfig | Mapping | None, where: str = "data") -> SynthesisConfig:

@@ -234,3 +234,19 @@ def test_noise_is_random_access_and_seeded_per_block(np1_32):
     other = NoiseSource(NoiseConfig(), np1_32, FS, seed=12).read(0, 1000)
     assert not np.allclose(other, whole[:1000])
     assert not np.any(NoiseSource(NoiseConfig(std_uv=0.0), np1_32, FS, 0).read(5, 50))
+
+
+def test_noise_does_not_depend_on_blas_threads_or_the_computing_thread():
+    # OpenBLAS's 1- and 2-thread sgemm differ in the last bits; data_gen keeps every GEMM
+    # small enough to always run single-threaded, so bytes never depend on the setting.
+    from concurrent.futures import ThreadPoolExecutor
+
+    from threadpoolctl import threadpool_limits
+
+    positions = make_probe("np1").contact_positions  # full width: the largest GEMMs
+    source = NoiseSource(NoiseConfig(), positions, FS, seed=5)
+    reference = source._compute_block(2)
+    with threadpool_limits(1, "blas"):
+        assert np.array_equal(source._compute_block(2), reference)
+    with ThreadPoolExecutor(1) as pool:
+        assert np.array_equal(pool.submit(source._compute_block, 2).result(), reference)

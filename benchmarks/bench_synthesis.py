@@ -1,0 +1,172 @@
+"""Benchmark data_gen: synthesise a drifting Neuropixels recording into a recording folder.
+
+    .venv/bin/python benchmarks/bench_synthesis.py [--durations 30 120] [--channels 384]
+        [--drift slow|nonrigid|fast|none] [--dtype float32|int16] [--mode write|read]
+        [--out results.json]
+
+Each (duration, mode) runs in a fresh subprocess, so its peak RSS (ru_maxrss) is its own.
+`write` streams the recording into a temporary folder with `write_synthetic` (atomic,
+fsync'ed by esort_jax.io); `read` only computes every chunk (synthesis without the disk).
+Reported: wall seconds, seconds of recording per wall second (x real time), setup seconds
+(units, templates, spike trains), ru_maxrss, and the peak anonymous RSS sampled every 20 ms
+(memory-mapped output pages count in ru_maxrss but are file cache, not allocations), plus
+the 1-minute load average before and after (other jobs on the machine skew the figures).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+
+def _rss_anon_mb() -> float:
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def _config(duration: float, channels: int, drift: str, seed: int) -> dict:
+    return {
+        "duration_s": duration,
+        "seed": seed,
+        "probe": {"name": "np1", "n_channels": channels},
+        "units": {"density_per_mm3": 10000.0},
+        "drift": {"mode": drift},
+    }
+
+
+def child(args) -> dict:
+    from data_gen import synthesize, write_synthetic
+
+    peak_anon = [0.0]
+    done = threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak_anon[0] = max(peak_anon[0], _rss_anon_mb())
+            done.wait(0.02)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    config = _config(args.duration, args.channels, args.drift, args.seed)
+    load_before = os.getloadavg()[0]
+    start = time.perf_counter()
+    recording, truth = synthesize(config)
+    setup = time.perf_counter() - start
+    result = {
+        "duration_s": args.duration,
+        "mode": args.mode,
+        "channels": recording.num_channels,
+        "drift": args.drift,
+        "dtype": args.dtype,
+        "num_units": truth.num_units,
+        "num_spikes": truth.num_spikes,
+        "setup_s": round(setup, 3),
+    }
+    if args.mode == "read":
+        recording.traces.read_ahead = True
+        start = time.perf_counter()
+        for _ in recording.iter_chunks(args.chunk_samples):
+            pass
+        wall = setup + time.perf_counter() - start
+    else:
+        del recording, truth
+        with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+            folder = Path(tmp) / "rec"
+            gain = 0.05 if args.dtype == "int16" else 1.0
+            start = time.perf_counter()
+            write_synthetic(
+                config, folder, chunk_samples=args.chunk_samples, progress=False, dtype=args.dtype, gain_to_uv=gain
+            )
+            wall = time.perf_counter() - start  # includes its own synthesize() setup
+            result["bytes_written"] = (folder / "traces.npy").stat().st_size
+    done.set()
+    sampler.join()
+    result.update(
+        wall_s=round(wall, 3),
+        x_realtime=round(args.duration / wall, 2),
+        ru_maxrss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        peak_rss_anon_mb=round(peak_anon[0], 1),
+        load_before=round(load_before, 2),
+        load_after=round(os.getloadavg()[0], 2),
+    )
+    return result
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--durations", type=float, nargs="+", default=[30.0, 120.0])
+    parser.add_argument("--channels", type=int, default=384)
+    parser.add_argument("--drift", default="slow", choices=["none", "slow", "fast", "nonrigid"])
+    parser.add_argument("--dtype", default="float32", choices=["float32", "int16"])
+    parser.add_argument("--modes", nargs="+", default=["write"], choices=["write", "read"])
+    parser.add_argument("--chunk-samples", type=int, default=65536)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tmp", default=None, help="folder for the temporary recording (default: system temp)")
+    parser.add_argument("--out", default=None, help="write the results as JSON here (default: stdout)")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--duration", type=float, help=argparse.SUPPRESS)
+    parser.add_argument("--mode", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        print(json.dumps(child(args)))
+        return
+
+    results = []
+    for duration in args.durations:
+        for mode in args.modes:
+            command = [
+                sys.executable, __file__, "--child", "--duration", str(duration), "--mode", mode,
+                "--channels", str(args.channels), "--drift", args.drift, "--dtype", args.dtype,
+                "--chunk-samples", str(args.chunk_samples), "--seed", str(args.seed),
+            ]
+            if args.tmp:
+                command += ["--tmp", args.tmp]
+            done = subprocess.run(command, check=True, capture_output=True, text=True, cwd=REPO)
+            results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+            print("done:", _row(results[-1]), file=sys.stderr, flush=True)
+    header = (
+        f"{'dur s':>6} {'mode':>5} {'ch':>4} {'units':>5} {'spikes':>7} {'setup s':>7} {'wall s':>7} "
+        f"{'x real':>6} {'maxrss MB':>9} {'anon MB':>8} {'load':>10}"
+    )
+    print("\n" + header + "\n" + "\n".join(_row(r) for r in results), file=sys.stderr)
+    payload = {
+        "benchmark": "data_gen synthesis",
+        "probe": "np1",
+        "sampling_frequency": 32000.0,
+        "results": results,
+    }
+    text = json.dumps(payload, indent=2)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    else:
+        print(text)
+
+
+def _row(r: dict) -> str:
+    return (
+        f"{r['duration_s']:>6.0f} {r['mode']:>5} {r['channels']:>4} {r['num_units']:>5} {r['num_spikes']:>7} "
+        f"{r['setup_s']:>7.2f} {r['wall_s']:>7.2f} {r['x_realtime']:>6.2f} {r['ru_maxrss_mb']:>9.0f} "
+        f"{r['peak_rss_anon_mb']:>8.0f} {r['load_before']:>4.1f}->{r['load_after']:<4.1f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
