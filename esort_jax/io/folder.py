@@ -80,22 +80,28 @@ def write_recording_folder(
         raise ValueError("gain_to_uv applies to int16 storage only")
     num_samples, num_channels = recording.num_samples, recording.num_channels
     with atomic_folder(path, overwrite=overwrite) as tmp:
-        traces = np.lib.format.open_memmap(
-            tmp / "traces.npy", mode="w+", dtype=dtype, shape=(num_samples, num_channels)
-        )
-        chunks = recording.iter_chunks(chunk_samples)
-        if progress:
-            from tqdm.auto import tqdm
+        # Sequential writes, not a memory map: a mapped output's pages count as resident
+        # memory (peak RSS = file size) and page-faulting them in is slower than write().
+        with open(tmp / "traces.npy", "wb") as handle:
+            _write_npy_header(handle, dtype, (num_samples, num_channels))
+            chunks = recording.iter_chunks(chunk_samples)
+            if progress:
+                from tqdm.auto import tqdm
 
-            chunks = tqdm(
-                chunks, total=-(-num_samples // chunk_samples), desc=f"writing {path.name}", unit="chunk"
-            )
-        for start, block in chunks:
-            if dtype == np.int16:
-                block = np.clip(np.rint(block / gain_to_uv), -32768, 32767)
-            traces[start : start + block.shape[0]] = block
-        traces.flush()
-        del traces
+                chunks = tqdm(
+                    chunks, total=-(-num_samples // chunk_samples), desc=f"writing {path.name}", unit="chunk"
+                )
+            for start, block in chunks:
+                expected = (min(chunk_samples, num_samples - start), num_channels)
+                if block.shape != expected:
+                    raise ValueError(
+                        f"recording.read({start}, {start + expected[0]}) returned shape {block.shape}; expected {expected}"
+                    )
+                if dtype == np.int16:
+                    block = np.clip(np.rint(block / gain_to_uv), -32768, 32767)
+                handle.write(np.ascontiguousarray(block, dtype=dtype).data)
+            handle.flush()
+            os.fsync(handle.fileno())
         np.savez(
             tmp / "channels.npz",
             channel_positions=recording.channel_positions,
@@ -125,6 +131,15 @@ def write_recording_folder(
             },
         )
     return path
+
+
+def _write_npy_header(handle, dtype: np.dtype, shape: tuple[int, int]) -> None:
+    """The .npy header `np.lib.format.open_memmap` would write (format 1.0, else 2.0)."""
+    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
+    try:
+        np.lib.format.write_array_header_1_0(handle, header)
+    except ValueError:
+        np.lib.format.write_array_header_2_0(handle, header)
 
 
 def read_recording_folder(path: str | os.PathLike) -> tuple[Recording, GroundTruth | Sorting | None]:
