@@ -10,9 +10,6 @@ also checks against `compare_sorter_to_ground_truth` itself.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-import types
 
 import numpy as np
 import pytest
@@ -26,23 +23,11 @@ FS = 30000.0
 
 @pytest.fixture(scope="module")
 def si():
-    """(NumpySorting, SpikeInterface's match-count kernel)."""
-    core = pytest.importorskip("spikeinterface.core")
-    ct = pytest.importorskip("spikeinterface.comparison.comparisontools")
-    getter = ct.get_optimized_compute_matching_matrix
-    if importlib.util.find_spec("numba") is not None:
-        return core.NumpySorting, getter()
-    cached = getattr(getter, "_cached_function", None)
-    stand_in = types.ModuleType("numba")
-    stand_in.jit = lambda *args, **kwargs: (lambda fn: fn)
-    sys.modules["numba"] = stand_in
-    try:
-        kernel = getter()
-    finally:
-        del sys.modules["numba"]
-        if cached is None and hasattr(getter, "_cached_function"):
-            del getter._cached_function  # do not leave the pure-Python kernel cached
-    return core.NumpySorting, kernel
+    """(NumpySorting, SpikeInterface's numba match-count kernel)."""
+    import spikeinterface.comparison.comparisontools as ct
+    import spikeinterface.core as core
+
+    return core.NumpySorting, ct.get_optimized_compute_matching_matrix()
 
 
 def _numpy_sorting(NumpySorting, sorting: Sorting):
@@ -187,8 +172,6 @@ def test_known_identities_count_what_spikeinterface_leaves_unpaired(si):
 
 
 def test_equals_compare_sorter_to_ground_truth(si):
-    pytest.importorskip("pandas")
-    pytest.importorskip("numba")
     from spikeinterface.comparison import compare_sorter_to_ground_truth
 
     NumpySorting, _ = si
