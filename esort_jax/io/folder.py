@@ -82,8 +82,12 @@ def write_recording_folder(
     with atomic_folder(path, overwrite=overwrite) as tmp:
         # Sequential writes, not a memory map: a mapped output's pages count as resident
         # memory (peak RSS = file size) and page-faulting them in is slower than write().
+        # After each chunk, POSIX_FADV_DONTNEED starts its writeback in the background (and
+        # drops it from the page cache once on disk), so the final fsync has little left.
+        advise = getattr(os, "posix_fadvise", None)
         with open(tmp / "traces.npy", "wb") as handle:
             _write_npy_header(handle, dtype, (num_samples, num_channels))
+            flushed = 0
             chunks = recording.iter_chunks(chunk_samples)
             if progress:
                 from tqdm.auto import tqdm
@@ -100,6 +104,11 @@ def write_recording_folder(
                 if dtype == np.int16:
                     block = np.clip(np.rint(block / gain_to_uv), -32768, 32767)
                 handle.write(np.ascontiguousarray(block, dtype=dtype).data)
+                if advise is not None:
+                    handle.flush()
+                    written = handle.tell()
+                    advise(handle.fileno(), flushed, written - flushed, os.POSIX_FADV_DONTNEED)
+                    flushed = written
             handle.flush()
             os.fsync(handle.fileno())
         np.savez(
