@@ -29,7 +29,7 @@ from data_gen.units import place_units
 from esort_jax.config import from_dict, to_dict
 from esort_jax.recording import GroundTruth, Recording
 
-__all__ = ["SyntheticTraces", "synthesize", "write_synthetic", "resolve_config", "amplitude_jitter"]
+__all__ = ["SyntheticTraces", "synthesize", "write_synthetic", "resolve_config", "amplitude_jitter", "spikes_by_unit"]
 
 GENERATOR = "data_gen"
 GENERATOR_VERSION = 1
@@ -65,10 +65,10 @@ class SyntheticTraces:
         self.amplitude = np.asarray(amplitude, np.float32)
         self.grid_index = np.zeros(self.samples.size, np.int64)
         self.grid_fraction = np.zeros(self.samples.size, np.float32)
-        for unit in range(bank.num_units):
-            mask = self.unit_indices == unit
-            if bank.waveforms[unit].shape[0] > 1 and mask.any():
-                self.grid_index[mask], self.grid_fraction[mask] = bank.grid_position(unit, displacement_um[mask])
+        displacement_um = np.asarray(displacement_um, np.float64)
+        for unit, where in enumerate(spikes_by_unit(self.unit_indices, bank.num_units)):
+            if bank.waveforms[unit].shape[0] > 1 and where.size:
+                self.grid_index[where], self.grid_fraction[where] = bank.grid_position(unit, displacement_um[where])
         # Spike s covers samples [s - trough_index, s - trough_index + L).
         self._lead = bank.trough_index
         self._length = bank.num_samples
@@ -159,6 +159,13 @@ class SyntheticTraces:
                     out[t0 + i0 : t0 + i1, c0:c1] += wave[i0:i1]
 
 
+def spikes_by_unit(unit_indices: np.ndarray, num_units: int) -> list[np.ndarray]:
+    """For each unit, the positions of its spikes in `unit_indices`, in their original order."""
+    order = np.argsort(unit_indices, kind="stable")
+    bounds = np.searchsorted(unit_indices[order], np.arange(num_units + 1))
+    return [order[bounds[u] : bounds[u + 1]] for u in range(num_units)]
+
+
 def resolve_config(config: SynthesisConfig | Mapping | None, where: str = "data") -> SynthesisConfig:
     """A validated SynthesisConfig from a dataclass or a plain mapping (e.g. Hydra's)."""
     if config is None:
@@ -178,8 +185,7 @@ def amplitude_jitter(sd: float, unit_indices: np.ndarray, num_units: int, seed: 
     out = np.ones(unit_indices.size, np.float32)
     if sd <= 0:
         return out
-    for unit in range(num_units):
-        where = np.flatnonzero(unit_indices == unit)
+    for unit, where in enumerate(spikes_by_unit(unit_indices, num_units)):
         if where.size:
             z = stream_rng(seed, "jitter", unit).standard_normal(where.size)
             out[where] = np.exp(sd * z).astype(np.float32)

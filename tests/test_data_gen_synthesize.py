@@ -195,3 +195,17 @@ def test_changing_one_knob_leaves_other_streams_alone():
     assert np.array_equal(longer.samples[keep], base.samples)
     assert np.array_equal(longer.spike_amplitude_scales[keep], base.spike_amplitude_scales)
     assert np.array_equal(longer_rec.read(0, 20000), base_rec.read(0, 20000))
+
+
+def test_pretraining_data_on_the_geometry_of_an_existing_recording(tmp_path):
+    target = write_synthetic(_config(duration_s=0.2, probe={"name": "np2", "n_channels": 16, "first_channel": 0}),
+                             tmp_path / "target", progress=False)
+    recording, _ = read_recording_folder(target)
+    source, truth = synthesize(
+        {"duration_s": 0.2, "seed": 99, "units": {"density_per_mm3": 15000.0},
+         "probe": {"positions_um": recording.channel_positions.tolist()}}
+    )
+    assert np.array_equal(source.channel_positions, recording.channel_positions)
+    assert source.read(0, 100).shape == (100, 16)
+    volume_mm3 = (32 + 60) * (105 + 60) * 70 * 1e-9  # 16 NP2 sites span 32 x 105 µm; 30 µm overhang
+    assert truth.num_units == round(15000 * volume_mm3)
