@@ -8,8 +8,8 @@ Each (duration, mode) runs in a fresh subprocess, so its peak RSS (ru_maxrss) is
 `write` streams the recording into a temporary folder with `write_synthetic` (atomic,
 fsync'ed by esort_jax.io); `read` only computes every chunk (synthesis without the disk).
 Reported: wall seconds, seconds of recording per wall second (x real time), setup seconds
-(units, templates, spike trains), ru_maxrss, and the peak anonymous RSS sampled every 20 ms
-(memory-mapped output pages count in ru_maxrss but are file cache, not allocations), plus
+(units, templates, spike trains), CPU seconds (user + system, all threads: less sensitive to
+other jobs than wall time), ru_maxrss, and the peak anonymous RSS sampled every 20 ms, plus
 the 1-minute load average before and after (other jobs on the machine skew the figures).
 """
 
@@ -67,6 +67,7 @@ def child(args) -> dict:
     sampler.start()
     config = _config(args.duration, args.channels, args.drift, args.seed)
     load_before = os.getloadavg()[0]
+    usage_before = resource.getrusage(resource.RUSAGE_SELF)
     start = time.perf_counter()
     recording, truth = synthesize(config)
     setup = time.perf_counter() - start
@@ -76,12 +77,14 @@ def child(args) -> dict:
         "channels": recording.num_channels,
         "drift": args.drift,
         "dtype": args.dtype,
+        "chunk_samples": args.chunk_samples,
+        "read_ahead": args.read_ahead,
         "num_units": truth.num_units,
         "num_spikes": truth.num_spikes,
         "setup_s": round(setup, 3),
     }
     if args.mode == "read":
-        recording.traces.read_ahead = True
+        recording.traces.read_ahead = args.read_ahead
         start = time.perf_counter()
         for _ in recording.iter_chunks(args.chunk_samples):
             pass
@@ -93,13 +96,17 @@ def child(args) -> dict:
             gain = 0.05 if args.dtype == "int16" else 1.0
             start = time.perf_counter()
             write_synthetic(
-                config, folder, chunk_samples=args.chunk_samples, progress=False, dtype=args.dtype, gain_to_uv=gain
+                config, folder, chunk_samples=args.chunk_samples, progress=False, dtype=args.dtype,
+                gain_to_uv=gain, read_ahead=args.read_ahead,
             )
             wall = time.perf_counter() - start  # includes its own synthesize() setup
             result["bytes_written"] = (folder / "traces.npy").stat().st_size
     done.set()
     sampler.join()
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (usage.ru_utime - usage_before.ru_utime) + (usage.ru_stime - usage_before.ru_stime)
     result.update(
+        cpu_s=round(cpu, 2),
         wall_s=round(wall, 3),
         x_realtime=round(args.duration / wall, 2),
         ru_maxrss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
@@ -118,6 +125,7 @@ def main(argv=None) -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "int16"])
     parser.add_argument("--modes", nargs="+", default=["write"], choices=["write", "read"])
     parser.add_argument("--chunk-samples", type=int, default=65536)
+    parser.add_argument("--read-ahead", type=int, default=2, help="chunks synthesised ahead of the writer")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tmp", default=None, help="folder for the temporary recording (default: system temp)")
     parser.add_argument("--out", default=None, help="write the results as JSON here (default: stdout)")
@@ -136,6 +144,7 @@ def main(argv=None) -> None:
                 sys.executable, __file__, "--child", "--duration", str(duration), "--mode", mode,
                 "--channels", str(args.channels), "--drift", args.drift, "--dtype", args.dtype,
                 "--chunk-samples", str(args.chunk_samples), "--seed", str(args.seed),
+                "--read-ahead", str(args.read_ahead),
             ]
             if args.tmp:
                 command += ["--tmp", args.tmp]
@@ -144,7 +153,7 @@ def main(argv=None) -> None:
             print("done:", _row(results[-1]), file=sys.stderr, flush=True)
     header = (
         f"{'dur s':>6} {'mode':>5} {'ch':>4} {'units':>5} {'spikes':>7} {'setup s':>7} {'wall s':>7} "
-        f"{'x real':>6} {'maxrss MB':>9} {'anon MB':>8} {'load':>10}"
+        f"{'x real':>6} {'cpu s':>6} {'maxrss MB':>9} {'anon MB':>8} {'load':>10}"
     )
     print("\n" + header + "\n" + "\n".join(_row(r) for r in results), file=sys.stderr)
     payload = {
@@ -163,7 +172,7 @@ def main(argv=None) -> None:
 def _row(r: dict) -> str:
     return (
         f"{r['duration_s']:>6.0f} {r['mode']:>5} {r['channels']:>4} {r['num_units']:>5} {r['num_spikes']:>7} "
-        f"{r['setup_s']:>7.2f} {r['wall_s']:>7.2f} {r['x_realtime']:>6.2f} {r['ru_maxrss_mb']:>9.0f} "
+        f"{r['setup_s']:>7.2f} {r['wall_s']:>7.2f} {r['x_realtime']:>6.2f} {r['cpu_s']:>6.2f} {r['ru_maxrss_mb']:>9.0f} "
         f"{r['peak_rss_anon_mb']:>8.0f} {r['load_before']:>4.1f}->{r['load_after']:<4.1f}"
     )
 

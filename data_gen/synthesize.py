@@ -11,6 +11,7 @@ be read first, and memory is bounded by the span, not the duration.
 
 from __future__ import annotations
 
+import collections
 import os
 import threading
 from collections.abc import Mapping
@@ -42,9 +43,10 @@ class SyntheticTraces:
     and per spike (sorted by sample, then unit): `samples`, `unit_indices`, `grid_index` /
     `grid_fraction` (position on the unit's displacement grid) and `amplitude` (jitter factor).
 
-    read_ahead: after each read(start, stop), compute the next span of the same length in a
-      background thread, handed out if it is the next span asked for (what a sequential
-      writer does; `write_synthetic` switches it on). The result is the same either way.
+    read_ahead: after each read(start, stop), compute up to this many following spans of the
+      same length in a background thread, handed out if they are the spans asked for next
+      (what a sequential writer does; `write_synthetic` sets 2). Results are the same either
+      way; a non-sequential read drops them. 0 (default) computes nothing ahead.
     """
 
     def __init__(
@@ -72,14 +74,14 @@ class SyntheticTraces:
         # Spike s covers samples [s - trough_index, s - trough_index + L).
         self._lead = bank.trough_index
         self._length = bank.num_samples
-        self.read_ahead = False
-        self._ahead = None  # (start, stop, Future)
+        self.read_ahead = 0
+        self._ahead = collections.deque()  # (start, stop, Future) of the next spans
         self._ahead_pool = None
         self._ahead_lock = threading.Lock()
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        state["_ahead"], state["_ahead_pool"], state["_ahead_lock"] = None, None, None
+        state["_ahead"], state["_ahead_pool"], state["_ahead_lock"] = collections.deque(), None, None
         return state
 
     def __setstate__(self, state):
@@ -94,19 +96,27 @@ class SyntheticTraces:
         if not 0 <= start <= stop <= self.num_samples:
             raise IndexError(f"span [{start}, {stop}) is outside the recording's {self.num_samples} samples")
         with self._ahead_lock:
-            ahead, self._ahead = self._ahead, None
-        if ahead is not None and ahead[:2] == (start, stop):
-            out = ahead[2].result()
-        else:
-            out = self.compute(start, stop)  # a stale read-ahead, if any, is dropped
-        if self.read_ahead and start < stop < self.num_samples:
-            following = (stop, min(self.num_samples, 2 * stop - start))
+            ahead = self._ahead
+            if ahead and ahead[0][:2] == (start, stop):
+                future = ahead.popleft()[2]
+            else:
+                future = None
+                for _, _, stale in ahead:  # not a sequential read: drop what was computed ahead
+                    stale.cancel()
+                ahead.clear()
+        out = future.result() if future is not None else self.compute(start, stop)
+        depth = int(self.read_ahead)
+        if depth > 0 and start < stop:
             with self._ahead_lock:
                 if self._ahead_pool is None:
                     from concurrent.futures import ThreadPoolExecutor
 
                     self._ahead_pool = ThreadPoolExecutor(1, thread_name_prefix="data_gen-read-ahead")
-                self._ahead = (*following, self._ahead_pool.submit(self.compute, *following))
+                last = self._ahead[-1][1] if self._ahead else stop
+                while len(self._ahead) < depth and last < self.num_samples:
+                    following = (last, min(self.num_samples, last + stop - start))
+                    self._ahead.append((*following, self._ahead_pool.submit(self.compute, *following)))
+                    last = following[1]
         return out
 
     def compute(self, start: int, stop: int) -> np.ndarray:
@@ -270,12 +280,17 @@ def write_synthetic(
     progress: bool = True,
     dtype: str = "float32",
     gain_to_uv: float = 1.0,
+    read_ahead: int = 2,
 ) -> Path:
-    """Synthesise and stream into an esort_jax recording folder (atomic; bounded memory)."""
+    """Synthesise and stream into an esort_jax recording folder (atomic; bounded memory).
+
+    `read_ahead` chunks are synthesised in the background while the previous ones are
+    written (memory: about (read_ahead + 2) x chunk_samples x C x 4 bytes).
+    """
     from esort_jax.io import write_recording_folder
 
     recording, truth = synthesize(config)
-    recording.traces.read_ahead = True
+    recording.traces.read_ahead = read_ahead
     return write_recording_folder(
         folder,
         recording,

@@ -79,13 +79,15 @@ def test_chunked_reads_equal_one_shot_bit_for_bit(drifting):
 def test_read_ahead_gives_the_same_bytes(drifting):
     recording, _ = drifting
     whole = recording.read()
-    recording.traces.read_ahead = True
     try:
-        parts = [x for _, x in recording.iter_chunks(5000)]
-        assert np.array_equal(np.concatenate(parts), whole)
-        assert np.array_equal(recording.read(123, 456), whole[123:456])  # a jump after read-ahead
+        for depth in (1, 3):
+            recording.traces.read_ahead = depth
+            parts = [x for _, x in recording.iter_chunks(5000)]
+            assert np.array_equal(np.concatenate(parts), whole)
+            assert np.array_equal(recording.read(123, 456), whole[123:456])  # a jump after read-ahead
+            assert np.array_equal(recording.read(456, 789), whole[456:789])
     finally:
-        recording.traces.read_ahead = False
+        recording.traces.read_ahead = 0
 
 
 def test_traces_are_noise_plus_templates_at_the_drifted_positions(drifting):
