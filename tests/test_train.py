@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from _tiny import TINY_MODEL, fast_compile, tiny_recording  # noqa: F401 (fixture)
@@ -106,6 +107,63 @@ def test_freeze_backbone_only_trains_head(data):
     assert labels["backbone.spatial.dense.kernel"] == labels["head.kernel"] == "trainable"
 
 
+def _reference_logits(params, stats, x_BxWxC, train):
+    """The E-Sort network written plainly from the paper's description (slow, obvious; jnp so
+    that it can be differentiated)."""
+    eps = TINY_MODEL.batchnorm_epsilon
+
+    def norm(h, p, s, axis):  # `axis`: the per-feature axis
+        axes = tuple(a for a in range(h.ndim) if a != axis)
+        shape = [1] * h.ndim
+        shape[axis] = -1
+        if train:
+            mean, var = h.mean(axes, keepdims=True), h.var(axes, keepdims=True)
+        else:
+            mean, var = s["mean"].reshape(shape), s["var"].reshape(shape)
+        return (h - mean) / jnp.sqrt(var + eps) * p["scale"].reshape(shape) + p["bias"].reshape(shape)
+
+    bb, sb = params["backbone"], stats["backbone"]
+    t1, t2, sp = bb["temporal1"], bb["temporal2"], bb["spatial"]
+    h = jnp.einsum("bwc,wf->bcf", x_BxWxC, t1["dense"]["kernel"]) + t1["dense"]["bias"][None, None]  # shared by channels
+    h = jax.nn.relu(norm(h, t1["norm"], sb["temporal1"]["norm"], 1))  # one scale/shift per channel
+    h = jnp.einsum("bcf,fg->bcg", h, t2["dense"]["kernel"]) + t2["dense"]["bias"][None, None]
+    h = jax.nn.relu(norm(h, t2["norm"], sb["temporal2"]["norm"], 1))
+    z = h.reshape(h.shape[0], -1) @ sp["dense"]["kernel"] + sp["dense"]["bias"][None]  # channel-major flatten
+    z = jax.nn.relu(norm(z, sp["norm"], sb["spatial"]["norm"], 1))
+    return z @ params["head"]["kernel"] + params["head"]["bias"][None]
+
+
+def test_network_and_gradients_match_plain_reference(data):
+    """The fast feature-major formulation (model.py, custom VJP) computes the paper's network."""
+    import optax
+    from esort_jax.windows import gather_host
+
+    recording, _, windows = data
+    model = init_model(recording.num_channels, windows.num_units, TINY_MODEL, seed=2)
+    rng = np.random.default_rng(0)
+    nnx.update(model, jax.tree.map(lambda a: np.abs(np.asarray(a) + rng.standard_normal(a.shape)).astype(np.float32),
+                                   nnx.to_pure_dict(nnx.state(model))))
+    params = jax.tree.map(jnp.asarray, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+    stats = jax.tree.map(jnp.asarray, nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)))
+    x = gather_host(recording, windows.train.starts[::8][:32], W)
+    y = windows.train.labels[::8][:32].astype(np.float32)
+    for train_mode in (False, True):
+        model.train() if train_mode else model.eval()
+        graphdef = nnx.graphdef(model)
+
+        def loss(p, fast):
+            logits = nnx.merge(graphdef, p, stats)(x) if fast else _reference_logits(p, stats, x, train_mode)
+            return optax.sigmoid_binary_cross_entropy(logits, y).mean(), logits
+
+        (_, fast_logits), fast_grads = jax.jit(jax.value_and_grad(lambda p: loss(p, True), has_aux=True))(params)
+        (_, ref_logits), ref_grads = jax.jit(jax.value_and_grad(lambda p: loss(p, False), has_aux=True))(params)
+        np.testing.assert_allclose(fast_logits, ref_logits, rtol=1e-4, atol=1e-4)
+        fast_flat, ref_flat = flatten_tree(fast_grads), flatten_tree(ref_grads)
+        scale = max(float(np.max(np.abs(g))) for g in ref_flat.values())  # spatial.dense.bias: 0 (noise)
+        for name, ref in ref_flat.items():
+            np.testing.assert_allclose(fast_flat[name], ref, rtol=0, atol=1e-5 * scale, err_msg=f"{name} train={train_mode}")
+
+
 def test_config_errors_name_keys(data):
     recording, _, windows = data
     with pytest.raises(ConfigError, match=r"train\.weight_decay: needs optimizer 'adamw'"):
@@ -137,6 +195,7 @@ assert len(jax.devices()) == 4, jax.devices()
 recording, truth = tiny_recording(seed=0)
 windows = make_windows(recording, truth, WindowConfig(jitter=3), window=20, anchor=9, seed=0)
 x = gather_host(recording, windows.train.starts[:64], 20)
+x_wbc = gather_host(recording, windows.train.starts[:64], 20, layout="WBC")
 y = windows.train.labels[:64]
 report = {"grads": {}, "train": {}}
 
@@ -148,9 +207,10 @@ for n in (1, 4):
     state = init_train_state(model, tx)
     old = flatten_tree(jax.device_get(state["params"]))
     step = make_train_step(model, tx, mesh, batch_size=64, resident=False)
-    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-    state = jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
-    state, _ = step(state, jax.device_put(x, sharding), jax.device_put(y, sharding))
+    P = jax.sharding.PartitionSpec
+    state = jax.device_put(state, jax.sharding.NamedSharding(mesh, P()))
+    x_dev = jax.device_put(x_wbc, jax.sharding.NamedSharding(mesh, P(None, "data")))
+    state, _ = step(state, x_dev, jax.device_put(y, jax.sharding.NamedSharding(mesh, P("data"))))
     new = flatten_tree(jax.device_get(state["params"]))
     report["grads"][n] = {k: (old[k] - new[k]).tolist() for k in old}
 
