@@ -21,6 +21,12 @@ touch resident on every device when it fits `device_bytes_budget`, and cuts wind
 jitted step (vmap of dynamic_slice; no host work per step); otherwise windows are gathered on
 the host from the memory-mapped recording by a background thread, `prefetch_batches` ahead.
 
+Speed on CPU (benchmarks/bench_train.py): call `configure_host_allocator()` at program start,
+before JAX computes anything; without it XLA page-faults its ~240 MB of per-step temporaries
+again every step (paper sizes), which costs a third of the step. The model's training
+formulation (feature-major temporal filters, custom VJPs; esort_jax.model) and the time-major
+window gather avoid transposing the 94 MB window batch.
+
 Resuming: with a `run_dir`, each checkpoint holds parameters, BatchNorm statistics, the optimiser
 state, the epoch/step and the run's rng info. `train` called again with the same configuration
 and an identically initialised model continues from the latest checkpoint and ends with the same
@@ -548,6 +554,7 @@ def _evaluate(model, eval_step, feeder: _Feeder, state) -> dict[str, float]:
             for i, (x, y) in enumerate(batches):
                 valid = jax.device_put(valid_np[i * B : (i + 1) * B], feeder.batch_sharding)
                 c, l = eval_step(params, stats, x, y, valid)
+                loss_sum.block_until_ready()  # at most two batches in flight
                 counts, loss_sum = counts + c, loss_sum + l
     return window_metrics(np.asarray(counts), float(loss_sum))
 
@@ -742,21 +749,26 @@ def train(
             started = time.perf_counter()
             order = epoch_order(shuffle_key, epoch, len(windows.train), config.batch_size)
             losses = []
-            if train_resident:
-                order = jax.device_put(order, replicated)
-                batches = ((i, None) for i in range(steps))
-            else:
-                batches = enumerate(train_feed.host_batches(np.asarray(order)))
-            for i, batch in batches:
-                if train_resident:
-                    state, loss = step_fn(state, train_feed.data, order, i)
-                else:
-                    state, loss = step_fn(state, *batch)
+
+            def after_step(i, loss):
                 losses.append(loss)
                 if progress is not None:
                     progress.update(1)
                     if (i + 1) % config.log_every_steps == 0:
                         progress.set_postfix(epoch=epoch, loss=f"{float(loss):.4f}")
+
+            if train_resident:
+                order = jax.device_put(order, replicated)
+                for i in range(steps):
+                    state, loss = step_fn(state, train_feed.data, order, i)
+                    after_step(i, loss)
+            else:
+                with train_feed.host_batches(np.asarray(order)) as prefetched:
+                    for i, (x, y) in enumerate(prefetched):
+                        state, loss = step_fn(state, x, y)
+                        if losses:  # at most two steps in flight: bounds the batches held in memory
+                            losses[-1].block_until_ready()
+                        after_step(i, loss)
             train_loss = float(jnp.mean(jnp.stack(losses)))
             metrics = {"epoch": epoch, "step": int(state["step"]), "train_loss": train_loss}
             metrics.update({f"val_{k}": v for k, v in _evaluate(model, eval_fn, val_feed, state).items()})
