@@ -70,3 +70,44 @@ def test_unknown_group_option_is_reported(tmp_path):
     result = _run("synthesize.py", "data=nope", f"hydra.run.dir={tmp_path}")
     assert result.returncode != 0
     assert "nope" in result.stderr and "data" in result.stderr
+
+
+TINY_TRANSFER = [
+    "data@target.data=tiny", "data@source.data=tiny", "model=small",
+    "train@pretrain.train=tiny", "train@finetune.train=tiny", "k=3", "logger=disabled",
+]
+
+
+def test_transfer_runs_both_arms_and_reuses_cache(tmp_path):
+    cache = tmp_path / "cache"
+    first = _run("transfer.py", *TINY_TRANSFER, f"cache_dir={cache}", f"hydra.run.dir={tmp_path / 'a'}")
+    assert first.returncode == 0, first.stderr[-3000:]
+    results = json.loads((tmp_path / "a" / "results.json").read_text())
+    for arm in ("transfer", "scratch"):
+        row = results[arm]
+        for key in ("accuracy_pooled", "accuracy_mean", "accuracy_median", "precision", "recall",
+                    "well_detected", "n_units", "sort_seconds"):
+            assert key in row, (arm, key)
+        assert row["n_units"] == 5 and row["k"] == 3
+        assert row["threshold_curve"]["span"][1] <= results["config"]["target"]["data"]["duration_s"] * 32000 / 2
+    assert results["transfer"]["transfer_report"]["init"] == "transfer"
+    assert results["pretrain"]["cache_hit"] is False
+    assert "acc_pool" in first.stdout and "scratch" in first.stdout
+    second = _run("transfer.py", *TINY_TRANSFER, "arms=[transfer]", f"cache_dir={cache}",
+                  f"hydra.run.dir={tmp_path / 'b'}")
+    assert second.returncode == 0, second.stderr[-3000:]
+    again = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert again["pretrain"]["cache_hit"] is True and again["pretrain"]["checkpoint"] == results["pretrain"]["checkpoint"]
+    assert "cache hit: recordings/" in second.stdout
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [("k=0", "finetune.windows.spikes_per_unit"), ("finetune.train.learning_rate=-1", "finetune.train.learning_rate"),
+     ("postprocess.threshold=20", "postprocess.threshold")],
+)
+def test_transfer_bad_values_fail_early(tmp_path, override, key):
+    result = _run("transfer.py", *TINY_TRANSFER, override, f"cache_dir={tmp_path}", f"hydra.run.dir={tmp_path / 'r'}")
+    assert result.returncode != 0
+    assert key in result.stderr, result.stderr[-2000:]
+    assert not (tmp_path / "recordings").exists()  # nothing was built

@@ -1,0 +1,148 @@
+"""The main job: transfer vs scratch at K labelled spikes per unit, sorted and scored.
+
+    python experiments/transfer.py                    # CPU default: 64-channel NP1 block, 30 s
+    python experiments/transfer.py k=5 seed=1 finetune.transfer.freeze=temporal
+    python experiments/transfer.py target.path=/data/rec.h5   # MEArec file or recording folder
+
+Stages: target and source recordings (synthesised through the cache, or loaded) → pretrain on
+the source (cached by config hash) → per arm: fine-tune on the target's training half with K
+spikes per unit, choose the threshold on the training half's validation part, sort the
+held-out half, evaluate → a table on stdout, results.json with one object per arm.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import hydra
+from omegaconf import DictConfig
+
+from data_gen import SynthesisConfig
+from esort_jax.config import ConfigError, from_dict
+from esort_jax.infer import InferenceConfig
+from esort_jax.model import ModelConfig
+from esort_jax.pipeline import EvaluationConfig
+from esort_jax.postprocess import PostprocessConfig
+from esort_jax.train import TrainConfig
+from esort_jax.transfer import TransferConfig
+from esort_jax.windows import WindowConfig
+from experiments._common import Run, to_container
+from experiments._data import obtain_recording, synthesis_key
+from experiments._stages import cached_pretrain, run_arm
+
+ARM_INIT = {"transfer": "transfer", "scratch": "scratch"}
+TABLE_COLUMNS = [
+    ("arm", "{:<9}"),
+    ("accuracy_pooled", "{:>8.3f}"),
+    ("accuracy_mean", "{:>8.3f}"),
+    ("accuracy_median", "{:>8.3f}"),
+    ("precision", "{:>8.3f}"),
+    ("recall", "{:>8.3f}"),
+    ("well_detected", "{:>6d}"),
+    ("n_units", "{:>6d}"),
+    ("sort_seconds", "{:>8.2f}"),
+]
+HEADER = f"{'arm':<9} {'acc_pool':>8} {'acc_mean':>8} {'acc_med':>8} {'prec':>8} {'recall':>8} {'well':>6} {'units':>6} {'sort_s':>8}"
+
+
+def arms_table(results: dict, arms) -> str:
+    lines = [HEADER, "-" * len(HEADER)]
+    for arm in arms:
+        row = results[arm]
+        cells = []
+        for key, fmt in TABLE_COLUMNS:
+            value = row.get(key)
+            cells.append(fmt.format(value) if value is not None else f"{'-':>8}")
+        lines.append(" ".join(cells))
+    return "\n".join(lines)
+
+
+@hydra.main(version_base=None, config_path="../conf", config_name="transfer")
+def main(cfg: DictConfig) -> dict:
+    with Run(cfg, "transfer") as run:
+        # Every config is typed and validated before any work.
+        seed = int(cfg.seed)
+        model = run.typed(ModelConfig, "model")
+        pre_windows = run.typed(WindowConfig, "pretrain.windows")
+        pre_train = run.typed(TrainConfig, "pretrain.train")
+        ft_windows = run.typed(WindowConfig, "finetune.windows")
+        ft_train = run.typed(TrainConfig, "finetune.train")
+        transfer_node = to_container(cfg.finetune.get("transfer")) or {}
+        from_dict(TransferConfig, {**transfer_node, "init": "scratch"}, "finetune.transfer")
+        infer = run.typed(InferenceConfig, "infer")
+        postprocess = run.typed(PostprocessConfig, "postprocess")
+        evaluation = run.typed(EvaluationConfig, "evaluation")
+        arms = list(cfg.arms)
+        unknown = [a for a in arms if a not in ARM_INIT]
+        if unknown or not arms:
+            raise ConfigError(f"arms: must be a non-empty subset of {list(ARM_INIT)}; got {arms}")
+        if ft_windows.spikes_per_unit is None:
+            raise ConfigError("k: must be >= 1 (labelled spikes per unit)")
+        if "transfer" in arms:
+            source_data = None
+            if cfg.source.get("path") is None:
+                source_data = run.typed(SynthesisConfig, "source.data")
+
+        target, truth, target_info = obtain_recording(run, "target")
+        if truth is None:
+            raise ConfigError(f"target.path: {target_info.get('path')} has no ground truth to train and score with")
+
+        checkpoint = None
+        if "transfer" in arms:
+            if cfg.source.get("path") is None and target_info["source"] == "file" and cfg.source.match_target_geometry:
+                positions = tuple(tuple(float(v) for v in p) for p in target.channel_positions)
+                source_data = dataclasses.replace(
+                    source_data,
+                    probe=dataclasses.replace(source_data.probe, positions_um=positions),
+                    sampling_frequency=target.sampling_frequency,
+                )
+                print(f"[transfer] source synthesised on the target's geometry ({target.num_channels} sites)")
+            source, source_truth, source_info = obtain_recording(run, "source", data=source_data)
+            if source_truth is None:
+                raise ConfigError(f"source.path: {source_info.get('path')} has no ground truth to pretrain on")
+            data_key = (
+                synthesis_key(source_data) if source_info["source"] == "synthesized"
+                else {"path": source_info["path"]}
+            )
+            checkpoint, hit, pre_summary = cached_pretrain(
+                run, source, source_truth, model, pre_windows, pre_train, seed=seed, data_key=data_key,
+            )
+            run.results["pretrain"] = {
+                "checkpoint": str(checkpoint), "cache_hit": hit, "source": source_info,
+                "source_units": source_truth.num_units, **pre_summary,
+            }
+
+        run.results["target"] = {**target_info, "num_units": truth.num_units,
+                                 "num_channels": target.num_channels, "duration_s": target.duration_s}
+        run.results["k"] = ft_windows.spikes_per_unit
+        for arm in arms:
+            transfer_cfg = from_dict(
+                TransferConfig,
+                {**transfer_node, "init": ARM_INIT[arm],
+                 "checkpoint": str(checkpoint) if arm == "transfer" else None},
+                "finetune.transfer",
+            )
+            metrics, _ = run_arm(
+                run, arm, target, truth, model=model, windows=ft_windows, train=ft_train,
+                transfer=transfer_cfg, evaluation=evaluation, infer=infer, postprocess=postprocess,
+                seed=seed,
+            )
+            run.results[arm] = metrics
+
+        table = arms_table(run.results, arms)
+        run.results["table"] = table
+        run.logger.table(
+            "arms", [c for c, _ in TABLE_COLUMNS],
+            [[run.results[a].get(c) for c, _ in TABLE_COLUMNS] for a in arms],
+        )
+        print()
+        print(
+            f"E-Sort on the target's held-out half: K = {ft_windows.spikes_per_unit} labelled spikes per unit, "
+            f"{truth.num_units} units, {target.num_channels} channels, tolerance {evaluation.tolerance_ms} ms"
+        )
+        print(table)
+    return run.results
+
+
+if __name__ == "__main__":
+    main()
