@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import mmap
 import queue
 import threading
 from collections import deque
@@ -245,28 +246,38 @@ def _toeplitz(k1_WxF1: jax.Array, segment: int) -> jax.Array:
 
 
 def _block_logits(kernel: dict, x_RxC: jax.Array, block: int, segment: int, dt) -> jax.Array:
-    """Logits [block, N] from input rows [block + W - 1, C] (time-major)."""
+    """Logits [block, N] from input rows [block + W - 1, C] (time-major).
+
+    Output step b = j·L + i (segment j, position i). Layer 1 is ONE matrix product
+    toeplitz [(i, f), u] × seg [u, (j, c)] with seg[u, j, c] = x[jL + u, c]; its result
+    [L, F1, J, C] keeps channels minor, layer 2 is a product per position i, and the only
+    reordering is of whole channel rows ([L, F2, J, C] → [J, L, F2, C]) before layer 3.
+    """
     window = x_RxC.shape[0] - block + 1
     num_channels = x_RxC.shape[1]
-    f1, f2 = kernel["k2t"].shape[1], kernel["k2t"].shape[0]
-    span = segment + window - 1  # input rows per segment
-    nseg = block // segment
-    nsub = -(-span // segment)  # segment-sized pieces a segment's input spans
+    f2, f1 = kernel["k2t"].shape
+    span = segment + window - 1  # input rows per segment (u)
+    nseg = block // segment  # J
+    nsub = -(-span // segment)  # segment-sized pieces one segment's input spans (Q)
     rows = (nseg + nsub) * segment
     x = jnp.pad(x_RxC.astype(dt), ((0, rows - x_RxC.shape[0]), (0, 0)))
-    x_PxLxC = x.reshape(nseg + nsub, segment, num_channels)
-    seg_JxUxC = jnp.concatenate([x_PxLxC[q:q + nseg] for q in range(nsub)], axis=1)[:, :span]
-    bmm = functools.partial(
-        lax.dot_general,
-        dimension_numbers=(((2,), (1,)), ((0,), (0,))),
+    x_LxPxC = x.reshape(nseg + nsub, segment, num_channels).transpose(1, 0, 2)
+    # seg[q·L + r, j] = x[(j + q)·L + r] = x[j·L + u]
+    seg_UxJxC = jnp.concatenate([x_LxPxC[:, q:q + nseg] for q in range(nsub)], axis=0)[:span]
+    h1 = jnp.dot(kernel["toeplitz"], seg_UxJxC.reshape(span, nseg * num_channels),
+                 preferred_element_type=jnp.float32)
+    h1_LxFxJxC = h1.reshape(segment, f1, nseg, num_channels)
+    a1 = jax.nn.relu(h1_LxFxJxC * kernel["scale1"][None, None, None] + kernel["shift1"][None, :, None])
+    h2 = lax.dot_general(
+        jnp.broadcast_to(kernel["k2t"][None], (segment, f2, f1)),
+        a1.astype(dt).reshape(segment, f1, nseg * num_channels),
+        (((2,), (1,)), ((0,), (0,))),
         preferred_element_type=jnp.float32,
     )
-    toep = jnp.broadcast_to(kernel["toeplitz"][None], (nseg,) + kernel["toeplitz"].shape)
-    h1_BxFxC = bmm(toep, seg_JxUxC).reshape(block, f1, num_channels)
-    a1 = jax.nn.relu(h1_BxFxC * kernel["scale1"][None, None] + kernel["shift1"][None]).astype(dt)
-    h2_BxGxC = bmm(jnp.broadcast_to(kernel["k2t"][None], (block, f2, f1)), a1)
-    a2 = jax.nn.relu(h2_BxGxC * kernel["scale2"][None, None] + kernel["shift2"][None]).astype(dt)
-    h3 = jnp.dot(a2.reshape(block, f2 * num_channels), kernel["k3"], preferred_element_type=jnp.float32)
+    h2_LxGxJxC = h2.reshape(segment, f2, nseg, num_channels)
+    a2 = jax.nn.relu(h2_LxGxJxC * kernel["scale2"][None, None, None] + kernel["shift2"][None, :, None])
+    a2_BxGC = a2.astype(dt).transpose(2, 0, 1, 3).reshape(block, f2 * num_channels)
+    h3 = jnp.dot(a2_BxGC, kernel["k3"], preferred_element_type=jnp.float32)
     a3 = jax.nn.relu(h3 + kernel["b3"][None]).astype(dt)
     return jnp.dot(a3, kernel["k4"], preferred_element_type=jnp.float32) + kernel["b4"][None]
 
@@ -493,14 +504,46 @@ def _first_nonfinite(x_RxC: np.ndarray) -> tuple[int, int]:
     return int(bad[0, 0]), int(bad[0, 1])
 
 
+def _drop_mapped_pages(source, start: int, stop: int) -> None:
+    """Release the pages of samples [start, stop) if `source` is an ArrayTraces over a
+    read-only np.memmap (e.g. np.load(..., mmap_mode='r')). They are clean file pages, re-read
+    on demand; without this the resident set grows by the bytes read, i.e. with the length
+    of the recording. Best effort: anything else is left alone."""
+    array = getattr(source, "array", None)
+    mapping = getattr(array, "_mmap", None)
+    if (
+        not isinstance(array, np.memmap) or getattr(array, "mode", None) != "r"
+        or not isinstance(mapping, mmap.mmap) or not hasattr(mapping, "madvise")
+        or not array.flags.c_contiguous or stop <= start
+    ):
+        return
+    try:
+        base = np.frombuffer(mapping, np.uint8).ctypes.data
+        row_bytes = array.strides[0]
+        first = array.ctypes.data - base + start * row_bytes
+        last = min(array.ctypes.data - base + stop * row_bytes, len(mapping))
+        first -= first % mmap.PAGESIZE
+        if last > first:
+            mapping.madvise(mmap.MADV_DONTNEED, first, last - first)
+    except (ValueError, OSError, AttributeError):
+        pass
+
+
+def _read_group(source, group, rows: int, num_channels: int) -> np.ndarray:
+    """Samples of each chunk [(sample_start, sample_stop)] of a group, zero-padded: [D, R, C]."""
+    x = np.zeros((len(group), rows, num_channels), np.float32)
+    for d, (s0, s1) in enumerate(group):
+        if s1 > s0:
+            x[d, : s1 - s0] = source.read(s0, s1)
+            _drop_mapped_pages(source, s0, s1)
+    return x
+
+
 def _reader(source, jobs, rows, num_channels, out_q: queue.Queue, stop: threading.Event):
-    """Read each group of chunks [(sample_start, sample_stop)] into one padded array [D, R, C]."""
+    """Host thread: read the groups of chunks in order into `out_q` (bounded)."""
     try:
         for group in jobs:
-            x = np.zeros((len(group), rows, num_channels), np.float32)
-            for d, (s0, s1) in enumerate(group):
-                if s1 > s0:
-                    x[d, : s1 - s0] = source.read(s0, s1)
+            x = _read_group(source, group, rows, num_channels)
             while not stop.is_set():
                 try:
                     out_q.put(("ok", x), timeout=0.1)
@@ -576,11 +619,7 @@ def iter_probabilities(
         inline = iter(jobs)
 
         def next_input():
-            group = next(inline)
-            x = np.zeros((ndev, rows, num_channels), np.float32)
-            for d, (s0, s1) in enumerate(group):
-                x[d, : s1 - s0] = source.read(s0, s1)
-            return x
+            return _read_group(source, next(inline), rows, num_channels)
 
     def dispatch(g):
         x = next_input()
