@@ -18,7 +18,7 @@ $(STAMP): requirements.txt
 	touch $(STAMP)
 
 demo: venv
-	$(PY) experiments/demo.py
+	$(PY) experiments/transfer.py
 
 test: venv
 	$(PY) -m pytest $(PYTEST_FLAGS)
