@@ -21,7 +21,10 @@ from esort_jax.infer import InferenceConfig, InferenceParams, iter_probabilities
 from esort_jax.postprocess import PostprocessConfig, choose_threshold, find_spikes
 from esort_jax.recording import Recording, Sorting
 
-__all__ = ["SortResult", "sort_recording", "probability_traces", "select_threshold"]
+# File written next to a fine-tuned checkpoint with the threshold chosen on its training region.
+SORTING_DEFAULTS = "sorting_defaults.json"
+
+__all__ = ["SORTING_DEFAULTS", "SortResult", "sort_recording", "probability_traces", "select_threshold"]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

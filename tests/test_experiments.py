@@ -111,3 +111,24 @@ def test_transfer_bad_values_fail_early(tmp_path, override, key):
     assert result.returncode != 0
     assert key in result.stderr, result.stderr[-2000:]
     assert not (tmp_path / "recordings").exists()  # nothing was built
+
+
+def test_pretrain_then_finetune_entry_points(tmp_path):
+    cache = f"cache_dir={tmp_path / 'cache'}"
+    pre = _run("pretrain.py", "data@source.data=tiny", "model=small", "train=tiny", "logger=disabled", cache,
+               f"hydra.run.dir={tmp_path / 'pre'}")
+    assert pre.returncode == 0, pre.stderr[-3000:]
+    checkpoint = tmp_path / "pre" / "checkpoint"
+    assert (checkpoint / "metadata.json").is_file()
+    pre_results = json.loads((tmp_path / "pre" / "results.json").read_text())
+    assert pre_results["epochs_completed"] == 2 and len(pre_results["history"]) == 2
+    fine = _run("finetune.py", "data@target.data=tiny", "model=small", "train=tiny", "k=3", "logger=disabled",
+                cache, f"checkpoint={checkpoint}", f"hydra.run.dir={tmp_path / 'fine'}")
+    assert fine.returncode == 0, fine.stderr[-3000:]
+    results = json.loads((tmp_path / "fine" / "results.json").read_text())
+    assert results["transfer"]["transfer_report"]["init"] == "transfer"
+    defaults = json.loads((tmp_path / "fine" / "checkpoint" / "sorting_defaults.json").read_text())
+    assert defaults["threshold"] == results["transfer"]["threshold"]
+    missing = _run("finetune.py", "data@target.data=tiny", "model=small", "train=tiny", "logger=disabled", cache,
+                   f"checkpoint={tmp_path / 'nope'}", f"hydra.run.dir={tmp_path / 'bad'}")
+    assert missing.returncode != 0 and "checkpoint:" in missing.stderr

@@ -1,0 +1,62 @@
+"""Pretrain the E-Sort network on a source recording (all its labelled spikes).
+
+    python experiments/pretrain.py [data@source.data=np1_pretrain] [train=paper] [seed=1]
+
+Writes <run folder>/checkpoint (the final network, loadable with esort_jax.checkpoint.load_model
+and usable as `checkpoint=` of finetune.py / sort.py), per-epoch checkpoints under
+<run folder>/train/checkpoints (an interrupted run resumes when started again with the same
+hydra.run.dir), and results.json with the per-epoch window metrics.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import hydra
+from omegaconf import DictConfig
+
+from esort_jax.config import ConfigError
+from esort_jax.io.atomic import atomic_folder
+from esort_jax.model import ModelConfig
+from esort_jax.train import TrainConfig
+from esort_jax.windows import WindowConfig
+from experiments._common import Run
+from experiments._data import obtain_recording
+from experiments._stages import pretrain
+
+
+@hydra.main(version_base=None, config_path="../conf", config_name="pretrain")
+def main(cfg: DictConfig) -> dict:
+    with Run(cfg, "pretrain") as run:
+        model = run.typed(ModelConfig, "model")
+        windows = run.typed(WindowConfig, "windows")
+        train = run.typed(TrainConfig, "train")
+        source, labels, info = obtain_recording(run, "source")
+        if labels is None:
+            raise ConfigError(f"source.path: {info.get('path')} has no spike labels to pretrain on")
+        with run.stage("pretrain"):
+            fitted = pretrain(
+                run, source, labels, model, windows, train,
+                seed=int(cfg.seed), work_dir=run.dir / "train", data_key=info,
+            )
+        final = run.dir / "checkpoint"
+        with atomic_folder(final, overwrite=True) as tmp:
+            shutil.copytree(fitted.train_result.checkpoint, tmp, dirs_exist_ok=True)
+        run.results.update(
+            checkpoint=str(final),
+            source=info,
+            num_units=fitted.windows.num_units,
+            num_channels=source.num_channels,
+            train_windows=len(fitted.windows.train),
+            validation_windows=len(fitted.windows.validation),
+            epochs_completed=fitted.train_result.epochs_completed,
+            resumed_from=str(fitted.train_result.resumed_from) if fitted.train_result.resumed_from else None,
+            history=fitted.train_result.history,
+            final={k: v for k, v in (fitted.train_result.history or [{}])[-1].items() if isinstance(v, (int, float))},
+        )
+        print(f"[pretrain] checkpoint: {final}")
+    return run.results
+
+
+if __name__ == "__main__":
+    main()
