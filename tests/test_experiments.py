@@ -129,6 +129,18 @@ def test_pretrain_then_finetune_entry_points(tmp_path):
     assert results["transfer"]["transfer_report"]["init"] == "transfer"
     defaults = json.loads((tmp_path / "fine" / "checkpoint" / "sorting_defaults.json").read_text())
     assert defaults["threshold"] == results["transfer"]["threshold"]
+    sort = _run("sort.py", "data@recording.data=tiny", "logger=disabled", cache,
+                f"checkpoint={tmp_path / 'fine' / 'checkpoint'}", f"hydra.run.dir={tmp_path / 'sort'}")
+    assert sort.returncode == 0, sort.stderr[-3000:]
+    sorted_results = json.loads((tmp_path / "sort" / "results.json").read_text())
+    assert sorted_results["threshold"] == defaults["threshold"] and "metrics" in sorted_results
+    import spikeinterface
+
+    si_sorting = spikeinterface.load(tmp_path / "sort" / "sorting" / "si")
+    assert si_sorting.to_spike_vector().size == sorted_results["num_spikes"]
+    wrong = _run("sort.py", "data@recording.data=tiny", "recording.data.probe.n_channels=8", "logger=disabled",
+                 cache, f"checkpoint={tmp_path / 'fine' / 'checkpoint'}", f"hydra.run.dir={tmp_path / 'wrong'}")
+    assert wrong.returncode != 0 and "trained on 16 channels but the recording has 8" in wrong.stderr
     missing = _run("finetune.py", "data@target.data=tiny", "model=small", "train=tiny", "logger=disabled", cache,
                    f"checkpoint={tmp_path / 'nope'}", f"hydra.run.dir={tmp_path / 'bad'}")
     assert missing.returncode != 0 and "checkpoint:" in missing.stderr
