@@ -17,15 +17,24 @@ Folding. In eval mode every BatchNorm is an affine map, so the network is, per w
 
 Convolution form (`conv_logits`). Layer 1 is a 1-D convolution over time; layers 2–4 act on
 each time step. A chunk is processed in blocks of `block_steps` output steps (`lax.map`), so a
-block's intermediates ([block, 16, C] floats, a few MB) stay in cache. Inside a block, time is
-cut into segments of `segment` = L steps; segment j needs input rows [jL, jL + L + W - 1) and
-its layer-1 output is one small matrix product with a banded Toeplitz expansion of k1:
-  h1[j, (i, f), c] = Σ_u T[(i, f), u] · x[jL + u, c],   T[(i, f), u] = k1[u - i, f]
-(a batched GEMM over segments, [L·F1, L+W-1] × [L+W-1, C]; the Toeplitz costs (L+W-1)/W
-times the direct FLOPs of layer 1). Everything stays time-major with channels minor:
-[block, F1, C] → [block, F2, C] → flattened [block, F2·C] × k3 permuted to (g, c) rows, so no
-transposes are needed between layers. See benchmarks/bench_infer.py for the alternatives
-measured (lax.conv_general_dilated, channel-major Toeplitz with transposes, im2col).
+block's intermediates (~12 MB at 384 channels and 512 steps) stay in cache. Inside a block,
+time is cut into segments of `segment` = L steps (output step b = jL + i); segment j needs
+input rows [jL, jL + U), U = L + W - 1. Stacking those rows u-major, seg[u, j, c] =
+x[jL + u, c] (U/L times the input, built from L-row slices), makes layer 1 ONE matrix product
+with a banded Toeplitz expansion of k1:
+  h1[(f, i), (j, c)] = Σ_u T[(f, i), u] · seg[u, (j, c)],   T[(f, i), u] = k1[u - i, f]
+([F1·L, U] × [U, J·C]; the Toeplitz does U/W = 1.25× the direct FLOPs of layer 1 at L = 16).
+Channels stay minor throughout: layer 2 is one product [F2, F1] × [F1, (L, J, C)], the only
+reordering is of whole channel rows ([F2, L, J, C] → [J, L, F2, C]), and the spatial weight
+rows are permuted to (g, c) to match, so layer 3 is a plain [block, F2·C] × [F2·C, S] GEMM —
+86% of the FLOPs and ~70% of the time. Measured alternatives (prototypes of the whole network
+per block, one 2-core AVX2 CPU, 384 channels, 100 units, best of 6 runs): this form 1.27× real
+time (149 GFLOP/s); rows (i, f) with layer 2 batched per position 1.25×; one batched GEMM per
+segment with the Toeplitz as LHS (time-major output, no reordering) 1.00×; channel-major
+Toeplitz GEMM + [C, B, F2] → [B, C, F2] transpose before layer 3 1.01×; im2col of each block
+0.58×; lax.conv_general_dilated with channels as batch 0.67×, as a (time × channel) image
+0.21×; layers 3–4 alone on a fake input 1.65× (the ceiling). benchmarks/bench_infer.py
+prints the current figures.
 
 Chunks. `iter_probabilities` reads the recording chunk by chunk (`chunk_steps` outputs per
 chunk need chunk_steps + W - 1 input samples: consecutive chunks overlap by exactly W - 1
@@ -237,21 +246,22 @@ def forward_windows(params: InferenceParams, x_BxWxC: jax.Array, compute_dtype: 
 
 
 def _toeplitz(k1_WxF1: jax.Array, segment: int) -> jax.Array:
-    """T[(i, f), u] = k1[u - i, f] (0 where u - i is outside [0, W)): [L·F1, L + W - 1]."""
+    """T[(f, i), u] = k1[u - i, f] (0 where u - i is outside [0, W)): [F1·L, L + W - 1]."""
     window, f1 = k1_WxF1.shape
     lag = np.arange(segment + window - 1)[None, :] - np.arange(segment)[:, None]  # [L, U]
     inside = (lag >= 0) & (lag < window)
     t_LxUxF = jnp.where(inside[:, :, None], k1_WxF1[np.clip(lag, 0, window - 1)], 0.0)
-    return t_LxUxF.transpose(0, 2, 1).reshape(segment * f1, segment + window - 1)
+    return t_LxUxF.transpose(2, 0, 1).reshape(f1 * segment, segment + window - 1)
 
 
 def _block_logits(kernel: dict, x_RxC: jax.Array, block: int, segment: int, dt) -> jax.Array:
     """Logits [block, N] from input rows [block + W - 1, C] (time-major).
 
     Output step b = j·L + i (segment j, position i). Layer 1 is ONE matrix product
-    toeplitz [(i, f), u] × seg [u, (j, c)] with seg[u, j, c] = x[jL + u, c]; its result
-    [L, F1, J, C] keeps channels minor, layer 2 is a product per position i, and the only
-    reordering is of whole channel rows ([L, F2, J, C] → [J, L, F2, C]) before layer 3.
+    toeplitz [(f, i), u] × seg [u, (j, c)] with seg[u, j, c] = x[jL + u, c]; its result
+    [F1, L, J, C] keeps channels minor, so layer 2 is one product [F2, F1] × [F1, (L, J, C)],
+    and the only reordering is of whole channel rows ([F2, L, J, C] → [J, L, F2, C]) before
+    the spatial layer, whose weight rows are permuted to (g, c) to match.
     """
     window = x_RxC.shape[0] - block + 1
     num_channels = x_RxC.shape[1]
@@ -266,17 +276,12 @@ def _block_logits(kernel: dict, x_RxC: jax.Array, block: int, segment: int, dt) 
     seg_UxJxC = jnp.concatenate([x_LxPxC[:, q:q + nseg] for q in range(nsub)], axis=0)[:span]
     h1 = jnp.dot(kernel["toeplitz"], seg_UxJxC.reshape(span, nseg * num_channels),
                  preferred_element_type=jnp.float32)
-    h1_LxFxJxC = h1.reshape(segment, f1, nseg, num_channels)
-    a1 = jax.nn.relu(h1_LxFxJxC * kernel["scale1"][None, None, None] + kernel["shift1"][None, :, None])
-    h2 = lax.dot_general(
-        jnp.broadcast_to(kernel["k2t"][None], (segment, f2, f1)),
-        a1.astype(dt).reshape(segment, f1, nseg * num_channels),
-        (((2,), (1,)), ((0,), (0,))),
-        preferred_element_type=jnp.float32,
-    )
-    h2_LxGxJxC = h2.reshape(segment, f2, nseg, num_channels)
-    a2 = jax.nn.relu(h2_LxGxJxC * kernel["scale2"][None, None, None] + kernel["shift2"][None, :, None])
-    a2_BxGC = a2.astype(dt).transpose(2, 0, 1, 3).reshape(block, f2 * num_channels)
+    h1_FxLxJxC = h1.reshape(f1, segment, nseg, num_channels)
+    a1 = jax.nn.relu(h1_FxLxJxC * kernel["scale1"][None, None, None] + kernel["shift1"][:, None, None])
+    h2 = jnp.dot(kernel["k2t"], a1.astype(dt).reshape(f1, -1), preferred_element_type=jnp.float32)
+    h2_GxLxJxC = h2.reshape(f2, segment, nseg, num_channels)
+    a2 = jax.nn.relu(h2_GxLxJxC * kernel["scale2"][None, None, None] + kernel["shift2"][:, None, None])
+    a2_BxGC = a2.astype(dt).transpose(2, 1, 0, 3).reshape(block, f2 * num_channels)
     h3 = jnp.dot(a2_BxGC, kernel["k3"], preferred_element_type=jnp.float32)
     a3 = jax.nn.relu(h3 + kernel["b3"][None]).astype(dt)
     return jnp.dot(a3, kernel["k4"], preferred_element_type=jnp.float32) + kernel["b4"][None]
@@ -529,9 +534,18 @@ def _drop_mapped_pages(source, start: int, stop: int) -> None:
         pass
 
 
+def _aligned_zeros(shape: tuple, dtype=np.float32, alignment: int = 64) -> np.ndarray:
+    """Zeros whose data is `alignment`-byte aligned: jax.device_put then aliases it on CPU
+    instead of copying (the array must not be written to afterwards)."""
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    raw = np.zeros(nbytes + alignment, np.uint8)
+    offset = (-raw.ctypes.data) % alignment
+    return raw[offset:offset + nbytes].view(dtype).reshape(shape)
+
+
 def _read_group(source, group, rows: int, num_channels: int) -> np.ndarray:
     """Samples of each chunk [(sample_start, sample_stop)] of a group, zero-padded: [D, R, C]."""
-    x = np.zeros((len(group), rows, num_channels), np.float32)
+    x = _aligned_zeros((len(group), rows, num_channels))
     for d, (s0, s1) in enumerate(group):
         if s1 > s0:
             x[d, : s1 - s0] = source.read(s0, s1)
@@ -569,7 +583,8 @@ def iter_probabilities(
     Column j of p is the window starting at sample chunk_start + j (anchor sample
     chunk_start + j + params.anchor). The chunks tile the windows lying inside [start, stop):
     window starts start … stop - W, i.e. stop - start - W + 1 columns in total. p is float32 or
-    float16 (config.output_dtype), a fresh host array the caller may keep.
+    float16 (config.output_dtype), a read-only host array the caller may keep (on CPU it is
+    the device buffer itself, no copy).
 
     `recording`: a Recording, a TraceSource (.shape, .read) or a [T, C] array.
     Raises ValueError if the channel count differs from the model's or the span is shorter
@@ -623,9 +638,9 @@ def iter_probabilities(
 
     def dispatch(g):
         x = next_input()
+        group = jobs[g]
         if x.shape[0] < ndev:  # last group: idle devices get a zero chunk
             x = np.concatenate([x, np.zeros((ndev - x.shape[0],) + x.shape[1:], x.dtype)])
-        group = jobs[g]
         valid = np.zeros(ndev, np.int32)
         for d, (c0, _) in enumerate(group):
             valid[d] = min(steps, start + num_steps - c0)
@@ -658,7 +673,7 @@ def _collect(item) -> Iterator[tuple[int, np.ndarray]]:
                 f"traces are not finite: first bad value {x[d, row, channel]} at sample {c0 + row}, "
                 f"channel {channel}"
             )
-        yield c0, np.array(p[d, :, : valid[d]])
+        yield c0, p[d, :, : valid[d]]
 
 
 def predict_probabilities(
