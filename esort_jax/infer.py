@@ -555,19 +555,22 @@ def _read_group(source, group, rows: int, num_channels: int) -> np.ndarray:
 
 def _reader(source, jobs, rows, num_channels, out_q: queue.Queue, stop: threading.Event):
     """Host thread: read the groups of chunks in order into `out_q` (bounded)."""
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                out_q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     try:
         for group in jobs:
-            x = _read_group(source, group, rows, num_channels)
-            while not stop.is_set():
-                try:
-                    out_q.put(("ok", x), timeout=0.1)
-                    break
-                except queue.Full:
-                    continue
-            if stop.is_set():
+            if not put(("ok", _read_group(source, group, rows, num_channels))):
                 return
     except BaseException as error:  # handed to the consumer, re-raised there
-        out_q.put(("error", error))
+        put(("error", error))
 
 
 def iter_probabilities(

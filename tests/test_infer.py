@@ -158,6 +158,23 @@ def test_streaming_chunks_tile_the_trace(params):
     np.testing.assert_array_equal(inline, full)
     half = infer.predict_probabilities(params, x, infer.InferenceConfig(chunk_steps=256, output_dtype="float16", **FAST))
     assert half.dtype == np.float16 and np.abs(half.astype(np.float32) - full).max() <= 1e-3
+    # a consumer may stop early: the read-ahead thread ends with the generator
+    stream = infer.iter_probabilities(params, x, CFG)
+    assert next(stream)[0] == 0
+    stream.close()
+
+
+def test_read_errors_reach_the_consumer(params):
+    class Failing:
+        shape = (900, C)
+
+        def read(self, start, stop):
+            if start > 0:
+                raise OSError("disk gone")
+            return np.zeros((stop - start, C), np.float32)
+
+    with pytest.raises(OSError, match="disk gone"):
+        list(infer.iter_probabilities(params, Failing(), CFG))
 
 
 def test_bfloat16_compute_is_close(params):
