@@ -144,3 +144,16 @@ def test_pretrain_then_finetune_entry_points(tmp_path):
     missing = _run("finetune.py", "data@target.data=tiny", "model=small", "train=tiny", "logger=disabled", cache,
                    f"checkpoint={tmp_path / 'nope'}", f"hydra.run.dir={tmp_path / 'bad'}")
     assert missing.returncode != 0 and "checkpoint:" in missing.stderr
+
+
+def test_benchmark_writes_flat_keys(tmp_path):
+    result = _run("benchmark.py", "data.duration_s=1", "data.probe.n_channels=16", "data.units.n_units=4",
+                  "model=small", "rss_durations=[0.5,1]", "repeats=1", "max_wait_s=0", "naive_seconds=0.1",
+                  "logger=disabled", f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'b'}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((tmp_path / "b" / "results.json").read_text())
+    for key in ("realtime_factor", "inference_realtime_factor", "postprocess_realtime_factor", "achieved_gflops",
+                "matmul_peak_gflops", "naive_realtime_factor", "peak_rss_mb_short", "peak_rss_mb_long",
+                "n_channels", "n_units", "duration_s"):
+        assert isinstance(results[key], (int, float)) and results[key] > 0, key
+    assert results["n_channels"] == 16 and results["n_units"] == 4

@@ -1,0 +1,208 @@
+"""Sorting speed and memory on this machine: inference, post-processing, total, against the dense
+matmul peak and naive window-by-window evaluation measured in the same run.
+
+    python experiments/benchmark.py [checkpoint=...] [data.duration_s=30] [rss_durations=[30,300]]
+
+The recording is synthesised (cached) at paper scale (NP1, 384 channels, 32 kHz, 100 units).
+Without a checkpoint the network has random weights with BatchNorm statistics fitted on the
+recording, and its head bias set so each unit's probability exceeds 0.5 on ~0.1 % of steps, so
+post-processing sees sparse peaks like a trained sorter's (the cost of both stages does not
+depend on the weights' values). Peak memory is measured in fresh processes sorting lazily
+synthesised recordings of two lengths (nothing written to disk).
+"""
+
+from __future__ import annotations
+
+import json
+import hydra
+import numpy as np
+from omegaconf import DictConfig
+
+from data_gen import SynthesisConfig
+from esort_jax import checkpoint as ckpt
+from esort_jax.benchmarking import best_time, child_peak_rss_mb, load_average, matmul_peak_gflops
+from esort_jax.config import to_dict
+from esort_jax.infer import InferenceConfig, fold_batchnorm, iter_probabilities, naive_logits, predict_probabilities
+from esort_jax.model import ModelConfig
+from esort_jax.postprocess import PostprocessConfig, find_spikes
+from esort_jax.sort import sort_recording
+from experiments._common import Run
+
+
+def benchmark_model(recording, num_units: int, model_config: ModelConfig, seed: int):
+    """Random network with BatchNorm statistics fitted on the first second of `recording`."""
+    import jax.numpy as jnp
+
+    from esort_jax.train import init_model
+
+    model = init_model(recording.num_channels, num_units, model_config, seed)
+    x = recording.read(0, min(recording.num_samples, 32768))
+    starts = np.arange(0, x.shape[0] - model_config.window, 7)[:1024]
+    windows = np.stack([x[s : s + model_config.window] for s in starts])
+    model.train()
+    for _ in range(30):  # running averages converge (momentum 0.9)
+        model(jnp.asarray(windows))
+    model.eval()
+    return model
+
+
+def sparsify_head(params, recording, seconds: float = 1.0, rate: float = 1e-3):
+    """Shift each unit's bias so its probability exceeds 0.5 on a `rate` fraction of steps."""
+    import dataclasses
+
+    stop = min(recording.num_samples, int(seconds * recording.sampling_frequency))
+    p = predict_probabilities(params, recording, InferenceConfig(chunk_steps=8192), stop=stop)
+    logits = np.log(np.clip(p, 1e-7, 1 - 1e-7)) - np.log1p(-np.clip(p, 1e-7, 1 - 1e-7))
+    shift = np.quantile(logits, 1.0 - rate, axis=1).astype(np.float32)
+    return dataclasses.replace(params, b4_N=params.b4_N - shift)
+
+
+RSS_CHILD = """
+import json, numpy as np
+from data_gen import synthesize
+from esort_jax.config import from_dict
+from data_gen import SynthesisConfig
+from esort_jax.infer import InferenceConfig, InferenceParams
+from esort_jax.postprocess import PostprocessConfig
+from esort_jax.sort import sort_recording
+from esort_jax.train import configure_host_allocator
+configure_host_allocator()
+spec = json.loads({spec!r})
+recording, truth = synthesize(from_dict(SynthesisConfig, spec['data'], 'data'))
+arrays = np.load(spec['params'])
+params = InferenceParams(**{{k: arrays[k] for k in arrays.files if k != 'anchor'}}, anchor=int(arrays['anchor']))
+result = sort_recording(params, recording, threshold=spec['threshold'],
+                        infer_config=from_dict(InferenceConfig, spec['infer'], 'infer'),
+                        postprocess_config=from_dict(PostprocessConfig, spec['postprocess'], 'postprocess'))
+RESULT = {{'duration_s': recording.duration_s, 'sort_seconds': result.seconds, 'num_spikes': result.sorting.num_spikes}}
+"""
+
+
+@hydra.main(version_base=None, config_path="../conf", config_name="benchmark")
+def main(cfg: DictConfig) -> dict:
+    with Run(cfg, "benchmark") as run:
+        data = run.typed(SynthesisConfig, "data")
+        infer = run.typed(InferenceConfig, "infer")
+        postprocess = run.typed(PostprocessConfig, "postprocess")
+        model_config = run.typed(ModelConfig, "model")
+        repeats, wait = int(cfg.repeats), float(cfg.max_wait_s)
+        recording, truth, info = _recording(run, data)
+        fs, duration = recording.sampling_frequency, recording.duration_s
+        with run.stage("network"):
+            if cfg.get("checkpoint"):
+                model, meta = ckpt.load_model(str(cfg.checkpoint))
+                model.eval()
+                params = fold_batchnorm(model)
+                threshold = None
+            else:
+                model = benchmark_model(recording, truth.num_units, model_config, int(cfg.seed))
+                params = sparsify_head(fold_batchnorm(model), recording)
+                threshold = postprocess.effective_threshold
+        loads = {"start": load_average()}
+        with run.stage("matmul peak"):
+            peak = matmul_peak_gflops(repeats=max(repeats, 3), max_wait_s=wait)
+        loads["matmul"] = load_average()
+        # Inference alone (streamed, nothing kept).
+        def infer_all():
+            for _ in iter_probabilities(params, recording, infer):
+                pass
+
+        with run.stage("inference"):
+            t_infer = best_time(infer_all, repeats, wait)
+        loads["inference"] = load_average()
+        steps = recording.num_samples - params.window + 1
+        achieved = params.flops_per_step() * steps / t_infer / 1e9
+        # Post-processing alone on the whole probability traces.
+        p_NxT = predict_probabilities(params, recording, infer)
+        with run.stage("postprocess"):
+            t_post = best_time(
+                lambda: find_spikes(p_NxT, sampling_frequency=fs, config=postprocess, threshold=threshold,
+                                    sample_offset=params.anchor),
+                repeats, wait,
+            )
+        del p_NxT
+        loads["postprocess"] = load_average()
+        # Both, streamed, as sort.py runs them.
+        with run.stage("sort"):
+            sorted_once = {}
+
+            def sort_all():
+                sorted_once["result"] = sort_recording(params, recording, threshold=threshold,
+                                                       infer_config=infer, postprocess_config=postprocess)
+
+            t_total = best_time(sort_all, repeats, wait)
+        loads["sort"] = load_average()
+        # Naive window-by-window evaluation of the Flax model on a short span.
+        naive_samples = int(float(cfg.naive_seconds) * fs) + params.window - 1
+        x = recording.read(0, naive_samples)
+        with run.stage("naive"):
+            t_naive = best_time(lambda: naive_logits(model, x), 1, wait)
+        loads["naive"] = load_average()
+        naive_rtf = (naive_samples - params.window + 1) / fs / t_naive
+        # Peak memory for two lengths, each in a fresh process.
+        params_path = run.dir / "benchmark_params.npz"
+        np.savez(params_path, anchor=params.anchor, **{
+            k: np.asarray(getattr(params, k)) for k in
+            ("k1_WxF1", "scale1_C", "shift1_CxF1", "k2_F1xF2", "scale2_C", "shift2_CxF2", "k3_CxF2xS", "b3_S", "k4_SxN", "b4_N")
+        })
+        rss = []
+        with run.stage("peak memory"):
+            for seconds in cfg.rss_durations:
+                spec = {
+                    "data": {**to_dict(data), "duration_s": float(seconds)},
+                    "params": str(params_path),
+                    "threshold": threshold if threshold is not None else postprocess.effective_threshold,
+                    "infer": to_dict(infer),
+                    "postprocess": to_dict(postprocess),
+                }
+                rss.append(child_peak_rss_mb(RSS_CHILD.format(spec=json.dumps(spec))))
+                print(f"[benchmark] peak RSS sorting {seconds} s: {rss[-1]['peak_rss_mb']:.0f} MB", flush=True)
+        params_path.unlink()
+        result = sorted_once["result"]
+        run.results.update(
+            realtime_factor=duration / t_total,
+            inference_realtime_factor=duration / t_infer,
+            postprocess_realtime_factor=duration / t_post,
+            postprocess_fraction_of_total=(t_total - t_infer) / t_total if t_total > t_infer else t_post / (t_post + t_infer),
+            achieved_gflops=achieved,
+            matmul_peak_gflops=peak["peak"],
+            fraction_of_peak=achieved / peak["peak"],
+            naive_realtime_factor=naive_rtf,
+            conv_over_naive=(duration / t_infer) / naive_rtf,
+            peak_rss_mb_short=rss[0]["peak_rss_mb"],
+            peak_rss_mb_long=rss[-1]["peak_rss_mb"],
+            rss_durations_s=list(cfg.rss_durations),
+            rss_runs=rss,
+            n_channels=recording.num_channels,
+            n_units=int(params.num_units),
+            duration_s=duration,
+            num_spikes_found=result.sorting.num_spikes,
+            matmul=peak,
+            load_average=loads,
+            weights="checkpoint" if cfg.get("checkpoint") else "random (sparsified head)",
+            recording=info,
+        )
+        keys = ["realtime_factor", "inference_realtime_factor", "postprocess_realtime_factor",
+                "postprocess_fraction_of_total", "achieved_gflops", "matmul_peak_gflops", "fraction_of_peak",
+                "naive_realtime_factor", "conv_over_naive", "peak_rss_mb_short", "peak_rss_mb_long"]
+        for key in keys:
+            print(f"  {key:32s} {run.results[key]:10.3f}")
+        print(f"  load averages: {loads}")
+    return run.results
+
+
+def _recording(run, data: SynthesisConfig):
+    from esort_jax.cache import cached
+    from esort_jax.io import read_recording_folder
+    from data_gen import write_synthetic
+    from experiments._data import synthesis_key
+
+    with run.stage("synthesize"):
+        folder, hit = cached(run.cfg.cache_dir, "recordings", synthesis_key(data),
+                             lambda target: write_synthetic(data, target, progress=True))
+    recording, truth = read_recording_folder(folder)
+    return recording, truth, {"path": str(folder), "cache_hit": hit}
+
+
+if __name__ == "__main__":
+    main()
