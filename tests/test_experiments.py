@@ -157,3 +157,125 @@ def test_benchmark_writes_flat_keys(tmp_path):
                 "n_channels", "n_units", "duration_s"):
         assert isinstance(results[key], (int, float)) and results[key] > 0, key
     assert results["n_channels"] == 16 and results["n_units"] == 4
+
+
+# ----------------------------------------------------------------------------------------------
+# conf/experiment/*.yaml and the label-efficiency entry point
+
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+TINY_LABEL_EFFICIENCY = [o for o in TINY_TRANSFER if not o.startswith("k=")] + ["ks=[1,3]", "seeds=[0,1]"]
+
+
+def _validate_composed(cfg):
+    """Every typed config of a composed transfer / label_efficiency config; the probes build."""
+    from omegaconf import OmegaConf
+
+    from data_gen import probe_from_config
+    from esort_jax.infer import InferenceConfig
+    from esort_jax.model import ModelConfig
+    from esort_jax.pipeline import EvaluationConfig
+    from esort_jax.postprocess import PostprocessConfig
+    from esort_jax.train import TrainConfig
+    from esort_jax.transfer import TransferConfig
+    from esort_jax.windows import WindowConfig
+
+    def node(key):
+        return OmegaConf.to_container(OmegaConf.select(cfg, key), resolve=True)
+
+    for key in ("target.data", "source.data"):
+        data = from_dict(SynthesisConfig, node(key), key)
+        assert probe_from_config(data.probe, f"{key}.probe").get_contact_count() == 16
+    for cls, key in [(ModelConfig, "model"), (TrainConfig, "pretrain.train"), (TrainConfig, "finetune.train"),
+                     (WindowConfig, "pretrain.windows"), (WindowConfig, "finetune.windows"),
+                     (InferenceConfig, "infer"), (PostprocessConfig, "postprocess"),
+                     (EvaluationConfig, "evaluation")]:
+        from_dict(cls, node(key), key)
+    from_dict(TransferConfig, {**node("finetune.transfer"), "init": "scratch"}, "finetune.transfer")
+    assert set(cfg.arms) <= {"transfer", "scratch"}
+    if "ks" in cfg:
+        assert all(int(k) >= 1 for k in cfg.ks)
+
+
+@pytest.mark.parametrize("config_name", ["transfer", "label_efficiency"])
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_config_composes_with_tiny_overrides(experiment, config_name):
+    """Each experiment file composes on both entry points with the tiny overrides, and so does
+    every value of the sweep it declares (hydra.sweeper.params)."""
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("add"):
+        OmegaConf.register_new_resolver("add", lambda *values: sum(values))
+    tiny = TINY_TRANSFER if config_name == "transfer" else TINY_LABEL_EFFICIENCY
+    overrides = [f"experiment={experiment}", *tiny]
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
+        assert cfg.target.data.duration_s == 2.0  # the tiny override wins over the experiment's data
+        _validate_composed(cfg)
+        params = cfg.hydra.sweeper.get("params")
+        sweep = OmegaConf.to_container(params, resolve=False) if params is not None else {}
+        for key, values in sweep.items():
+            for value in str(values).split(","):
+                swept = compose(config_name, overrides=[*overrides, f"{key}={value}"])
+                _validate_composed(swept)
+                assert str(OmegaConf.select(swept, key)) == value, (key, value)
+
+
+def test_paper_np1_is_paper_scale():
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        transfer = compose("transfer", overrides=["experiment=paper_np1"])
+        curves = compose("label_efficiency", overrides=["experiment=paper_np1"])
+    for cfg in (transfer, curves):
+        for side in ("target", "source"):
+            assert cfg[side].data.probe.n_channels is None and cfg[side].data.duration_s == 100.0
+        assert cfg.pretrain.train.epochs == 50 and cfg.finetune.train.epochs == 50
+        assert cfg.source.data.units.density_per_mm3 == 15000.0
+    assert transfer.k == 10 and transfer.finetune.windows.spikes_per_unit == 10
+    assert list(curves.ks) == [5, 10, 15]
+
+
+def test_label_efficiency_writes_csv_curves_and_figures(tmp_path):
+    run = tmp_path / "run"
+    result = _run("label_efficiency.py", *TINY_LABEL_EFFICIENCY, f"cache_dir={tmp_path / 'cache'}",
+                  f"hydra.run.dir={run}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((run / "results.json").read_text())
+    assert results["status"] == "ok" and results["ks"] == [1, 3] and results["seeds"] == [0, 1]
+    rows = results["rows"]
+    assert sorted((r["seed"], r["k"], r["arm"]) for r in rows) == sorted(
+        (s, k, a) for s in (0, 1) for k in (1, 3) for a in ("transfer", "scratch"))
+    for row in rows:
+        assert row["n_units"] == 5 and row["short_units_policy"] == "keep_all"
+        assert (run / f"seed{row['seed']}" / f"k{row['k']}" / row["arm"] / "sorting.npz").is_file()
+    import csv
+
+    with open(run / "label_efficiency.csv") as handle:
+        table = list(csv.DictReader(handle))
+    assert len(table) == 8 and list(table[0])[:3] == ["seed", "k", "arm"]
+    assert float(table[0]["accuracy_pooled"]) == pytest.approx(rows[0]["accuracy_pooled"])
+    summary = {(s["k"], s["arm"]): s for s in results["summary"]}
+    assert set(summary) == {(k, a) for k in (1, 3) for a in ("transfer", "scratch")}
+    import numpy as np
+
+    for (k, arm), entry in summary.items():
+        values = [r["accuracy_pooled"] for r in rows if r["k"] == k and r["arm"] == arm]
+        assert entry["n_seeds"] == 2
+        assert entry["accuracy_pooled_mean"] == pytest.approx(np.mean(values))
+        assert entry["accuracy_pooled_std"] == pytest.approx(np.std(values, ddof=1))
+        for metric in ("accuracy_mean", "well_detected", "window_jaccard"):
+            assert entry[f"{metric}_mean"] is not None
+        assert results["by_k"][f"k{k}"][arm]["accuracy_pooled_mean"] == entry["accuracy_pooled_mean"]
+    assert [g["k"] for g in results["gain"]["accuracy_pooled"]] == [1, 3]
+    reduction = results["label_reduction"]
+    assert len(reduction["levels"]) == 2 and "text" in reduction["headline"]
+    assert "keep_all" in results["short_units_note"]
+    assert set(results["per_seed"]) == {"0", "1"} and results["per_seed"]["0"]["pretrain"]["cache_hit"] is False
+    for name in ("label_efficiency", "accuracy_gain", "label_reduction"):
+        assert (run / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+    assert "label reduction" in result.stdout and "gain" in result.stdout
+
+
+def test_label_efficiency_bad_ks_fail_early(tmp_path):
+    result = _run("label_efficiency.py", *TINY_LABEL_EFFICIENCY, "ks=[0,2]", f"cache_dir={tmp_path}",
+                  f"hydra.run.dir={tmp_path / 'r'}")
+    assert result.returncode != 0 and "ks: every entry must be an integer >= 1" in result.stderr
+    assert not (tmp_path / "recordings").exists()
