@@ -216,8 +216,16 @@ def format_pivot(table: Pivot, precision: int = 3) -> str:
     return "\n".join(lines)
 
 
-def plot_heatmap(table: Pivot, path: str | Path | None = None, title: str | None = None, cmap: str = "viridis"):
-    """Heatmap of the grid with each value written in its cell; returns the figure."""
+def plot_heatmap(
+    table: Pivot,
+    path: str | Path | None = None,
+    title: str | None = None,
+    cmap: str = "viridis",
+    center: float | None = None,
+):
+    """Heatmap of the grid with each value written in its cell; returns the figure.
+
+    `center`: a value at the middle of the colour scale (e.g. 0 for a gain, with cmap="RdBu")."""
     import matplotlib.pyplot as plt
     import numpy as np
 
@@ -225,6 +233,9 @@ def plot_heatmap(table: Pivot, path: str | Path | None = None, title: str | None
     fig, ax = plt.subplots(figsize=(1.6 + 1.3 * max(len(table.col_values), 1), 1.2 + 0.8 * max(len(table.row_values), 1)))
     finite = data[np.isfinite(data)]
     vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    if center is not None:
+        reach = max(abs(vmax - center), abs(vmin - center)) or 0.5
+        vmin, vmax = center - reach, center + reach
     if vmin == vmax:
         vmin, vmax = vmin - 0.5, vmax + 0.5
     image = ax.imshow(np.ma.masked_invalid(data), cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
@@ -235,13 +246,15 @@ def plot_heatmap(table: Pivot, path: str | Path | None = None, title: str | None
     ax.set_yticklabels([str(r) for r in table.row_values])
     ax.set_xlabel(table.col_key or "")
     ax.set_ylabel(table.row_key)
-    mid = (vmin + vmax) / 2
     for i in range(data.shape[0]):
         for j in range(data.shape[1]):
             v = data[i, j]
-            text = "–" if not np.isfinite(v) else f"{v:.3f}"
-            color = "black" if np.isfinite(v) and v > mid else "white"
-            ax.text(j, i, text, ha="center", va="center", color=color if np.isfinite(v) else "gray", fontsize=9)
+            if not np.isfinite(v):
+                ax.text(j, i, "–", ha="center", va="center", color="gray", fontsize=9)
+                continue
+            r, g, b, _ = image.cmap(image.norm(v))
+            color = "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white"  # readable on the cell
+            ax.text(j, i, f"{v:.3f}", ha="center", va="center", color=color, fontsize=9)
     ax.set_title(title or table.metric, fontsize=10)
     fig.tight_layout()
     if path is not None:
