@@ -237,7 +237,7 @@ def test_label_efficiency_writes_csv_curves_and_figures(tmp_path):
     run = tmp_path / "run"
     result = subprocess.run(
         [sys.executable, str(REPO / "experiments" / "label_efficiency.py"), *TINY_LABEL_EFFICIENCY,
-         f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={run}"],
+         "reference_accuracy=0.5", f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={run}"],
         capture_output=True, text=True, cwd=REPO, timeout=600,
         # tiny shapes: compile time dominates, so compile without most optimisations
         env={**os.environ, "WANDB_MODE": "disabled", "JAX_DISABLE_MOST_OPTIMIZATIONS": "1"},
@@ -272,6 +272,8 @@ def test_label_efficiency_writes_csv_curves_and_figures(tmp_path):
     assert [g["k"] for g in results["gain"]["accuracy_pooled"]] == [1, 3]
     reduction = results["label_reduction"]
     assert len(reduction["levels"]) == 2 and "text" in reduction["headline"]
+    assert [level["at_k"] for level in reduction["levels"]] == [1, 3]
+    assert reduction["reference"]["level"] == 0.5
     assert "keep_all" in results["short_units_note"]
     assert set(results["per_seed"]) == {"0", "1"} and results["per_seed"]["0"]["pretrain"]["cache_hit"] is False
     for name in ("label_efficiency", "accuracy_gain", "label_reduction"):
