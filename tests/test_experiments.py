@@ -147,8 +147,8 @@ def test_pretrain_then_finetune_entry_points(tmp_path):
 
 
 def test_benchmark_writes_flat_keys(tmp_path):
-    result = _run("benchmark.py", "data.duration_s=1", "data.probe.n_channels=16", "data.units.n_units=4",
-                  "model=small", "rss_durations=[0.5,1]", "repeats=1", "max_wait_s=0", "naive_seconds=0.1",
+    result = _run("benchmark.py", "data.duration_s=2", "data.probe.n_channels=16", "data.units.n_units=4",
+                  "model=small", "train_epochs=1", "train_k=2", "rss_durations=[0.5,1]", "repeats=1", "max_wait_s=0", "naive_seconds=0.1",
                   "logger=disabled", f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'b'}")
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((tmp_path / "b" / "results.json").read_text())
