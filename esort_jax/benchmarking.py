@@ -15,7 +15,10 @@ import sys
 import time
 from typing import Callable
 
-__all__ = ["load_average", "cpu_idle_fraction", "wait_idle", "best_time", "matmul_peak_gflops", "child_peak_rss_mb"]
+__all__ = [
+    "load_average", "cpu_idle_fraction", "wait_idle", "best_time", "matmul_peak_gflops", "paired_timings",
+    "child_peak_rss_mb",
+]
 
 
 def load_average() -> list[float]:
@@ -72,6 +75,26 @@ def matmul_peak_gflops(repeats: int = 5, max_wait_s: float = 0.0) -> dict[str, f
         out[f"{m}x{k}x{n}"] = 2.0 * m * k * n / seconds / 1e9
     out["peak"] = max(out.values())
     return out
+
+
+def paired_timings(fn: Callable[[], object], repeats: int = 3, max_wait_s: float = 0.0) -> list[dict]:
+    """Time `fn` `repeats` times (after a warm-up call), each run right after a measurement of
+    the matmul peak, so every timing has a reference taken under the same machine conditions
+    (on a shared machine the peak itself moves by tens of percent within minutes).
+
+    Returns one dict per run: seconds, peak_gflops (the larger of the two matmul shapes of
+    `matmul_peak_gflops`, best of 3 each), load (1-minute load average before the run)."""
+    fn()
+    runs = []
+    for _ in range(repeats):
+        if max_wait_s:
+            wait_idle(max_wait_s)
+        peak = matmul_peak_gflops(repeats=3)["peak"]
+        load = load_average()[0]
+        started = time.perf_counter()
+        fn()
+        runs.append({"seconds": time.perf_counter() - started, "peak_gflops": peak, "load": load})
+    return runs
 
 
 def child_peak_rss_mb(code: str, env: dict | None = None, timeout_s: float = 3600) -> dict:
