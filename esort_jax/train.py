@@ -775,7 +775,11 @@ def train(
             metrics["epoch_seconds"] = time.perf_counter() - started
             metrics["windows_per_second"] = steps * config.batch_size / metrics["epoch_seconds"]
             history.append(metrics)
-            log.info("epoch %d: %s", epoch, {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()})
+            if progress is not None:  # the bar carries the progress; the metrics go in its postfix
+                progress.set_postfix(epoch=epoch, loss=f"{train_loss:.4f}", val_recall=f"{metrics['val_recall']:.3f}")
+            # One line per epoch without a bar; with a bar only the last (all are in `history`).
+            level = logging.INFO if progress is None or epoch + 1 == last_epoch else logging.DEBUG
+            log.log(level, "epoch %d: %s", epoch, {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()})
             completed = epoch + 1
             if run_dir is not None and (
                 completed % config.checkpoint_every_epochs == 0 or completed == last_epoch
