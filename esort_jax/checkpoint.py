@@ -62,7 +62,12 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 FORMAT_NAME = "esort_jax.checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# What each format version changed (a checkpoint of an older version is refused with this).
+_FORMAT_CHANGES = {
+    2: "backbone.spatial.dense.kernel is stored [S, F2*C] with feature-major columns "
+       "(version 1: [C*F2, S], channel-major rows)",
+}
 # What the network consumes: windows [batch, time (W), channel (C)] of float32 microvolts.
 INPUT_LAYOUT = "BxWxC:float32:uV"
 _EPOCH_DIR = re.compile(r"^epoch_(\d+)$")
@@ -156,10 +161,17 @@ class CheckpointMetadata:
     def from_json(cls, data: dict, where: str = "metadata.json") -> "CheckpointMetadata":
         if data.get("format") != FORMAT_NAME:
             raise CheckpointError(f"{where}: field 'format' is {data.get('format')!r}; expected {FORMAT_NAME!r}")
-        if int(data.get("format_version", 0)) > FORMAT_VERSION:
+        version = int(data.get("format_version", 0))
+        if version > FORMAT_VERSION:
             raise CheckpointError(
-                f"{where}: format_version {data['format_version']} is newer than this esort_jax "
+                f"{where}: format_version {version} is newer than this esort_jax "
                 f"reads ({FORMAT_VERSION}); update esort_jax"
+            )
+        if version < FORMAT_VERSION:
+            raise CheckpointError(
+                f"{where}: format_version {version} is older than this esort_jax reads "
+                f"({FORMAT_VERSION}): {_FORMAT_CHANGES.get(version + 1, 'the parameter layout changed')}; "
+                "train the network again"
             )
         names = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in data.items() if k in names}

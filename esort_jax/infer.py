@@ -95,8 +95,8 @@ class InferenceParams:
       scale1_C, shift1_CxF1: per-channel affine after filter 1 (BatchNorm over channels).
       k2_F1xF2: second temporal filter, shared by channels.
       scale2_C, shift2_CxF2: per-channel affine after filter 2.
-      k3_CxF2xS, b3_S: spatial Dense with its BatchNorm(S) folded in (input flattened
-        channel-major, as in the model).
+      k3_CxF2xS, b3_S: spatial Dense with its BatchNorm(S) folded in, indexed [channel,
+        feature, output] (the model stores the kernel as [S, F2·C]; see esort_jax.model).
       k4_SxN, b4_N: head (logits).
       anchor: static; index within the window of the sample the window is about.
     """
@@ -182,7 +182,7 @@ def fold_batchnorm(model) -> InferenceParams:
     f64 = lambda a: np.asarray(a[...], np.float64)  # noqa: E731
     k1, b1 = f64(bb.temporal1.dense.kernel), f64(bb.temporal1.dense.bias)
     k2, b2 = f64(bb.temporal2.dense.kernel), f64(bb.temporal2.dense.bias)
-    k3, b3 = f64(bb.spatial.dense.kernel), f64(bb.spatial.dense.bias)
+    k3, b3 = f64(bb.spatial.dense.kernel).T, f64(bb.spatial.dense.bias)  # stored [S, F2·C] → [F2·C, S]
     k4, b4 = f64(model.head.kernel), f64(model.head.bias)
     window, num_channels = int(model.config.window), int(model.num_channels)
     if k1.shape[0] != window:
@@ -206,7 +206,7 @@ def fold_batchnorm(model) -> InferenceParams:
         k2_F1xF2=as32(k2),
         scale2_C=as32(mul2),
         shift2_CxF2=as32(mul2[:, None] * b2[None, :] + add2[:, None]),
-        k3_CxF2xS=as32((k3 * mul3[None, :]).reshape(num_channels, f2, s)),
+        k3_CxF2xS=as32((k3 * mul3[None, :]).reshape(f2, num_channels, s).transpose(1, 0, 2)),  # rows (g, c)
         b3_S=as32(b3 * mul3 + add3),
         k4_SxN=as32(k4),
         b4_N=as32(b4),

@@ -5,17 +5,28 @@ Per window x [W, C] (W samples of C channels, time-major like the recording):
   backbone.temporal1   Dense W→F1 on each channel's W samples, weights shared by all channels;
                        BatchNorm over channels (one scale/shift per channel); ReLU      → [C, F1]
   backbone.temporal2   Dense F1→F2 shared by channels; per-channel BatchNorm; ReLU        → [C, F2]
-  backbone.spatial     flatten (channel-major) [C·F2] → Dense → S; BatchNorm(S); ReLU      → [S]
+  backbone.spatial     flatten (feature-major) [F2·C] → Dense → S; BatchNorm(S); ReLU     → [S]
   head                 Dense S → N units (logits; sigmoid gives per-unit probabilities)
 
 Paper sizes: W=60, F1=8, F2=16, S=256. Parameters that depend on the channel count C
 (`*.norm` of the temporal filters, `spatial.dense`) or on the unit count N (`head`) sit in
 their own named layers, so transfer can restore by name (see esort_jax.transfer).
+
+Shapes as stored: temporal*.dense.kernel [F_in, F_out] (nnx.Linear), *.norm scale/bias/mean/var
+[C] (or [S]), spatial.dense.kernel [S, F2·C] (column f·C + c: feature f of channel c; stored
+transposed, see SpatialDense), head.kernel [S, N].
+
+The layouts inside are chosen for the training step on CPU, whose cost beyond the three big
+spatial GEMMs is memory traffic over the [F, B, C] activations (benchmarks/bench_train.py): the
+temporal filters run feature-major with channels minor, bias + BatchNorm + ReLU of a temporal
+filter is one custom-VJP function with few passes over its activations (`bias_norm_relu`), and
+no kernel or gradient is transposed or permuted per step.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -23,7 +34,10 @@ from flax import nnx
 
 from esort_jax.config import require
 
-__all__ = ["ModelConfig", "TemporalFilter", "SpatialFilter", "Backbone", "ESortNet", "window_flops", "contract_leading", "matmul"]
+__all__ = [
+    "ModelConfig", "TemporalFilter", "bias_norm_relu", "SpatialDense", "SpatialFilter", "Backbone", "ESortNet",
+    "window_flops", "contract_leading", "matmul_nt",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,8 +96,16 @@ class ModelConfig:
 class TemporalFilter(nnx.Module):
     """A Dense over each channel's features, shared by channels; per-channel BatchNorm; ReLU.
 
-    Input [B, C, F_in] (or [B, W, C] for the first filter, see `time_major_input`);
-    output [B, C, F_out].
+    Public interface: input [B, C, F_in] (or [B, W, C] for the first filter, see
+    `time_major_input`), output [B, C, F_out]. Inside the backbone the filters run
+    feature-major (`feature_major`): [F_in, B, C] → [F_out, B, C] (or [B, F_out, C]), so each
+    Dense is one GEMM [F_out, F_in] × [F_in, B·C] and channels stay minor throughout.
+
+    The parameters live in `dense` (nnx.Linear) and `norm` (nnx.BatchNorm: scale, bias and the
+    running mean/var, updated as nnx.BatchNorm does). The computation is not nnx.BatchNorm's:
+    in training mode bias + BatchNorm + ReLU is one custom-VJP function (`bias_norm_relu`)
+    that touches the [F, B, C] activations in as few memory passes as we could find (see there);
+    in eval mode it is the affine map of the running statistics.
     """
 
     def __init__(
@@ -99,7 +121,7 @@ class TemporalFilter(nnx.Module):
         self.time_major_input = time_major_input
         self.dtype = config.dtype
         self.dense = nnx.Linear(in_features, out_features, dtype=self.dtype, rngs=rngs)
-        # Normalises [F, B, C] activations over (F, B), one scale/shift per channel (C last).
+        # Holds one scale/shift and running mean/var per channel (normalised over (F, B)).
         self.norm = nnx.BatchNorm(
             num_channels,
             axis=-1,
@@ -110,19 +132,99 @@ class TemporalFilter(nnx.Module):
         )
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        # Computed feature-major, [F, B, C]: each Dense is then one GEMM [F_out, F_in] x
-        # [F_in, B·C] and the per-channel statistics reduce over leading axes. The transposes at
-        # the boundaries keep the [B, ·, C] interface; inside a jit they cancel between layers
-        # (and the first one folds into the gather that cut the windows).
-        kernel = self.dense.kernel[...].astype(self.dtype)
-        bias = self.dense.bias[...].astype(self.dtype)
         if self.time_major_input:  # x_BxWxC
-            x_KxBxC = jnp.transpose(x.astype(self.dtype), (1, 0, 2))
+            x_KxBxC = jnp.transpose(x, (1, 0, 2))
         else:  # x_BxCxF
-            x_KxBxC = jnp.transpose(x.astype(self.dtype), (2, 0, 1))
-        h_FxBxC = contract_leading(kernel, x_KxBxC) + bias[:, None, None]
-        y_FxBxC = nnx.relu(self.norm(h_FxBxC))
-        return jnp.transpose(y_FxBxC, (1, 2, 0))
+            x_KxBxC = jnp.transpose(x, (2, 0, 1))
+        return jnp.transpose(self.feature_major(x_KxBxC), (1, 2, 0))
+
+    def feature_major(self, x_KxBxC: jax.Array, *, batch_major_output: bool = False) -> jax.Array:
+        """[K, B, C] → relu(norm(dense(x))): [F, B, C], or [B, F, C] if batch_major_output."""
+        kernel = self.dense.kernel[...].astype(self.dtype)
+        bias = self.dense.bias[...].astype(jnp.float32)
+        h_FxBxC = contract_leading(kernel, x_KxBxC.astype(self.dtype))  # without the bias
+        norm = self.norm
+        scale, shift = norm.scale[...].astype(jnp.float32), norm.bias[...].astype(jnp.float32)
+        eps = float(norm.epsilon)
+        if norm.use_running_average:
+            mul = scale * jax.lax.rsqrt(norm.var[...] + eps)
+            add = shift - norm.mean[...] * mul
+            y = jax.nn.relu((h_FxBxC + bias[:, None, None]) * mul[None, None] + add[None, None])
+            y = jnp.transpose(y, (1, 0, 2)) if batch_major_output else y
+        else:
+            y, mean, var = bias_norm_relu(h_FxBxC, bias, scale, shift, eps, batch_major_output)
+            m = norm.momentum
+            norm.mean[...] = jax.lax.stop_gradient(m * norm.mean[...] + (1 - m) * mean)
+            norm.var[...] = jax.lax.stop_gradient(m * norm.var[...] + (1 - m) * var)
+        return y.astype(self.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def bias_norm_relu(h_FxBxC, bias_F, scale_C, shift_C, eps, batch_major_output):
+    """Training-mode relu(BatchNorm_C(h + bias)) with batch statistics over (F, B).
+
+    Returns (y, mean_C, var_C): y [F, B, C] ([B, F, C] if batch_major_output), and the batch
+    mean and (biased) variance for the running averages. The variance is the one-pass
+    E[x²] - E[x]² (as nnx.BatchNorm's default `use_fast_variance`).
+
+    The autodiff of the plain formula made XLA:CPU sweep the [F, B, C] activations ~10 times
+    per layer (separate reductions for every mean, centred copies, the backward's sums, the
+    bias gradient). Here the forward reads h for the per-(f, c) batch sums of h and h², then
+    once more to write y; the backward reads (dy, h) for the per-(f, c) sums of g and g·x̂ (g
+    the gradient behind the ReLU), then once more to write dh. The gradients of the
+    per-channel scale and shift, and of the per-feature Dense bias, follow from those [F, C]
+    sums alone.
+    """
+    return _bnr_forward(h_FxBxC, bias_F, scale_C, shift_C, eps, batch_major_output)[0]
+
+
+def _bnr_forward(h, bias, scale, shift, eps, batch_major_output):
+    f, b, _ = h.shape
+    n = f * b
+    h32 = h.astype(jnp.float32)
+    # The barrier keeps XLA from merging these [F, C] sums with the later sums over F into
+    # reductions over the big tensor (which it would then also run again in the backward).
+    hsum_FxC, hsumsq_FxC = jax.lax.optimization_barrier((jnp.sum(h32, axis=1), jnp.sum(h32 * h32, axis=1)))
+    bias_FxC = jnp.broadcast_to(bias[:, None], hsum_FxC.shape)
+    # x = h + bias: Σ_b x = Σ_b h + B·bias, Σ_b x² = Σ_b h² + 2·bias·Σ_b h + B·bias²
+    mean = jnp.sum(hsum_FxC + b * bias_FxC, axis=0) / n
+    meansq = jnp.sum(hsumsq_FxC + 2.0 * bias_FxC * hsum_FxC + b * bias_FxC * bias_FxC, axis=0) / n
+    var = jnp.maximum(meansq - mean * mean, 0.0)
+    rstd = jax.lax.rsqrt(var + eps)
+    mul = scale * rstd
+    z = (h32 + bias[:, None, None] - mean[None, None, :]) * mul[None, None] + shift[None, None]
+    if batch_major_output:
+        z = jnp.transpose(z, (1, 0, 2))
+    y = jax.nn.relu(z)
+    residuals = (h, bias, scale, shift, mean, rstd, hsum_FxC)
+    return (y, mean, var), residuals
+
+
+def _bnr_fwd(h, bias, scale, shift, eps, batch_major_output):
+    return _bnr_forward(h, bias, scale, shift, eps, batch_major_output)
+
+
+def _bnr_bwd(eps, batch_major_output, residuals, cotangents):
+    h, bias, scale, shift, mean, rstd, hsum_FxC = residuals
+    dy = cotangents[0]  # the mean/var outputs only feed running averages (no gradient)
+    if batch_major_output:
+        dy = jnp.transpose(dy, (1, 0, 2))
+    f, b, _ = h.shape
+    n = f * b
+    xhat = (h.astype(jnp.float32) + bias[:, None, None] - mean[None, None, :]) * rstd[None, None]
+    g = jnp.where(xhat * scale[None, None] + shift[None, None] > 0, dy.astype(jnp.float32), 0.0)
+    g_sum_FxC, gx_sum_FxC = jax.lax.optimization_barrier((jnp.sum(g, axis=1), jnp.sum(g * xhat, axis=1)))
+    d_shift = jnp.sum(g_sum_FxC, axis=0)  # [C]
+    d_scale = jnp.sum(gx_sum_FxC, axis=0)
+    mul = scale * rstd
+    dh = mul[None, None] * (g - (d_shift / n)[None, None] - xhat * (d_scale / n)[None, None])
+    # Σ_{b,c} dh[f, b, c] from [F, C] sums, with Σ_b x̂[f, b, c] = rstd (Σ_b h + B (bias_f - mean_c)).
+    xhat_sum_FxC = rstd[None] * (hsum_FxC + b * (bias[:, None] - mean[None, :]))
+    d_bias = jnp.sum(mul[None] * (g_sum_FxC - (b * d_shift / n)[None] - xhat_sum_FxC * (d_scale / n)[None]), axis=1)
+    return dh.astype(h.dtype), d_bias, d_scale, d_shift
+
+
+bias_norm_relu.defvjp(_bnr_fwd, _bnr_bwd)
 
 
 @jax.custom_vjp
@@ -152,13 +254,60 @@ def _contract_leading_bwd(residuals, g_FxBxC):
 contract_leading.defvjp(_contract_leading_fwd, _contract_leading_bwd)
 
 
+class SpatialDense(nnx.Module):
+    """Dense [B, K] → [B, S] whose kernel is stored transposed, [S, K] (`kernel`, `bias` [S]).
+
+    Stored as the training step's gradient GEMM produces it (gᵀ x, [S, B] × [B, K]), so the
+    optimiser updates it in place: with the usual [K, S] layout XLA fused the transpose into
+    Adam's elementwise updates, which then read the 6 MB gradient column by column. The
+    forward product contracts the kernel's minor axis (an NT GEMM, as fast as NN here).
+    Initialised like nnx.Linear: LeCun normal over the K inputs, zero bias.
+    """
+
+    def __init__(self, in_features: int, out_features: int, *, dtype, rngs: nnx.Rngs):
+        init = nnx.initializers.lecun_normal(in_axis=1, out_axis=0)
+        self.kernel = nnx.Param(init(rngs.params(), (out_features, in_features), jnp.float32))
+        self.bias = nnx.Param(jnp.zeros((out_features,), jnp.float32))
+        self.dtype = dtype
+
+    def __call__(self, x_BxK: jax.Array) -> jax.Array:
+        kernel = self.kernel[...].astype(self.dtype)
+        return matmul_nt(x_BxK.astype(self.dtype), kernel) + self.bias[...].astype(self.dtype)[None, :]
+
+
+@jax.custom_vjp
+def matmul_nt(x_BxK: jax.Array, kernel_SxK: jax.Array) -> jax.Array:
+    """x @ kernelᵀ: [B, K] × [S, K] → [B, S], with both backward products plain GEMMs.
+
+    d_x = g @ kernel ([B, S] × [S, K]); d_kernel = gᵀ @ x ([S, B] × [B, K]) with gᵀ
+    materialised (a small [S, B] copy; the barrier keeps XLA from folding it back into the
+    product, which it would then run as a slower transposed-operand GEMM)."""
+    return jax.lax.dot_general(x_BxK, kernel_SxK, (((1,), (1,)), ((), ())))
+
+
+def _matmul_nt_fwd(x_BxK, kernel_SxK):
+    return matmul_nt(x_BxK, kernel_SxK), (x_BxK, kernel_SxK)
+
+
+def _matmul_nt_bwd(residuals, g_BxS):
+    x_BxK, kernel_SxK = residuals
+    g_SxB = jax.lax.optimization_barrier(g_BxS.T)
+    return g_BxS @ kernel_SxK, g_SxB @ x_BxK
+
+
+matmul_nt.defvjp(_matmul_nt_fwd, _matmul_nt_bwd)
+
+
 class SpatialFilter(nnx.Module):
-    """Flatten [B, C, F] channel-major → Dense → S, BatchNorm(S), ReLU."""
+    """Flatten [B, F, C] feature-major → Dense → S, BatchNorm(S), ReLU.
+
+    `dense.kernel` is [S, F·C]; column f·C + c weighs feature f of channel c. That is the
+    order the temporal filters produce ([B, F2, C] → [B, F2·C] is a free reshape), so neither
+    the kernel nor its gradient is ever permuted.
+    """
 
     def __init__(self, num_channels: int, in_features: int, config: ModelConfig, *, rngs: nnx.Rngs):
-        self.dense = nnx.Linear(
-            num_channels * in_features, config.spatial_features, dtype=config.dtype, rngs=rngs
-        )
+        self.dense = SpatialDense(num_channels * in_features, config.spatial_features, dtype=config.dtype, rngs=rngs)
         self.norm = nnx.BatchNorm(
             config.spatial_features,
             momentum=config.batchnorm_momentum,
@@ -168,42 +317,12 @@ class SpatialFilter(nnx.Module):
         )
 
     def __call__(self, h_BxCxF: jax.Array) -> jax.Array:
-        # Flattened feature-major ([B, F·C], a row permutation of the temporal filter's [F, B, C]
-        # output) against the kernel's rows permuted to match: the same as flattening
-        # channel-major [B, C·F] against the kernel as stored.
         batch, channels, features = h_BxCxF.shape
-        flat_BxFC = jnp.transpose(h_BxCxF, (0, 2, 1)).reshape(batch, features * channels)
-        kernel = self.dense.kernel[...].astype(self.dense.dtype)
-        kernel_FCxS = jnp.transpose(kernel.reshape(channels, features, -1), (1, 0, 2)).reshape(features * channels, -1)
-        bias = self.dense.bias[...].astype(self.dense.dtype)
-        z_BxS = matmul(flat_BxFC.astype(self.dense.dtype), kernel_FCxS) + bias[None, :]
-        return nnx.relu(self.norm(z_BxS))
+        return self.flat(jnp.transpose(h_BxCxF, (0, 2, 1)).reshape(batch, features * channels))
 
-
-@jax.custom_vjp
-def matmul(x_BxK: jax.Array, kernel_KxS: jax.Array) -> jax.Array:
-    """x @ kernel, with a weight gradient XLA:CPU runs as a plain GEMM.
-
-    Autodiff gives d_kernel = xᵀ g, a product contracting the leading axis of both operands,
-    which XLA:CPU hands to a generic kernel at ~2/3 of the matmul rate. Here d_kernelᵀ = gᵀ x
-    with gᵀ materialised (a small [S, B] copy) is an ordinary GEMM; the [S, K] result is
-    transposed back (a small copy). Optimisation barriers keep XLA from folding the two
-    transposes back into the product."""
-    return x_BxK @ kernel_KxS
-
-
-def _matmul_fwd(x_BxK, kernel_KxS):
-    return x_BxK @ kernel_KxS, (x_BxK, kernel_KxS)
-
-
-def _matmul_bwd(residuals, g_BxS):
-    x_BxK, kernel_KxS = residuals
-    g_SxB = jax.lax.optimization_barrier(g_BxS.T)
-    d_kernel_SxK = jax.lax.optimization_barrier(g_SxB @ x_BxK)
-    return g_BxS @ kernel_KxS.T, d_kernel_SxK.T
-
-
-matmul.defvjp(_matmul_fwd, _matmul_bwd)
+    def flat(self, flat_BxFC: jax.Array) -> jax.Array:
+        """Dense + BatchNorm + ReLU of already flattened (feature-major) inputs [B, F·C]."""
+        return nnx.relu(self.norm(self.dense(flat_BxFC)))
 
 
 class Backbone(nnx.Module):
@@ -218,7 +337,12 @@ class Backbone(nnx.Module):
         self.spatial = SpatialFilter(num_channels, f2, config, rngs=rngs)
 
     def __call__(self, x_BxWxC: jax.Array) -> jax.Array:
-        return self.spatial(self.temporal2(self.temporal1(x_BxWxC)))
+        batch, _, channels = x_BxWxC.shape
+        # Feature-major inside: [W, B, C] → [F1, B, C] → [B, F2, C] → [B, F2·C] (no transposes
+        # but the first, which cancels against the training step's own; see train._update).
+        a1_FxBxC = self.temporal1.feature_major(jnp.transpose(x_BxWxC, (1, 0, 2)))
+        a2_BxFxC = self.temporal2.feature_major(a1_FxBxC, batch_major_output=True)
+        return self.spatial.flat(a2_BxFxC.reshape(batch, -1))
 
 
 class ESortNet(nnx.Module):
@@ -251,3 +375,4 @@ def window_flops(num_channels: int, num_units: int, config: ModelConfig) -> int:
         + config.spatial_features * num_units
     )
     return 2 * macs
+

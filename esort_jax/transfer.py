@@ -9,7 +9,7 @@ arrays layer by layer, except:
 - layers matching `exclude` (default: the head -- the target has other units);
 - layers whose arrays have another shape in the target: with another channel count these are
   the per-channel normalisations backbone.temporal1.norm / backbone.temporal2.norm ([C]) and
-  backbone.spatial.dense ([C·F2, S]);
+  backbone.spatial.dense ([S, F2·C]);
 - a block's `norm` when its `dense` was re-initialised (backbone.spatial.norm after a new
   spatial.dense: its scale, shift and running statistics describe the old layer's outputs).
 The shared temporal Dense layers (backbone.temporal1.dense, backbone.temporal2.dense) do not

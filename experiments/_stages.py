@@ -81,6 +81,7 @@ def cached_pretrain(
     train_key = {k: v for k, v in to_dict(train).items() if k not in ("progress", "log_every_steps")}
     key = {
         "role": "pretrain",
+        "checkpoint_format": ckpt.FORMAT_VERSION,  # a layout change must not reuse old checkpoints
         "data": data_key,
         "model": to_dict(model),
         "windows": to_dict(windows),

@@ -96,8 +96,11 @@ def test_incompatible_checkpoints_are_refused(tmp_path):
     with pytest.raises(CheckpointError, match="window 60 disagrees with model_config.window"):
         read_metadata(path)
     meta_path.write_text(json.dumps({**data, "num_channels": 9, "channel_positions": None}))
-    with pytest.raises(CheckpointError, match=r"backbone\.spatial\.dense\.kernel has shape \(64, 16\); the model expects \(72, 16\)"):
+    with pytest.raises(CheckpointError, match=r"backbone\.spatial\.dense\.kernel has shape \(16, 64\); the model expects \(16, 72\)"):
         load_model(path)
+    meta_path.write_text(json.dumps({**data, "format_version": 1}))
+    with pytest.raises(CheckpointError, match=r"format_version 1 is older .* stored \[S, F2\*C\].*train the network again"):
+        read_metadata(path)
 
 
 def test_data_fingerprint_ignores_location_but_not_content(tmp_path):

@@ -17,7 +17,7 @@ def test_shapes_and_named_layers():
     state = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     assert state["backbone"]["temporal1"]["dense"]["kernel"].shape == (20, 4)  # shared over channels
     assert state["backbone"]["temporal1"]["norm"]["scale"].shape == (6,)  # one per channel
-    assert state["backbone"]["spatial"]["dense"]["kernel"].shape == (6 * 8, 16)
+    assert state["backbone"]["spatial"]["dense"]["kernel"].shape == (16, 8 * 6)  # [S, F2·C], stored transposed
     assert state["head"]["kernel"].shape == (16, 3)
 
 

@@ -128,7 +128,8 @@ def _reference_logits(params, stats, x_BxWxC, train):
     h = jax.nn.relu(norm(h, t1["norm"], sb["temporal1"]["norm"], 1))  # one scale/shift per channel
     h = jnp.einsum("bcf,fg->bcg", h, t2["dense"]["kernel"]) + t2["dense"]["bias"][None, None]
     h = jax.nn.relu(norm(h, t2["norm"], sb["temporal2"]["norm"], 1))
-    z = h.reshape(h.shape[0], -1) @ sp["dense"]["kernel"] + sp["dense"]["bias"][None]  # channel-major flatten
+    # flattened feature-major [B, F2·C] against the kernel stored [S, F2·C]
+    z = h.transpose(0, 2, 1).reshape(h.shape[0], -1) @ sp["dense"]["kernel"].T + sp["dense"]["bias"][None]
     z = jax.nn.relu(norm(z, sp["norm"], sb["spatial"]["norm"], 1))
     return z @ params["head"]["kernel"] + params["head"]["bias"][None]
 
@@ -162,6 +163,56 @@ def test_network_and_gradients_match_plain_reference(data):
         scale = max(float(np.max(np.abs(g))) for g in ref_flat.values())  # spatial.dense.bias: 0 (noise)
         for name, ref in ref_flat.items():
             np.testing.assert_allclose(fast_flat[name], ref, rtol=0, atol=1e-5 * scale, err_msg=f"{name} train={train_mode}")
+
+
+def _reference_batch_stats(params, x_BxWxC):
+    """Train-mode batch (mean, biased var) of each BatchNorm, from the plain formulas."""
+    eps = TINY_MODEL.batchnorm_epsilon
+    bb = params["backbone"]
+    out = {}
+
+    def norm(name, h, p, axis):
+        axes = tuple(a for a in range(h.ndim) if a != axis)
+        mean, var = h.mean(axes), h.var(axes)
+        out[name] = (mean, var)
+        shape = [1] * h.ndim
+        shape[axis] = -1
+        return (h - mean.reshape(shape)) / jnp.sqrt(var.reshape(shape) + eps) * p["scale"].reshape(shape) + p["bias"].reshape(shape)
+
+    t1, t2, sp = bb["temporal1"], bb["temporal2"], bb["spatial"]
+    h = jnp.einsum("bwc,wf->bcf", x_BxWxC, t1["dense"]["kernel"]) + t1["dense"]["bias"][None, None]
+    h = jax.nn.relu(norm("temporal1", h, t1["norm"], 1))
+    h = jnp.einsum("bcf,fg->bcg", h, t2["dense"]["kernel"]) + t2["dense"]["bias"][None, None]
+    h = jax.nn.relu(norm("temporal2", h, t2["norm"], 1))
+    z = h.transpose(0, 2, 1).reshape(h.shape[0], -1) @ sp["dense"]["kernel"].T + sp["dense"]["bias"][None]
+    norm("spatial", z, sp["norm"], 1)
+    return out
+
+
+def test_running_statistics_follow_batchnorm(data):
+    """Train mode updates every running mean/var as nnx.BatchNorm would: m·old + (1 - m)·batch
+    (biased variance), also where the running mean is far from the batch mean (the one-pass
+    variance subtracts it first)."""
+    from esort_jax.windows import gather_host
+
+    recording, _, windows = data
+    model = init_model(recording.num_channels, windows.num_units, TINY_MODEL, seed=3)
+    rng = np.random.default_rng(1)
+    nnx.update(model, jax.tree.map(lambda a: (np.asarray(a) + 3.0 * np.abs(rng.standard_normal(a.shape))).astype(np.float32),
+                                   nnx.to_pure_dict(nnx.state(model))))
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    before = jax.tree.map(np.array, nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))["backbone"])  # copies
+    x = jnp.asarray(gather_host(recording, windows.train.starts[::4][:64], W))
+    reference = _reference_batch_stats(params, x)
+    model.train()
+    model(x)
+    after = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))["backbone"]
+    m = TINY_MODEL.batchnorm_momentum
+    for name, (mean, var) in reference.items():
+        np.testing.assert_allclose(after[name]["norm"]["mean"], m * before[name]["norm"]["mean"] + (1 - m) * mean,
+                                   rtol=1e-5, atol=1e-5, err_msg=name)
+        np.testing.assert_allclose(after[name]["norm"]["var"], m * before[name]["norm"]["var"] + (1 - m) * var,
+                                   rtol=1e-4, atol=1e-5, err_msg=name)
 
 
 def test_config_errors_name_keys(data):
