@@ -211,15 +211,21 @@ def _bnr_bwd(eps, batch_major_output, residuals, cotangents):
         dy = jnp.transpose(dy, (1, 0, 2))
     f, b, _ = h.shape
     n = f * b
-    xhat = (h.astype(jnp.float32) + bias[:, None, None] - mean[None, None, :]) * rstd[None, None]
-    g = jnp.where(xhat * scale[None, None] + shift[None, None] > 0, dy.astype(jnp.float32), 0.0)
-    g_sum_FxC, gx_sum_FxC = jax.lax.optimization_barrier((jnp.sum(g, axis=1), jnp.sum(g * xhat, axis=1)))
+    h32 = h.astype(jnp.float32)
+    centre_FxC = bias[:, None] - mean[None, :]  # x - mean = h + (bias_f - mean_c)
+    mul = scale * rstd
+    # The ReLU's mask from h directly (z = x̂·scale + shift); x̂ itself is never materialised:
+    # Σ_b g·x̂ = rstd · (Σ_b g·h + (bias_f - mean_c) · Σ_b g).
+    z = (h32 + centre_FxC[:, None, :]) * mul[None, None] + shift[None, None]
+    g = jnp.where(z > 0, dy.astype(jnp.float32), 0.0)
+    g_sum_FxC, gh_sum_FxC = jax.lax.optimization_barrier((jnp.sum(g, axis=1), jnp.sum(g * h32, axis=1)))
+    gx_sum_FxC = rstd[None] * (gh_sum_FxC + centre_FxC * g_sum_FxC)
     d_shift = jnp.sum(g_sum_FxC, axis=0)  # [C]
     d_scale = jnp.sum(gx_sum_FxC, axis=0)
-    mul = scale * rstd
+    xhat = (h32 + centre_FxC[:, None, :]) * rstd[None, None]
     dh = mul[None, None] * (g - (d_shift / n)[None, None] - xhat * (d_scale / n)[None, None])
     # Σ_{b,c} dh[f, b, c] from [F, C] sums, with Σ_b x̂[f, b, c] = rstd (Σ_b h + B (bias_f - mean_c)).
-    xhat_sum_FxC = rstd[None] * (hsum_FxC + b * (bias[:, None] - mean[None, :]))
+    xhat_sum_FxC = rstd[None] * (hsum_FxC + b * centre_FxC)
     d_bias = jnp.sum(mul[None] * (g_sum_FxC - (b * d_shift / n)[None] - xhat_sum_FxC * (d_scale / n)[None]), axis=1)
     return dh.astype(h.dtype), d_bias, d_scale, d_shift
 
