@@ -289,7 +289,7 @@ def _block_logits(kernel: dict, x_RxC: jax.Array, block: int, segment: int, dt) 
 
 def _kernel_arrays(params: InferenceParams, segment: int, dt) -> dict:
     """The folded parameters laid out for the time-major block kernel."""
-    (f1, f2), c = params.temporal_features, params.num_channels
+    f2, c = params.temporal_features[1], params.num_channels
     return {
         "toeplitz": _toeplitz(params.k1_WxF1, segment).astype(dt),
         "scale1": params.scale1_C,

@@ -38,10 +38,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import math
 import time
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Callable, Literal
 
 import jax
 import jax.numpy as jnp
