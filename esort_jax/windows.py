@@ -77,6 +77,7 @@ __all__ = [
     "window_labels",
     "positive_starts",
     "make_windows",
+    "split_spans",
     "balanced_windows",
     "DeviceTraces",
     "gather_device",
@@ -389,6 +390,25 @@ def _span(value, name: str, num_samples: int) -> tuple[int, int]:
 # Window sets
 
 
+def split_spans(
+    num_samples: int,
+    config: WindowConfig,
+    *,
+    train_span: tuple[int, int] | None = None,
+    eval_span: tuple[int, int] | None = None,
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(training region, evaluation span) of a recording of `num_samples` samples, as
+    `make_windows` splits it: the region is the first `config.train_fraction` (or `train_span`),
+    the evaluation span the rest (or `eval_span`). Other tools (baseline sorters) use this to
+    sort and score exactly the span E-Sort is scored on."""
+    if train_span is None:
+        region = (0, int(np.floor(config.train_fraction * num_samples)))
+    else:
+        region = _span(train_span, "train_span", num_samples)
+    evaluation = _span((region[1], num_samples) if eval_span is None else eval_span, "eval_span", num_samples)
+    return region, evaluation
+
+
 def make_windows(
     recording: Recording,
     sorting: Sorting,
@@ -424,11 +444,7 @@ def make_windows(
     num_samples = recording.num_samples
     columns = _select_units(sorting, config.units)
 
-    if train_span is None:
-        region = (0, int(np.floor(config.train_fraction * num_samples)))
-    else:
-        region = _span(train_span, "train_span", num_samples)
-    evaluation = _span((region[1], num_samples) if eval_span is None else eval_span, "eval_span", num_samples)
+    region, evaluation = split_spans(num_samples, config, train_span=train_span, eval_span=eval_span)
     validation_length = int(np.floor(config.validation_fraction * (region[1] - region[0])))
     fit = (region[0], region[1] - validation_length)
     validation_span = (fit[1], region[1])

@@ -25,7 +25,10 @@ from esort_jax.train import TrainConfig
 from esort_jax.transfer import TransferConfig
 from esort_jax.windows import WindowConfig
 
-__all__ = ["pretrain", "cached_pretrain", "run_arm", "epoch_logger"]
+__all__ = [
+    "pretrain", "cached_pretrain", "source_synthesis", "on_recording_geometry", "pretrained_on_source", "run_arm",
+    "epoch_logger",
+]
 
 
 def epoch_logger(run, prefix: str):
@@ -103,6 +106,67 @@ def cached_pretrain(
             run.cfg.cache_dir, "checkpoints", key, build, force=bool(run.cfg.get("force_rebuild", False))
         )
     return path, hit, summary
+
+
+def source_synthesis(run, cfg, target: Recording, target_info: dict):
+    """The pretraining source's synthesis config from cfg.source.data, on the target's own probe
+    geometry (and sampling rate) when the target is a file and source.match_target_geometry;
+    None when the source is a file (cfg.source.path)."""
+    from data_gen import SynthesisConfig
+    from omegaconf import OmegaConf
+
+    from esort_jax.config import from_dict
+    from experiments._common import to_container
+
+    if cfg.source.get("path") is not None:
+        return None
+    data = from_dict(SynthesisConfig, to_container(OmegaConf.select(cfg, "source.data")), "source.data")
+    if target_info["source"] == "file" and cfg.source.match_target_geometry:
+        data = on_recording_geometry(data, target)
+        print(f"[{run.experiment}] source synthesised on the target's geometry ({target.num_channels} sites)")
+    return data
+
+
+def on_recording_geometry(data, recording: Recording):
+    """`data` (a SynthesisConfig) on `recording`'s channel positions and sampling rate: all its
+    sites, whatever block (n_channels / first_channel) the config selected from a named probe."""
+    positions = tuple(tuple(float(v) for v in p) for p in recording.channel_positions)
+    return dataclasses.replace(
+        data,
+        probe=dataclasses.replace(data.probe, positions_um=positions, n_channels=None, first_channel=0),
+        sampling_frequency=recording.sampling_frequency,
+    )
+
+
+def pretrained_on_source(
+    run,
+    cfg,
+    target: Recording,
+    target_info: dict,
+    model: ModelConfig,
+    windows: WindowConfig,
+    train: TrainConfig,
+    *,
+    seed: int,
+) -> tuple[Path, dict]:
+    """The source recording of `cfg.source` (loaded, or synthesised through the cache) and the
+    network pretrained on it (cached). Returns (checkpoint, the `pretrain` entry of results.json:
+    checkpoint, cache_hit, source, source_units and the training summary)."""
+    from esort_jax.config import ConfigError
+    from experiments._data import obtain_recording, synthesis_key
+
+    source_data = source_synthesis(run, cfg, target, target_info)
+    source, source_truth, source_info = obtain_recording(run, "source", data=source_data)
+    if source_truth is None:
+        raise ConfigError(f"source.path: {source_info.get('path')} has no ground truth to pretrain on")
+    data_key = synthesis_key(source_data) if source_info["source"] == "synthesized" else {"path": source_info["path"]}
+    checkpoint, hit, summary = cached_pretrain(
+        run, source, source_truth, model, windows, train, seed=seed, data_key=data_key,
+    )
+    return checkpoint, {
+        "checkpoint": str(checkpoint), "cache_hit": hit, "source": source_info,
+        "source_units": source_truth.num_units, **summary,
+    }
 
 
 def _train_summary(fitted) -> dict:

@@ -43,8 +43,8 @@ from esort_jax.train import TrainConfig
 from esort_jax.transfer import TransferConfig
 from esort_jax.windows import WindowConfig
 from experiments._common import Run, to_container
-from experiments._data import obtain_recording, synthesis_key
-from experiments._stages import cached_pretrain, run_arm
+from experiments._data import obtain_recording
+from experiments._stages import pretrained_on_source, run_arm
 
 ARMS = ("transfer", "scratch")
 # Aggregated over seeds (mean and std) per K and arm.
@@ -325,22 +325,6 @@ def write_figures(run, results: dict) -> dict:
 # The entry point
 
 
-def _source_data(run, cfg: DictConfig, target, target_info):
-    """The source synthesis config for this seed (on the target's geometry when the target is a
-    file and source.match_target_geometry), or None when the source is a file."""
-    if cfg.source.get("path") is not None:
-        return None
-    data = _typed(SynthesisConfig, cfg, "source.data")
-    if target_info["source"] == "file" and cfg.source.match_target_geometry:
-        positions = tuple(tuple(float(v) for v in p) for p in target.channel_positions)
-        data = dataclasses.replace(
-            data,
-            probe=dataclasses.replace(data.probe, positions_um=positions),
-            sampling_frequency=target.sampling_frequency,
-        )
-    return data
-
-
 @hydra.main(version_base=None, config_path="../conf", config_name="label_efficiency")
 def main(cfg: DictConfig) -> dict:
     with Run(cfg, "label_efficiency") as run:
@@ -397,20 +381,10 @@ def main(cfg: DictConfig) -> dict:
                                "duration_s": target.duration_s}}
             checkpoint = None
             if "transfer" in arms:
-                source_data = _source_data(run, scfg, target, target_info)
-                source, source_truth, source_info = obtain_recording(run, "source", data=source_data)
-                if source_truth is None:
-                    raise ConfigError(f"source.path: {source_info.get('path')} has no ground truth to pretrain on")
-                data_key = (
-                    synthesis_key(source_data) if source_info["source"] == "synthesized"
-                    else {"path": source_info["path"]}
+                checkpoint, info["pretrain"] = pretrained_on_source(
+                    run, scfg, target, target_info, model, pre_windows,
+                    _typed(TrainConfig, scfg, "pretrain.train"), seed=seed,
                 )
-                checkpoint, hit, pre_summary = cached_pretrain(
-                    run, source, source_truth, model, pre_windows, _typed(TrainConfig, scfg, "pretrain.train"),
-                    seed=seed, data_key=data_key,
-                )
-                info["pretrain"] = {"checkpoint": str(checkpoint), "cache_hit": hit, "source": source_info,
-                                    "source_units": source_truth.num_units, **pre_summary}
             run.results["per_seed"][str(seed)] = info
             ft_train = _typed(TrainConfig, scfg, "finetune.train")
             for k in ks:

@@ -12,8 +12,6 @@ held-out half, evaluate → a table on stdout, results.json with one object per 
 
 from __future__ import annotations
 
-import dataclasses
-
 import hydra
 from omegaconf import DictConfig
 
@@ -27,8 +25,8 @@ from esort_jax.train import TrainConfig
 from esort_jax.transfer import TransferConfig
 from esort_jax.windows import WindowConfig
 from experiments._common import Run, to_container
-from experiments._data import obtain_recording, synthesis_key
-from experiments._stages import cached_pretrain, run_arm
+from experiments._data import obtain_recording
+from experiments._stages import pretrained_on_source, run_arm
 
 ARM_INIT = {"transfer": "transfer", "scratch": "scratch"}
 TABLE_COLUMNS = [
@@ -78,10 +76,8 @@ def main(cfg: DictConfig) -> dict:
             raise ConfigError(f"arms: must be a non-empty subset of {list(ARM_INIT)}; got {arms}")
         if ft_windows.spikes_per_unit is None:
             raise ConfigError("k: must be >= 1 (labelled spikes per unit)")
-        if "transfer" in arms:
-            source_data = None
-            if cfg.source.get("path") is None:
-                source_data = run.typed(SynthesisConfig, "source.data")
+        if "transfer" in arms and cfg.source.get("path") is None:
+            run.typed(SynthesisConfig, "source.data")
 
         target, truth, target_info = obtain_recording(run, "target")
         if truth is None:
@@ -89,28 +85,9 @@ def main(cfg: DictConfig) -> dict:
 
         checkpoint = None
         if "transfer" in arms:
-            if cfg.source.get("path") is None and target_info["source"] == "file" and cfg.source.match_target_geometry:
-                positions = tuple(tuple(float(v) for v in p) for p in target.channel_positions)
-                source_data = dataclasses.replace(
-                    source_data,
-                    probe=dataclasses.replace(source_data.probe, positions_um=positions),
-                    sampling_frequency=target.sampling_frequency,
-                )
-                print(f"[transfer] source synthesised on the target's geometry ({target.num_channels} sites)")
-            source, source_truth, source_info = obtain_recording(run, "source", data=source_data)
-            if source_truth is None:
-                raise ConfigError(f"source.path: {source_info.get('path')} has no ground truth to pretrain on")
-            data_key = (
-                synthesis_key(source_data) if source_info["source"] == "synthesized"
-                else {"path": source_info["path"]}
+            checkpoint, run.results["pretrain"] = pretrained_on_source(
+                run, cfg, target, target_info, model, pre_windows, pre_train, seed=seed,
             )
-            checkpoint, hit, pre_summary = cached_pretrain(
-                run, source, source_truth, model, pre_windows, pre_train, seed=seed, data_key=data_key,
-            )
-            run.results["pretrain"] = {
-                "checkpoint": str(checkpoint), "cache_hit": hit, "source": source_info,
-                "source_units": source_truth.num_units, **pre_summary,
-            }
 
         run.results["target"] = {**target_info, "num_units": truth.num_units,
                                  "num_channels": target.num_channels, "duration_s": target.duration_s}

@@ -317,3 +317,26 @@ def test_sort_refuses_recordings_that_do_not_fit_the_checkpoint():
         check_fits(meta, recording(fs=30000.0), Path("ckpt"))
     with pytest.raises(ConfigError, match="19 samples is shorter than one window"):
         check_fits(meta, recording(samples=19), Path("ckpt"))
+
+
+def test_source_on_a_recordings_geometry_uses_all_its_sites():
+    """A source config that selects a 64-site block of a named probe, moved onto a 24-site
+    recording's geometry: every site of the recording, its sampling rate, nothing of the block."""
+    import dataclasses
+
+    import numpy as np
+
+    from data_gen import synthesize
+    from data_gen.config import ProbeConfig
+    from esort_jax import ArrayTraces, Recording
+    from experiments._stages import on_recording_geometry
+
+    positions = np.stack([np.tile([0.0, 32.0], 12), 20.0 * np.arange(24)], axis=1)
+    recording = Recording(ArrayTraces(np.zeros((100, 24), np.float32)), 30000.0, positions)
+    data = dataclasses.replace(
+        SynthesisConfig(duration_s=0.2), probe=ProbeConfig(name="np1", n_channels=64, first_channel=8)
+    )
+    moved = on_recording_geometry(data, recording)
+    source, _ = synthesize(moved)
+    assert source.num_channels == 24 and source.sampling_frequency == 30000.0
+    np.testing.assert_allclose(source.channel_positions, positions)
