@@ -31,3 +31,19 @@ bench: venv
 
 clean-venv:
 	rm -rf $(VENV)
+
+# Optional: the baseline sorters (Kilosort4 on CPU torch, SpykingCircus2, Tridesclous2) on top of
+# the core venv, for experiments/baselines.py and the tests marked `baselines`.
+BASELINES_STAMP := $(VENV)/.baselines-installed-$(shell cksum requirements-baselines.txt | cut -d' ' -f1)
+
+.PHONY: baselines-venv test-baselines
+
+baselines-venv: $(BASELINES_STAMP)
+
+$(BASELINES_STAMP): requirements-baselines.txt $(STAMP)
+	$(PY) -m pip install --quiet -r requirements.txt -r requirements-baselines.txt
+	rm -f $(VENV)/.baselines-installed-*
+	touch $(BASELINES_STAMP)
+
+test-baselines: baselines-venv
+	$(PY) -m pytest -m baselines $(PYTEST_FLAGS)

@@ -22,7 +22,7 @@ import numpy as np
 
 from esort_jax.config import require, to_dict
 from esort_jax.evaluate import EvaluationResult, evaluate
-from esort_jax.infer import InferenceConfig, fold_batchnorm
+from esort_jax.infer import InferenceConfig, InferenceParams, fold_batchnorm
 from esort_jax.model import ESortNet, ModelConfig
 from esort_jax.postprocess import PostprocessConfig
 from esort_jax.recording import Recording, Sorting
@@ -31,7 +31,10 @@ from esort_jax.train import TrainConfig, TrainResult, evaluate_windows, train
 from esort_jax.transfer import TransferConfig, TransferReport, finetune_model
 from esort_jax.windows import WindowConfig, WindowSets, balanced_windows, make_windows
 
-__all__ = ["EvaluationConfig", "Fitted", "Outcome", "fit", "sort_and_evaluate", "window_jaccard"]
+__all__ = [
+    "EvaluationConfig", "Fitted", "Outcome", "fit", "scored_span", "sort_and_evaluate", "validation_threshold",
+    "window_jaccard",
+]
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +159,14 @@ def fit(
     return Fitted(model=result.model, windows=windows, train_result=result, transfer_report=report)
 
 
+def scored_span(eval_span: tuple[int, int], *, window: int, anchor: int) -> tuple[int, int]:
+    """The samples `sort_and_evaluate` scores for an evaluation span [e0, e1): the anchors of the
+    windows that lie inside it, [e0 + anchor, e1 - window + 1 + anchor). Baseline sorters are
+    scored on the same stretch."""
+    e0, e1 = int(eval_span[0]), int(eval_span[1])
+    return (e0 + anchor, e1 - window + 1 + anchor)
+
+
 def sort_and_evaluate(
     fitted: Fitted,
     recording: Recording,
@@ -176,34 +187,16 @@ def sort_and_evaluate(
     params = fold_batchnorm(model)
     windows = fitted.windows
     unit_ids = windows.unit_ids
-    if config.threshold is not None:
-        threshold, curve = float(config.threshold), {}
-    else:
-        span = windows.validation_span
-        if span[1] - span[0] < model.config.window:
-            raise ValueError(
-                f"the validation span {span} is too short to choose a threshold; set "
-                "windows.validation_fraction > 0 or a fixed evaluation.threshold"
-            )
-        labels = truth.select_spikes(np.isin(truth.unit_ids[truth.unit_indices], unit_ids))
-        labels = Sorting(
-            samples=labels.samples,
-            unit_indices=_reindex(labels.unit_ids[labels.unit_indices], unit_ids),
-            unit_ids=unit_ids,
-            sampling_frequency=labels.sampling_frequency,
-        )
-        threshold, curve = select_threshold(
-            params, recording, labels, span, config.thresholds,
-            tolerance_ms=config.tolerance_ms, metric=config.threshold_metric,
-            infer_config=infer_config, postprocess_config=postprocess_config,
-        )
+    threshold, curve = validation_threshold(
+        fitted, params, recording, truth, config,
+        infer_config=infer_config, postprocess_config=postprocess_config,
+    )
     e0, e1 = windows.eval_span
     result = sort_recording(
         params, recording, unit_ids, threshold=threshold,
         infer_config=infer_config, postprocess_config=postprocess_config, start=e0, stop=e1,
     )
-    # Anchors of the windows inside [e0, e1): score the truth on exactly that stretch.
-    covered = (e0 + model.config.anchor, e1 - model.config.window + 1 + model.config.anchor)
+    covered = scored_span((e0, e1), window=model.config.window, anchor=model.config.anchor)
     evaluation = evaluate(
         result.sorting, truth, tolerance_ms=config.tolerance_ms, identities="known", span=covered
     )
@@ -221,6 +214,42 @@ def sort_and_evaluate(
     return Outcome(
         sort_result=result, evaluation=evaluation, threshold=threshold,
         threshold_curve=curve, window_metrics=window_metrics,
+    )
+
+
+def validation_threshold(
+    fitted: Fitted,
+    params: InferenceParams,
+    recording: Recording,
+    labels: Sorting,
+    config: EvaluationConfig,
+    *,
+    infer_config: InferenceConfig | None = None,
+    postprocess_config: PostprocessConfig | None = None,
+) -> tuple[float, dict]:
+    """(threshold, curve): `config.threshold` when fixed, else the best of `config.thresholds`
+    on the validation part of the training region, scored against `labels` (their spikes of
+    the network's units; other units ignored). `params` are `fitted.model`'s folded weights."""
+    if config.threshold is not None:
+        return float(config.threshold), {}
+    unit_ids = fitted.windows.unit_ids
+    span = fitted.windows.validation_span
+    if span[1] - span[0] < fitted.model.config.window:
+        raise ValueError(
+            f"the validation span {span} is too short to choose a threshold; set "
+            "windows.validation_fraction > 0 or a fixed evaluation.threshold"
+        )
+    known = labels.select_spikes(np.isin(labels.unit_ids[labels.unit_indices], unit_ids))
+    known = Sorting(
+        samples=known.samples,
+        unit_indices=_reindex(known.unit_ids[known.unit_indices], unit_ids),
+        unit_ids=unit_ids,
+        sampling_frequency=known.sampling_frequency,
+    )
+    return select_threshold(
+        params, recording, known, span, config.thresholds,
+        tolerance_ms=config.tolerance_ms, metric=config.threshold_metric,
+        infer_config=infer_config, postprocess_config=postprocess_config,
     )
 
 

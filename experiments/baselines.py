@@ -1,0 +1,429 @@
+"""Conventional sorters side by side with E-Sort on the same recording and the same held-out span.
+
+    python experiments/baselines.py                                     # 64-channel CPU default
+    python experiments/baselines.py sorters=[kilosort4] esort.ks=[10]
+    python experiments/baselines.py span=full                           # sorters see everything
+    python experiments/baselines.py target.path=/data/rec.h5            # a file with ground truth
+
+Needs the optional stack (`make baselines-venv`). Stages: the target recording (synthesised
+through the cache or loaded; the same spec as transfer.py) → each sorter through SpikeInterface's
+run_sorter on the evaluation span (`span: eval`, the held-out part after
+finetune.windows.train_fraction, split exactly as E-Sort's windows split it) or on the whole
+recording (`span: full`), scored by our evaluator on the span E-Sort is scored on (unknown
+identities: Hungarian matching) → optionally E-Sort's transfer and scratch arms at each K of
+`esort.ks` (pretraining cached and shared with transfer.py) → a comparison table (stdout and
+results.json), comparison.csv, comparison.png, the speed ratio of each sorter against E-Sort and
+the K E-Sort needs to reach the reference sorter's accuracy.
+
+Into the run folder: `sorters/<name>/sorter/` (the sorter's own output), `sorters/<name>/sorting.npz`
+(absolute samples), `k<K>/<arm>/` (E-Sort's training folder and sorting.npz), comparison.csv,
+comparison.png, results.json.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+from pathlib import Path
+
+import hydra
+import numpy as np
+from omegaconf import DictConfig
+
+from data_gen import SynthesisConfig
+from esort_jax import comparison
+from esort_jax.baselines import (
+    BaselineResult,
+    BaselinesConfig,
+    SorterFailed,
+    run_baseline,
+    sorted_span,
+    sorter_params,
+)
+from esort_jax.config import ConfigError, from_dict, require
+from esort_jax.evaluate import EvaluationResult, evaluate
+from esort_jax.infer import InferenceConfig
+from esort_jax.io import write_sorting_npz
+from esort_jax.io.atomic import atomic_file
+from esort_jax.model import ModelConfig
+from esort_jax.pipeline import EvaluationConfig, scored_span
+from esort_jax.postprocess import PostprocessConfig
+from esort_jax.train import TrainConfig
+from esort_jax.transfer import TransferConfig
+from esort_jax.windows import WindowConfig, split_spans
+from experiments._common import Run, to_container
+from experiments._data import obtain_recording
+from experiments._stages import pretrained_on_source, run_arm
+
+ESORT_ARMS = ("transfer", "scratch")
+PLAN_KEYS = ("sorters", "span", "sorter_params", "n_jobs", "reference_sorter")
+PAPER_REDUCTION = 2.25  # the paper: transfer needs ~2.25x fewer labels to reach Kilosort4's accuracy
+
+
+# ----------------------------------------------------------------------------------------------
+# Configuration
+
+
+@dataclasses.dataclass(frozen=True)
+class ESortArms:
+    """Which E-Sort arms run beside the sorters: `arms` at every K of `ks` (empty: none)."""
+
+    ks: tuple[int, ...] = (5, 10, 15)
+    arms: tuple[str, ...] = ESORT_ARMS
+
+    def validate(self, where: str = "esort") -> None:
+        for i, k in enumerate(self.ks):
+            require(k >= 1, f"{where}.ks[{i}]", f"must be >= 1 (labelled spikes per unit); got {k}")
+        require(len(set(self.ks)) == len(self.ks), f"{where}.ks", f"entries must be distinct; got {list(self.ks)}")
+        require(
+            len(self.arms) > 0 and all(a in ESORT_ARMS for a in self.arms) and len(set(self.arms)) == len(self.arms),
+            f"{where}.arms", f"must be a non-empty subset of {list(ESORT_ARMS)}; got {list(self.arms)}",
+        )
+
+
+def plan_from_config(cfg: DictConfig) -> BaselinesConfig:
+    """The sorter plan from the top-level keys (errors name the key, e.g. `sorters[1]`)."""
+    return from_dict(BaselinesConfig, {key: to_container(cfg.get(key)) for key in PLAN_KEYS if key in cfg}, "")
+
+
+def evaluation_spans(num_samples: int, windows: WindowConfig, model: ModelConfig, mode: str) -> dict:
+    """The spans of a comparison, in samples:
+      eval_span: the held-out span, split as E-Sort's `make_windows` splits the recording;
+      scored_span: where everything is scored, the samples `sort_and_evaluate` scores E-Sort on;
+      sorted_span: what the sorters see ('eval': the held-out span, 'full': everything)."""
+    _, eval_span = split_spans(num_samples, windows)
+    return {
+        "span": mode,
+        "train_fraction": windows.train_fraction,
+        "eval_span": list(eval_span),
+        "scored_span": list(scored_span(eval_span, window=model.window, anchor=model.anchor)),
+        "sorted_span": list(sorted_span(mode, num_samples, eval_span)),
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# Metrics
+
+
+def per_unit(evaluation: EvaluationResult) -> dict:
+    """Per true unit: the paired predicted unit (None: unpaired) and its scores."""
+    pred = [None if i < 0 else evaluation.pred_unit_ids[i] for i in np.asarray(evaluation.pred_index)]
+    return {
+        "unit_ids": np.asarray(evaluation.unit_ids).tolist(),
+        "matched_unit": [None if p is None else np.asarray(p).item() for p in pred],
+        "accuracy": np.asarray(evaluation.accuracy).tolist(),
+        "precision": np.asarray(evaluation.precision).tolist(),
+        "recall": np.asarray(evaluation.recall).tolist(),
+        "tp": np.asarray(evaluation.tp).tolist(),
+        "fp": np.asarray(evaluation.fp).tolist(),
+        "fn": np.asarray(evaluation.fn).tolist(),
+    }
+
+
+def sorter_metrics(result: BaselineResult, evaluation: EvaluationResult) -> dict:
+    """results.json entry of one sorter: the keys of transfer.py's arms where they apply."""
+    import spikeinterface
+
+    summary = evaluation.to_dict()
+    return {
+        "status": "ok",
+        "accuracy_pooled": summary["accuracy_pooled"],
+        "accuracy_mean": summary["accuracy_mean"],
+        "accuracy_median": summary["accuracy_median"],
+        "precision": summary["precision_pooled"],
+        "recall": summary["recall_pooled"],
+        "precision_mean": summary["precision_mean"],
+        "recall_mean": summary["recall_mean"],
+        "well_detected": summary["well_detected"],
+        "n_units": summary["n_units"],
+        "tolerance_ms": summary["tolerance_ms"],
+        "identities": summary["identities"],
+        "unmatched_pred_units": summary["unmatched_pred_units"],
+        "sort_seconds": result.wall_seconds,
+        "sorter_run_seconds": result.sorter_seconds,
+        "sorted_duration_s": result.sorted_duration_s,
+        "sorted_span": list(result.span),
+        "num_units_found": result.num_units_found,
+        "num_spikes_found": result.sorting.num_spikes,
+        "sorter_version": result.version,
+        "spikeinterface_version": spikeinterface.__version__,
+        "params": result.params,
+        "folder": str(result.folder),
+        "per_unit": per_unit(evaluation),
+    }
+
+
+def write_csv(path: Path, rows: list[dict], ratios: dict) -> None:
+    """comparison.csv: one row per method, every scalar plus the speed ratio (atomic)."""
+    columns = ["method", "kind", "arm", "k", "status", *comparison.METRIC_KEYS, "speed_ratio_vs_esort"]
+    with atomic_file(path, "w") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            values = {**row, "speed_ratio_vs_esort": ratios.get(row["method"]) if row["kind"] == "sorter" else None}
+            writer.writerow({c: "" if values.get(c) is None else values[c] for c in columns})
+
+
+def ordered_rows(rows: list[dict]) -> list[dict]:
+    """Sorters first (in run order), then E-Sort by arm (transfer, scratch) and K."""
+    sorters = [r for r in rows if r["kind"] == "sorter"]
+    esort = sorted((r for r in rows if r["kind"] == "esort"), key=lambda r: (ESORT_ARMS.index(r["arm"]), r["k"]))
+    return sorters + esort
+
+
+def label_reach(rows: list[dict], sorters: dict, metric: str) -> dict:
+    """For each sorter that produced a score: the K E-Sort's arms need to reach its `metric`."""
+    out = {}
+    for name, metrics in sorters.items():
+        level = metrics.get(metric) if metrics.get("status") == "ok" else None
+        if level is None or not math.isfinite(float(level)):
+            continue
+        out[name] = comparison.k_to_reach_level(rows, float(level), metric)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Figure (from a results.json dict, so notebooks redraw it)
+
+
+def plot_comparison(results: dict, path: str | Path | None = None):
+    """Three panels: accuracy (pooled) against sort time per second of data (log axis; E-Sort
+    also with its fine-tuning time, hollow); pooled and mean accuracy per method; well-detected
+    units per method against the number of true units."""
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in results["rows"] if r.get("status", "ok") == "ok"]
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.8), gridspec_kw={"width_ratios": [1.2, 1, 1]})
+    ax = axes[0]
+    markers = {"transfer": "o", "scratch": "s"}
+    colors = {"transfer": "tab:blue", "scratch": "tab:orange"}
+    sorter_colors = iter(["tab:red", "tab:green", "tab:purple", "tab:brown", "tab:gray"])
+    for row in rows:
+        duration = row.get("sorted_duration_s") or float("nan")
+        seconds = (row.get("sort_seconds") or float("nan")) / duration
+        if row["kind"] == "sorter":
+            ax.scatter(seconds, row["accuracy_pooled"], marker="D", s=60, color=next(sorter_colors),
+                       label=row["method"], zorder=3)
+        else:
+            arm = row["arm"]
+            ax.scatter(seconds, row["accuracy_pooled"], marker=markers[arm], color=colors[arm], zorder=3)
+            ax.annotate(f"K={row['k']}", (seconds, row["accuracy_pooled"]), fontsize=7,
+                        xytext=(4, -3), textcoords="offset points")
+            if row.get("train_seconds"):
+                total = (row["sort_seconds"] + row["train_seconds"]) / duration
+                ax.scatter(total, row["accuracy_pooled"], marker=markers[arm], facecolor="none",
+                           edgecolor=colors[arm], zorder=3)
+    for arm in ESORT_ARMS:
+        if any(r["kind"] == "esort" and r["arm"] == arm for r in rows):
+            ax.scatter([], [], marker=markers[arm], color=colors[arm], label=f"E-Sort {arm} (sort)")
+            ax.scatter([], [], marker=markers[arm], facecolor="none", edgecolor=colors[arm],
+                       label=f"E-Sort {arm} (fine-tune + sort)")
+    ax.set_xscale("log")
+    ax.set_xlabel("wall seconds per second of data (log)")
+    ax.set_ylabel("accuracy (pooled)")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, loc="best")
+    ax.set_title("Accuracy against sorting time", fontsize=10)
+
+    names = [r["method"] for r in rows]
+    positions = np.arange(len(rows))
+    ax = axes[1]
+    width = 0.38
+    pooled = [r.get("accuracy_pooled") or 0.0 for r in rows]
+    mean = [r.get("accuracy_mean") or 0.0 for r in rows]
+    ax.bar(positions - width / 2, pooled, width, label="pooled", color="tab:blue")
+    ax.bar(positions + width / 2, mean, width, label="per-unit mean", color="tab:cyan")
+    for x, v in zip(positions, pooled):
+        ax.annotate(f"{v:.2f}", (x - width / 2, v), ha="center", va="bottom", fontsize=6, xytext=(0, 1),
+                    textcoords="offset points")
+    ax.set_xticks(positions)
+    ax.set_xticklabels(names, rotation=60, ha="right", fontsize=7)
+    ax.set_ylim(0, 1.08)
+    ax.set_ylabel("accuracy")
+    ax.legend(fontsize=7)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_title("Accuracy on the held-out span", fontsize=10)
+
+    ax = axes[2]
+    well = [r.get("well_detected") or 0 for r in rows]
+    ax.bar(positions, well, color="tab:green")
+    units = max((r.get("n_units") or 0 for r in rows), default=0)
+    if units:
+        ax.axhline(units, color="k", lw=0.8, ls="--", label=f"{units} true units")
+        ax.legend(fontsize=7)
+    ax.set_xticks(positions)
+    ax.set_xticklabels(names, rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("units with accuracy >= 0.8")
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_title("Well-detected units", fontsize=10)
+
+    target = results.get("target", {})
+    fig.suptitle(
+        f"{target.get('num_channels', '?')} channels, {target.get('num_units', '?')} units; "
+        f"sorters on span '{results.get('spans', {}).get('span', '?')}', all scored on the held-out span",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig
+
+
+def write_figure(run, results: dict) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = run.dir / "comparison.png"
+    fig = plot_comparison(results, path)
+    plt.close(fig)
+    run.logger.image("comparison", path)
+    return str(path)
+
+
+# ----------------------------------------------------------------------------------------------
+# The entry point
+
+
+def _run_sorter(run, name: str, recording, truth, spans: dict, params: dict, plan: BaselinesConfig,
+                evaluation: EvaluationConfig) -> dict:
+    folder = run.dir / "sorters" / name
+    try:
+        result = run_baseline(name, recording, folder, span=tuple(spans["sorted_span"]), params=params,
+                              n_jobs=plan.n_jobs)
+    except SorterFailed as error:
+        print(f"[baselines] {name} FAILED:\n{error}", flush=True)
+        return {"status": "failed", "error": str(error), "params": params}
+    scored = evaluate(result.sorting, truth, tolerance_ms=evaluation.tolerance_ms, identities="unknown",
+                      span=tuple(spans["scored_span"]))
+    write_sorting_npz(folder / "sorting.npz", result.sorting)
+    metrics = sorter_metrics(result, scored)
+    run.logger.log({f"{name}/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
+    print(f"[baselines] {name} {result.version}: accuracy_pooled {metrics['accuracy_pooled']:.3f}, "
+          f"{metrics['num_units_found']} units found, {metrics['sort_seconds']:.1f} s", flush=True)
+    return metrics
+
+
+@hydra.main(version_base=None, config_path="../conf", config_name="baselines")
+def main(cfg: DictConfig) -> dict:
+    with Run(cfg, "baselines") as run:
+        # Every config is typed and validated, and every sorter found installed, before any work.
+        seed = int(cfg.seed)
+        plan = plan_from_config(cfg)
+        esort = run.typed(ESortArms, "esort")
+        metric = str(cfg.get("metric", "accuracy_pooled"))
+        if metric not in comparison.REACH_METRICS:
+            raise ConfigError(f"metric: must be one of {list(comparison.REACH_METRICS)}; got {metric!r}")
+        model = run.typed(ModelConfig, "model")
+        ft_windows = run.typed(WindowConfig, "finetune.windows")
+        evaluation = run.typed(EvaluationConfig, "evaluation")
+        params = {name: sorter_params(name, plan.overrides(name), "sorter_params") for name in plan.sorters}
+        if cfg.target.get("path") is None:
+            run.typed(SynthesisConfig, "target.data")
+        if esort.ks:
+            pre_windows = run.typed(WindowConfig, "pretrain.windows")
+            pre_train = run.typed(TrainConfig, "pretrain.train")
+            ft_train = run.typed(TrainConfig, "finetune.train")
+            for k in esort.ks:
+                from_dict(WindowConfig, {**to_container(cfg.finetune.windows), "spikes_per_unit": k}, "finetune.windows")
+            transfer_node = to_container(cfg.finetune.get("transfer")) or {}
+            from_dict(TransferConfig, {**transfer_node, "init": "scratch"}, "finetune.transfer")
+            infer = run.typed(InferenceConfig, "infer")
+            postprocess = run.typed(PostprocessConfig, "postprocess")
+            if "transfer" in esort.arms and cfg.source.get("path") is None:
+                run.typed(SynthesisConfig, "source.data")
+
+        target, truth, target_info = obtain_recording(run, "target")
+        if truth is None:
+            raise ConfigError(f"target.path: {target_info.get('path')} has no ground truth to score with")
+        spans = evaluation_spans(target.num_samples, ft_windows, model, plan.span)
+        run.results["target"] = {**target_info, "num_units": truth.num_units,
+                                 "num_channels": target.num_channels, "duration_s": target.duration_s}
+        run.results["spans"] = spans
+        run.results["sorters"] = {}
+        rows: list[dict] = []
+        csv_path = run.dir / "comparison.csv"
+
+        # Sorters first: SpikeInterface's worker pools start before JAX starts its threads.
+        for name in plan.sorters:
+            with run.stage(name):
+                metrics = _run_sorter(run, name, target, truth, spans, params[name], plan, evaluation)
+            run.results["sorters"][name] = metrics
+            rows.append(comparison.method_row(name, "sorter", metrics))
+            write_csv(csv_path, rows, comparison.speed_ratios(rows))  # a killed run keeps what it finished
+
+        if esort.ks:
+            checkpoint = None
+            if "transfer" in esort.arms:
+                checkpoint, run.results["pretrain"] = pretrained_on_source(
+                    run, cfg, target, target_info, model, pre_windows, pre_train, seed=seed,
+                )
+            run.results["esort"] = {}
+            for k in esort.ks:
+                windows = dataclasses.replace(ft_windows, spikes_per_unit=k)
+                for arm in esort.arms:
+                    transfer_cfg = from_dict(
+                        TransferConfig,
+                        {**transfer_node, "init": arm, "checkpoint": str(checkpoint) if arm == "transfer" else None},
+                        "finetune.transfer",
+                    )
+                    name = f"k{k}/{arm}"
+                    metrics, outcome = run_arm(
+                        run, name, target, truth, model=model, windows=windows, train=ft_train,
+                        transfer=transfer_cfg, evaluation=evaluation, infer=infer, postprocess=postprocess,
+                        seed=seed,
+                    )
+                    counts = outcome.sort_result.sorting.spike_counts()
+                    metrics.update(
+                        status="ok",
+                        train_seconds=run.seconds.get(f"{name}: fine-tune"),
+                        num_units_found=int(np.count_nonzero(counts)),
+                        sorter_version="esort_jax",
+                    )
+                    run.results["esort"].setdefault(f"k{k}", {})[arm] = metrics
+                    rows.append(comparison.method_row(f"{arm} K={k}", "esort", metrics, arm=arm, k=k))
+                    write_csv(csv_path, rows, comparison.speed_ratios(rows))
+
+        rows = ordered_rows(rows)
+        ratios = comparison.speed_ratios(rows)
+        run.results["rows"] = rows
+        run.results["speed_ratio"] = ratios
+        run.results["esort_seconds_per_data_second"] = comparison.esort_seconds_per_data_second(rows)
+        run.results["failed_sorters"] = [n for n, m in run.results["sorters"].items() if m.get("status") != "ok"]
+        reach = label_reach(rows, run.results["sorters"], metric) if esort.ks else {}
+        run.results["k_to_reach"] = reach
+        reference = reach.get(plan.reference_sorter) if plan.reference_sorter else None
+        run.results["reference_sorter"] = plan.reference_sorter
+        run.results["label_reduction_vs_reference"] = reference["ratio"] if reference else None
+        write_csv(csv_path, rows, ratios)
+        run.results["csv"] = str(csv_path)
+        run.results["figures"] = {"comparison": write_figure(run, run.results)}
+        columns = ["method", "kind", "arm", "k", "status", *comparison.METRIC_KEYS]
+        run.logger.table("comparison", columns, [[r.get(c) for c in columns] for r in rows])
+
+        table = comparison.comparison_table(rows)
+        lines = [table, ""]
+        for name, ratio in ratios.items():
+            if ratio is not None:
+                lines.append(f"{name} is {ratio:.1f}x slower than E-Sort's sorting per second of data")
+        for name, entry in reach.items():
+            lines.append(f"K to reach {name}'s {entry['text']}")
+        if reference and reference["ratio"] is not None:
+            lines.append(f"label reduction at {plan.reference_sorter}'s accuracy: {reference['ratio']:.2f}x "
+                         f"(paper: ~{PAPER_REDUCTION}x)")
+        run.results["table"] = "\n".join(lines).rstrip()
+        print()
+        print(
+            f"Sorters and E-Sort on the target's held-out span: {truth.num_units} units, "
+            f"{target.num_channels} channels, sorters on span '{plan.span}' "
+            f"{spans['sorted_span']}, scored on {spans['scored_span']}, tolerance {evaluation.tolerance_ms} ms"
+        )
+        print(run.results["table"])
+    return run.results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,437 @@
+"""Baseline sorters beside E-Sort: configuration, spans, shifting, the comparison maths (fast,
+no torch), and real runs of Kilosort4 / SpykingCircus2 / Tridesclous2 (`-m baselines`, which
+need `make baselines-venv` and FAIL, not skip, without it)."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from esort_jax import baselines, comparison
+from esort_jax.baselines import BaselinesConfig, SorterFailed, shift_sorting, sorted_span
+from esort_jax.config import ConfigError, from_dict
+from esort_jax.evaluate import evaluate
+from esort_jax.model import ModelConfig
+from esort_jax.recording import ArrayTraces, Recording, Sorting
+from esort_jax.windows import WindowConfig, make_windows, split_spans
+
+REPO = Path(__file__).resolve().parent.parent
+CONF = REPO / "conf"
+FS = 32000.0
+
+if not OmegaConf.has_resolver("add"):
+    OmegaConf.register_new_resolver("add", lambda *values: sum(values))
+
+
+def _compose(name, *overrides):
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        return compose(name, overrides=list(overrides))
+
+
+def _run(*overrides, timeout=600):
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    return subprocess.run(
+        [sys.executable, str(REPO / "experiments" / "baselines.py"), *overrides],
+        capture_output=True, text=True, cwd=REPO, env=env, timeout=timeout,
+    )
+
+
+def _recording(num_samples=4000, num_channels=4, seed=0):
+    rng = np.random.default_rng(seed)
+    traces = rng.standard_normal((num_samples, num_channels)).astype(np.float32)
+    positions = np.stack([np.zeros(num_channels), 20.0 * np.arange(num_channels)], axis=1)
+    return Recording(ArrayTraces(traces), FS, positions)
+
+
+# ----------------------------------------------------------------------------------------------
+# Configuration
+
+
+def test_unknown_sorter_in_the_config_names_the_key_and_the_known_sorters():
+    from experiments.baselines import plan_from_config
+
+    cfg = _compose("baselines", "sorters=[kilosort4,kilosort5]", "logger=disabled")
+    with pytest.raises(ConfigError, match=r"^sorters\[1\]: unknown sorter 'kilosort5'; known sorters: "
+                                          r"kilosort4, spykingcircus2, tridesclous2$"):
+        plan_from_config(cfg)
+    plan = plan_from_config(_compose("baselines", "logger=disabled"))
+    assert plan.sorters == ("kilosort4", "spykingcircus2", "tridesclous2") and plan.span == "eval"
+    assert plan.overrides("kilosort4") == {"torch_device": "cpu"} and plan.overrides("tridesclous2") == {}
+
+
+@pytest.mark.parametrize("mapping, key", [
+    ({"sorters": []}, r"^sorters: must name at least one"),
+    ({"sorters": ["tridesclous2", "tridesclous2"], "reference_sorter": None}, r"^sorters: entries must be distinct"),
+    ({"span": "half"}, r"^span: 'half' is not one of \['eval', 'full'\]"),
+    ({"sorter_params": {"mountainsort5": {}}}, r"^sorter_params\.mountainsort5: unknown sorter"),
+    ({"sorter_params": {"kilosort4": 3}}, r"^sorter_params\.kilosort4: must be a mapping"),
+    ({"n_jobs": 0}, r"^n_jobs: must be -1"),
+    ({"sorters": ["tridesclous2"]}, r"^reference_sorter: must be one of sorters \['tridesclous2'\] or null"),
+])
+def test_bad_plans_fail_with_the_key(mapping, key):
+    with pytest.raises(ConfigError, match=key):
+        from_dict(BaselinesConfig, mapping, "")
+
+
+def test_esort_arms_validation_names_the_key():
+    from experiments.baselines import ESortArms
+
+    assert from_dict(ESortArms, {"ks": []}, "esort").ks == ()
+    with pytest.raises(ConfigError, match=r"^esort\.ks\[1\]: must be >= 1"):
+        from_dict(ESortArms, {"ks": [5, 0]}, "esort")
+    with pytest.raises(ConfigError, match=r"^esort\.ks: entries must be distinct"):
+        from_dict(ESortArms, {"ks": [5, 5]}, "esort")
+    with pytest.raises(ConfigError, match=r"^esort\.arms: must be a non-empty subset"):
+        from_dict(ESortArms, {"arms": ["transfer", "finetune"]}, "esort")
+
+
+def test_unknown_sorter_parameter_names_the_key(monkeypatch):
+    # The parameter check runs against the sorter's own list (faked here: no sorter needed).
+    monkeypatch.setattr(baselines, "require_installed", lambda name: None)
+    import spikeinterface.sorters as ss
+
+    monkeypatch.setattr(ss, "get_default_sorter_params", lambda name: {"torch_device": "auto", "nblocks": 1})
+    assert baselines.sorter_params("kilosort4", {"nblocks": 0}) == {"torch_device": "cpu", "nblocks": 0}
+    with pytest.raises(ConfigError, match=r"^sorter_params\.kilosort4\.nblock: not a parameter of kilosort4 "
+                                          r"\(known: nblocks, torch_device\)"):
+        baselines.sorter_params("kilosort4", {"nblock": 0})
+
+
+def test_missing_sorter_says_which_make_target_installs_it(monkeypatch):
+    monkeypatch.setattr(baselines, "SORTER_MODULES", {**baselines.SORTER_MODULES,
+                                                      "kilosort4": ("torch", "no_such_module_xyz")})
+    with pytest.raises(baselines.SorterNotInstalled, match=r"missing Python module\(s\) no_such_module_xyz.*"
+                                                           r"`make baselines-venv`"):
+        baselines.require_installed("kilosort4")
+
+
+def test_entry_point_rejects_an_unknown_sorter_before_any_work(tmp_path):
+    result = _run("sorters=[kilosort4,nope]", "logger=disabled", f"cache_dir={tmp_path / 'cache'}",
+                  f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.returncode != 0
+    assert "sorters[1]: unknown sorter 'nope'" in result.stderr + result.stdout
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["status"] == "failed" and "sorters[1]" in results["error"]
+    assert not (tmp_path / "cache").exists()  # failed before synthesising anything
+
+
+# ----------------------------------------------------------------------------------------------
+# Spans and shifting
+
+
+def test_eval_span_is_the_one_transfer_scores():
+    """baselines.yaml and transfer.yaml split a recording identically, and the split is the one
+    make_windows uses; the scored span is the anchors of the windows inside it."""
+    from experiments.baselines import evaluation_spans
+
+    transfer = _compose("transfer", "logger=disabled", "k=3")
+    ours = _compose("baselines", "logger=disabled")
+    t_windows = from_dict(WindowConfig, OmegaConf.to_container(transfer.finetune.windows, resolve=True), "w")
+    o_windows = from_dict(WindowConfig, OmegaConf.to_container(ours.finetune.windows, resolve=True), "w")
+    model = from_dict(ModelConfig, OmegaConf.to_container(ours.model, resolve=True), "model")
+
+    recording = _recording(num_samples=48_001)
+    spikes = np.arange(200, 48_000, 150)
+    truth = Sorting(spikes, np.arange(spikes.size) % 2, np.array([7, 9]), FS)
+    windows = make_windows(recording, truth, t_windows, window=model.window, anchor=model.anchor, seed=0)
+    spans = evaluation_spans(recording.num_samples, o_windows, model, "eval")
+    assert tuple(spans["eval_span"]) == windows.eval_span == (24_000, 48_001)
+    assert split_spans(recording.num_samples, o_windows)[1] == split_spans(recording.num_samples, t_windows)[1]
+    e0, e1 = windows.eval_span
+    first_anchor, last_anchor = e0 + model.anchor, (e1 - model.window) + model.anchor
+    assert tuple(spans["scored_span"]) == (first_anchor, last_anchor + 1)
+    assert tuple(spans["sorted_span"]) == windows.eval_span
+    assert tuple(evaluation_spans(recording.num_samples, o_windows, model, "full")["sorted_span"]) == (0, 48_001)
+
+
+def test_sorted_span_modes():
+    assert sorted_span("eval", 100, (50, 100)) == (50, 100)
+    assert sorted_span("full", 100, (50, 100)) == (0, 100)
+    with pytest.raises(ConfigError, match="span: must be 'eval' or 'full'"):
+        sorted_span("half", 100, (50, 100))
+
+
+def test_shift_sorting_moves_span_samples_back_to_absolute():
+    relative = Sorting(np.array([0, 5, 5, 90]), np.array([1, 0, 1, 0]), np.array([3, 4]), FS)
+    absolute = shift_sorting(relative, 1000)
+    assert absolute.samples.tolist() == [1000, 1005, 1005, 1090]
+    assert absolute.unit_indices.tolist() == relative.unit_indices.tolist()
+    assert absolute.unit_ids.tolist() == [3, 4] and absolute.sampling_frequency == FS
+    assert relative.samples.tolist() == [0, 5, 5, 90]  # unchanged
+
+
+def _fake_sorter(monkeypatch, run_sorter):
+    import spikeinterface.sorters as ss
+
+    monkeypatch.setattr(baselines, "sorter_params", lambda name, overrides=None, where="": dict(overrides or {}))
+    monkeypatch.setattr(baselines, "sorter_version", lambda name: "fake-1")
+    monkeypatch.setattr(ss, "run_sorter", run_sorter)
+
+
+def test_run_baseline_sorts_exactly_the_span_and_returns_absolute_samples(monkeypatch, tmp_path):
+    """The plumbing of run_baseline with SpikeInterface's run_sorter replaced by a fake that
+    checks what it is given (the span's traces) and 'finds' the true spikes in span-relative
+    samples, as a sorter does."""
+    from spikeinterface.core import NumpySorting
+
+    recording = _recording(num_samples=6000)
+    start, stop = 2500, 5500
+    spikes = np.array([100, 2600, 3000, 5400, 5900])
+    seen = {}
+
+    def run_sorter(name, si_recording, folder, **kwargs):
+        seen.update(name=name, folder=folder, params={k: v for k, v in kwargs.items()
+                                                      if k not in ("remove_existing_folder", "verbose", "raise_error")})
+        seen["traces_equal"] = np.array_equal(si_recording.get_traces(), recording.read(start, stop))
+        seen["serialisable"] = si_recording.check_serializability("json")
+        inside = spikes[(spikes >= start) & (spikes < stop)] - start
+        return NumpySorting.from_samples_and_labels([inside], [np.zeros(inside.size, int)], FS, unit_ids=[42])
+
+    _fake_sorter(monkeypatch, run_sorter)
+    result = baselines.run_baseline("tridesclous2", recording, tmp_path / "out", span=(start, stop),
+                                    params={"detect_threshold": 6.0})
+    assert seen["name"] == "tridesclous2" and seen["traces_equal"] and seen["serialisable"]
+    assert seen["params"] == {"detect_threshold": 6.0}
+    assert Path(seen["folder"]) == tmp_path / "out" / "sorter"
+    assert result.sorting.samples.tolist() == [2600, 3000, 5400]
+    assert result.sorting.unit_ids.tolist() == [42] and result.num_units_found == 1
+    assert result.span == (start, stop) and result.sorted_duration_s == pytest.approx(3000 / FS)
+    assert result.version == "fake-1" and result.wall_seconds > 0
+    assert not (tmp_path / "out" / "recording_binary").exists()  # the untimed copy is cleaned up
+
+
+def test_sorter_crash_reports_the_log_tail(monkeypatch, tmp_path):
+    def run_sorter(name, si_recording, folder, **kwargs):
+        folder = Path(folder)
+        (folder / "sorter_output").mkdir(parents=True)
+        (folder / "spikeinterface_log.json").write_text(json.dumps(
+            {"error": True, "error_trace": ["Traceback (most recent call last):", "  line 1",
+                                            "ValueError: too few spikes to cluster"]}))
+        (folder / "sorter_output" / "kilosort4.log").write_text("step A\nstep B\nlast words of the sorter\n")
+        raise RuntimeError("Spike sorting error trace:\n...\nSpike sorting failed.")
+
+    _fake_sorter(monkeypatch, run_sorter)
+    with pytest.raises(SorterFailed) as failure:
+        baselines.run_baseline("kilosort4", _recording(), tmp_path / "out", span=(1000, 3000))
+    text = str(failure.value)
+    assert "kilosort4 fake-1 failed on samples [1000, 3000)" in text
+    assert "ValueError: too few spikes to cluster" in text and "last words of the sorter" in text
+
+
+def test_run_baseline_rejects_a_span_outside_the_recording(monkeypatch, tmp_path):
+    _fake_sorter(monkeypatch, lambda *a, **k: pytest.fail("must not run"))
+    with pytest.raises(ValueError, match=r"span \[3000, 5000\) does not lie within"):
+        baselines.run_baseline("tridesclous2", _recording(num_samples=4000), tmp_path / "o", span=(3000, 5000))
+
+
+# ----------------------------------------------------------------------------------------------
+# The comparison on fake numbers
+
+
+def _esort_row(arm, k, acc, sort_seconds=2.0, duration=15.0):
+    return comparison.method_row(f"{arm} K={k}", "esort", {
+        "accuracy_pooled": acc, "accuracy_mean": acc - 0.05, "sort_seconds": sort_seconds,
+        "sorted_duration_s": duration, "train_seconds": 30.0, "well_detected": 40, "n_units": 51,
+    }, arm=arm, k=k)
+
+
+def _fake_rows():
+    return [
+        comparison.method_row("kilosort4", "sorter", {"accuracy_pooled": 0.8, "accuracy_mean": 0.75,
+                                                      "sort_seconds": 300.0, "sorted_duration_s": 15.0,
+                                                      "num_units_found": 60, "n_units": 51, "well_detected": 38,
+                                                      "sorter_version": "4.1.7"}),
+        comparison.method_row("tridesclous2", "sorter", {"accuracy_pooled": 0.9, "sort_seconds": 120.0,
+                                                         "sorted_duration_s": 30.0}),
+        comparison.method_row("spykingcircus2", "sorter", {"status": "failed", "error": "boom\nmore"}),
+        _esort_row("transfer", 5, 0.70, 1.5), _esort_row("transfer", 10, 0.85, 2.5), _esort_row("transfer", 15, 0.90),
+        _esort_row("scratch", 5, 0.50), _esort_row("scratch", 10, 0.70), _esort_row("scratch", 15, 0.85),
+    ]
+
+
+def test_k_to_reach_interpolates_in_log_k_and_gives_the_ratio():
+    rows = _fake_rows()
+    reach = comparison.k_to_reach_level(rows, 0.8)
+    k_transfer = 5 * 2 ** (2 / 3)          # 0.8 lies 2/3 of the way from 0.70 (K=5) to 0.85 (K=10)
+    k_scratch = 10 * 1.5 ** (2 / 3)        # and 2/3 of the way from 0.70 (K=10) to 0.85 (K=15)
+    assert reach["transfer"] == {"k": pytest.approx(k_transfer), "status": "interpolated"}
+    assert reach["scratch"] == {"k": pytest.approx(k_scratch), "status": "interpolated"}
+    assert reach["ratio"] == pytest.approx(k_scratch / k_transfer) and reach["bound"] == "exact"
+    assert "scratch / transfer = 1.65x" in reach["text"]
+
+    never = comparison.k_to_reach_level(rows, 0.88)  # scratch tops out at 0.85
+    assert never["scratch"]["status"] == "never" and never["ratio"] is None
+    assert never["ratio_lower_bound"] == pytest.approx(15 / never["transfer"]["k"])
+    assert "scratch needs K > 15 (never" in never["text"]
+    first = comparison.k_to_reach_level(rows, 0.6)   # transfer is there at K=5 already
+    assert first["transfer"]["status"] == "first" and first["bound"] == "lower"
+    assert "transfer needs K <= 5 (already at the smallest K)" in first["text"] and "scratch / transfer >= " in first["text"]
+    only_transfer = comparison.k_to_reach_level([r for r in rows if r["arm"] != "scratch"], 0.8)
+    assert only_transfer["scratch"] == {"k": None, "status": "missing"} and only_transfer["ratio"] is None
+    with pytest.raises(ValueError, match="metric must be one of"):
+        comparison.k_to_reach_level(rows, 0.8, metric="precision")
+
+
+def test_speed_ratios_compare_seconds_per_second_of_data():
+    rows = _fake_rows()
+    assert comparison.esort_seconds_per_data_second(rows) == pytest.approx(2.0 / 15.0)  # median of 1.5, 2, 2.5, ...
+    ratios = comparison.speed_ratios(rows)
+    assert ratios["kilosort4"] == pytest.approx((300 / 15) / (2 / 15))     # 150x
+    assert ratios["tridesclous2"] == pytest.approx((120 / 30) / (2 / 15))  # full span: per second of data
+    assert ratios["spykingcircus2"] is None
+    assert comparison.speed_ratios([r for r in rows if r["kind"] == "sorter"])["kilosort4"] is None
+
+
+def test_comparison_table_lists_every_method_with_its_numbers():
+    from experiments.baselines import ordered_rows
+
+    rows = ordered_rows(list(reversed(_fake_rows())))
+    assert [r["method"] for r in rows][:3] == ["spykingcircus2", "tridesclous2", "kilosort4"]
+    assert [r["method"] for r in rows][3:] == [f"transfer K={k}" for k in (5, 10, 15)] + [f"scratch K={k}" for k in (5, 10, 15)]
+    table = comparison.comparison_table(rows)
+    lines = table.splitlines()
+    assert lines[0].split() == ["method", "acc_pool", "acc_mean", "acc_med", "prec", "recall", "well", "found",
+                                "units", "sort_s", "train_s", "x_esort"]
+    ks4 = next(line for line in lines if line.startswith("kilosort4"))
+    assert ks4.split() == ["kilosort4", "0.800", "0.750", "-", "-", "-", "38", "60", "51", "300.00", "-", "150.0"]
+    assert any(line.startswith("spykingcircus2") and "failed: boom" in line for line in lines)
+    transfer10 = next(line for line in lines if line.startswith("transfer K=10"))
+    assert transfer10.split()[2:5] == ["0.850", "0.800", "-"] and transfer10.split()[-1] == "-"
+
+
+def test_csv_and_figure_from_fake_results(tmp_path):
+    import csv
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from experiments.baselines import ordered_rows, plot_comparison, write_csv
+
+    rows = ordered_rows(_fake_rows())
+    ratios = comparison.speed_ratios(rows)
+    write_csv(tmp_path / "c.csv", rows, ratios)
+    with open(tmp_path / "c.csv") as handle:
+        read = list(csv.DictReader(handle))
+    assert [r["method"] for r in read] == [r["method"] for r in rows]
+    assert float(read[0]["speed_ratio_vs_esort"]) == pytest.approx(150.0) and read[0]["sorter_version"] == "4.1.7"
+    assert read[2]["status"] == "failed" and read[2]["accuracy_pooled"] == ""
+    fig = plot_comparison({"rows": rows, "target": {"num_channels": 64, "num_units": 51}, "spans": {"span": "eval"}},
+                          tmp_path / "c.png")
+    assert (tmp_path / "c.png").stat().st_size > 10_000
+    scatter = fig.axes[0]
+    assert scatter.get_xscale() == "log"
+    # one point per successful method, plus a hollow fine-tune + sort point per E-Sort row
+    offsets = np.concatenate([c.get_offsets() for c in scatter.collections if len(c.get_offsets())])
+    assert len(offsets) == 2 + 2 * 6
+
+
+# ----------------------------------------------------------------------------------------------
+# Real sorters (`make test-baselines`)
+
+
+@pytest.fixture(scope="module")
+def baseline_stack():
+    """Fail (not skip) with the fix when the optional stack is missing."""
+    missing = {name: baselines.missing_modules(name) for name in baselines.SORTERS}
+    missing = {name: mods for name, mods in missing.items() if mods}
+    if missing:
+        pytest.fail(
+            f"the baseline sorters need the optional stack; missing: {missing}. "
+            f"Run `{baselines.INSTALL_TARGET}` (requirements-baselines.txt), then `make test-baselines`.",
+            pytrace=False,
+        )
+    for name in baselines.SORTERS:
+        baselines.require_installed(name)
+
+
+@pytest.fixture(scope="module")
+def small_recording():
+    """32 sites, 8 s: the smallest recording on which all three sorters run (in memory, so
+    run_baseline also exercises its binary copy)."""
+    from data_gen import SynthesisConfig, synthesize
+    from data_gen.config import ProbeConfig
+
+    return synthesize(SynthesisConfig(duration_s=8.0, seed=0, probe=ProbeConfig(n_channels=32, first_channel=100)))
+
+
+def _near_true_spikes(sorting, truth, span, tolerance=12):
+    """Fraction of found spikes within `tolerance` samples of a true spike (any unit)."""
+    true = truth.in_span(*span).samples
+    found = sorting.samples
+    idx = np.clip(np.searchsorted(true, found), 1, true.size - 1)
+    gap = np.minimum(np.abs(found - true[idx - 1]), np.abs(found - true[idx]))
+    return float(np.mean(gap <= tolerance))
+
+
+@pytest.mark.baselines
+@pytest.mark.parametrize("name", baselines.SORTERS)
+def test_sorter_runs_on_a_span_through_the_library(name, baseline_stack, small_recording, tmp_path):
+    recording, truth = small_recording
+    span = (recording.num_samples // 2, recording.num_samples)
+    result = baselines.run_baseline(name, recording, tmp_path / name, span=span)
+    assert result.sorter == name and result.version == baselines.sorter_version(name)
+    assert result.sorting.num_spikes > 50 and result.num_units_found >= 2
+    assert result.sorting.samples.min() >= span[0] and result.sorting.samples.max() < span[1]
+    # Absolute samples: the spikes found sit on true spikes (a wrong offset would put them anywhere).
+    assert _near_true_spikes(result.sorting, truth, span) > 0.8
+    assert result.wall_seconds >= (result.sorter_seconds or 0.0) > 0
+    assert (tmp_path / name / "sorter" / "spikeinterface_log.json").is_file()
+    scores = evaluate(result.sorting, truth, identities="unknown", span=span)
+    assert scores.tp_total > 0
+    if name == "kilosort4":
+        assert result.params["torch_device"] == "cpu"
+
+
+@pytest.mark.baselines
+def test_entry_point_compares_sorters_and_esort(baseline_stack, tmp_path):
+    run = tmp_path / "run"
+    result = _run(
+        "data@target.data=tiny", "target.data.duration_s=8.0", "target.data.probe.n_channels=32",
+        "data@source.data=tiny", "model=small", "train@pretrain.train=tiny", "train@finetune.train=tiny",
+        "esort.ks=[2,4]", "span=full", "logger=disabled",
+        f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={run}", timeout=1800,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    results = json.loads((run / "results.json").read_text())
+    assert results["status"] == "ok"
+    spans = results["spans"]
+    assert spans["span"] == "full" and spans["sorted_span"] == [0, 8 * 32000] and spans["eval_span"] == [128000, 256000]
+    for name in baselines.SORTERS:
+        metrics = results["sorters"][name]
+        assert metrics["status"] == "ok", metrics.get("error")
+        for key in ("accuracy_pooled", "accuracy_mean", "accuracy_median", "precision", "recall", "well_detected",
+                    "n_units", "sort_seconds", "num_units_found", "sorter_version"):
+            assert metrics[key] is not None, (name, key)
+        assert metrics["sorted_duration_s"] == pytest.approx(8.0)
+        assert (run / "sorters" / name / "sorting.npz").is_file()
+        assert results["speed_ratio"][name] > 0
+    for k in (2, 4):
+        for arm in ("transfer", "scratch"):
+            assert 0.0 <= results["esort"][f"k{k}"][arm]["accuracy_pooled"] <= 1.0
+            assert (run / f"k{k}" / arm / "sorting.npz").is_file()
+    assert len(results["rows"]) == 3 + 4
+    reach = results["k_to_reach"]["kilosort4"]
+    assert reach["level"] == results["sorters"]["kilosort4"]["accuracy_pooled"]
+    assert reach["transfer"]["status"] in ("interpolated", "exact", "first", "never")
+    assert (run / "comparison.csv").is_file() and (run / "comparison.png").stat().st_size > 10_000
+    assert "kilosort4" in results["table"] and "transfer K=2" in result.stdout
+    # Scored on the held-out span only, with the evaluator's tolerance.
+    assert results["sorters"]["kilosort4"]["tolerance_ms"] == results["config"]["evaluation"]["tolerance_ms"]
+    assert not math.isnan(results["sorters"]["tridesclous2"]["accuracy_pooled"])
+
+
+@pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")))
+def test_every_experiment_file_composes_with_the_baselines_config(experiment):
+    from experiments.baselines import ESortArms, plan_from_config
+
+    cfg = _compose("baselines", f"experiment={experiment}", "logger=disabled")
+    plan_from_config(cfg)
+    from_dict(ESortArms, OmegaConf.to_container(cfg.esort, resolve=True), "esort")
+    from_dict(WindowConfig, OmegaConf.to_container(cfg.finetune.windows, resolve=True), "finetune.windows")
