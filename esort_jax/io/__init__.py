@@ -1,4 +1,9 @@
-"""File formats: esort_jax's recording folder, MEArec .h5, SpikeInterface objects."""
+"""File formats: esort_jax's recording folder, MEArec .h5, SpikeInterface objects and folders,
+acquisition formats through SpikeInterface (SpikeGLX, Open Ephys, NWB, raw binary).
+
+The Phy/Kilosort reader and writer live in `esort_jax.io.phy`, sorter labels in
+`esort_jax.io.labels` (both import SpikeInterface when used).
+"""
 
 from esort_jax.io.folder import (
     RecordingFormatError,
@@ -8,7 +13,15 @@ from esort_jax.io.folder import (
     write_recording_folder,
     write_sorting_npz,
 )
-from esort_jax.io.loader import is_spikeinterface_folder, load_recording
+from esort_jax.io.extractors import BinaryOptions, detect_extractor_format, open_extractor
+from esort_jax.io.loader import (
+    RECORDING_FORMATS,
+    RecordingSource,
+    detect_format,
+    is_spikeinterface_folder,
+    load_recording,
+    open_spikeinterface_recording,
+)
 from esort_jax.io.mearec import is_mearec_file, read_mearec, write_mearec
 from esort_jax.io.spikeinterface import (
     from_spikeinterface_recording,
@@ -25,6 +38,13 @@ __all__ = [
     "write_recording_folder",
     "write_sorting_npz",
     "load_recording",
+    "RECORDING_FORMATS",
+    "RecordingSource",
+    "detect_format",
+    "open_spikeinterface_recording",
+    "BinaryOptions",
+    "detect_extractor_format",
+    "open_extractor",
     "is_spikeinterface_folder",
     "is_mearec_file",
     "read_mearec",

@@ -6,19 +6,39 @@
                                 binary.json, provenance.json or cached.json); or a folder
                                 holding one such recording folder and at most one sorting folder,
                                 the sorting then being returned alongside the recording
+    SpikeGLX / Open Ephys       acquisition folders (`*.meta` + `*.bin`; `structure.oebin` /
+                                `settings.xml`), an NWB file (`.nwb`): SpikeInterface's readers
+    raw binary                  only with format='binary' and `BinaryOptions` (rate, channels,
+                                dtype, probe file): a raw file does not describe itself
+
+`format='auto'` (the default) recognises all but raw binary; `format=` forces a reader.
+`open_spikeinterface_recording` gives the same recordings as lazy SpikeInterface objects (for
+SpikeInterface's preprocessing, see esort_jax.preprocess).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
+from typing import Any
 
+from esort_jax.config import require
+from esort_jax.io.extractors import EXTRACTOR_FORMATS, BinaryOptions, detect_extractor_format, open_extractor
 from esort_jax.io.folder import RecordingFormatError, is_recording_folder, read_recording_folder
 from esort_jax.io.mearec import missing_mearec_entries, read_mearec
 from esort_jax.recording import GroundTruth, Recording, Sorting
 
-__all__ = ["load_recording", "is_spikeinterface_folder"]
+__all__ = [
+    "RECORDING_FORMATS",
+    "RecordingSource",
+    "load_recording",
+    "detect_format",
+    "open_spikeinterface_recording",
+    "is_spikeinterface_folder",
+]
 
+RECORDING_FORMATS = ("auto", "esort_jax", "mearec", "spikeinterface", *EXTRACTOR_FORMATS)
 _SI_MARKERS = ("si_folder.json", "binary.json", "provenance.json", "cached.json")
 _EXPECTED = (
     "expected an esort_jax recording folder (metadata.json), a MEArec .h5 file, "
@@ -26,22 +46,122 @@ _EXPECTED = (
 )
 
 
-def load_recording(path: str | os.PathLike) -> tuple[Recording, GroundTruth | Sorting | None]:
-    """(recording, ground truth | sorting | None) from a folder or file of a supported format."""
+@dataclasses.dataclass(frozen=True)
+class RecordingSource:
+    """A recording to open, as a config: path, format and what the format cannot say itself.
+
+    Attributes:
+      path: file or folder.
+      format: one of RECORDING_FORMATS ('auto' recognises all but raw binary).
+      stream_id: a SpikeGLX / Open Ephys stream (e.g. 'imec0.ap'), or an NWB ElectricalSeries
+        path; None takes the only AP stream.
+      binary: rate, channel count, dtype and probe file of a raw binary file (format 'binary').
+    """
+
+    path: str | None = None
+    format: str = "auto"
+    stream_id: str | None = None
+    binary: BinaryOptions = dataclasses.field(default_factory=BinaryOptions)
+
+    def validate(self, where: str = "recording") -> None:
+        require(bool(self.path), f"{where}.path", "required: the recording's file or folder")
+        require(
+            self.format in RECORDING_FORMATS, f"{where}.format",
+            f"must be one of {list(RECORDING_FORMATS)}; got {self.format!r}",
+        )
+        self.binary.validate(f"{where}.binary")
+        if self.format == "binary":
+            self.binary.check_complete(f"{where}.binary")
+
+    def open(self) -> tuple[Any, GroundTruth | Sorting | None]:
+        """(lazy SpikeInterface recording, ground truth | sorting | None): see
+        `open_spikeinterface_recording`."""
+        return open_spikeinterface_recording(
+            Path(str(self.path)).expanduser(), self.format, stream_id=self.stream_id, binary=self.binary
+        )
+
+
+def load_recording(
+    path: str | os.PathLike,
+    format: str = "auto",
+    *,
+    stream_id: str | None = None,
+    binary: BinaryOptions | None = None,
+) -> tuple[Recording, GroundTruth | Sorting | None]:
+    """(recording, ground truth | sorting | None) from a folder or file of a supported format.
+
+    `format` forces a reader (one of RECORDING_FORMATS); `stream_id` chooses a stream of a
+    SpikeGLX / Open Ephys folder (or an NWB ElectricalSeries path); `binary` describes a raw
+    binary file (format='binary').
+    """
+    path = Path(path)
+    fmt = _resolve(path, format)
+    if fmt == "esort_jax":
+        return read_recording_folder(path)
+    if fmt == "mearec":
+        return read_mearec(path)
+    if fmt == "spikeinterface":
+        if is_spikeinterface_folder(path):
+            return _load_spikeinterface_folder(path)
+        pair = _spikeinterface_pair(path)
+        if pair is None:
+            raise RecordingFormatError(
+                f"{path}: not a SpikeInterface-saved folder: a folder containing {_listing(path)}"
+                if path.is_dir() else f"{path}: not a SpikeInterface-saved folder: a file"
+            )
+        return pair
+    from esort_jax.io.spikeinterface import from_spikeinterface_recording
+
+    return from_spikeinterface_recording(open_extractor(path, fmt, stream_id=stream_id, binary=binary)), None
+
+
+def open_spikeinterface_recording(
+    path: str | os.PathLike,
+    format: str = "auto",
+    *,
+    stream_id: str | None = None,
+    binary: BinaryOptions | None = None,
+) -> tuple[Any, GroundTruth | Sorting | None]:
+    """(lazy SpikeInterface recording, ground truth | sorting | None) for any supported path.
+
+    Acquisition formats and SpikeInterface folders come as SpikeInterface loads them; our
+    folders and MEArec files through `to_spikeinterface_recording` (a memory-mapped binary
+    extractor for our folders).
+    """
+    from esort_jax.io.spikeinterface import to_spikeinterface_recording
+
+    path = Path(path)
+    fmt = _resolve(path, format)
+    if fmt in EXTRACTOR_FORMATS:
+        return open_extractor(path, fmt, stream_id=stream_id, binary=binary), None
+    if fmt == "spikeinterface" and is_spikeinterface_folder(path):
+        obj = _si_load(path)
+        _require_recording(path, obj)
+        return obj, None
+    recording, labels = load_recording(path, fmt)
+    si_recording = recording.traces.recording if recording.metadata.get("source") == "spikeinterface" else None
+    return (si_recording if si_recording is not None else to_spikeinterface_recording(recording)), labels
+
+
+def detect_format(path: str | os.PathLike) -> str:
+    """The reader `load_recording(path)` would use; RecordingFormatError saying what the path
+    holds when none fits."""
     path = Path(path)
     if not path.exists():
         raise RecordingFormatError(f"{path}: does not exist")
     if path.is_dir():
         if is_recording_folder(path):
-            return read_recording_folder(path)
-        if is_spikeinterface_folder(path):
-            return _load_spikeinterface_folder(path)
-        pair = _spikeinterface_pair(path)
-        if pair is not None:
-            return pair
+            return "esort_jax"
+        if is_spikeinterface_folder(path) or any(is_spikeinterface_folder(p) for p in path.iterdir()):
+            return "spikeinterface"
+        detected = detect_extractor_format(path)
+        if detected is not None:
+            return detected
         raise RecordingFormatError(
             f"{path}: not a recognised recording: a folder containing {_listing(path)}; {_EXPECTED}"
         )
+    if detect_extractor_format(path) == "nwb":
+        return "nwb"
     if _is_hdf5(path):
         import h5py
 
@@ -58,11 +178,21 @@ def load_recording(path: str | os.PathLike) -> tuple[Recording, GroundTruth | So
                 f"{path}: an HDF5 file but not a MEArec recording: " + "; ".join(missing)
                 + f" (top level holds: {', '.join(top) or 'nothing'})"
             )
-        return read_mearec(path)
+        return "mearec"
     raise RecordingFormatError(
         f"{path}: not a recognised recording: a file ({path.stat().st_size} bytes, "
         f"{'suffix ' + repr(path.suffix) if path.suffix else 'no suffix'}); {_EXPECTED}"
     )
+
+
+def _resolve(path: Path, format: str) -> str:
+    if format not in RECORDING_FORMATS:
+        raise RecordingFormatError(f"{path}: unknown format {format!r}; expected one of {list(RECORDING_FORMATS)}")
+    if format == "auto":
+        return detect_format(path)
+    if not path.exists():
+        raise RecordingFormatError(f"{path}: does not exist")
+    return format
 
 
 def is_spikeinterface_folder(path: str | os.PathLike) -> bool:
@@ -72,6 +202,13 @@ def is_spikeinterface_folder(path: str | os.PathLike) -> bool:
 
 def _load_spikeinterface_folder(path: Path) -> tuple[Recording, None]:
     obj = _si_load(path)
+    _require_recording(path, obj)
+    from esort_jax.io.spikeinterface import from_spikeinterface_recording
+
+    return from_spikeinterface_recording(obj), None
+
+
+def _require_recording(path: Path, obj: Any) -> None:
     from spikeinterface.core import BaseRecording, BaseSorting
 
     if isinstance(obj, BaseSorting):
@@ -79,9 +216,6 @@ def _load_spikeinterface_folder(path: Path) -> tuple[Recording, None]:
     if not isinstance(obj, BaseRecording):
         kind = type(obj).__name__
         raise RecordingFormatError(f"{path}: holds a SpikeInterface {kind}, not a recording")
-    from esort_jax.io.spikeinterface import from_spikeinterface_recording
-
-    return from_spikeinterface_recording(obj), None
 
 
 def _spikeinterface_pair(path: Path) -> tuple[Recording, Sorting | None] | None:

@@ -1,0 +1,142 @@
+"""Standard preprocessing before sorting, done by SpikeInterface's own preprocessing, lazily.
+
+    si_recording = preprocess(si_recording, PreprocessConfig())          # still lazy
+    recording = preprocessed_recording(si_recording, PreprocessConfig())  # our Recording
+
+The chain, in SpikeInterface's recommended order (each step optional):
+
+    phase_shift        Neuropixels ADC multiplexing: align channels sampled at different
+                       instants ('auto': when the recording carries `inter_sample_shift`,
+                       as SpikeGLX / Open Ephys Neuropixels streams do)
+    bandpass_filter    freq_min_hz .. freq_max_hz (default 300 .. 6000 Hz), float32 output
+    common_reference   'global' (default) or 'local' median/average reference, or 'none'
+    whiten             off by default; the traces are then no longer in µV
+
+Nothing is computed until traces are read (whitening estimates its matrix from random chunks
+when it is applied).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal
+
+from esort_jax.config import ConfigError, require
+
+__all__ = ["PreprocessConfig", "preprocess", "preprocessed_recording", "describe"]
+
+
+@dataclasses.dataclass(frozen=True)
+class PreprocessConfig:
+    """Which preprocessing steps run, with their settings.
+
+    Attributes:
+      enabled: false passes the recording through untouched (e.g. already preprocessed data).
+      phase_shift: 'auto' (when the recording has the `inter_sample_shift` channel property),
+        'on' (required: an error if the property is missing) or 'off'.
+      bandpass: apply the band-pass filter.
+      freq_min_hz, freq_max_hz: its pass band (freq_max_hz below the Nyquist frequency).
+      common_reference: 'global', 'local' (an annulus of neighbouring channels) or 'none'.
+      reference_operator: 'median' or 'average'.
+      local_radius_um: inner and outer radius of the annulus for 'local'.
+      whiten: whiten the channels (SpikeInterface's `whiten`, mode 'global'); off by default.
+    """
+
+    enabled: bool = True
+    phase_shift: Literal["auto", "on", "off"] = "auto"
+    bandpass: bool = True
+    freq_min_hz: float = 300.0
+    freq_max_hz: float = 6000.0
+    common_reference: Literal["global", "local", "none"] = "global"
+    reference_operator: Literal["median", "average"] = "median"
+    local_radius_um: tuple[float, float] = (30.0, 55.0)
+    whiten: bool = False
+
+    def validate(self, where: str = "preprocess") -> None:
+        require(
+            self.phase_shift in ("auto", "on", "off"), f"{where}.phase_shift",
+            f"must be 'auto', 'on' or 'off'; got {self.phase_shift!r}",
+        )
+        require(self.freq_min_hz > 0, f"{where}.freq_min_hz", f"must be > 0; got {self.freq_min_hz}")
+        require(
+            self.freq_max_hz > self.freq_min_hz, f"{where}.freq_max_hz",
+            f"must be above freq_min_hz={self.freq_min_hz}; got {self.freq_max_hz}",
+        )
+        require(
+            self.common_reference in ("global", "local", "none"), f"{where}.common_reference",
+            f"must be 'global', 'local' or 'none'; got {self.common_reference!r}",
+        )
+        require(
+            self.reference_operator in ("median", "average"), f"{where}.reference_operator",
+            f"must be 'median' or 'average'; got {self.reference_operator!r}",
+        )
+        inner, outer = self.local_radius_um
+        require(
+            0 <= inner < outer, f"{where}.local_radius_um",
+            f"must be [inner, outer] with 0 <= inner < outer; got {list(self.local_radius_um)}",
+        )
+
+
+def preprocess(si_recording: Any, config: PreprocessConfig, where: str = "preprocess") -> Any:
+    """The lazily preprocessed SpikeInterface recording (see the module doc for the chain).
+
+    Errors (ConfigError, naming the key) for settings the recording cannot take: a pass band
+    reaching the Nyquist frequency, phase_shift='on' without `inter_sample_shift`.
+    """
+    config.validate(where)
+    if not config.enabled:
+        return si_recording
+    import spikeinterface.preprocessing as spre
+
+    recording = si_recording
+    has_shift = recording.get_property("inter_sample_shift") is not None
+    if config.phase_shift == "on" and not has_shift:
+        raise ConfigError(
+            f"{where}.phase_shift: 'on' needs the channel property 'inter_sample_shift' (set by "
+            "read_spikeglx / read_openephys for Neuropixels streams); this recording has none"
+        )
+    if config.phase_shift == "on" or (config.phase_shift == "auto" and has_shift):
+        recording = spre.phase_shift(recording)
+    if config.bandpass:
+        nyquist = recording.get_sampling_frequency() / 2
+        require(
+            config.freq_max_hz < nyquist, f"{where}.freq_max_hz",
+            f"must be below the Nyquist frequency {nyquist:g} Hz of this recording; got {config.freq_max_hz:g}",
+        )
+        recording = spre.bandpass_filter(
+            recording, freq_min=config.freq_min_hz, freq_max=config.freq_max_hz, dtype="float32"
+        )
+    if config.common_reference != "none":
+        recording = spre.common_reference(
+            recording, reference=config.common_reference, operator=config.reference_operator,
+            local_radius=tuple(config.local_radius_um),
+        )
+    if config.whiten:
+        recording = spre.whiten(recording, dtype="float32", mode="global")
+    return recording
+
+
+def preprocessed_recording(si_recording: Any, config: PreprocessConfig, *, segment_index: int | None = None):
+    """Our lazy `Recording` over the preprocessed SpikeInterface recording."""
+    from esort_jax.io.spikeinterface import from_spikeinterface_recording
+
+    recording = from_spikeinterface_recording(preprocess(si_recording, config), segment_index=segment_index)
+    recording.metadata["preprocess"] = describe(config, si_recording)
+    return recording
+
+
+def describe(config: PreprocessConfig, si_recording: Any | None = None) -> list[str]:
+    """The steps that run, as short strings (for results.json and logs)."""
+    if not config.enabled:
+        return []
+    steps = []
+    has_shift = si_recording is not None and si_recording.get_property("inter_sample_shift") is not None
+    if config.phase_shift == "on" or (config.phase_shift == "auto" and has_shift):
+        steps.append("phase_shift")
+    if config.bandpass:
+        steps.append(f"bandpass_filter {config.freq_min_hz:g}-{config.freq_max_hz:g} Hz")
+    if config.common_reference != "none":
+        steps.append(f"common_reference {config.common_reference} {config.reference_operator}")
+    if config.whiten:
+        steps.append("whiten global")
+    return steps
