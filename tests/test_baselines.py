@@ -62,7 +62,7 @@ def test_unknown_sorter_in_the_config_names_the_key_and_the_known_sorters():
                                           r"kilosort4, spykingcircus2, tridesclous2$"):
         plan_from_config(cfg)
     plan = plan_from_config(_compose("baselines", "logger=disabled"))
-    assert plan.sorters == ("kilosort4", "spykingcircus2", "tridesclous2") and plan.span == "eval"
+    assert plan.sorters == ("kilosort4", "spykingcircus2", "tridesclous2") and plan.span == "full"
     assert plan.overrides("kilosort4") == {"torch_device": "cpu"} and plan.overrides("tridesclous2") == {}
 
 
