@@ -32,7 +32,8 @@ from esort_jax.transfer import TransferConfig, TransferReport, finetune_model
 from esort_jax.windows import WindowConfig, WindowSets, balanced_windows, make_windows
 
 __all__ = [
-    "EvaluationConfig", "Fitted", "Outcome", "fit", "scored_span", "sort_and_evaluate", "validation_threshold",
+    "EvaluationConfig", "Fitted", "Outcome", "fit", "scored_span", "sort_and_evaluate", "spike_metrics",
+    "validation_threshold",
     "window_jaccard",
 ]
 
@@ -94,18 +95,8 @@ class Outcome:
 
     def metrics(self) -> dict:
         """Flat summary for results.json / W&B (spike-level and window-level)."""
-        summary = self.evaluation.to_dict()
         out = {
-            "accuracy_pooled": summary["accuracy_pooled"],
-            "accuracy_mean": summary["accuracy_mean"],
-            "accuracy_median": summary["accuracy_median"],
-            "precision": summary["precision_pooled"],
-            "recall": summary["recall_pooled"],
-            "precision_mean": summary["precision_mean"],
-            "recall_mean": summary["recall_mean"],
-            "well_detected": summary["well_detected"],
-            "n_units": summary["n_units"],
-            "tolerance_ms": summary["tolerance_ms"],
+            **spike_metrics(self.evaluation),
             "threshold": self.threshold,
             "sort_seconds": self.sort_result.seconds,
             "inference_seconds": self.sort_result.inference_seconds,
@@ -116,6 +107,24 @@ class Outcome:
         }
         out.update({f"window_{k}": v for k, v in self.window_metrics.items()})
         return out
+
+
+def spike_metrics(evaluation: EvaluationResult) -> dict:
+    """The spike-level scores every method reports (E-Sort's arms, baseline sorters): pooled
+    accuracy / precision / recall, per-unit mean and median, well-detected units."""
+    summary = evaluation.to_dict()
+    return {
+        "accuracy_pooled": summary["accuracy_pooled"],
+        "accuracy_mean": summary["accuracy_mean"],
+        "accuracy_median": summary["accuracy_median"],
+        "precision": summary["precision_pooled"],
+        "recall": summary["recall_pooled"],
+        "precision_mean": summary["precision_mean"],
+        "recall_mean": summary["recall_mean"],
+        "well_detected": summary["well_detected"],
+        "n_units": summary["n_units"],
+        "tolerance_ms": summary["tolerance_ms"],
+    }
 
 
 def window_jaccard(metrics: dict) -> float:

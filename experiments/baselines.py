@@ -47,7 +47,7 @@ from esort_jax.infer import InferenceConfig
 from esort_jax.io import write_sorting_npz
 from esort_jax.io.atomic import atomic_file
 from esort_jax.model import ModelConfig
-from esort_jax.pipeline import EvaluationConfig, scored_span
+from esort_jax.pipeline import EvaluationConfig, scored_span, spike_metrics
 from esort_jax.postprocess import PostprocessConfig
 from esort_jax.train import TrainConfig
 from esort_jax.transfer import TransferConfig
@@ -69,7 +69,7 @@ PAPER_REDUCTION = 2.25  # the paper: transfer needs ~2.25x fewer labels to reach
 class ESortArms:
     """Which E-Sort arms run beside the sorters: `arms` at every K of `ks` (empty: none)."""
 
-    ks: tuple[int, ...] = (5, 10, 15)
+    ks: tuple[int, ...] = (1, 2, 5, 10, 15)
     arms: tuple[str, ...] = ESORT_ARMS
 
     def validate(self, where: str = "esort") -> None:
@@ -128,16 +128,7 @@ def sorter_metrics(result: BaselineResult, evaluation: EvaluationResult) -> dict
     summary = evaluation.to_dict()
     return {
         "status": "ok",
-        "accuracy_pooled": summary["accuracy_pooled"],
-        "accuracy_mean": summary["accuracy_mean"],
-        "accuracy_median": summary["accuracy_median"],
-        "precision": summary["precision_pooled"],
-        "recall": summary["recall_pooled"],
-        "precision_mean": summary["precision_mean"],
-        "recall_mean": summary["recall_mean"],
-        "well_detected": summary["well_detected"],
-        "n_units": summary["n_units"],
-        "tolerance_ms": summary["tolerance_ms"],
+        **spike_metrics(evaluation),
         "identities": summary["identities"],
         "unmatched_pred_units": summary["unmatched_pred_units"],
         "sort_seconds": result.wall_seconds,
