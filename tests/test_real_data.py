@@ -273,21 +273,44 @@ def test_template_similarity_is_spikeinterfaces_cosine():
     np.testing.assert_allclose(template_similarity(templates), 1 - distances.min(axis=0), atol=1e-6)
 
 
-def test_phy_export_options_copy_binary_and_principal_components(tmp_path):
+def test_phy_export_copies_the_binary_with_a_relative_path(tmp_path):
     import spikeinterface.extractors as se
 
     from esort_jax.io.phy import PhyExportConfig
 
     recording, truth = tiny_recording(num_channels=8, num_units=3, duration_s=1.0)
-    folder = write_phy_folder(truth, recording, tmp_path / "phy",
-                              PhyExportConfig(copy_binary=True, compute_pc_features=True))
+    folder = write_phy_folder(truth, recording, tmp_path / "phy", PhyExportConfig(copy_binary=True))
     assert "dat_path = r'recording.dat'" in (folder / "params.py").read_text()  # relative: valid after the rename
     np.testing.assert_array_equal(np.fromfile(folder / "recording.dat", np.float32).reshape(-1, 8), recording.read())
-    assert np.load(folder / "pc_features.npy").shape[0] == truth.num_spikes
     assert se.read_phy(folder).to_spike_vector().size == truth.num_spikes
     assert not list(tmp_path.glob(".phy.tmp-*"))  # the temporary folder became phy/
     with pytest.raises(FileExistsError, match="already exists"):
         write_phy_folder(truth, recording, tmp_path / "phy")
+
+
+def test_phy_principal_components_without_scikit_learn_fail_before_any_work(tmp_path, monkeypatch):
+    import importlib.util
+
+    from esort_jax.io.phy import PhyExportConfig
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "sklearn" else find_spec(name, *a))
+    recording, truth = tiny_recording(num_channels=8, num_units=3, duration_s=1.0)
+    with pytest.raises(ModuleNotFoundError, match=r"compute_pc_features=true needs scikit-learn.*make baselines-venv"):
+        write_phy_folder(truth, recording, tmp_path / "phy", PhyExportConfig(compute_pc_features=True))
+    assert not (tmp_path / "phy").exists() and not list(tmp_path.iterdir())
+
+
+@pytest.mark.baselines  # scikit-learn comes with requirements-baselines.txt
+def test_phy_export_principal_components(tmp_path):
+    import spikeinterface.extractors as se
+
+    from esort_jax.io.phy import PhyExportConfig
+
+    recording, truth = tiny_recording(num_channels=8, num_units=3, duration_s=1.0)
+    folder = write_phy_folder(truth, recording, tmp_path / "phy", PhyExportConfig(compute_pc_features=True))
+    assert np.load(folder / "pc_features.npy").shape[0] == truth.num_spikes
+    assert se.read_phy(folder).to_spike_vector().size == truth.num_spikes
 
 
 def test_run_esort_recovers_the_units_and_writes_loadable_outputs(tmp_path):

@@ -336,6 +336,8 @@ class PhyExportConfig:
         require(self.max_spikes_per_unit >= 1, f"{where}.max_spikes_per_unit", "must be >= 1")
         require(self.ms_before > 0 and self.ms_after > 0, f"{where}.ms_before",
                 f"ms_before and ms_after must be > 0; got {self.ms_before}, {self.ms_after}")
+        if self.enabled and self.compute_pc_features:
+            require_pca_backend()
 
 
 def write_sorting_folder(sorting: Sorting, folder: str | os.PathLike, *, overwrite: bool = False,
@@ -350,6 +352,19 @@ def write_sorting_folder(sorting: Sorting, folder: str | os.PathLike, *, overwri
     with atomic_folder(folder, overwrite=overwrite) as tmp:
         si_sorting.save(folder=tmp, overwrite=True)
     return Path(folder)
+
+
+def require_pca_backend() -> None:
+    """SpikeInterface fits pc_features.npy with scikit-learn, which the core install leaves out;
+    say so before any work rather than deep inside the export."""
+    import importlib.util
+
+    if importlib.util.find_spec("sklearn") is None:
+        raise ModuleNotFoundError(
+            "compute_pc_features=true needs scikit-learn (SpikeInterface fits the principal components "
+            "with it), which is not installed: `make baselines-venv` installs it, or "
+            "`pip install scikit-learn`; or export without pc_features (compute_pc_features=false)"
+        )
 
 
 def write_phy_folder(
