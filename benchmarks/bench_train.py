@@ -56,13 +56,13 @@ def best_time(fn, *args, repeats: int) -> float:
     return best
 
 
-def matmul_peak(batch: int, k: int, n: int, repeats: int) -> dict:
-    """Best-of fp32 matmul rates in GFLOP/s: square 4096 and the spatial layer's shape."""
+def matmul_peak(batch: int, k: int, n: int, repeats: int, dtype=jnp.float32) -> dict:
+    """Best-of matmul rates in GFLOP/s: square 4096 and the spatial layer's shape."""
     key = jax.random.key(0)
-    a = jax.random.normal(key, (4096, 4096), jnp.float32)
-    b = jax.random.normal(jax.random.fold_in(key, 1), (4096, 4096), jnp.float32)
-    x = jax.random.normal(jax.random.fold_in(key, 2), (batch, k), jnp.float32)
-    w = jax.random.normal(jax.random.fold_in(key, 3), (k, n), jnp.float32)
+    a = jax.random.normal(key, (4096, 4096), dtype)
+    b = jax.random.normal(jax.random.fold_in(key, 1), (4096, 4096), dtype)
+    x = jax.random.normal(jax.random.fold_in(key, 2), (batch, k), dtype)
+    w = jax.random.normal(jax.random.fold_in(key, 3), (k, n), dtype)
     mm = jax.jit(jnp.matmul)
     square = 2 * 4096**3 / best_time(mm, a, b, repeats=repeats) / 1e9
     spatial = 2 * batch * k * n / best_time(mm, x, w, repeats=max(repeats, 5)) / 1e9
@@ -90,6 +90,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="timed steps per round")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of (peak, steps); best is reported")
     parser.add_argument("--path", choices=("device", "host"), default="device")
+    parser.add_argument("--compute-dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="model.compute_dtype; with bfloat16 the bf16 matmul peak is measured too")
     parser.add_argument("--json", action="store_true", help="print one JSON line as well")
     parser.add_argument("--no-tune-malloc", action="store_true",
                         help="leave glibc malloc as is (XLA's per-step temporaries then page-fault)")
@@ -97,7 +99,7 @@ def main() -> None:
 
     load_before = load()
     C, N, B = args.channels, args.units, args.batch
-    config = ModelConfig()
+    config = ModelConfig(compute_dtype=args.compute_dtype)
     fs, num_samples = 32000.0, int(args.seconds * 32000)
     rng = np.random.default_rng(0)
     traces = (10 * rng.standard_normal((num_samples, C))).astype(np.float32)
@@ -145,10 +147,13 @@ def main() -> None:
         state, loss = run(state, i)
     jax.block_until_ready(loss)
 
-    step_times, peaks = [], []
+    step_times, peaks, bf16_peaks = [], [], []
     i = 3
     for _ in range(args.rounds):
         peaks.append(matmul_peak(B, C * config.temporal_features[1], config.spatial_features, repeats=3))
+        if args.compute_dtype == "bfloat16":
+            bf16_peaks.append(matmul_peak(B, C * config.temporal_features[1], config.spatial_features,
+                                          repeats=3, dtype=jnp.bfloat16))
         t = time.perf_counter()
         for _ in range(args.steps):
             state, loss = run(state, i)
@@ -178,11 +183,12 @@ def main() -> None:
         "matmul_spatial_shape_gflops": [round(p["spatial_shape"], 1) for p in peaks],
         "fraction_of_peak": round(achieved / peak, 3),
         "fraction_of_peak_3x_forward": round(flops["step_3x_forward"] / best_step / 1e9 / peak, 3),
+        "compute_dtype": args.compute_dtype,
         "loss": float(loss),
         "load_before": load_before,
         "load_after": load(),
     }
-    print(f"E-Sort train step, C={C}, N={N}, batch {B}, {args.path} path, {len(jax.devices())} device(s), "
+    print(f"E-Sort train step, C={C}, N={N}, batch {B}, {args.compute_dtype}, {args.path} path, {len(jax.devices())} device(s), "
           f"malloc {'tuned' if TUNED else 'default'}")
     print(f"  step            {best_step * 1e3:.1f} ms best, {np.median(step_times) * 1e3:.1f} ms median "
           f"(compile {compile_seconds:.1f} s)")
@@ -194,6 +200,11 @@ def main() -> None:
           f"{[round(p['spatial_shape']) for p in peaks]})")
     print(f"  fraction        {achieved / peak:.1%} of peak ({result['fraction_of_peak_3x_forward']:.1%} counting 3x forward)")
     print(f"  load average    {load_before} before, {result['load_after']} after (1, 5, 15 min; {os.cpu_count()} CPUs)")
+    if bf16_peaks:
+        bf16_peak = max(p["peak"] for p in bf16_peaks)
+        result["matmul_peak_bf16_gflops"] = round(bf16_peak, 1)
+        result["fraction_of_bf16_peak"] = round(achieved / bf16_peak, 3)
+        print(f"  bf16 matmul     {bf16_peak:.1f} GFLOP/s peak; the step reaches {achieved / bf16_peak:.1%} of it")
     if args.json:
         print(json.dumps(result))
 
