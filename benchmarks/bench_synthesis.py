@@ -42,13 +42,16 @@ def _rss_anon_mb() -> float:
     return float("nan")
 
 
-def _config(duration: float, channels: int, drift: str, seed: int) -> dict:
+def _config(duration: float, channels: int, drift: str, seed: int, slow_velocity: float | None = None) -> dict:
+    drift_config = {"mode": drift}
+    if slow_velocity is not None:
+        drift_config["slow_velocity_um_per_min"] = slow_velocity
     return {
         "duration_s": duration,
         "seed": seed,
         "probe": {"name": "np1", "n_channels": channels},
         "units": {"density_per_mm3": 10000.0},
-        "drift": {"mode": drift},
+        "drift": drift_config,
     }
 
 
@@ -65,7 +68,7 @@ def child(args) -> dict:
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    config = _config(args.duration, args.channels, args.drift, args.seed)
+    config = _config(args.duration, args.channels, args.drift, args.seed, args.slow_velocity)
     load_before = os.getloadavg()[0]
     usage_before = resource.getrusage(resource.RUSAGE_SELF)
     start = time.perf_counter()
@@ -76,6 +79,7 @@ def child(args) -> dict:
         "mode": args.mode,
         "channels": recording.num_channels,
         "drift": args.drift,
+        "slow_velocity_um_per_min": args.slow_velocity,
         "dtype": args.dtype,
         "chunk_samples": args.chunk_samples,
         "read_ahead": args.read_ahead,
@@ -122,6 +126,10 @@ def main(argv=None) -> None:
     parser.add_argument("--durations", type=float, nargs="+", default=[30.0, 120.0])
     parser.add_argument("--channels", type=int, default=384)
     parser.add_argument("--drift", default="slow", choices=["none", "slow", "fast", "nonrigid"])
+    parser.add_argument("--slow-velocity", type=float, default=None,
+                        help="drift.slow_velocity_um_per_min (default: the config's 10 µm/min, which "
+                             "sweeps its 30 µm range in 3 min, so shorter recordings need fewer "
+                             "precomputed template positions)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "int16"])
     parser.add_argument("--modes", nargs="+", default=["write"], choices=["write", "read"])
     parser.add_argument("--chunk-samples", type=int, default=65536)
@@ -146,6 +154,8 @@ def main(argv=None) -> None:
                 "--chunk-samples", str(args.chunk_samples), "--seed", str(args.seed),
                 "--read-ahead", str(args.read_ahead),
             ]
+            if args.slow_velocity is not None:
+                command += ["--slow-velocity", str(args.slow_velocity)]
             if args.tmp:
                 command += ["--tmp", args.tmp]
             done = subprocess.run(command, check=True, capture_output=True, text=True, cwd=REPO)
