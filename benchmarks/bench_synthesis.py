@@ -132,7 +132,7 @@ def main(argv=None) -> None:
                              "precomputed template positions)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "int16"])
     parser.add_argument("--modes", nargs="+", default=["write"], choices=["write", "read"])
-    parser.add_argument("--chunk-samples", type=int, default=65536)
+    parser.add_argument("--chunk-samples", type=int, default=32768)
     parser.add_argument("--read-ahead", type=int, default=2, help="chunks synthesised ahead of the writer")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tmp", default=None, help="folder for the temporary recording (default: system temp)")
