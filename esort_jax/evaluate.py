@@ -289,6 +289,21 @@ class EvaluationResult:
             "identities": self.identities,
         }
 
+    def per_unit(self) -> dict[str, list]:
+        """Per true unit, JSON-friendly: its id, the paired predicted unit's id (`matched_unit`,
+        None when unpaired), accuracy, precision, recall, tp, fp, fn, num_gt."""
+        return {
+            "unit_ids": np.asarray(self.unit_ids).tolist(),
+            "matched_unit": [None if k < 0 else np.asarray(self.pred_unit_ids[k]).item() for k in self.pred_index],
+            "accuracy": np.asarray(self.accuracy).tolist(),
+            "precision": np.asarray(self.precision).tolist(),
+            "recall": np.asarray(self.recall).tolist(),
+            "tp": np.asarray(self.tp).tolist(),
+            "fp": np.asarray(self.fp).tolist(),
+            "fn": np.asarray(self.fn).tolist(),
+            "num_gt": np.asarray(self.num_gt).tolist(),
+        }
+
     def table(self) -> str:
         """A per-unit text table followed by the summary lines."""
         header = (f"{'unit':>10} {'pred':>10} {'num_gt':>7} {'num_pred':>8} {'tp':>7} {'fp':>7} "

@@ -223,24 +223,11 @@ def run_arm(
         short_units=fitted.windows.report.get("short_units"),
         training=_train_summary(fitted),
         threshold_curve=outcome.threshold_curve,
-        per_unit=_per_unit(outcome),
+        per_unit=outcome.evaluation.per_unit(),
     )
     run.logger.log({f"{arm}/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
     _save_sorting(arm_dir / "sorting.npz", outcome)
     return metrics, outcome
-
-
-def _per_unit(outcome: Outcome) -> dict:
-    ev = outcome.evaluation
-    return {
-        "unit_ids": np.asarray(ev.unit_ids).tolist(),
-        "accuracy": np.asarray(ev.accuracy).tolist(),
-        "precision": np.asarray(ev.precision).tolist(),
-        "recall": np.asarray(ev.recall).tolist(),
-        "tp": np.asarray(ev.tp).tolist(),
-        "fp": np.asarray(ev.fp).tolist(),
-        "fn": np.asarray(ev.fn).tolist(),
-    }
 
 
 def _save_sorting(path: Path, outcome: Outcome) -> None:

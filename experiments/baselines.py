@@ -106,21 +106,6 @@ def evaluation_spans(num_samples: int, windows: WindowConfig, model: ModelConfig
 # Metrics
 
 
-def per_unit(evaluation: EvaluationResult) -> dict:
-    """Per true unit: the paired predicted unit (None: unpaired) and its scores."""
-    pred = [None if i < 0 else evaluation.pred_unit_ids[i] for i in np.asarray(evaluation.pred_index)]
-    return {
-        "unit_ids": np.asarray(evaluation.unit_ids).tolist(),
-        "matched_unit": [None if p is None else np.asarray(p).item() for p in pred],
-        "accuracy": np.asarray(evaluation.accuracy).tolist(),
-        "precision": np.asarray(evaluation.precision).tolist(),
-        "recall": np.asarray(evaluation.recall).tolist(),
-        "tp": np.asarray(evaluation.tp).tolist(),
-        "fp": np.asarray(evaluation.fp).tolist(),
-        "fn": np.asarray(evaluation.fn).tolist(),
-    }
-
-
 def sorter_metrics(result: BaselineResult, evaluation: EvaluationResult) -> dict:
     """results.json entry of one sorter: the keys of transfer.py's arms where they apply."""
     import spikeinterface
@@ -141,7 +126,7 @@ def sorter_metrics(result: BaselineResult, evaluation: EvaluationResult) -> dict
         "spikeinterface_version": spikeinterface.__version__,
         "params": result.params,
         "folder": str(result.folder),
-        "per_unit": per_unit(evaluation),
+        "per_unit": evaluation.per_unit(),
     }
 
 

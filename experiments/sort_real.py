@@ -48,15 +48,7 @@ HEADER = f"{'':<24} {'acc_pool':>8} {'acc_mean':>8} {'acc_med':>8} {'prec':>8} {
 def scores(result: EvaluationResult) -> dict:
     """Pooled and per-unit summary plus the per-unit rows, for results.json."""
     summary = result.to_dict()
-    summary["per_unit"] = {
-        "unit_ids": np.asarray(result.unit_ids).tolist(),
-        "paired_with": [None if k < 0 else result.pred_unit_ids[k].item() for k in result.pred_index],
-        "accuracy": np.asarray(result.accuracy).tolist(),
-        "precision": np.asarray(result.precision).tolist(),
-        "recall": np.asarray(result.recall).tolist(),
-        "tp": result.tp.tolist(), "fp": result.fp.tolist(), "fn": result.fn.tolist(),
-        "num_gt": result.num_gt.tolist(),
-    }
+    summary["per_unit"] = result.per_unit()
     return summary
 
 

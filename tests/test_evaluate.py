@@ -226,6 +226,18 @@ def test_span_restricts_both_sortings():
     assert result.span == (4000, 10000)
 
 
+def test_per_unit_rows_name_the_paired_unit():
+    truth = Sorting.from_unit_dict({0: [100, 5000], 1: [9000]}, FS)
+    predicted = Sorting.from_unit_dict({7: [101, 5001], 8: [20000]}, FS)
+    rows = evaluate(predicted, truth, identities="unknown").per_unit()
+    assert rows["unit_ids"] == [0, 1] and rows["matched_unit"] == [7, None]
+    assert rows["tp"] == [2, 0] and rows["fn"] == [0, 1] and rows["num_gt"] == [2, 1]
+    assert rows["accuracy"] == [1.0, 0.0]
+    import json
+
+    json.dumps(rows)  # plain Python values only
+
+
 def test_summary_dict_and_table():
     rng = np.random.default_rng(3)
     truth, predicted = _random_case(rng)
