@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Literal
 
-from esort_jax.config import ConfigError, require
+from esort_jax.config import ConfigError, require, to_dict
 
 __all__ = ["PreprocessConfig", "preprocess", "preprocessed_recording", "describe"]
 
@@ -122,7 +122,11 @@ def preprocessed_recording(si_recording: Any, config: PreprocessConfig, *, segme
 
     recording = from_spikeinterface_recording(preprocess(si_recording, config), segment_index=segment_index)
     recording.metadata["preprocess"] = describe(config, si_recording)
+    # the settings themselves, so a network trained on this recording can record them in its
+    # checkpoint and experiments/sort.py can preprocess a new recording the same way
+    recording.metadata["preprocess_config"] = to_dict(config)
     return recording
+
 
 
 def describe(config: PreprocessConfig, si_recording: Any | None = None) -> list[str]:

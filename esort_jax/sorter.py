@@ -263,7 +263,11 @@ def esort_from_labels(
     fitted = fit(
         recording, selection.sorting, model, windows, train, transfer,
         seed=seed, run_dir=train_dir, train_span=(0, train_end),
-        metadata_extra={"role": "esort_from_labels", "labels": labels.source.get("path")},
+        metadata_extra={
+            "role": "esort_from_labels", "labels": labels.source.get("path"),
+            # how the traces were preprocessed: experiments/sort.py applies the same to new recordings
+            "preprocess": recording.metadata.get("preprocess_config"),
+        },
     )
     seconds["fit"] = time.perf_counter() - started
     fitted.model.eval()

@@ -17,14 +17,16 @@ import numpy as np
 from omegaconf import DictConfig
 
 from esort_jax import checkpoint as ckpt
-from esort_jax.config import ConfigError
+from esort_jax.config import ConfigError, from_dict
 from esort_jax.evaluate import evaluate
 from esort_jax.infer import InferenceConfig, fold_batchnorm
 from esort_jax.io import write_sorting_npz
 from esort_jax.io.atomic import atomic_folder
 from esort_jax.pipeline import EvaluationConfig
 from esort_jax.postprocess import PostprocessConfig
+from esort_jax.preprocess import PreprocessConfig
 from esort_jax.sort import SORTING_DEFAULTS, sort_recording
+from esort_jax.sorter import as_recording
 from experiments._common import Run
 from experiments._data import obtain_recording
 
@@ -49,6 +51,19 @@ def check_fits(meta: ckpt.CheckpointMetadata, recording, checkpoint: Path) -> No
         )
 
 
+def preprocess_like_training(recording, meta: ckpt.CheckpointMetadata, mode: str, checkpoint: Path):
+    """The recording preprocessed as the network's training data was (mode 'checkpoint': the
+    settings recorded in the checkpoint's metadata by esort_from_labels / sort_real; nothing
+    when none were recorded, e.g. networks trained on synthesised traces) or as given ('none')."""
+    if mode not in ("checkpoint", "none"):
+        raise ConfigError(f"preprocess: must be 'checkpoint' or 'none'; got {mode!r}")
+    recorded = meta.extra.get("preprocess")
+    if mode == "none" or not recorded:
+        return recording
+    settings = from_dict(PreprocessConfig, recorded, where=f"{checkpoint}/metadata.json extra.preprocess")
+    return as_recording(recording, settings)
+
+
 @hydra.main(version_base=None, config_path="../conf", config_name="sort")
 def main(cfg: DictConfig) -> dict:
     with Run(cfg, "sort") as run:
@@ -65,6 +80,8 @@ def main(cfg: DictConfig) -> dict:
         recording, truth, info = obtain_recording(run, "recording")
         meta = ckpt.read_metadata(checkpoint)
         check_fits(meta, recording, checkpoint)
+        recording = preprocess_like_training(recording, meta, str(cfg.get("preprocess", "checkpoint")), checkpoint)
+        info["preprocess"] = recording.metadata.get("preprocess", [])
         start, stop = 0, recording.num_samples
         if cfg.get("span") is not None:
             start, stop = (int(round(float(v) * recording.sampling_frequency)) for v in cfg.span)

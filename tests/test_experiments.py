@@ -318,6 +318,17 @@ def test_sort_refuses_recordings_that_do_not_fit_the_checkpoint():
     with pytest.raises(ConfigError, match="19 samples is shorter than one window"):
         check_fits(meta, recording(samples=19), Path("ckpt"))
 
+    # preprocessing recorded in the checkpoint: bad values name the file and key; bad modes the key
+    from experiments.sort import preprocess_like_training
+
+    assert preprocess_like_training(recording(), meta, "checkpoint", Path("ckpt")).metadata == {}  # none recorded
+    meta.extra["preprocess"] = {"enabled": True, "freq_max_hz": 100.0}
+    with pytest.raises(ConfigError, match=r"ckpt/metadata.json extra.preprocess.freq_max_hz: must be above"):
+        preprocess_like_training(recording(), meta, "checkpoint", Path("ckpt"))
+    assert preprocess_like_training(recording(), meta, "none", Path("ckpt")).metadata == {}
+    with pytest.raises(ConfigError, match="preprocess: must be 'checkpoint' or 'none'; got 'raw'"):
+        preprocess_like_training(recording(), meta, "raw", Path("ckpt"))
+
 
 def test_source_on_a_recordings_geometry_uses_all_its_sites():
     """A source config that selects a 64-site block of a named probe, moved onto a 24-site

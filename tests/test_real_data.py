@@ -363,9 +363,9 @@ def test_run_esort_recovers_the_units_and_writes_loadable_outputs(tmp_path):
 # experiments/sort_real.py
 
 
-def _run(*overrides, timeout=600):
+def _run(*overrides, timeout=600, script="sort_real.py"):
     env = {**os.environ, "WANDB_MODE": "disabled", "JAX_DISABLE_MOST_OPTIMIZATIONS": "1"}
-    return subprocess.run([sys.executable, str(REPO / "experiments" / "sort_real.py"), *overrides],
+    return subprocess.run([sys.executable, str(REPO / "experiments" / script), *overrides],
                           capture_output=True, text=True, cwd=REPO, env=env, timeout=timeout)
 
 
@@ -408,6 +408,19 @@ def test_sort_real_end_to_end(tmp_path):
     assert sorting.unit_ids.tolist() == [0, 1] and sorting.to_spike_vector().size == results["num_spikes"]
     assert se.read_phy(tmp_path / "run" / "phy").to_spike_vector().size == results["num_spikes"]
     assert (tmp_path / "run" / "checkpoint" / "sorting_defaults.json").is_file()
+
+    # sort.py with that checkpoint on the raw recording preprocesses it as training did (the
+    # settings are in the checkpoint) and finds the same spikes; 'none' feeds the raw traces
+    for mode in ("checkpoint", "none"):
+        again = _run(f"recording.path={tmp_path / 'rec_si'}", f"checkpoint={tmp_path / 'run' / 'checkpoint'}",
+                     f"preprocess={mode}", "logger=disabled", f"hydra.run.dir={tmp_path / ('sort_' + mode)}",
+                     script="sort.py")
+        assert again.returncode == 0, again.stderr[-3000:]
+    resorted = json.loads((tmp_path / "sort_checkpoint" / "results.json").read_text())
+    assert resorted["recording"]["preprocess"] == results["recording"]["preprocess"]
+    assert resorted["threshold"] == results["threshold"] and resorted["num_spikes"] == results["num_spikes"]
+    raw = json.loads((tmp_path / "sort_none" / "results.json").read_text())
+    assert raw["recording"]["preprocess"] == [] and raw["num_spikes"] != results["num_spikes"]
 
     # labels made at another sampling rate: a clear error, before any training
     (tmp_path / "ks" / "sorter_output" / "params.py").write_text(
