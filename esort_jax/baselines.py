@@ -97,6 +97,8 @@ class BaselinesConfig:
         depth bin), so 'eval' on short recordings cripples it.
       sorter_params: per sorter, parameters passed to run_sorter on top of DEFAULT_PARAMS.
       n_jobs: worker count for SpikeInterface's chunked steps (-1: every core).
+      keep_recording_copy: keep the binary copy of a recording SpikeInterface cannot
+        serialise (see run_baseline), e.g. to open a sorter's Phy output with waveforms.
       reference_sorter: the sorter whose accuracy E-Sort's label curve is measured against
         (None: none); must be one of `sorters`.
     """
@@ -105,6 +107,7 @@ class BaselinesConfig:
     span: Literal["eval", "full"] = "full"
     sorter_params: dict = dataclasses.field(default_factory=dict)
     n_jobs: int = -1
+    keep_recording_copy: bool = False
     reference_sorter: str | None = "kilosort4"
 
     def validate(self, where: str = "") -> None:
@@ -263,6 +266,22 @@ def _serialisable(si_recording) -> bool:
     return bool(si_recording.check_serializability("json") or si_recording.check_serializability("pickle"))
 
 
+def _warn_dangling_phy_params(sorter_folder: Path, removed: Path) -> None:
+    """Warn about Phy params.py files whose dat_path points into the removed recording copy."""
+    for params_file in sorted(sorter_folder.rglob("params.py")):
+        try:
+            text = params_file.read_text()
+        except OSError:
+            continue
+        if str(removed.resolve()) in text or str(removed) in text:
+            warnings.warn(
+                f"{params_file}: dat_path points to {removed}, the binary copy of the recording made for the "
+                "sorter and removed after it (Phy will open without waveforms); run_baseline(..., "
+                "keep_recording_copy=True) keeps it",
+                stacklevel=3,
+            )
+
+
 def log_tail(folder: Path, lines: int = 40) -> str:
     """The end of what a sorter left in its folder: SpikeInterface's error trace and the
     sorter's own log files."""
@@ -290,6 +309,7 @@ def run_baseline(
     params: Mapping[str, Any] | None = None,
     n_jobs: int = -1,
     verbose: bool = False,
+    keep_recording_copy: bool = False,
 ) -> BaselineResult:
     """Run sorter `name` on recording[start:stop] with SpikeInterface's `run_sorter`.
 
@@ -301,6 +321,11 @@ def run_baseline(
       span: [start, stop) to sort (default: the whole recording).
       params: parameter overrides on top of DEFAULT_PARAMS[name] (checked against the sorter's).
       n_jobs: workers for SpikeInterface's chunked steps (-1: every core).
+      keep_recording_copy: a recording SpikeInterface cannot serialise (e.g. in memory) is
+        first written as a binary folder `<output_folder>/recording_binary/` for the sorter;
+        keep it (it is what a sorter's Phy output, e.g. Kilosort's params.py, points to) or
+        remove it after sorting (default: it is as large as the span in float32; a warning
+        names any params.py left pointing to it).
     Returns a BaselineResult whose sorting is in absolute samples.
     Raises SorterNotInstalled, ConfigError (a bad parameter), SorterFailed (with the log tail).
     """
@@ -345,8 +370,9 @@ def run_baseline(
             sorting = shift_sorting(from_spikeinterface_sorting(si_sorting), start)
             wall = time.perf_counter() - started
     finally:
-        if copy_folder is not None:
+        if copy_folder is not None and not keep_recording_copy:
             shutil.rmtree(copy_folder, ignore_errors=True)
+            _warn_dangling_phy_params(sorter_folder, copy_folder)
 
     sorter_seconds = None
     si_log = sorter_folder / "spikeinterface_log.json"

@@ -57,7 +57,7 @@ from experiments._data import obtain_recording
 from experiments._stages import pretrained_on_source, run_arm
 
 ESORT_ARMS = ("transfer", "scratch")
-PLAN_KEYS = ("sorters", "span", "sorter_params", "n_jobs", "reference_sorter")
+PLAN_KEYS = ("sorters", "span", "sorter_params", "n_jobs", "keep_recording_copy", "reference_sorter")
 PAPER_REDUCTION = 2.25  # the paper: transfer needs ~2.25x fewer labels to reach Kilosort4's accuracy
 
 
@@ -269,7 +269,7 @@ def _run_sorter(run, name: str, recording, truth, spans: dict, params: dict, pla
     folder = run.dir / "sorters" / name
     try:
         result = run_baseline(name, recording, folder, span=tuple(spans["sorted_span"]), params=params,
-                              n_jobs=plan.n_jobs)
+                              n_jobs=plan.n_jobs, keep_recording_copy=plan.keep_recording_copy)
     except SorterFailed as error:
         print(f"[baselines] {name} FAILED:\n{error}", flush=True)
         return {"status": "failed", "error": str(error), "params": params}

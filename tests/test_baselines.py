@@ -207,6 +207,35 @@ def test_run_baseline_sorts_exactly_the_span_and_returns_absolute_samples(monkey
     assert not (tmp_path / "out" / "recording_binary").exists()  # the untimed copy is cleaned up
 
 
+def test_recording_copy_is_removed_with_a_warning_for_phy_or_kept(monkeypatch, tmp_path):
+    """A recording SpikeInterface cannot serialise is copied for the sorter; a Phy params.py
+    (as Kilosort writes) pointing to the copy gets a warning when the copy is removed."""
+    from spikeinterface.core import NumpySorting
+
+    recording = _recording()
+
+    def run_sorter(name, si_recording, folder, **kwargs):
+        out = Path(folder) / "sorter_output"
+        out.mkdir(parents=True)
+        binary = si_recording.get_binary_description()["file_paths"][0]
+        (out / "params.py").write_text(f"dat_path = {str(binary)!r}\nn_channels_dat = 4\n")
+        return NumpySorting.from_samples_and_labels([np.array([10])], [np.zeros(1, int)], FS, unit_ids=[0])
+
+    _fake_sorter(monkeypatch, run_sorter)
+    with pytest.warns(UserWarning, match=r"params.py: dat_path points to .*recording_binary.*keep_recording_copy=True"):
+        baselines.run_baseline("tridesclous2", recording, tmp_path / "out", span=(1000, 3000))
+    assert not (tmp_path / "out" / "recording_binary").exists()
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # kept: no warning about params.py
+        baselines.run_baseline("tridesclous2", recording, tmp_path / "kept", span=(1000, 3000),
+                               keep_recording_copy=True)
+    params_text = (tmp_path / "kept" / "sorter" / "sorter_output" / "params.py").read_text()
+    kept_binary = eval(params_text.split("dat_path = ")[1].splitlines()[0])
+    assert Path(kept_binary).is_file() and "recording_binary" in kept_binary
+
+
 def test_sorter_crash_reports_the_log_tail(monkeypatch, tmp_path):
     def run_sorter(name, si_recording, folder, **kwargs):
         folder = Path(folder)
