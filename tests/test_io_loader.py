@@ -78,3 +78,29 @@ def test_unrecognised_paths_are_described(tmp_path):
     expected = "fake.h5: not a recognised recording: not a readable HDF5 file"
     with pytest.raises(RecordingFormatError, match=expected):
         load_recording(tmp_path / "fake.h5")
+
+
+def test_spikeglx_neuropixels_folder(tmp_path):
+    """A SpikeGLX NP1.0 run folder: recognised, the AP stream without the sync channel, µV from
+    the .meta gains, NP1 geometry from the imro table, phase shift in the preprocessing (the
+    stream carries inter_sample_shift), a wrong stream named with the ones there are."""
+    from esort_jax.io.loader import detect_format, open_spikeinterface_recording
+    from esort_jax.preprocess import PreprocessConfig, preprocessed_recording
+    from tests._spikeglx import NP1_UV_PER_BIT, write_spikeglx_np1
+
+    rng = np.random.default_rng(0)
+    counts = rng.integers(-200, 200, size=(3000, 384)).astype(np.int16)
+    write_spikeglx_np1(tmp_path / "run_g0", counts)
+    assert detect_format(tmp_path / "run_g0") == "spikeglx"
+    recording, labels = load_recording(tmp_path / "run_g0")
+    assert labels is None and recording.num_channels == 384 and recording.num_samples == 3000
+    assert recording.sampling_frequency == 30000.0
+    np.testing.assert_allclose(recording.read(100, 200), counts[100:200] * NP1_UV_PER_BIT, rtol=1e-6)
+    positions = recording.channel_positions  # NP1 checkerboard: x in {0, 16, 32, 48} µm, 20 µm rows
+    assert sorted(set(positions[:, 0].tolist())) == [0.0, 16.0, 32.0, 48.0]
+    assert positions[:, 1].min() == 0.0 and positions[:, 1].max() == 20.0 * 191
+    si_recording, _ = open_spikeinterface_recording(tmp_path / "run_g0")
+    processed = preprocessed_recording(si_recording, PreprocessConfig())
+    assert processed.metadata["preprocess"][0] == "phase_shift" and processed.read(0, 50).shape == (50, 384)
+    with pytest.raises(RecordingFormatError, match=r"stream_id imec1.ap is not in \['imec0.ap'"):
+        load_recording(tmp_path / "run_g0", stream_id="imec1.ap")
