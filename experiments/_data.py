@@ -43,7 +43,10 @@ def obtain_recording(
     if path:
         path = Path(str(path)).expanduser()
         with run.stage(f"load {key}"):
-            recording, labels = load_recording(path)
+            # optional keys (sort.py has them): a forced reader, a stream, a probe file
+            recording, labels = load_recording(
+                path, str(spec.get("format") or "auto"), stream_id=spec.get("stream_id"), probe=spec.get("probe")
+            )
         return recording, labels, {"source": "file", "path": str(path.resolve())}
     if data is None:
         if spec.get("data") is None:

@@ -73,7 +73,7 @@ def pretrained_checkpoint(run, recording, preprocess: PreprocessConfig, model: M
     if not np.all(np.isfinite(recording.channel_positions)):
         raise ConfigError(
             "checkpoint: the recording has no channel positions (no probe attached), so no source can be "
-            "synthesised on its geometry; attach a probe (recording.binary.probe), give a pretrained "
+            "synthesised on its geometry; attach a probe (recording.probe), give a pretrained "
             "checkpoint, or use init=scratch"
         )
     data = run.typed(SynthesisConfig, "source.data")

@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 
 from esort_jax import ArrayTraces, GroundTruth, Recording, Sorting
+from esort_jax.config import ConfigError
 from esort_jax.io import RecordingFormatError, load_recording, write_mearec, write_recording_folder
+from esort_jax.io.extractors import BinaryOptions
 
 FS = 32000.0
 pytestmark = pytest.mark.filterwarnings("ignore:The extractor is not serializable")
@@ -104,3 +106,48 @@ def test_spikeglx_neuropixels_folder(tmp_path):
     assert processed.metadata["preprocess"][0] == "phase_shift" and processed.read(0, 50).shape == (50, 384)
     with pytest.raises(RecordingFormatError, match=r"stream_id imec1.ap is not in \['imec0.ap'"):
         load_recording(tmp_path / "run_g0", stream_id="imec1.ap")
+
+
+def test_openephys_without_probe_settings_takes_a_probe_file(tmp_path):
+    """Open Ephys binary data whose settings describe no probe: loads in µV with a warning that
+    the channels have no positions; `probe=` (recording.probe) attaches a probeinterface file,
+    for any format; a file with another contact count is refused naming the key."""
+    import probeinterface
+    import warnings
+
+    from esort_jax.io.loader import RecordingSource, detect_format
+    from tests._openephys import BIT_VOLTS, write_openephys_binary
+    from tests._spikeglx import write_spikeglx_np1
+
+    counts = np.random.default_rng(1).integers(-300, 300, size=(2000, 32)).astype(np.int16)
+    session = write_openephys_binary(tmp_path / "session", counts)
+    assert detect_format(session) == "openephys"
+    with pytest.warns(UserWarning, match="no probe attached, so its 32 channels get no positions"):
+        bare, _ = load_recording(session)
+    assert bare.sampling_frequency == 30000.0 and np.isnan(bare.channel_positions).all()
+    np.testing.assert_allclose(bare.read(0, 100), counts[:100] * BIT_VOLTS, rtol=1e-6)
+
+    probe = probeinterface.generate_linear_probe(num_elec=32, ypitch=25.0)
+    probe.set_device_channel_indices(np.arange(32))
+    probeinterface.write_probeinterface(tmp_path / "probe.json", probe)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        located, _ = load_recording(session, probe=tmp_path / "probe.json")
+    np.testing.assert_allclose(located.channel_positions[:, 1], 25.0 * np.arange(32))
+    np.testing.assert_allclose(located.read(0, 100), bare.read(0, 100))
+    si_recording, _ = RecordingSource(path=str(session), probe=str(tmp_path / "probe.json")).open()
+    np.testing.assert_allclose(si_recording.get_channel_locations()[:, 1], 25.0 * np.arange(32))
+
+    small = probeinterface.generate_linear_probe(num_elec=16, ypitch=25.0)
+    probeinterface.write_probeinterface(tmp_path / "small.json", small)
+    with pytest.raises(RecordingFormatError, match="recording.probe: .*small.json describes 16 contacts but the recording has 32"):
+        load_recording(session, probe=tmp_path / "small.json")
+    with pytest.raises(ConfigError, match="recording.probe: set either recording.probe or recording.binary.probe"):
+        RecordingSource(path=str(session), probe="a.json", binary=BinaryOptions(probe="b.json")).validate()
+
+    # a probe file replaces the geometry an acquisition reader found (here SpikeGLX's NP1 layout)
+    write_spikeglx_np1(tmp_path / "sglx", np.zeros((500, 384), np.int16))
+    line = probeinterface.generate_linear_probe(num_elec=384, ypitch=10.0)
+    probeinterface.write_probeinterface(tmp_path / "line.json", line)
+    replaced, _ = load_recording(tmp_path / "sglx", probe=tmp_path / "line.json")
+    np.testing.assert_allclose(replaced.channel_positions[:, 1], 10.0 * np.arange(384))

@@ -25,6 +25,7 @@ __all__ = [
     "BinaryOptions",
     "detect_extractor_format",
     "open_extractor",
+    "attach_probe",
 ]
 
 EXTRACTOR_FORMATS = ("spikeglx", "openephys", "nwb", "binary")
@@ -167,8 +168,19 @@ def _open_binary(path: Path, options: BinaryOptions) -> Any:
             "check recording.binary.num_channels / dtype / file_offset"
         )
     if options.probe is not None:
-        recording.set_probegroup(_read_probe_file(Path(options.probe), options.num_channels))  # in place
+        recording.set_probegroup(_read_probe_file(Path(options.probe), options.num_channels, "recording.binary.probe"))
     return recording
+
+
+def attach_probe(si_recording: Any, probe_path: str | os.PathLike, key: str = "recording.probe") -> Any:
+    """The recording with the probe(s) of a probeinterface JSON / .prb file attached, replacing
+    whatever geometry the reader found (e.g. an Open Ephys recording without probe settings,
+    or a probe the acquisition software did not know). Contacts map to channels in file order
+    unless the file gives device channel indices; the contact count must equal the channel
+    count. Errors (RecordingFormatError) start with `key`."""
+    group = _read_probe_file(Path(probe_path).expanduser(), si_recording.get_num_channels(), key)
+    si_recording.set_probegroup(group)  # in place (SpikeInterface >= 0.105); the reader's object is ours
+    return si_recording
 
 
 def _itemsize(dtype: str) -> int:
@@ -180,12 +192,12 @@ def _itemsize(dtype: str) -> int:
         raise RecordingFormatError(f"recording.binary.dtype: not a numpy dtype: {dtype!r}") from error
 
 
-def _read_probe_file(path: Path, num_channels: int):
+def _read_probe_file(path: Path, num_channels: int, key: str):
     import numpy as np
     import probeinterface
 
     if not path.is_file():
-        raise RecordingFormatError(f"recording.binary.probe: {path} does not exist")
+        raise RecordingFormatError(f"{key}: {path} does not exist")
     try:
         if path.suffix.lower() == ".prb":
             group = probeinterface.read_prb(path)
@@ -193,13 +205,12 @@ def _read_probe_file(path: Path, num_channels: int):
             group = probeinterface.read_probeinterface(path)
     except Exception as error:
         raise RecordingFormatError(
-            f"recording.binary.probe: {path} is not a probeinterface JSON or .prb file: {error}"
+            f"{key}: {path} is not a probeinterface JSON or .prb file: {error}"
         ) from error
     contacts = sum(p.get_contact_count() for p in group.probes)
     if contacts != num_channels:
         raise RecordingFormatError(
-            f"recording.binary.probe: {path} describes {contacts} contacts but the binary file has "
-            f"{num_channels} channels"
+            f"{key}: {path} describes {contacts} contacts but the recording has {num_channels} channels"
         )
     start = 0
     for probe in group.probes:

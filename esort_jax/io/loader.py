@@ -24,7 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from esort_jax.config import require
-from esort_jax.io.extractors import EXTRACTOR_FORMATS, BinaryOptions, detect_extractor_format, open_extractor
+from esort_jax.io.extractors import (
+    EXTRACTOR_FORMATS,
+    BinaryOptions,
+    attach_probe,
+    detect_extractor_format,
+    open_extractor,
+)
 from esort_jax.io.folder import RecordingFormatError, is_recording_folder, read_recording_folder
 from esort_jax.io.mearec import missing_mearec_entries, read_mearec
 from esort_jax.recording import GroundTruth, Recording, Sorting
@@ -56,12 +62,15 @@ class RecordingSource:
       stream_id: a SpikeGLX / Open Ephys stream (e.g. 'imec0.ap'), or an NWB ElectricalSeries
         path; None takes the only AP stream.
       binary: rate, channel count, dtype and probe file of a raw binary file (format 'binary').
+      probe: a probeinterface JSON / .prb file attached to the recording whatever its format,
+        replacing the geometry its reader found (e.g. Open Ephys without probe settings).
     """
 
     path: str | None = None
     format: str = "auto"
     stream_id: str | None = None
     binary: BinaryOptions = dataclasses.field(default_factory=BinaryOptions)
+    probe: str | None = None
 
     def validate(self, where: str = "recording") -> None:
         require(bool(self.path), f"{where}.path", "required: the recording's file or folder")
@@ -72,12 +81,17 @@ class RecordingSource:
         self.binary.validate(f"{where}.binary")
         if self.format == "binary":
             self.binary.check_complete(f"{where}.binary")
+        require(
+            not (self.probe and self.binary.probe), f"{where}.probe",
+            f"set either {where}.probe or {where}.binary.probe, not both",
+        )
 
     def open(self) -> tuple[Any, GroundTruth | Sorting | None]:
         """(lazy SpikeInterface recording, ground truth | sorting | None): see
         `open_spikeinterface_recording`."""
         return open_spikeinterface_recording(
-            Path(str(self.path)).expanduser(), self.format, stream_id=self.stream_id, binary=self.binary
+            Path(str(self.path)).expanduser(), self.format, stream_id=self.stream_id, binary=self.binary,
+            probe=self.probe,
         )
 
 
@@ -87,14 +101,22 @@ def load_recording(
     *,
     stream_id: str | None = None,
     binary: BinaryOptions | None = None,
+    probe: str | os.PathLike | None = None,
 ) -> tuple[Recording, GroundTruth | Sorting | None]:
     """(recording, ground truth | sorting | None) from a folder or file of a supported format.
 
     `format` forces a reader (one of RECORDING_FORMATS); `stream_id` chooses a stream of a
     SpikeGLX / Open Ephys folder (or an NWB ElectricalSeries path); `binary` describes a raw
-    binary file (format='binary').
+    binary file (format='binary'); `probe` (a probeinterface JSON / .prb file) replaces the
+    geometry the reader found.
     """
     path = Path(path)
+    if probe is not None:
+        from esort_jax.io.spikeinterface import from_spikeinterface_recording
+
+        si_recording, labels = open_spikeinterface_recording(path, format, stream_id=stream_id, binary=binary,
+                                                             probe=probe)
+        return from_spikeinterface_recording(si_recording), labels
     fmt = _resolve(path, format)
     if fmt == "esort_jax":
         return read_recording_folder(path)
@@ -121,16 +143,24 @@ def open_spikeinterface_recording(
     *,
     stream_id: str | None = None,
     binary: BinaryOptions | None = None,
+    probe: str | os.PathLike | None = None,
 ) -> tuple[Any, GroundTruth | Sorting | None]:
     """(lazy SpikeInterface recording, ground truth | sorting | None) for any supported path.
 
     Acquisition formats and SpikeInterface folders come as SpikeInterface loads them; our
     folders and MEArec files through `to_spikeinterface_recording` (a memory-mapped binary
-    extractor for our folders).
+    extractor for our folders). `probe` (a probeinterface JSON / .prb file) replaces the
+    geometry the reader found.
     """
+    si_recording, labels = _open_spikeinterface(Path(path), format, stream_id, binary)
+    if probe is not None:
+        si_recording = attach_probe(si_recording, probe)
+    return si_recording, labels
+
+
+def _open_spikeinterface(path: Path, format: str, stream_id, binary) -> tuple[Any, GroundTruth | Sorting | None]:
     from esort_jax.io.spikeinterface import to_spikeinterface_recording
 
-    path = Path(path)
     fmt = _resolve(path, format)
     if fmt in EXTRACTOR_FORMATS:
         return open_extractor(path, fmt, stream_id=stream_id, binary=binary), None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import mmap
+import warnings
 from typing import Any
 
 import numpy as np
@@ -74,6 +75,12 @@ def from_spikeinterface_recording(si_recording: Any, segment_index: int | None =
     except (ValueError, AssertionError):
         positions = np.full((si_recording.get_num_channels(), 2), np.nan)
         known = False
+        warnings.warn(
+            f"{type(si_recording).__name__}: the recording has no probe attached, so its "
+            f"{si_recording.get_num_channels()} channels get no positions (NaN); attach a probeinterface "
+            "file with recording.probe (load_recording(..., probe=...)) where geometry matters",
+            stacklevel=2,
+        )
     probe = None
     if si_recording.has_probe() and len(si_recording.get_probes()) == 1:
         probe = si_recording.get_probe()
