@@ -84,14 +84,16 @@ def test_in_memory_recording_round_trips_through_a_saved_folder(tmp_path):
 def test_from_spikeinterface_without_probe_or_with_segments():
     traces = np.arange(40, dtype=np.float32).reshape(10, 4)
     plain = NumpyRecording([traces], FS)
-    recording = from_spikeinterface_recording(plain)
+    with pytest.warns(UserWarning, match="no probe attached, so its 4 channels get no positions"):
+        recording = from_spikeinterface_recording(plain)
     np.testing.assert_array_equal(recording.read(2, 5), traces[2:5])
     assert np.isnan(recording.channel_positions).all()
     assert not recording.metadata["channel_positions_known"]
     two = NumpyRecording([traces, 2 * traces[:6]], FS)
     with pytest.raises(ValueError, match="has 2 segments; pass segment_index"):
         from_spikeinterface_recording(two)
-    second = from_spikeinterface_recording(two, segment_index=1)
+    with pytest.warns(UserWarning, match="no positions"):
+        second = from_spikeinterface_recording(two, segment_index=1)
     assert second.num_samples == 6
     np.testing.assert_array_equal(second.read(), 2 * traces[:6])
 
