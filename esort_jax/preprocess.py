@@ -128,7 +128,6 @@ def preprocessed_recording(si_recording: Any, config: PreprocessConfig, *, segme
     return recording
 
 
-
 def describe(config: PreprocessConfig, si_recording: Any | None = None) -> list[str]:
     """The steps that run, as short strings (for results.json and logs)."""
     if not config.enabled:

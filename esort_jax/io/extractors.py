@@ -168,7 +168,7 @@ def _open_binary(path: Path, options: BinaryOptions) -> Any:
             "check recording.binary.num_channels / dtype / file_offset"
         )
     if options.probe is not None:
-        recording.set_probegroup(_read_probe_file(Path(options.probe), options.num_channels, "recording.binary.probe"))
+        recording = attach_probe(recording, options.probe, "recording.binary.probe")
     return recording
 
 
