@@ -57,6 +57,7 @@ import functools
 import mmap
 import queue
 import threading
+import warnings
 from collections import deque
 from typing import Any, Iterator
 
@@ -66,6 +67,7 @@ import numpy as np
 from jax import lax
 from jax.sharding import NamedSharding, PartitionSpec
 
+from esort_jax import native
 from esort_jax.config import require
 from esort_jax.recording import ArrayTraces, Recording
 
@@ -282,15 +284,30 @@ def _block_logits(kernel: dict, x_RxC: jax.Array, block: int, segment: int, dt) 
     h2_GxLxJxC = h2.reshape(f2, segment, nseg, num_channels)
     a2 = jax.nn.relu(h2_GxLxJxC * kernel["scale2"][None, None, None] + kernel["shift2"][:, None, None])
     a2_BxGC = a2.astype(dt).transpose(2, 1, 0, 3).reshape(block, f2 * num_channels)
+    return _spatial_and_head(kernel, a2_BxGC, dt)
+
+
+def _spatial_and_head(kernel: dict, a2_BxGC: jax.Array, dt) -> jax.Array:
+    """Layers 3-4 of a block: logits [B, N] from the temporal layers' output rows (g, c)."""
     h3 = jnp.dot(a2_BxGC, kernel["k3"], preferred_element_type=jnp.float32)
     a3 = jax.nn.relu(h3 + kernel["b3"][None]).astype(dt)
     return jnp.dot(a3, kernel["k4"], preferred_element_type=jnp.float32) + kernel["b4"][None]
+
+
+def _native_block_logits(kernel: dict, x_RxC: jax.Array) -> jax.Array:
+    """`_block_logits` with both temporal layers in the fused native CPU kernel (float32)."""
+    a2_BxGC = native.temporal_layers(
+        x_RxC, kernel["k1"], kernel["scale1"], kernel["shift1"], kernel["k2t"].T, kernel["scale2"],
+        kernel["shift2"],
+    )
+    return _spatial_and_head(kernel, a2_BxGC, jnp.float32)
 
 
 def _kernel_arrays(params: InferenceParams, segment: int, dt) -> dict:
     """The folded parameters laid out for the time-major block kernel."""
     f2, c = params.temporal_features[1], params.num_channels
     return {
+        "k1": params.k1_WxF1,
         "toeplitz": _toeplitz(params.k1_WxF1, segment).astype(dt),
         "scale1": params.scale1_C,
         "shift1": params.shift1_CxF1.T,  # [F1, C]
@@ -308,15 +325,22 @@ def conv_logits(
     params: InferenceParams,
     x_TxC: jax.Array,
     *,
-    block_steps: int = 512,
+    block_steps: int = 1024,
     segment: int = 16,
     compute_dtype: str = "float32",
+    kernel: str = "xla",
 ) -> jax.Array:
     """Logits [T - W + 1, N] of every window of x [T, C] (row t: the window starting at t).
 
     Convolution form, processed in blocks of `block_steps` outputs (a multiple of `segment`).
-    Pure and jittable; shapes are static.
+    kernel='xla' computes the temporal layers as banded-Toeplitz matrix products (any
+    backend); 'native' in the fused C++ kernel of esort_jax.native (CPU, float32 only;
+    `segment` is then unused). Pure and jittable; shapes are static.
     """
+    if kernel not in ("xla", "native"):
+        raise ValueError(f"kernel must be 'xla' or 'native'; got {kernel!r}")
+    if kernel == "native" and compute_dtype != "float32":
+        raise ValueError(f"the native kernel computes in float32; got compute_dtype={compute_dtype!r}")
     dt = _dtype(compute_dtype)
     window, num_channels = params.window, params.num_channels
     if x_TxC.ndim != 2 or x_TxC.shape[1] != num_channels:
@@ -326,16 +350,18 @@ def conv_logits(
         )
     if x_TxC.shape[0] < window:
         raise ValueError(f"traces have {x_TxC.shape[0]} samples, fewer than one window ({window})")
-    if block_steps % segment:
+    if kernel == "xla" and block_steps % segment:
         raise ValueError(f"block_steps={block_steps} must be a multiple of segment={segment}")
     steps = x_TxC.shape[0] - window + 1
     nblocks = -(-steps // block_steps)
     x = jnp.pad(x_TxC, ((0, nblocks * block_steps - steps), (0, 0)))
-    kernel = _kernel_arrays(params, segment, dt)
+    arrays = _kernel_arrays(params, segment, dt)
 
     def one_block(b):
         rows = lax.dynamic_slice_in_dim(x, b * block_steps, block_steps + window - 1, axis=0)
-        return _block_logits(kernel, rows, block_steps, segment, dt)
+        if kernel == "native":
+            return _native_block_logits(arrays, rows)
+        return _block_logits(arrays, rows, block_steps, segment, dt)
 
     logits = lax.map(one_block, jnp.arange(nblocks))
     return logits.reshape(nblocks * block_steps, -1)[:steps]
@@ -419,18 +445,23 @@ class InferenceConfig:
         chunk_steps + W - 1 samples. Rounded up to a multiple of block_steps.
       block_steps: output steps per block inside a chunk (intermediates of one block stay in
         cache); a multiple of `segment`.
-      segment: output steps per banded-Toeplitz product in layer 1.
+      segment: output steps per banded-Toeplitz product in layer 1 (kernel 'xla').
       compute_dtype: 'float32', or 'bfloat16' (matmul inputs in bf16, accumulation and
         BatchNorm/bias in float32).
+      kernel: how the temporal layers are computed. 'xla': banded-Toeplitz matrix products
+        (any backend, either dtype); 'native': the fused C++ kernel of esort_jax.native
+        (CPU devices, float32; an error if it cannot be used); 'auto' (default): 'native'
+        where it can be used, else 'xla' (with a warning if only the build failed).
       output_dtype: 'float32' or 'float16' probabilities on the host.
       prefetch: chunks (per device) a host thread reads ahead; 0 reads inline.
       num_devices: how many local devices to spread chunks over (None: all).
     """
 
     chunk_steps: int = 32768
-    block_steps: int = 512
+    block_steps: int = 1024
     segment: int = 16
     compute_dtype: str = "float32"
+    kernel: str = "auto"
     output_dtype: str = "float32"
     prefetch: int = 2
     num_devices: int | None = None
@@ -453,6 +484,9 @@ class InferenceConfig:
             f"{where}.output_dtype",
             f"must be 'float32' or 'float16'; got {self.output_dtype!r}",
         )
+        require(
+            self.kernel in KERNELS, f"{where}.kernel", f"must be one of {KERNELS}; got {self.kernel!r}"
+        )
         require(self.prefetch >= 0, f"{where}.prefetch", f"must be >= 0; got {self.prefetch}")
         require(
             self.num_devices is None or self.num_devices >= 1,
@@ -464,13 +498,49 @@ class InferenceConfig:
     def padded_chunk_steps(self) -> int:
         return -(-self.chunk_steps // self.block_steps) * self.block_steps
 
+    def resolve_kernel(self, params: InferenceParams, devices=None, where: str = "infer") -> "InferenceConfig":
+        """This config with `kernel` 'xla' or 'native': what 'auto' picks for these params on
+        these devices (default: all local devices); ValueError if 'native' was asked for and
+        cannot be used (the message says why)."""
+        devices = tuple(jax.local_devices()) if devices is None else tuple(devices)
+        obstacle = None
+        if self.compute_dtype != "float32":
+            obstacle = f"compute_dtype is {self.compute_dtype!r} (the native kernel is float32)"
+        elif any(d.platform != "cpu" for d in devices):
+            obstacle = f"devices are {sorted({d.platform for d in devices})} (the native kernel is CPU only)"
+        elif not native.supports(params.temporal_features):
+            obstacle = (
+                f"no native kernel for temporal features {params.temporal_features} "
+                f"(compiled for {sorted(native.SUPPORTED_FEATURES)})"
+            )
+        build_failure = None if obstacle or self.kernel == "xla" else native.unavailable_reason()
+        if self.kernel == "native" and (obstacle or build_failure):
+            raise ValueError(f"{where}.kernel = 'native' cannot be used: {obstacle or build_failure}")
+        if self.kernel == "auto" and build_failure:
+            _warn_native_unavailable(build_failure)
+        use_native = self.kernel != "xla" and not obstacle and not build_failure
+        return dataclasses.replace(self, kernel="native" if use_native else "xla")
+
+
+KERNELS = ("auto", "xla", "native")
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_native_unavailable(reason: str) -> None:
+    warnings.warn(
+        f"esort_jax: the native CPU kernel is unavailable ({reason}); inference uses the XLA path "
+        "(correct, ~1.4x slower on CPU). Set infer.kernel=xla to silence this.",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
 
 def _chunk_probabilities(params, x_RxC, num_valid, *, config: InferenceConfig):
     """One chunk: p [N, chunk_steps] (columns >= num_valid are 0) and whether x is finite."""
     steps = config.padded_chunk_steps
     logits = conv_logits(
         params, x_RxC, block_steps=config.block_steps, segment=config.segment,
-        compute_dtype=config.compute_dtype,
+        compute_dtype=config.compute_dtype, kernel=config.kernel,
     )
     valid = (jnp.arange(steps) < num_valid)[None, :]
     p_NxS = jnp.where(valid, jax.nn.sigmoid(logits).T, 0.0).astype(config.output_dtype)
@@ -606,6 +676,7 @@ def iter_probabilities(
 
     devices = tuple(jax.local_devices())
     devices = devices[: config.num_devices] if config.num_devices else devices
+    config = config.resolve_kernel(params, devices)
     fn, mesh = _sharded_chunk_fn(devices, config)
     ndev = len(devices)
     steps = config.padded_chunk_steps

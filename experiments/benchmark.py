@@ -21,7 +21,9 @@ same FLOPs as the convolution form, so only memory traffic separates them.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+
 import hydra
 import numpy as np
 from omegaconf import DictConfig
@@ -114,11 +116,24 @@ def main(cfg: DictConfig) -> dict:
             for _ in iter_probabilities(params, recording, infer):
                 pass
 
-        with run.stage("inference"):
+        kernel = infer.resolve_kernel(params).kernel
+        with run.stage(f"inference ({kernel} kernel)"):
             infer_runs = _with_rates(paired_timings(infer_all, repeats, wait), flops, duration)
         best_infer = min(infer_runs, key=lambda r: r["seconds"])
         t_infer = best_infer["seconds"]
         loads["inference"] = load_average()
+        # The XLA-only path as a reference (what runs on GPU/TPU, or without a C++ compiler).
+        xla_runs = None
+        if kernel == "native":
+            xla_infer = dataclasses.replace(infer, kernel="xla")
+
+            def infer_all_xla():
+                for _ in iter_probabilities(params, recording, xla_infer):
+                    pass
+
+            with run.stage("inference (xla kernel, reference)"):
+                xla_runs = _with_rates(paired_timings(infer_all_xla, repeats, wait), flops, duration)
+            loads["inference_xla"] = load_average()
         # Post-processing alone on the whole probability traces.
         p_NxT = predict_probabilities(params, recording, infer)
         with run.stage("postprocess"):
@@ -189,6 +204,7 @@ def main(cfg: DictConfig) -> dict:
             matmul_peak_gflops=best_infer["peak_gflops"],
             fraction_of_peak=best_infer["fraction_of_peak"],
             sort_fraction_of_peak=best_sort["fraction_of_peak"],
+            inference_kernel=kernel,
             naive_realtime_factor=naive_rtf,
             conv_over_naive=(duration / t_infer) / naive_rtf,
             naive_batched_realtime_factor=naive_batched_rtf,
@@ -205,6 +221,7 @@ def main(cfg: DictConfig) -> dict:
             inference_runs=infer_runs,
             sort_runs=sort_runs,
             load_average=loads,
+            xla_kernel_runs=xla_runs,
             weights="checkpoint" if cfg.get("checkpoint") else f"trained from scratch, K={cfg.train_k}, {cfg.train_epochs} epochs",
             threshold=threshold,
             recording=info,
@@ -214,9 +231,18 @@ def main(cfg: DictConfig) -> dict:
                 "fraction_of_peak",
                 "sort_fraction_of_peak", "naive_realtime_factor", "conv_over_naive",
                 "naive_batched_realtime_factor", "conv_over_naive_batched", "peak_rss_mb_short", "peak_rss_mb_long"]
+        if xla_runs is not None:
+            best_xla = min(xla_runs, key=lambda r: r["seconds"])
+            run.results.update(
+                xla_kernel_inference_realtime_factor=best_xla["realtime_factor"],
+                xla_kernel_fraction_of_peak=best_xla["fraction_of_peak"],
+                native_over_xla_kernel=best_xla["seconds"] / t_infer,
+            )
+            keys += ["xla_kernel_inference_realtime_factor", "xla_kernel_fraction_of_peak", "native_over_xla_kernel"]
+        print(f"  inference kernel: {kernel}")
         for key in keys:
             print(f"  {key:32s} {run.results[key]:10.3f}")
-        for name, runs in (("inference", infer_runs), ("sort", sort_runs)):
+        for name, runs in (("inference", infer_runs), ("inference, xla kernel", xla_runs or []), ("sort", sort_runs)):
             print(f"  {name} runs: " + ", ".join(
                 f"{r['realtime_factor']:.3f}x at peak {r['peak_gflops']:.0f} ({r['fraction_of_peak']:.0%})" for r in runs))
         print(f"  load averages: {loads}")

@@ -112,6 +112,78 @@ def test_conv_form_equals_flax_window_by_window(model, params, segment, block):
     assert np.abs(got - want).max() <= 1e-5
 
 
+WIDE = ModelConfig(window=20, anchor=9, temporal_features=(8, 16), spatial_features=16)
+
+
+@pytest.mark.parametrize("config,num_channels,block", [(TINY, 8, 64), (TINY, 37, 400), (WIDE, 37, 130)])
+def test_native_kernel_equals_flax_window_by_window(config, num_channels, block):
+    """The fused C++ temporal layers: full and partial 16-channel tiles, step counts that are
+    not multiples of the 3-step tile, several work items per block (block 400)."""
+    model = ESortNet(num_channels, N, config, rngs=nnx.Rngs(11))
+    randomise_batchnorm(model, 12)
+    model.eval()
+    params = infer.fold_batchnorm(model)
+    x = np.random.default_rng(13).normal(0.0, 10.0, (1000, num_channels)).astype(np.float32)
+    want = sigmoid(infer.naive_logits(model, x, block_steps=256))
+    got = sigmoid(infer.conv_logits(params, jnp.asarray(x), block_steps=block, kernel="native"))
+    assert got.shape == want.shape == (1000 - config.window + 1, N)
+    assert np.abs(got - want).max() <= 1e-5
+    assert want.std() > 0.01
+
+
+def test_kernel_choice(params):
+    """'auto' takes the native kernel where it applies and XLA elsewhere; asking for 'native'
+    where it cannot run is an error that says why."""
+    assert infer.InferenceConfig().resolve_kernel(params).kernel == "native"
+    assert infer.InferenceConfig(kernel="xla").resolve_kernel(params).kernel == "xla"
+    bf16 = infer.InferenceConfig(compute_dtype="bfloat16")
+    assert bf16.resolve_kernel(params).kernel == "xla"
+    with pytest.raises(ValueError, match="infer.kernel = 'native' cannot be used: compute_dtype"):
+        infer.InferenceConfig(kernel="native", compute_dtype="bfloat16").resolve_kernel(params)
+    odd = ModelConfig(window=20, anchor=9, temporal_features=(3, 5), spatial_features=16)
+    odd_params = infer.fold_batchnorm(ESortNet(C, N, odd, rngs=nnx.Rngs(0)))
+    assert infer.InferenceConfig().resolve_kernel(odd_params).kernel == "xla"
+    with pytest.raises(ValueError, match=r"no native kernel for temporal features \(3, 5\)"):
+        infer.InferenceConfig(kernel="native").resolve_kernel(odd_params)
+    with pytest.raises(ValueError, match="infer.kernel"):
+        infer.InferenceConfig(kernel="fast").validate()
+
+
+NO_COMPILER_SCRIPT = textwrap.dedent(
+    """
+    import sys, warnings
+    import numpy as np
+    sys.path.insert(0, {tests!r})
+    from test_infer import make_model, sigmoid
+    from esort_jax import infer
+    params = infer.fold_batchnorm(make_model(3))
+    x = np.random.default_rng(1).normal(0.0, 10.0, (500, 8)).astype(np.float32)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = infer.predict_probabilities(params, x, infer.InferenceConfig(chunk_steps=256, block_steps=64))
+    print("WARNED", [str(w.message) for w in caught])
+    want = infer.predict_probabilities(params, x, infer.InferenceConfig(kernel="xla", block_steps=64))
+    print("DIFF", np.abs(got - want).max())
+    try:
+        infer.InferenceConfig(kernel="native").resolve_kernel(params)
+    except ValueError as error:
+        print("ERROR", error)
+    """
+)
+
+
+def test_without_a_compiler_inference_falls_back_to_xla(tmp_path):
+    env = dict(os.environ, CXX=str(tmp_path / "no-such-compiler"), ESORT_JAX_NATIVE_CACHE=str(tmp_path / "cache"))
+    script = NO_COMPILER_SCRIPT.format(tests=os.path.dirname(__file__))
+    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = run.stdout
+    assert "native CPU kernel is unavailable (NativeBuildError: no C++ compiler" in out
+    assert float(out.split("DIFF")[1].split()[0]) <= 1e-6
+    assert "infer.kernel = 'native' cannot be used: NativeBuildError: no C++ compiler" in out
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
+
+
 def test_realistic_recording_memmapped(tmp_path):
     """Noise + spike waveforms, BatchNorm statistics fitted on the data, memory-mapped .npy."""
     traces, _ = synthetic_traces(6000, C, seed=3)
@@ -131,13 +203,14 @@ def test_realistic_recording_memmapped(tmp_path):
     assert want.std() > 0.01  # the probabilities actually vary on this data
 
 
-def test_chunking_does_not_change_results(model, params):
+@pytest.mark.parametrize("kernel", ["xla", "native"])
+def test_chunking_does_not_change_results(model, params, kernel):
     x = np.random.default_rng(4).normal(0.0, 10.0, (1500, C)).astype(np.float32)
     want = sigmoid(infer.naive_logits(model, x, block_steps=256)).T
     start, stop = 37, 1411  # windows inside [start, stop), not aligned to segments or blocks
     results = []
     for chunk_steps in (64, 256, 2048):
-        cfg = infer.InferenceConfig(chunk_steps=chunk_steps, **FAST)
+        cfg = infer.InferenceConfig(chunk_steps=chunk_steps, kernel=kernel, **FAST)
         got = infer.predict_probabilities(params, x, cfg, start=start, stop=stop)
         assert got.shape == (N, stop - start - TINY.window + 1)
         assert np.abs(got - want[:, start:stop - TINY.window + 1]).max() <= 1e-5
@@ -229,10 +302,10 @@ MULTI_DEVICE_SCRIPT = textwrap.dedent(
     model = make_model(7)
     params = infer.fold_batchnorm(model)
     x = np.random.default_rng(8).normal(0.0, 10.0, (1700, 8)).astype(np.float32)
-    cfg = infer.InferenceConfig(chunk_steps=256, block_steps=64, segment=16)
+    cfg = infer.InferenceConfig(chunk_steps=256, block_steps=64, segment=16, kernel={kernel!r})
     many = infer.predict_probabilities(params, x, cfg)             # 7 chunks over 4 devices
     one = infer.predict_probabilities(params, x, infer.InferenceConfig(
-        chunk_steps=256, block_steps=64, segment=16, num_devices=1))
+        chunk_steps=256, block_steps=64, segment=16, num_devices=1, kernel={kernel!r}))
     want = sigmoid(infer.naive_logits(model, x, block_steps=512)).T
     bad = x.copy(); bad[1234, 3] = np.nan
     try:
@@ -245,9 +318,10 @@ MULTI_DEVICE_SCRIPT = textwrap.dedent(
 )
 
 
-def test_sharded_over_four_devices_equals_one():
+@pytest.mark.parametrize("kernel", ["xla", "native"])
+def test_sharded_over_four_devices_equals_one(kernel):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
-    script = MULTI_DEVICE_SCRIPT.format(tests=os.path.dirname(__file__))
+    script = MULTI_DEVICE_SCRIPT.format(tests=os.path.dirname(__file__), kernel=kernel)
     run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     line = [l for l in run.stdout.splitlines() if l.startswith("RESULT")][-1]

@@ -1,0 +1,174 @@
+"""Native CPU kernels, called from jitted JAX code through XLA's FFI.
+
+One kernel so far: the network's two temporal layers fused (`temporal_layers`), which
+convolution-form inference uses on CPU (esort_jax.infer, `InferenceConfig.kernel`). XLA:CPU
+computes those layers as two matrix products with the BatchNorm/ReLU passes between them
+going through memory; measured on the 2-core CPU this project is developed on, they took
+~35% of inference time at 384 channels, the fused kernel ~15% (benchmarks/bench_infer.py
+prints the current figures for both).
+
+The C++ source (temporal_layers.cc, next to this file) is compiled on first use with the
+system C++ compiler (`$CXX`, default `g++`; `-O3 -march=native`, the headers come with
+jaxlib) into a per-user cache: `$ESORT_JAX_NATIVE_CACHE`, else
+`$XDG_CACHE_HOME/esort_jax/native`, else `~/.cache/esort_jax/native`. The library's name is a
+hash of everything that goes into it (source, compiler, flags, jaxlib headers, CPU flags),
+so an edit or another machine sharing the cache gets its own build; it is written to a
+temporary name and renamed, so concurrent first uses are safe. Without a compiler the
+library is unavailable and callers fall back to the XLA path (`unavailable_reason()` says
+why).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+
+__all__ = [
+    "SUPPORTED_FEATURES",
+    "library_path",
+    "supports",
+    "temporal_layers",
+    "unavailable_reason",
+]
+
+SOURCE = Path(__file__).with_name("temporal_layers.cc")
+SYMBOL = "EsortTemporalLayers"
+TARGET = "esort_temporal_layers"
+# (F1, F2) pairs with a compiled kernel: keep in sync with kernel_for() in the source.
+SUPPORTED_FEATURES = frozenset({(2, 4), (4, 8), (4, 16), (8, 8), (8, 16), (8, 32), (16, 16), (16, 32)})
+CXX_FLAGS = (
+    "-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-fvisibility=hidden",
+    "-Wno-attributes", "-Wno-return-type",
+)
+
+
+class NativeBuildError(RuntimeError):
+    """The native library could not be compiled or loaded (the message says why)."""
+
+
+def _cache_dir() -> Path:
+    if os.environ.get("ESORT_JAX_NATIVE_CACHE"):
+        return Path(os.environ["ESORT_JAX_NATIVE_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "esort_jax" / "native"
+
+
+def _compiler() -> str:
+    cxx = os.environ.get("CXX", "g++")
+    path = shutil.which(cxx)
+    if path is None:
+        raise NativeBuildError(f"no C++ compiler: {cxx!r} (from $CXX, default g++) is not on PATH")
+    return path
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def library_path() -> Path:
+    """Where the library for this source, compiler, jaxlib and CPU is (or will be) built."""
+    cxx = _compiler()
+    version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
+    header = Path(jax.ffi.include_dir(), "xla", "ffi", "api", "ffi.h")
+    digest = hashlib.sha256()
+    for part in (SOURCE.read_bytes(), header.read_bytes(), version.encode(), " ".join(CXX_FLAGS).encode(),
+                 platform.machine().encode(), _cpu_flags().encode()):
+        digest.update(part)
+        digest.update(b"\0")
+    return _cache_dir() / f"libesort_native-{digest.hexdigest()[:16]}.so"
+
+
+def _build(target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=target.stem + ".", suffix=".tmp.so", dir=target.parent)
+    os.close(fd)
+    command = [_compiler(), *CXX_FLAGS, "-I", jax.ffi.include_dir(), str(SOURCE), "-o", tmp]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+        if done.returncode != 0:
+            raise NativeBuildError(
+                f"compiling {SOURCE.name} failed ({' '.join(command)}):\n{done.stderr[-2000:]}"
+            )
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+@functools.lru_cache(maxsize=None)
+def _registered() -> str | None:
+    """Build (once per cache), load and register the kernel; None on success, else why not."""
+    try:
+        target = library_path()
+        if not target.exists():
+            _build(target)
+        library = ctypes.cdll.LoadLibrary(str(target))
+        jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(getattr(library, SYMBOL)), platform="cpu")
+    except (NativeBuildError, OSError, AttributeError, subprocess.SubprocessError) as error:
+        return f"{type(error).__name__}: {error}"
+    return None
+
+
+def unavailable_reason() -> str | None:
+    """None if the native kernels are built and registered (building them on first call),
+    else a one-line reason (no compiler, compile error, ...)."""
+    return _registered()
+
+
+def supports(temporal_features: tuple[int, int]) -> bool:
+    """Whether a kernel is compiled for these (F1, F2) temporal feature counts."""
+    return tuple(int(f) for f in temporal_features) in SUPPORTED_FEATURES
+
+
+def temporal_layers(x_RxC, k1_WxF1, scale1_C, shift1_F1xC, k2_F1xF2, scale2_C, shift2_F2xC):
+    """Both temporal layers with their folded BatchNorms and ReLUs, at every output step:
+    [R - W + 1, F2·C] float32 with columns (g, c) -- the spatial layer's input rows.
+
+    out[t, g·C + c] = relu(scale2[c]·Σ_f a1[t, c, f]·k2[f, g] + shift2[g, c]),
+    a1[t, c, f] = relu(scale1[c]·Σ_w x[t + w, c]·k1[w, f] + shift1[f, c]).
+
+    CPU only (jit/lax.map/shard_map compatible; no autodiff). Raises NativeBuildError if the
+    library is unavailable, ValueError for shapes or feature counts it has no kernel for.
+    """
+    reason = _registered()
+    if reason is not None:
+        raise NativeBuildError(f"native kernels unavailable: {reason}")
+    rows, channels = x_RxC.shape
+    window, f1 = k1_WxF1.shape
+    f2 = k2_F1xF2.shape[1]
+    if not supports((f1, f2)):
+        raise ValueError(
+            f"no native kernel for temporal features ({f1}, {f2}); compiled for {sorted(SUPPORTED_FEATURES)}"
+        )
+    expected = {
+        "k2": ((f1, f2), k2_F1xF2.shape), "scale1": ((channels,), scale1_C.shape),
+        "shift1": ((f1, channels), shift1_F1xC.shape), "scale2": ((channels,), scale2_C.shape),
+        "shift2": ((f2, channels), shift2_F2xC.shape),
+    }
+    for name, (want, got) in expected.items():
+        if tuple(got) != want:
+            raise ValueError(f"temporal_layers: {name} has shape {tuple(got)}; expected {want}")
+    if rows < window:
+        raise ValueError(f"temporal_layers: {rows} input rows, fewer than one window ({window})")
+    out = jax.ShapeDtypeStruct((rows - window + 1, f2 * channels), jnp.float32)
+    f32 = lambda a: jnp.asarray(a, jnp.float32)  # noqa: E731
+    return jax.ffi.ffi_call(TARGET, out)(
+        f32(x_RxC), f32(k1_WxF1), f32(scale1_C), f32(shift1_F1xC), f32(k2_F1xF2), f32(scale2_C),
+        f32(shift2_F2xC),
+    )
