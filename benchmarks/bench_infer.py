@@ -216,11 +216,16 @@ def main() -> None:
     x_chunk = jnp.asarray(noise(steps + window - 1, args.channels, seed=1))
     print("Convolution form:")
     results = {}
-    for dtype in ("float32", "bfloat16"):
-        kernel = jax.jit(lambda p, x, dt=dtype: infer.conv_logits(
-            p, x, block_steps=config.block_steps, segment=config.segment, compute_dtype=dt))
+    native_ok = infer.InferenceConfig().resolve_kernel(params).kernel == "native"
+    variants = [("native", "float32")] if native_ok else []
+    variants += [("xla", "float32"), ("xla", "bfloat16")]
+    for kind, dtype in variants:
+        kernel = jax.jit(lambda p, x, dt=dtype, k=kind: infer.conv_logits(
+            p, x, block_steps=config.block_steps, segment=config.segment, compute_dtype=dt, kernel=k))
         t = best_time(lambda: kernel(params, x_chunk).block_until_ready(), args.repeats, args.max_wait)
-        results[f"kernel_{dtype}"] = report(f"kernel, one {steps}-step chunk, {dtype}", steps / FS, t)
+        results[f"kernel_{kind}_{dtype}"] = report(f"kernel, one {steps}-step chunk, {kind}, {dtype}", steps / FS, t)
+    if native_ok:
+        print(f"  native / xla kernel (float32): {results['kernel_native_float32'] / results['kernel_xla_float32']:.2f}x")
 
     # --- end to end over an in-memory recording ----------------------------------------
     traces = noise(int(args.seconds * FS), args.channels, seed=2)
@@ -234,7 +239,13 @@ def main() -> None:
 
     e2e_repeats = max(2, args.repeats // 2)
     t = best_time(lambda: end_to_end(config), e2e_repeats, args.max_wait)
-    results["end_to_end"] = report(f"iter_probabilities, {args.seconds:g} s, float32", traces.shape[0] / FS, t)
+    results["end_to_end"] = report(
+        f"iter_probabilities, {args.seconds:g} s, float32 ({config.resolve_kernel(params).kernel})",
+        traces.shape[0] / FS, t)
+    if native_ok:
+        xla_config = infer.InferenceConfig(**{**config.__dict__, "kernel": "xla"})
+        t = best_time(lambda: end_to_end(xla_config), e2e_repeats, args.max_wait)
+        report(f"iter_probabilities, {args.seconds:g} s, float32 (xla)", traces.shape[0] / FS, t)
     bf16_config = infer.InferenceConfig(**{**config.__dict__, "compute_dtype": "bfloat16"})
     t = best_time(lambda: end_to_end(bf16_config), e2e_repeats, args.max_wait)
     report(f"iter_probabilities, {args.seconds:g} s, bfloat16", traces.shape[0] / FS, t)
