@@ -36,7 +36,9 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from esort_jax import ArrayTraces, Recording
 from esort_jax.model import ModelConfig, window_flops
-from esort_jax.train import TrainConfig, init_model, init_train_state, make_mesh, make_optimizer, make_train_step
+from esort_jax.train import (
+    TrainConfig, init_model, init_train_state, make_mesh, make_optimizer, make_train_step, resolve_kernel,
+)
 from esort_jax.windows import DeviceTraces, epoch_order, gather_host
 
 from flax import nnx
@@ -92,6 +94,10 @@ def main() -> None:
     parser.add_argument("--path", choices=("device", "host"), default="device")
     parser.add_argument("--compute-dtype", choices=("float32", "bfloat16"), default="float32",
                         help="model.compute_dtype; with bfloat16 the bf16 matmul peak is measured too")
+    parser.add_argument("--kernel", choices=("auto", "xla", "native"), default="auto",
+                        help="train.kernel (layer 1: native C++ kernel reading windows in place, or XLA)")
+    parser.add_argument("--no-reference", action="store_true",
+                        help="with the native kernel, skip timing the XLA path in the same rounds")
     parser.add_argument("--json", action="store_true", help="print one JSON line as well")
     parser.add_argument("--no-tune-malloc", action="store_true",
                         help="leave glibc malloc as is (XLA's per-step temporaries then page-fault)")
@@ -116,7 +122,9 @@ def main() -> None:
     tx = make_optimizer(TrainConfig(), nnx.to_pure_dict(nnx.state(model, nnx.Param)), steps_each_epoch)
     state = jax.device_put(init_train_state(model, tx), replicated)
     resident = args.path == "device"
-    step = make_train_step(model, tx, mesh, batch_size=B, resident=resident)
+    kernel = resolve_kernel(args.kernel, model, mesh)
+    kernels = [kernel] + (["xla"] if kernel == "native" and not args.no_reference else [])
+    steps_by_kernel = {k: make_train_step(model, tx, mesh, batch_size=B, resident=resident, kernel=k) for k in kernels}
     order = epoch_order(jax.random.key(1), 0, args.windows, B)
 
     if resident:
@@ -128,38 +136,42 @@ def main() -> None:
         }
         order = jax.device_put(order, replicated)
 
-        def run(state, i):
-            return step(state, data, order, i % steps_each_epoch)
+        def run(state, i, k=kernel):
+            return steps_by_kernel[k](state, data, order, i % steps_each_epoch)
     else:
         order_np = np.asarray(order)
 
-        def run(state, i):
+        def run(state, i, k=kernel):
             idx = order_np[(i % steps_each_epoch) * B : (i % steps_each_epoch + 1) * B]
             x = jax.device_put(gather_host(recording, starts[idx], config.window, layout="WBC"), window_sharding)
             y = jax.device_put(labels[idx], batch_sharding)
-            return step(state, x, y)
+            return steps_by_kernel[k](state, x, y)
 
     compile_start = time.perf_counter()
     state, loss = run(state, 0)
     jax.block_until_ready(loss)
     compile_seconds = time.perf_counter() - compile_start
-    for i in range(1, 3):  # warm-up
-        state, loss = run(state, i)
+    for k in kernels:
+        for i in range(1, 3):  # warm-up (and compilation of the reference)
+            state, loss = run(state, i, k)
     jax.block_until_ready(loss)
 
-    step_times, peaks, bf16_peaks = [], [], []
+    times = {k: [] for k in kernels}
+    peaks, bf16_peaks = [], []
     i = 3
     for _ in range(args.rounds):
         peaks.append(matmul_peak(B, C * config.temporal_features[1], config.spatial_features, repeats=3))
         if args.compute_dtype == "bfloat16":
             bf16_peaks.append(matmul_peak(B, C * config.temporal_features[1], config.spatial_features,
                                           repeats=3, dtype=jnp.bfloat16))
-        t = time.perf_counter()
-        for _ in range(args.steps):
-            state, loss = run(state, i)
-            i += 1
-        jax.block_until_ready(loss)
-        step_times.append((time.perf_counter() - t) / args.steps)
+        for k in kernels:
+            t = time.perf_counter()
+            for _ in range(args.steps):
+                state, loss = run(state, i, k)
+                i += 1
+            jax.block_until_ready(loss)
+            times[k].append((time.perf_counter() - t) / args.steps)
+    step_times = times[kernel]
 
     flops = step_flops(C, N, config, B)
     best_step = min(step_times)
@@ -184,12 +196,13 @@ def main() -> None:
         "fraction_of_peak": round(achieved / peak, 3),
         "fraction_of_peak_3x_forward": round(flops["step_3x_forward"] / best_step / 1e9 / peak, 3),
         "compute_dtype": args.compute_dtype,
+        "kernel": kernel,
         "loss": float(loss),
         "load_before": load_before,
         "load_after": load(),
     }
     print(f"E-Sort train step, C={C}, N={N}, batch {B}, {args.compute_dtype}, {args.path} path, {len(jax.devices())} device(s), "
-          f"malloc {'tuned' if TUNED else 'default'}")
+          f"malloc {'tuned' if TUNED else 'default'}, layer-1 kernel {kernel}")
     print(f"  step            {best_step * 1e3:.1f} ms best, {np.median(step_times) * 1e3:.1f} ms median "
           f"(compile {compile_seconds:.1f} s)")
     print(f"  throughput      {B / best_step:,.0f} windows/s best ({B / np.median(step_times):,.0f} median)")
@@ -200,6 +213,17 @@ def main() -> None:
           f"{[round(p['spatial_shape']) for p in peaks]})")
     print(f"  fraction        {achieved / peak:.1%} of peak ({result['fraction_of_peak_3x_forward']:.1%} counting 3x forward)")
     print(f"  load average    {load_before} before, {result['load_after']} after (1, 5, 15 min; {os.cpu_count()} CPUs)")
+    if "xla" in times and kernel != "xla":
+        xla_best = min(times["xla"])
+        ratios = [x / n for x, n in zip(times["xla"], times[kernel])]
+        result.update(
+            xla_step_seconds_best=round(xla_best, 4),
+            xla_fraction_of_peak=round(flops["step_exact"] / xla_best / 1e9 / peak, 3),
+            native_over_xla_per_round=[round(r, 3) for r in ratios],
+        )
+        print(f"  XLA path        {xla_best * 1e3:.1f} ms best in the same rounds "
+              f"({result['xla_fraction_of_peak']:.1%} of peak); native speed-up per round "
+              f"{', '.join(f'{r:.2f}x' for r in ratios)}")
     if bf16_peaks:
         bf16_peak = max(p["peak"] for p in bf16_peaks)
         result["matmul_peak_bf16_gflops"] = round(bf16_peak, 1)

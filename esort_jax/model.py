@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from esort_jax import native
 from esort_jax.config import require
 
 __all__ = [
@@ -141,8 +142,20 @@ class TemporalFilter(nnx.Module):
     def feature_major(self, x_KxBxC: jax.Array, *, batch_major_output: bool = False) -> jax.Array:
         """[K, B, C] → relu(norm(dense(x))): [F, B, C], or [B, F, C] if batch_major_output."""
         kernel = self.dense.kernel[...].astype(self.dtype)
-        bias = self.dense.bias[...].astype(jnp.float32)
         h_FxBxC = contract_leading(kernel, x_KxBxC.astype(self.dtype))  # without the bias
+        return self.bias_norm_relu(h_FxBxC, batch_major_output=batch_major_output)
+
+    def from_rows(self, rows_RxC: jax.Array, starts_B: jax.Array, row_stride: int) -> jax.Array:
+        """`feature_major` of windows given as row indices (window b's sample w is
+        rows[starts[b] + w·row_stride]), computed by the native CPU kernel without gathering
+        them (esort_jax.native.window_dense; float32): [F, B, C]. First filter only."""
+        kernel = self.dense.kernel[...].astype(jnp.float32)
+        h_FxBxC = native.window_dense(rows_RxC, starts_B, kernel, int(kernel.shape[0]), int(row_stride))
+        return self.bias_norm_relu(h_FxBxC)
+
+    def bias_norm_relu(self, h_FxBxC: jax.Array, *, batch_major_output: bool = False) -> jax.Array:
+        """relu(norm(h + bias)) of the Dense output without its bias: [F, B, C] (or [B, F, C])."""
+        bias = self.dense.bias[...].astype(jnp.float32)
         norm = self.norm
         scale, shift = norm.scale[...].astype(jnp.float32), norm.bias[...].astype(jnp.float32)
         eps = float(norm.epsilon)
@@ -347,6 +360,15 @@ class Backbone(nnx.Module):
         # Feature-major inside: [W, B, C] → [F1, B, C] → [B, F2, C] → [B, F2·C] (no transposes
         # but the first, which cancels against the training step's own; see train._update).
         a1_FxBxC = self.temporal1.feature_major(jnp.transpose(x_BxWxC, (1, 0, 2)))
+        return self._after_temporal1(a1_FxBxC)
+
+    def from_rows(self, rows_RxC: jax.Array, starts_B: jax.Array, row_stride: int = 1) -> jax.Array:
+        """The backbone on windows given as row indices into rows [R, C] (see
+        `TemporalFilter.from_rows`; native CPU kernel, float32)."""
+        return self._after_temporal1(self.temporal1.from_rows(rows_RxC, starts_B, row_stride))
+
+    def _after_temporal1(self, a1_FxBxC: jax.Array) -> jax.Array:
+        batch = a1_FxBxC.shape[1]
         a2_BxFxC = self.temporal2.feature_major(a1_FxBxC, batch_major_output=True)
         return self.spatial.flat(a2_BxFxC.reshape(batch, -1))
 
@@ -369,6 +391,17 @@ class ESortNet(nnx.Module):
                 f"got {tuple(x_BxWxC.shape)}"
             )
         return self.head(self.backbone(x_BxWxC)).astype(jnp.float32)
+
+    def logits_from_rows(self, rows_RxC: jax.Array, starts_B: jax.Array, row_stride: int = 1) -> jax.Array:
+        """Logits [B, N] of the windows whose sample w is rows[starts[b] + w·row_stride]
+        (e.g. the resident traces and the window starts), without materialising them: layer
+        1 runs in the native CPU kernel (esort_jax.native.window_dense; float32, CPU only).
+        The training step uses this on CPU; it equals `self(windows)` up to rounding."""
+        if rows_RxC.ndim != 2 or rows_RxC.shape[1] != self.num_channels:
+            raise ValueError(
+                f"ESortNet expects rows [R, {self.num_channels}] (time, channels); got {tuple(rows_RxC.shape)}"
+            )
+        return self.head(self.backbone.from_rows(rows_RxC, starts_B, row_stride)).astype(jnp.float32)
 
 
 def window_flops(num_channels: int, num_units: int, config: ModelConfig) -> int:

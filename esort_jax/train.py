@@ -50,6 +50,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from esort_jax import checkpoint as ckpt
+from esort_jax import native
 from esort_jax.config import ConfigError, require, to_dict
 from esort_jax.model import ESortNet, ModelConfig
 from esort_jax.recording import Recording
@@ -90,7 +91,7 @@ FREEZE_OPTIONS = ("none", "temporal", "backbone")
 # other values for these.
 _RESUME_IGNORED = (
     "log_every_steps", "checkpoint_every_epochs", "keep_checkpoints", "data_on_device",
-    "device_bytes_budget", "prefetch_batches", "stop_after_epochs", "progress",
+    "device_bytes_budget", "prefetch_batches", "stop_after_epochs", "progress", "kernel",
 )
 
 
@@ -117,6 +118,10 @@ class TrainConfig:
       prefetch_batches: host path: batches prepared ahead by the background thread.
       stop_after_epochs: stop once this many epochs are complete (the run can be resumed).
       progress: show a tqdm progress bar.
+      kernel: how the train step computes layer 1. 'xla': gather the batch's windows, then
+        matrix products (any backend, any device count); 'native': the C++ kernel of
+        esort_jax.native reads the windows in place from the traces (one CPU device, float32;
+        an error if it cannot be used); 'auto' (default): 'native' where it can be used.
     """
 
     epochs: int = 50
@@ -136,6 +141,7 @@ class TrainConfig:
     prefetch_batches: int = 2
     stop_after_epochs: int | None = None
     progress: bool = True
+    kernel: Literal["auto", "xla", "native"] = "auto"
 
     def validate(self, where: str = "train") -> None:
         require(self.epochs >= 1, f"{where}.epochs", f"must be >= 1; got {self.epochs}")
@@ -174,6 +180,10 @@ class TrainConfig:
         require(
             self.stop_after_epochs is None or self.stop_after_epochs >= 1, f"{where}.stop_after_epochs",
             f"must be >= 1 or null; got {self.stop_after_epochs}",
+        )
+        require(
+            self.kernel in ("auto", "xla", "native"), f"{where}.kernel",
+            f"must be 'auto', 'xla' or 'native'; got {self.kernel!r}",
         )
 
 
@@ -352,14 +362,48 @@ def _graphdefs(model: ESortNet):
     return train_graph, eval_graph
 
 
-def _update(graphdef, tx, state, x_WxBxC, y_BxN):
-    # Windows arrive as [W, B, C]; the transpose to the model's [B, W, C] cancels against the
-    # model's own transpose to [W, B, C] (see esort_jax.model.contract_leading).
-    x_BxWxC = jnp.transpose(x_WxBxC, (1, 0, 2))
+def resolve_kernel(kernel: str, model: ESortNet, mesh: Mesh, where: str = "train.kernel") -> str:
+    """'xla' or 'native': what `kernel` ('auto', 'xla', 'native') means for this model on this
+    mesh; ValueError if 'native' was asked for and cannot be used (the message says why)."""
+    if kernel not in ("auto", "xla", "native"):
+        raise ValueError(f"{where} must be 'auto', 'xla' or 'native'; got {kernel!r}")
+    if kernel == "xla":
+        return "xla"
+    devices = list(mesh.devices.flat)
+    features = int(model.config.temporal_features[0])
+    obstacle = None
+    if len(devices) != 1:
+        obstacle = f"{len(devices)} devices (the native kernel runs on one; data-parallel training uses XLA)"
+    elif devices[0].platform != "cpu":
+        obstacle = f"the device is {devices[0].platform} (the native kernel is CPU only)"
+    elif jnp.dtype(model.config.dtype) != jnp.float32:
+        obstacle = f"model dtype is {model.config.dtype} (the native kernel is float32)"
+    elif features not in native.WINDOW_DENSE_FEATURES:
+        obstacle = f"no native kernel for {features} first-layer features (compiled for {sorted(native.WINDOW_DENSE_FEATURES)})"
+    else:
+        obstacle = native.unavailable_reason()
+        if obstacle and kernel == "auto":
+            log.warning("the native CPU kernel is unavailable (%s); training uses the XLA path", obstacle)
+    if obstacle and kernel == "native":
+        raise ValueError(f"{where} = 'native' cannot be used: {obstacle}")
+    return "xla" if obstacle else "native"
+
+
+def _update(graphdef, tx, state, batch, y_BxN):
+    """One optimiser step. `batch`: windows [W, B, C] (XLA path), or (rows [R, C], starts [B],
+    row_stride) describing them for the native kernel (`ESortNet.logits_from_rows`)."""
+    if isinstance(batch, tuple):
+        rows_RxC, starts_B, row_stride = batch
+        forward = lambda model: model.logits_from_rows(rows_RxC, starts_B, row_stride)  # noqa: E731
+    else:
+        # Windows arrive as [W, B, C]; the transpose to the model's [B, W, C] cancels against
+        # the model's own transpose to [W, B, C] (see esort_jax.model.contract_leading).
+        x_BxWxC = jnp.transpose(batch, (1, 0, 2))
+        forward = lambda model: model(x_BxWxC)  # noqa: E731
 
     def loss_fn(params, batch_stats):
         model = nnx.merge(graphdef, params, batch_stats)
-        logits_BxN = model(x_BxWxC)
+        logits_BxN = forward(model)
         loss = optax.sigmoid_binary_cross_entropy(logits_BxN, y_BxN.astype(jnp.float32)).mean()
         return loss, nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
 
@@ -390,23 +434,35 @@ def _window_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(None, "data"))
 
 
-def make_train_step(model: ESortNet, tx, mesh: Mesh, *, batch_size: int, resident: bool):
+def make_train_step(model: ESortNet, tx, mesh: Mesh, *, batch_size: int, resident: bool, kernel: str = "auto"):
     """The jitted step. Resident: step(state, data, order, i) cuts batch i of `order` from
     data = {"traces" [T, C], "starts" [M] (relative to traces), "labels" [M, N]}. Host:
     step(state, x [W, B, C], y [B, N]) (windows time-major, batch second; see
-    `gather_host(..., layout="WBC")`). Both return (new state, loss); `state` is donated."""
+    `gather_host(..., layout="WBC")`). Both return (new state, loss); `state` is donated.
+    `kernel`: see `TrainConfig.kernel` (resolved here by `resolve_kernel`)."""
     graphdef, _ = _graphdefs(model)
-    return _train_step(graphdef, tx, mesh, batch_size, resident, model.config.window)
+    kernel = resolve_kernel(kernel, model, mesh)
+    return _train_step(graphdef, tx, mesh, batch_size, resident, model.config.window, kernel)
 
 
 @functools.lru_cache(maxsize=32)
-def _train_step(graphdef, tx, mesh, batch_size, resident, window):
+def _train_step(graphdef, tx, mesh, batch_size, resident, window, kernel):
     replicated = NamedSharding(mesh, PartitionSpec())
 
-    if resident:
+    if resident and kernel == "native":
+        def step(state, data, order, i):
+            idx_B = jax.lax.dynamic_slice_in_dim(order, i * batch_size, batch_size)
+            batch = (data["traces"], data["starts"][idx_B], 1)
+            return _update(graphdef, tx, state, batch, data["labels"][idx_B])
+    elif resident:
         def step(state, data, order, i):
             x, y = _take_batch(data, order, i, batch_size, window, mesh)
             return _update(graphdef, tx, state, x, y)
+    elif kernel == "native":
+        def step(state, x, y):
+            w, b, c = x.shape  # windows [W, B, C] as rows [W·B, C]: sample w of window b is row w·B + b
+            batch = (x.reshape(w * b, c), jnp.arange(b, dtype=jnp.int32), b)
+            return _update(graphdef, tx, state, batch, y)
     else:
         def step(state, x, y):
             return _update(graphdef, tx, state, x, y)
@@ -725,14 +781,18 @@ def train(
         recording, windows.validation, mesh, batch_size=config.batch_size, resident=val_resident,
         prefetch=config.prefetch_batches,
     )
+    kernel = resolve_kernel(config.kernel, model, mesh)
     log.info(
-        "training %d windows (%d steps/epoch, batch %d on %d device(s)); training data %s, validation %s",
+        "training %d windows (%d steps/epoch, batch %d on %d device(s)); training data %s, validation %s; "
+        "layer 1: %s",
         len(windows.train), steps, config.batch_size, mesh.devices.size,
         "resident on device" if train_resident else "gathered on the host",
         "resident on device" if val_resident else "gathered on the host",
+        "native kernel (windows read in place)" if kernel == "native" else "XLA (windows gathered)",
     )
     state = jax.device_put(state, replicated)
-    step_fn = make_train_step(model, tx, mesh, batch_size=config.batch_size, resident=train_resident)
+    step_fn = make_train_step(model, tx, mesh, batch_size=config.batch_size, resident=train_resident,
+                              kernel=kernel)
     eval_fn = make_eval_step(model, mesh, batch_size=config.batch_size, resident=val_resident)
 
     fingerprint = ckpt.data_fingerprint(recording) if run_dir is not None else None

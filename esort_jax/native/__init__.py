@@ -1,13 +1,16 @@
 """Native CPU kernels, called from jitted JAX code through XLA's FFI.
 
-One kernel so far: the network's two temporal layers fused (`temporal_layers`), which
-convolution-form inference uses on CPU (esort_jax.infer, `InferenceConfig.kernel`). XLA:CPU
-computes those layers as two matrix products with the BatchNorm/ReLU passes between them
-going through memory; measured on the 2-core CPU this project is developed on, they took
-~35% of inference time at 384 channels, the fused kernel ~15% (benchmarks/bench_infer.py
-prints the current figures for both).
+- `temporal_layers` (temporal_layers.cc): the network's two temporal layers fused, for
+  convolution-form inference on CPU (esort_jax.infer, `InferenceConfig.kernel`). XLA:CPU
+  computes those layers as two matrix products with the BatchNorm/ReLU passes between them
+  going through memory: ~35% of inference time at 384 channels on the 2-core CPU this
+  project is developed on; the fused kernel made inference 1.33× faster
+  (experiments/benchmark.py, README).
+- `window_dense` (window_dense.cc): layer 1 in training, on windows given as row indices
+  into the resident traces instead of a gathered [W, B, C] copy, with its weight gradient
+  (a custom VJP), which the training step uses on CPU (esort_jax.train, `TrainConfig.kernel`).
 
-The C++ source (temporal_layers.cc, next to this file) is compiled on first use with the
+The C++ sources (next to this file) are compiled on first use with the
 system C++ compiler (`$CXX`, default `g++`; `-O3 -march=native`, the headers come with
 jaxlib) into a per-user cache: `$ESORT_JAX_NATIVE_CACHE`, else
 `$XDG_CACHE_HOME/esort_jax/native`, else `~/.cache/esort_jax/native`. The library's name is a
@@ -32,18 +35,27 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 __all__ = [
     "SUPPORTED_FEATURES",
+    "WINDOW_DENSE_FEATURES",
+    "window_dense",
     "library_path",
     "supports",
     "temporal_layers",
     "unavailable_reason",
 ]
 
-SOURCE = Path(__file__).with_name("temporal_layers.cc")
-SYMBOL = "EsortTemporalLayers"
-TARGET = "esort_temporal_layers"
+HERE = Path(__file__).parent
+SOURCES = (HERE / "temporal_layers.cc", HERE / "window_dense.cc")
+HEADERS = (HERE / "simd.h",)
+TARGETS = {  # FFI target name → exported symbol
+    "esort_temporal_layers": "EsortTemporalLayers",
+    "esort_window_dense": "EsortWindowDense",
+    "esort_window_dense_grad": "EsortWindowDenseGrad",
+}
+WINDOW_DENSE_FEATURES = frozenset({2, 4, 8, 16})
 # (F1, F2) pairs with a compiled kernel: keep in sync with kernel_for() in the source.
 SUPPORTED_FEATURES = frozenset({(2, 4), (4, 8), (4, 16), (8, 8), (8, 16), (8, 32), (16, 16), (16, 32)})
 CXX_FLAGS = (
@@ -87,7 +99,7 @@ def library_path() -> Path:
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
     header = Path(jax.ffi.include_dir(), "xla", "ffi", "api", "ffi.h")
     digest = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), header.read_bytes(), version.encode(), " ".join(CXX_FLAGS).encode(),
+    for part in (*(f.read_bytes() for f in SOURCES + HEADERS), header.read_bytes(), version.encode(), " ".join(CXX_FLAGS).encode(),
                  platform.machine().encode(), _cpu_flags().encode()):
         digest.update(part)
         digest.update(b"\0")
@@ -98,12 +110,13 @@ def _build(target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=target.stem + ".", suffix=".tmp.so", dir=target.parent)
     os.close(fd)
-    command = [_compiler(), *CXX_FLAGS, "-I", jax.ffi.include_dir(), str(SOURCE), "-o", tmp]
+    command = [_compiler(), *CXX_FLAGS, "-I", jax.ffi.include_dir(), "-I", str(HERE),
+               *(str(f) for f in SOURCES), "-o", tmp]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=600)
         if done.returncode != 0:
             raise NativeBuildError(
-                f"compiling {SOURCE.name} failed ({' '.join(command)}):\n{done.stderr[-2000:]}"
+                f"compiling {', '.join(f.name for f in SOURCES)} failed ({' '.join(command)}):\n{done.stderr[-2000:]}"
             )
         os.replace(tmp, target)
     finally:
@@ -119,7 +132,8 @@ def _registered() -> str | None:
         if not target.exists():
             _build(target)
         library = ctypes.cdll.LoadLibrary(str(target))
-        jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(getattr(library, SYMBOL)), platform="cpu")
+        for name, symbol in TARGETS.items():
+            jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu")
     except (NativeBuildError, OSError, AttributeError, subprocess.SubprocessError) as error:
         return f"{type(error).__name__}: {error}"
     return None
@@ -168,7 +182,61 @@ def temporal_layers(x_RxC, k1_WxF1, scale1_C, shift1_F1xC, k2_F1xF2, scale2_C, s
         raise ValueError(f"temporal_layers: {rows} input rows, fewer than one window ({window})")
     out = jax.ShapeDtypeStruct((rows - window + 1, f2 * channels), jnp.float32)
     f32 = lambda a: jnp.asarray(a, jnp.float32)  # noqa: E731
-    return jax.ffi.ffi_call(TARGET, out)(
+    return jax.ffi.ffi_call("esort_temporal_layers", out)(
         f32(x_RxC), f32(k1_WxF1), f32(scale1_C), f32(shift1_F1xC), f32(k2_F1xF2), f32(scale2_C),
         f32(shift2_F2xC),
     )
+
+
+def _require_library() -> None:
+    reason = _registered()
+    if reason is not None:
+        raise NativeBuildError(f"native kernels unavailable: {reason}")
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def window_dense(rows_RxC, starts_B, kernel_WxF, window: int, row_stride: int):
+    """h[f, b, c] = Σ_w rows[starts[b] + w·row_stride, c] · kernel[w, f]: [F, B, C] float32.
+
+    Layer 1 of the network on B windows of `window` samples described by row indices into
+    rows [R, C] (window b's sample w is row starts[b] + w·row_stride) -- the resident traces
+    with the window starts (row_stride 1), or windows cut as [W, B, C] viewed as [W·B, C]
+    (starts = arange(B), row_stride B) -- without gathering them. Differentiable in `kernel`
+    only (the rows are data). CPU only; every window must lie inside the rows (checked at run
+    time: an error, not a clamp).
+    """
+    _require_library()
+    rows, channels = rows_RxC.shape
+    if kernel_WxF.shape[0] != window:
+        raise ValueError(f"window_dense: kernel has {kernel_WxF.shape[0]} rows; window is {window}")
+    features = int(kernel_WxF.shape[1])
+    if features not in WINDOW_DENSE_FEATURES:
+        raise ValueError(f"window_dense: no native kernel for {features} features; compiled for "
+                         f"{sorted(WINDOW_DENSE_FEATURES)}")
+    out = jax.ShapeDtypeStruct((features, starts_B.shape[0], channels), jnp.float32)
+    return jax.ffi.ffi_call("esort_window_dense", out)(
+        jnp.asarray(rows_RxC, jnp.float32), jnp.asarray(starts_B, jnp.int32),
+        jnp.asarray(kernel_WxF, jnp.float32), row_stride=np.int64(row_stride),
+    )
+
+
+def _window_dense_fwd(rows_RxC, starts_B, kernel_WxF, window, row_stride):
+    return window_dense(rows_RxC, starts_B, kernel_WxF, window, row_stride), (rows_RxC, starts_B, kernel_WxF)
+
+
+def _window_dense_bwd(window, row_stride, residuals, g_FxBxC):
+    rows_RxC, starts_B, kernel_WxF = residuals
+    out = jax.ShapeDtypeStruct(kernel_WxF.shape, jnp.float32)
+    d_kernel = jax.ffi.ffi_call("esort_window_dense_grad", out)(
+        jnp.asarray(rows_RxC, jnp.float32), jnp.asarray(starts_B, jnp.int32),
+        jnp.asarray(g_FxBxC, jnp.float32), row_stride=np.int64(row_stride),
+    )
+    # The rows are data and the starts integers: no cotangent for either.
+    return jnp.zeros_like(rows_RxC), _int_zero_cotangent(starts_B), d_kernel.astype(kernel_WxF.dtype)
+
+
+def _int_zero_cotangent(x):
+    return np.zeros(x.shape, dtype=jax.dtypes.float0)
+
+
+window_dense.defvjp(_window_dense_fwd, _window_dense_bwd)

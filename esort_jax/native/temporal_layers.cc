@@ -13,26 +13,22 @@
 // output steps per tile (24 accumulators for F1 = 8); channel tiles x time ranges are
 // spread over XLA's intra-op thread pool. Each output is computed by exactly one thread in a
 // fixed order, so results do not depend on the thread count or scheduling.
-#include <algorithm>
-#include <atomic>
-#include <condition_variable>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
-#include <mutex>
 
+#include "simd.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
 
 namespace {
 
-constexpr int kLanes = 16;
-typedef float v16 __attribute__((vector_size(64)));
-
-inline v16 load(const float* p) { v16 v; std::memcpy(&v, p, sizeof v); return v; }
-inline void store(float* p, v16 v) { std::memcpy(p, &v, sizeof v); }
-inline v16 relu(v16 a) { const v16 zero = {}; return a > zero ? a : zero; }
+using esort::kLanes;
+using esort::load;
+using esort::relu;
+using esort::store;
+using esort::v16;
 
 constexpr int kMaxF1 = 16, kMaxF2 = 32;
 
@@ -177,28 +173,10 @@ ffi::Error TemporalLayersImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   const int64_t tiles = (p.channels + kLanes - 1) / kLanes;
   const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(4, p.steps / 96));
   const int64_t items = tiles * parts;
-  std::atomic<int64_t> next{0};
-  auto work = [&] {
-    for (int64_t k; (k = next.fetch_add(1)) < items;) {
-      const int64_t tile = k / parts, part = k % parts;
-      item(p, tile * kLanes, p.steps * part / parts, p.steps * (part + 1) / parts);
-    }
-  };
-  // The calling thread works too; helpers come from XLA's intra-op pool (if any).
-  const int64_t helpers = std::max<int64_t>(0, std::min<int64_t>(pool.num_threads(), items - 1));
-  std::mutex mu;
-  std::condition_variable cv;
-  int64_t finished = 0;
-  for (int64_t h = 0; h < helpers; ++h) {
-    pool.Schedule([&] {
-      work();
-      std::lock_guard<std::mutex> lock(mu);
-      if (++finished == helpers) cv.notify_one();
-    });
-  }
-  work();
-  std::unique_lock<std::mutex> lock(mu);
-  cv.wait(lock, [&] { return finished == helpers; });
+  esort::parallel_for(pool, items, [&](int64_t k) {
+    const int64_t tile = k / parts, part = k % parts;
+    item(p, tile * kLanes, p.steps * part / parts, p.steps * (part + 1) / parts);
+  });
   return ffi::Error::Success();
 }
 
