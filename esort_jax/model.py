@@ -139,10 +139,15 @@ class TemporalFilter(nnx.Module):
             x_KxBxC = jnp.transpose(x, (2, 0, 1))
         return jnp.transpose(self.feature_major(x_KxBxC), (1, 2, 0))
 
-    def feature_major(self, x_KxBxC: jax.Array, *, batch_major_output: bool = False) -> jax.Array:
-        """[K, B, C] → relu(norm(dense(x))): [F, B, C], or [B, F, C] if batch_major_output."""
+    def feature_major(
+        self, x_KxBxC: jax.Array, *, batch_major_output: bool = False, native_gradient: bool = False
+    ) -> jax.Array:
+        """[K, B, C] → relu(norm(dense(x))): [F, B, C], or [B, F, C] if batch_major_output.
+        native_gradient: the kernel's gradient by the native CPU kernel (`contract_leading_native`;
+        one CPU device, float32)."""
         kernel = self.dense.kernel[...].astype(self.dtype)
-        h_FxBxC = contract_leading(kernel, x_KxBxC.astype(self.dtype))  # without the bias
+        contract = contract_leading_native if native_gradient else contract_leading
+        h_FxBxC = contract(kernel, x_KxBxC.astype(self.dtype))  # without the bias
         return self.bias_norm_relu(h_FxBxC, batch_major_output=batch_major_output)
 
     def from_rows(self, rows_RxC: jax.Array, starts_B: jax.Array, row_stride: int) -> jax.Array:
@@ -273,6 +278,26 @@ def _contract_leading_bwd(residuals, g_FxBxC):
 contract_leading.defvjp(_contract_leading_fwd, _contract_leading_bwd)
 
 
+@jax.custom_vjp
+def contract_leading_native(kernel_KxF: jax.Array, x_KxBxC: jax.Array) -> jax.Array:
+    """`contract_leading` whose weight gradient (a [K, B·C] × [F, B·C]ᵀ product with tiny
+    output, which XLA:CPU runs on one thread) is the native CPU kernel
+    `esort_jax.native.contract_long` (float32, one CPU device)."""
+    return contract_leading(kernel_KxF, x_KxBxC)
+
+
+def _contract_leading_native_bwd(residuals, g_FxBxC):
+    kernel_KxF, x_KxBxC = residuals
+    k, b, c = x_KxBxC.shape
+    g_FxN = g_FxBxC.reshape(-1, b * c)
+    d_kernel = native.contract_long(x_KxBxC.reshape(k, b * c), g_FxN)
+    d_x = (kernel_KxF @ g_FxN).reshape(k, b, c)
+    return d_kernel.astype(kernel_KxF.dtype), d_x.astype(x_KxBxC.dtype)
+
+
+contract_leading_native.defvjp(_contract_leading_fwd, _contract_leading_native_bwd)
+
+
 class SpatialDense(nnx.Module):
     """Dense [B, K] → [B, S] whose kernel is stored transposed, [S, K] (`kernel`, `bias` [S]).
 
@@ -365,11 +390,14 @@ class Backbone(nnx.Module):
     def from_rows(self, rows_RxC: jax.Array, starts_B: jax.Array, row_stride: int = 1) -> jax.Array:
         """The backbone on windows given as row indices into rows [R, C] (see
         `TemporalFilter.from_rows`; native CPU kernel, float32)."""
-        return self._after_temporal1(self.temporal1.from_rows(rows_RxC, starts_B, row_stride))
+        a1_FxBxC = self.temporal1.from_rows(rows_RxC, starts_B, row_stride)
+        return self._after_temporal1(a1_FxBxC, native_gradient=True)
 
-    def _after_temporal1(self, a1_FxBxC: jax.Array) -> jax.Array:
+    def _after_temporal1(self, a1_FxBxC: jax.Array, native_gradient: bool = False) -> jax.Array:
         batch = a1_FxBxC.shape[1]
-        a2_BxFxC = self.temporal2.feature_major(a1_FxBxC, batch_major_output=True)
+        a2_BxFxC = self.temporal2.feature_major(
+            a1_FxBxC, batch_major_output=True, native_gradient=native_gradient
+        )
         return self.spatial.flat(a2_BxFxC.reshape(batch, -1))
 
 

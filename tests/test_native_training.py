@@ -111,3 +111,19 @@ def test_kernel_choice_for_training():
         resolve_kernel("native", odd, mesh)
     with pytest.raises(Exception, match="train.kernel"):
         TrainConfig(kernel="fast").validate()
+
+
+@pytest.mark.parametrize("f,k,n", [(8, 16, 40_000), (3, 5, 1001), (8, 16, 15)])
+def test_long_contraction_equals_float64_product(f, k, n):
+    """Register blocks and their remainders (3 x 5), several work items, a scalar tail
+    (n not a multiple of 16), n shorter than one vector."""
+    rng = np.random.default_rng(n)
+    a = rng.normal(size=(f, n)).astype(np.float32)
+    b = rng.normal(size=(k, n)).astype(np.float32)
+    want = a.astype(np.float64) @ b.astype(np.float64).T
+    got = np.asarray(native.contract_long(jnp.asarray(a), jnp.asarray(b)))
+    assert got.shape == (f, k)
+    scale = np.abs(a).astype(np.float64) @ np.abs(b).astype(np.float64).T  # Σ_n |a b|: float32 sums err ~1e-7 of it
+    assert np.all(np.abs(got - want) <= 1e-6 * scale)
+    with pytest.raises(ValueError, match="contract_long"):
+        native.contract_long(jnp.asarray(a), jnp.asarray(b[:, :-1]))

@@ -9,6 +9,8 @@
 - `window_dense` (window_dense.cc): layer 1 in training, on windows given as row indices
   into the resident traces instead of a gathered [W, B, C] copy, with its weight gradient
   (a custom VJP), which the training step uses on CPU (esort_jax.train, `TrainConfig.kernel`).
+- `contract_long` (long_contraction.cc): a [F, N] · b [K, N]ᵀ for long N, the weight gradient
+  of layer 2 in the same training path (XLA:CPU ran it on one thread).
 
 The C++ sources (next to this file) are compiled on first use with the
 system C++ compiler (`$CXX`, default `g++`; `-O3 -march=native`, the headers come with
@@ -41,6 +43,7 @@ __all__ = [
     "SUPPORTED_FEATURES",
     "WINDOW_DENSE_FEATURES",
     "window_dense",
+    "contract_long",
     "library_path",
     "supports",
     "temporal_layers",
@@ -48,12 +51,13 @@ __all__ = [
 ]
 
 HERE = Path(__file__).parent
-SOURCES = (HERE / "temporal_layers.cc", HERE / "window_dense.cc")
+SOURCES = (HERE / "temporal_layers.cc", HERE / "window_dense.cc", HERE / "long_contraction.cc")
 HEADERS = (HERE / "simd.h",)
 TARGETS = {  # FFI target name → exported symbol
     "esort_temporal_layers": "EsortTemporalLayers",
     "esort_window_dense": "EsortWindowDense",
     "esort_window_dense_grad": "EsortWindowDenseGrad",
+    "esort_long_contraction": "EsortLongContraction",
 }
 WINDOW_DENSE_FEATURES = frozenset({2, 4, 8, 16})
 # (F1, F2) pairs with a compiled kernel: keep in sync with kernel_for() in the source.
@@ -240,3 +244,15 @@ def _int_zero_cotangent(x):
 
 
 window_dense.defvjp(_window_dense_fwd, _window_dense_bwd)
+
+
+def contract_long(a_FxN, b_KxN):
+    """a · bᵀ: [F, N] × [K, N] → [F, K] float32, for long N and small F, K (one pass over both,
+    on all intra-op threads; partial sums added in a fixed order). CPU only."""
+    _require_library()
+    if a_FxN.ndim != 2 or b_KxN.ndim != 2 or a_FxN.shape[1] != b_KxN.shape[1]:
+        raise ValueError(f"contract_long: expected [F, N] and [K, N]; got {a_FxN.shape} and {b_KxN.shape}")
+    out = jax.ShapeDtypeStruct((a_FxN.shape[0], b_KxN.shape[0]), jnp.float32)
+    return jax.ffi.ffi_call("esort_long_contraction", out)(
+        jnp.asarray(a_FxN, jnp.float32), jnp.asarray(b_KxN, jnp.float32)
+    )
