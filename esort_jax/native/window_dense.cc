@@ -13,8 +13,10 @@
 // XLA:CPU first gathers the windows ([W, B, C], 94 MB at batch 1024 and 384 channels, a
 // strided copy at ~5 GB/s), then reads them again for each of the two products. Here both
 // kernels read the rows in place. Vectorised over 16 channels; work items are ranges of
-// windows; the gradient's partial sums are added in item order, so results do not depend on
-// the thread count or scheduling.
+// windows in order of their first row (so overlapping windows reuse cached rows); the
+// gradient's partial sums are added in item order, so results do not depend on the thread
+// count or scheduling.
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <string>
@@ -38,6 +40,8 @@ struct Windows {
   int64_t num_rows, channels;
   const int32_t* starts;
   int64_t batch, window, row_stride;
+  const int64_t* order;  // windows by first row (stable): work items take consecutive windows
+                         // of this order, so overlapping windows share cached rows
   const float* row(int64_t b, int64_t w) const {
     return rows + (static_cast<int64_t>(starts[b]) + w * row_stride) * channels;
   }
@@ -88,11 +92,12 @@ void forward_item(const Windows& x, const float* k, float* h, int64_t b0, int64_
   const int64_t plane = x.batch * x.channels;  // h[f] stride
   const int64_t full = x.channels / kLanes * kLanes;
   std::vector<float> slab(static_cast<size_t>(x.window * kLanes));
-  for (int64_t b = b0; b < b1; ++b) {
+  for (int64_t p = b0; p < b1; ++p) {
+    const int64_t b = x.order[p];
     const float* first = x.row(b, 0);
     const int64_t stride = x.row_stride * x.channels;
     float* hb = h + b * x.channels;
-    const float* next = b + 1 < b1 ? x.row(b + 1, 0) : nullptr;
+    const float* next = p + 1 < b1 ? x.row(x.order[p + 1], 0) : nullptr;
     for (int64_t c0 = 0; c0 < full; c0 += kLanes) {
       v16 acc[F];
       forward_tile<F>(first + c0, stride, x.window, k, acc, next ? next + c0 : nullptr);
@@ -144,7 +149,8 @@ void gradient_item(const Windows& x, const float* g, v16* out, int64_t b0, int64
   const int tail = static_cast<int>(x.channels - full);
   std::vector<float> x_tail(static_cast<size_t>(x.window * kLanes)), g_tail(F * kLanes);
   for (int64_t j = 0; j < x.window * F; ++j) out[j] = v16{};
-  for (int64_t b = b0; b < b1; ++b) {
+  for (int64_t p = b0; p < b1; ++p) {
+    const int64_t b = x.order[p];
     const float* gb = g + b * x.channels;
     if (tail) {
       tail_rows(x, b, full, x_tail.data());
@@ -174,8 +180,13 @@ bool dispatch(int64_t features, Fn2 f2, Fn4 f4, Fn8 f8, Fn16 f16) {
 }
 
 Windows describe(const ffi::Buffer<ffi::F32>& rows, const ffi::Buffer<ffi::S32>& starts, int64_t window,
-                 int64_t row_stride) {
+                 int64_t row_stride, std::vector<int64_t>& order) {
+  const int32_t* s = starts.typed_data();
+  order.resize(starts.element_count());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int64_t>(i);
+  std::stable_sort(order.begin(), order.end(), [s](int64_t a, int64_t b) { return s[a] < s[b]; });
   Windows x;
+  x.order = order.data();
   x.rows = rows.typed_data();
   x.num_rows = rows.dimensions()[0];
   x.channels = rows.dimensions()[1];
@@ -191,7 +202,8 @@ ffi::Error ForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> rows, ffi::Bu
   const auto kd = kernel.dimensions(), hd = h->dimensions();
   if (rows.dimensions().size() != 2 || kd.size() != 2 || hd.size() != 3)
     return ffi::Error::InvalidArgument("esort window dense: rows [R, C], kernel [W, F], out [F, B, C]");
-  const Windows x = describe(rows, starts, kd[0], row_stride);
+  std::vector<int64_t> order;
+  const Windows x = describe(rows, starts, kd[0], row_stride, order);
   const int64_t features = kd[1];
   if (hd[0] != features || hd[1] != x.batch || hd[2] != x.channels)
     return ffi::Error::InvalidArgument("esort window dense: inconsistent shapes");
@@ -215,7 +227,8 @@ ffi::Error GradientImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> rows, ffi::B
   const auto gd = g.dimensions(), dd = dk->dimensions();
   if (rows.dimensions().size() != 2 || gd.size() != 3 || dd.size() != 2)
     return ffi::Error::InvalidArgument("esort window dense grad: rows [R, C], g [F, B, C], out [W, F]");
-  const Windows x = describe(rows, starts, dd[0], row_stride);
+  std::vector<int64_t> order;
+  const Windows x = describe(rows, starts, dd[0], row_stride, order);
   const int64_t features = dd[1];
   if (gd[0] != features || gd[1] != x.batch || gd[2] != x.channels)
     return ffi::Error::InvalidArgument("esort window dense grad: inconsistent shapes");
