@@ -13,9 +13,9 @@
 // XLA:CPU first gathers the windows ([W, B, C], 94 MB at batch 1024 and 384 channels, a
 // strided copy at ~5 GB/s), then reads them again for each of the two products. Here both
 // kernels read the rows in place. Vectorised over 16 channels; work items are ranges of
-// windows in order of their first row (so overlapping windows reuse cached rows); the
-// gradient's partial sums are added in item order, so results do not depend on the thread
-// count or scheduling.
+// windows (the forward's in order of their first row, so overlapping windows reuse cached
+// rows); the gradient's partial sums are added in item order, so results do not depend on the
+// thread count or scheduling.
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
@@ -40,8 +40,7 @@ struct Windows {
   int64_t num_rows, channels;
   const int32_t* starts;
   int64_t batch, window, row_stride;
-  const int64_t* order;  // windows by first row (stable): work items take consecutive windows
-                         // of this order, so overlapping windows share cached rows
+  const int64_t* order;  // the order work items visit windows in (see `describe`)
   const float* row(int64_t b, int64_t w) const {
     return rows + (static_cast<int64_t>(starts[b]) + w * row_stride) * channels;
   }
@@ -179,12 +178,17 @@ bool dispatch(int64_t features, Fn2 f2, Fn4 f4, Fn8 f8, Fn16 f16) {
   }
 }
 
+// `by_first_row`: visit windows in order of their first row (the forward, whose outputs are per
+// window, so the order changes no bit); else in batch order (the gradient, whose summation
+// order then does not depend on where the windows come from: the resident traces and a
+// gathered [W, B, C] array give the same bits).
 Windows describe(const ffi::Buffer<ffi::F32>& rows, const ffi::Buffer<ffi::S32>& starts, int64_t window,
-                 int64_t row_stride, std::vector<int64_t>& order) {
+                 int64_t row_stride, bool by_first_row, std::vector<int64_t>& order) {
   const int32_t* s = starts.typed_data();
   order.resize(starts.element_count());
   for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int64_t>(i);
-  std::stable_sort(order.begin(), order.end(), [s](int64_t a, int64_t b) { return s[a] < s[b]; });
+  if (by_first_row)
+    std::stable_sort(order.begin(), order.end(), [s](int64_t a, int64_t b) { return s[a] < s[b]; });
   Windows x;
   x.order = order.data();
   x.rows = rows.typed_data();
@@ -203,7 +207,7 @@ ffi::Error ForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> rows, ffi::Bu
   if (rows.dimensions().size() != 2 || kd.size() != 2 || hd.size() != 3)
     return ffi::Error::InvalidArgument("esort window dense: rows [R, C], kernel [W, F], out [F, B, C]");
   std::vector<int64_t> order;
-  const Windows x = describe(rows, starts, kd[0], row_stride, order);
+  const Windows x = describe(rows, starts, kd[0], row_stride, /*by_first_row=*/true, order);
   const int64_t features = kd[1];
   if (hd[0] != features || hd[1] != x.batch || hd[2] != x.channels)
     return ffi::Error::InvalidArgument("esort window dense: inconsistent shapes");
@@ -228,7 +232,7 @@ ffi::Error GradientImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> rows, ffi::B
   if (rows.dimensions().size() != 2 || gd.size() != 3 || dd.size() != 2)
     return ffi::Error::InvalidArgument("esort window dense grad: rows [R, C], g [F, B, C], out [W, F]");
   std::vector<int64_t> order;
-  const Windows x = describe(rows, starts, dd[0], row_stride, order);
+  const Windows x = describe(rows, starts, dd[0], row_stride, /*by_first_row=*/false, order);
   const int64_t features = dd[1];
   if (gd[0] != features || gd[1] != x.batch || gd[2] != x.channels)
     return ffi::Error::InvalidArgument("esort window dense grad: inconsistent shapes");
