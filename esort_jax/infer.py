@@ -305,7 +305,7 @@ def _spatial_and_head(kernel: dict, a2_BxGC: jax.Array, dt) -> jax.Array:
 def _native_block_logits(kernel: dict, x_RxC: jax.Array) -> jax.Array:
     """`_block_logits` with both temporal layers in the fused native CPU kernel (float32)."""
     a2_BxGC = native.temporal_layers(
-        x_RxC, kernel["k1"], kernel["scale1"], kernel["shift1"], kernel["k2t"].T, kernel["scale2"],
+        x_RxC, kernel["k1"], kernel["scale1"], kernel["shift1"], kernel["k2"], kernel["scale2"],
         kernel["shift2"],
     )
     return _spatial_and_head(kernel, a2_BxGC, jnp.float32)
@@ -319,6 +319,7 @@ def _kernel_arrays(params: InferenceParams, segment: int, dt) -> dict:
         "toeplitz": _toeplitz(params.k1_WxF1, segment).astype(dt),
         "scale1": params.scale1_C,
         "shift1": params.shift1_CxF1.T,  # [F1, C]
+        "k2": params.k2_F1xF2,  # [F1, F2] (native kernel)
         "k2t": params.k2_F1xF2.T.astype(dt),  # [F2, F1]
         "scale2": params.scale2_C,
         "shift2": params.shift2_CxF2.T,  # [F2, C]

@@ -420,10 +420,15 @@ def _update(graphdef, tx, state, batch, y_BxN):
     return new_state, loss
 
 
+def _batch_indices(order, step, batch_size, mesh):
+    """Window indices [B] of batch `step` of the epoch order, split over the devices."""
+    idx_B = jax.lax.dynamic_slice_in_dim(order, step * batch_size, batch_size)
+    return jax.lax.with_sharding_constraint(idx_B, NamedSharding(mesh, PartitionSpec("data")))
+
+
 def _take_batch(data, order, step, batch_size, window, mesh):
     """Indices of batch `step` of the epoch order → (windows [W, B, C], labels), cut on device."""
-    idx_B = jax.lax.dynamic_slice_in_dim(order, step * batch_size, batch_size)
-    idx_B = jax.lax.with_sharding_constraint(idx_B, NamedSharding(mesh, PartitionSpec("data")))
+    idx_B = _batch_indices(order, step, batch_size, mesh)
     x_WxBxC = gather_device(data["traces"], data["starts"][idx_B], window, layout="WBC")
     x_WxBxC = jax.lax.with_sharding_constraint(x_WxBxC, _window_sharding(mesh))
     return x_WxBxC, data["labels"][idx_B]
@@ -451,7 +456,7 @@ def _train_step(graphdef, tx, mesh, batch_size, resident, window, kernel):
 
     if resident and kernel == "native":
         def step(state, data, order, i):
-            idx_B = jax.lax.dynamic_slice_in_dim(order, i * batch_size, batch_size)
+            idx_B = _batch_indices(order, i, batch_size, mesh)
             batch = (data["traces"], data["starts"][idx_B], 1)
             return _update(graphdef, tx, state, batch, data["labels"][idx_B])
     elif resident:

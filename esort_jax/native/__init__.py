@@ -164,9 +164,7 @@ def temporal_layers(x_RxC, k1_WxF1, scale1_C, shift1_F1xC, k2_F1xF2, scale2_C, s
     CPU only (jit/lax.map/shard_map compatible; no autodiff). Raises NativeBuildError if the
     library is unavailable, ValueError for shapes or feature counts it has no kernel for.
     """
-    reason = _registered()
-    if reason is not None:
-        raise NativeBuildError(f"native kernels unavailable: {reason}")
+    _require_library()
     rows, channels = x_RxC.shape
     window, f1 = k1_WxF1.shape
     f2 = k2_F1xF2.shape[1]

@@ -16,7 +16,6 @@ namespace {
 
 using esort::kLanes;
 using esort::load;
-using esort::store;
 using esort::v16;
 
 constexpr int64_t kItemLength = 4096;  // n per work item (a and b slices stay in L2)
@@ -73,12 +72,7 @@ ffi::Error LongContractionImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a, ff
   });
   float* o = out->typed_data();
   for (int64_t j = 0; j < F * K; ++j) {  // items, lanes, then the scalar tail: a fixed order
-    v16 sum = partial[j];
-    for (int64_t i = 1; i < items; ++i) sum += partial[i * F * K + j];
-    float lanes[kLanes];
-    store(lanes, sum);
-    float total = 0.0f;
-    for (int l = 0; l < kLanes; ++l) total += lanes[l];
+    float total = esort::sum_items_and_lanes(partial.data(), items, F * K, j);
     const int64_t f = j / K, k = j % K;
     for (int64_t n = vector_n; n < N; ++n) total += ap[f * N + n] * bp[k * N + n];
     o[j] = total;

@@ -36,6 +36,19 @@ inline void store_lanes(float* p, v16 v, int lanes) {
   std::memcpy(p, values, sizeof(float) * lanes);
 }
 
+// Σ over items i (in order), then over the 16 lanes (in order), of partial[i * stride + j]:
+// how the kernels reduce per-work-item partial sums, in an order that does not depend on
+// which thread computed which item.
+inline float sum_items_and_lanes(const v16* partial, int64_t items, int64_t stride, int64_t j) {
+  v16 sum = partial[j];
+  for (int64_t i = 1; i < items; ++i) sum += partial[i * stride + j];
+  float lanes[kLanes];
+  store(lanes, sum);
+  float total = 0.0f;
+  for (int l = 0; l < kLanes; ++l) total += lanes[l];
+  return total;
+}
+
 // Runs work(k) for k in [0, items) on the calling thread and XLA's intra-op threads; returns
 // when all are done. Which thread runs an item does not change any result (items write
 // disjoint outputs; reductions over items are done afterwards in item order).

@@ -167,16 +167,22 @@ void gradient_item(const Windows& x, const float* g, v16* out, int64_t b0, int64
   }
 }
 
-template <typename Fn4, typename Fn8, typename Fn16, typename Fn2>
-bool dispatch(int64_t features, Fn2 f2, Fn4 f4, Fn8 f8, Fn16 f16) {
+using ForwardItem = void (*)(const Windows&, const float*, float*, int64_t, int64_t);
+using GradientItem = void (*)(const Windows&, const float*, v16*, int64_t, int64_t);
+
+// The compiled feature counts (keep in sync with WINDOW_DENSE_FEATURES in __init__.py).
+template <typename Item, template <int> class Pick>
+Item for_features(int64_t features) {
   switch (features) {
-    case 2: f2(); return true;
-    case 4: f4(); return true;
-    case 8: f8(); return true;
-    case 16: f16(); return true;
-    default: return false;
+    case 2: return Pick<2>::value;
+    case 4: return Pick<4>::value;
+    case 8: return Pick<8>::value;
+    case 16: return Pick<16>::value;
+    default: return nullptr;
   }
 }
+template <int F> struct PickForward { static constexpr ForwardItem value = &forward_item<F>; };
+template <int F> struct PickGradient { static constexpr GradientItem value = &gradient_item<F>; };
 
 // `by_first_row`: visit windows in order of their first row (the forward, whose outputs are per
 // window, so the order changes no bit); else in batch order (the gradient, whose summation
@@ -212,17 +218,15 @@ ffi::Error ForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> rows, ffi::Bu
   if (hd[0] != features || hd[1] != x.batch || hd[2] != x.channels)
     return ffi::Error::InvalidArgument("esort window dense: inconsistent shapes");
   if (auto error = check_windows(x, "esort window dense"); error.failure()) return error;
+  const ForwardItem item = for_features<ForwardItem, PickForward>(features);
+  if (item == nullptr)
+    return ffi::Error::InvalidArgument("esort window dense: no kernel for this feature count");
   const float* k = kernel.typed_data();
   float* out = h->typed_data();
   const int64_t parts = std::min(kBatchParts, x.batch);
-  auto run = [&](auto item) {
-    esort::parallel_for(pool, parts, [&](int64_t i) {
-      item(x, k, out, x.batch * i / parts, x.batch * (i + 1) / parts);
-    });
-  };
-  if (!dispatch(features, [&] { run(forward_item<2>); }, [&] { run(forward_item<4>); },
-                [&] { run(forward_item<8>); }, [&] { run(forward_item<16>); }))
-    return ffi::Error::InvalidArgument("esort window dense: no kernel for this feature count");
+  esort::parallel_for(pool, parts, [&](int64_t i) {
+    item(x, k, out, x.batch * i / parts, x.batch * (i + 1) / parts);
+  });
   return ffi::Error::Success();
 }
 
@@ -237,26 +241,16 @@ ffi::Error GradientImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> rows, ffi::B
   if (gd[0] != features || gd[1] != x.batch || gd[2] != x.channels)
     return ffi::Error::InvalidArgument("esort window dense grad: inconsistent shapes");
   if (auto error = check_windows(x, "esort window dense grad"); error.failure()) return error;
+  const GradientItem item = for_features<GradientItem, PickGradient>(features);
+  if (item == nullptr)
+    return ffi::Error::InvalidArgument("esort window dense grad: no kernel for this feature count");
   const int64_t items = std::min(kBatchParts, x.batch), per_item = x.window * features;
   std::vector<v16> partial(static_cast<size_t>(items * per_item));
-  auto run = [&](auto item) {
-    esort::parallel_for(pool, items, [&](int64_t i) {
-      item(x, g.typed_data(), partial.data() + i * per_item, x.batch * i / items, x.batch * (i + 1) / items);
-    });
-  };
-  if (!dispatch(features, [&] { run(gradient_item<2>); }, [&] { run(gradient_item<4>); },
-                [&] { run(gradient_item<8>); }, [&] { run(gradient_item<16>); }))
-    return ffi::Error::InvalidArgument("esort window dense grad: no kernel for this feature count");
+  esort::parallel_for(pool, items, [&](int64_t i) {
+    item(x, g.typed_data(), partial.data() + i * per_item, x.batch * i / items, x.batch * (i + 1) / items);
+  });
   float* out = dk->typed_data();
-  for (int64_t j = 0; j < per_item; ++j) {  // items, then lanes, in a fixed order
-    v16 sum = partial[j];
-    for (int64_t i = 1; i < items; ++i) sum += partial[i * per_item + j];
-    float lanes[kLanes];
-    store(lanes, sum);
-    float total = 0.0f;
-    for (int l = 0; l < kLanes; ++l) total += lanes[l];
-    out[j] = total;
-  }
+  for (int64_t j = 0; j < per_item; ++j) out[j] = esort::sum_items_and_lanes(partial.data(), items, per_item, j);
   return ffi::Error::Success();
 }
 
