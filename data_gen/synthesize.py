@@ -28,7 +28,7 @@ from data_gen.seeding import stream_rng
 from data_gen.templates import TemplateBank, build_templates, draw_shapes
 from data_gen.units import place_units
 from esort_jax.config import from_dict, to_dict
-from esort_jax.heap import fix_mmap_threshold
+from esort_jax.runtime.host_memory import fix_mmap_threshold
 from esort_jax.recording import GroundTruth, Recording
 
 __all__ = ["SyntheticTraces", "synthesize", "write_synthetic", "resolve_config", "amplitude_jitter", "spikes_by_unit"]
@@ -205,7 +205,7 @@ def amplitude_jitter(sd: float, unit_indices: np.ndarray, num_units: int, seed: 
 
 def synthesize(config: SynthesisConfig | Mapping | None = None) -> tuple[Recording, GroundTruth]:
     """(Recording with lazy SyntheticTraces, GroundTruth) for a synthesis config."""
-    fix_mmap_threshold()  # before the first allocation: else reading creeps with length (esort_jax.heap)
+    fix_mmap_threshold()  # before the first allocation: else reading creeps with length (esort_jax.runtime.host_memory)
     config = resolve_config(config)
     fs = config.sampling_frequency
     seed = config.seed

@@ -35,7 +35,7 @@ from flax import nnx
 from esort_jax.config import from_dict, to_dict
 from esort_jax.io.atomic import atomic_folder, to_jsonable, write_json
 from esort_jax.model import ESortNet, ModelConfig
-from esort_jax.provenance import provenance
+from esort_jax.runtime.provenance import provenance
 from esort_jax.recording import Recording
 
 __all__ = [

@@ -39,7 +39,7 @@ prints the current figures.
 Native temporal layers (`kernel='native'`, what 'auto' picks on CPU in float32). On XLA:CPU the
 Toeplitz form above leaves ~35% of the time in the memory passes between the GEMMs
 (BatchNorm/ReLU and the row reordering; XLA does not fuse elementwise work into dots there).
-esort_jax.native computes layers 1–2 with their BatchNorms and ReLUs in one C++ kernel
+esort_jax.fast.native computes layers 1–2 with their BatchNorms and ReLUs in one C++ kernel
 (through XLA's FFI) that writes the spatial layer's input rows [block, F2·C] directly; the
 spatial GEMM and the head stay in XLA. Measured in experiments/benchmark.py at 384 channels:
 88% of the matmul peak against 66% for the XLA path in the same run (README).
@@ -75,7 +75,7 @@ import numpy as np
 from jax import lax
 from jax.sharding import NamedSharding, PartitionSpec
 
-from esort_jax import native
+from esort_jax.fast import native
 from esort_jax.config import require
 from esort_jax.recording import ArrayTraces, Recording
 
@@ -343,7 +343,7 @@ def conv_logits(
 
     Convolution form, processed in blocks of `block_steps` outputs (a multiple of `segment`).
     kernel='xla' computes the temporal layers as banded-Toeplitz matrix products (any
-    backend); 'native' in the fused C++ kernel of esort_jax.native (CPU, float32 only;
+    backend); 'native' in the fused C++ kernel of esort_jax.fast.native (CPU, float32 only;
     `segment` is then unused). Pure and jittable; shapes are static.
     """
     if kernel not in ("xla", "native"):
@@ -458,7 +458,7 @@ class InferenceConfig:
       compute_dtype: 'float32', or 'bfloat16' (matmul inputs in bf16, accumulation and
         BatchNorm/bias in float32).
       kernel: how the temporal layers are computed. 'xla': banded-Toeplitz matrix products
-        (any backend, either dtype); 'native': the fused C++ kernel of esort_jax.native
+        (any backend, either dtype); 'native': the fused C++ kernel of esort_jax.fast.native
         (CPU devices, float32; an error if it cannot be used); 'auto' (default): 'native'
         where it can be used, else 'xla' (with a warning if only the build failed).
       output_dtype: 'float32' or 'float16' probabilities on the host.

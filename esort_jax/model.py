@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from esort_jax import native
+from esort_jax.fast import native
 from esort_jax.config import require
 
 __all__ = [
@@ -153,7 +153,7 @@ class TemporalFilter(nnx.Module):
     def from_rows(self, rows_RxC: jax.Array, starts_B: jax.Array, row_stride: int) -> jax.Array:
         """`feature_major` of windows given as row indices (window b's sample w is
         rows[starts[b] + w·row_stride]), computed by the native CPU kernel without gathering
-        them (esort_jax.native.window_dense; float32): [F, B, C]. First filter only."""
+        them (esort_jax.fast.native.window_dense; float32): [F, B, C]. First filter only."""
         kernel = self.dense.kernel[...].astype(jnp.float32)
         h_FxBxC = native.window_dense(rows_RxC, starts_B, kernel, int(kernel.shape[0]), int(row_stride))
         return self.bias_norm_relu(h_FxBxC)
@@ -282,7 +282,7 @@ contract_leading.defvjp(_contract_leading_fwd, _contract_leading_bwd)
 def contract_leading_native(kernel_KxF: jax.Array, x_KxBxC: jax.Array) -> jax.Array:
     """`contract_leading` whose weight gradient (a [K, B·C] × [F, B·C]ᵀ product with tiny
     output, which XLA:CPU runs on one thread) is the native CPU kernel
-    `esort_jax.native.contract_long` (float32, one CPU device)."""
+    `esort_jax.fast.native.contract_long` (float32, one CPU device)."""
     return contract_leading(kernel_KxF, x_KxBxC)
 
 
@@ -423,7 +423,7 @@ class ESortNet(nnx.Module):
     def logits_from_rows(self, rows_RxC: jax.Array, starts_B: jax.Array, row_stride: int = 1) -> jax.Array:
         """Logits [B, N] of the windows whose sample w is rows[starts[b] + w·row_stride]
         (e.g. the resident traces and the window starts), without materialising them: layer
-        1 runs in the native CPU kernel (esort_jax.native.window_dense; float32, CPU only).
+        1 runs in the native CPU kernel (esort_jax.fast.native.window_dense; float32, CPU only).
         The training step uses this on CPU; it equals `self(windows)` up to rounding."""
         if rows_RxC.ndim != 2 or rows_RxC.shape[1] != self.num_channels:
             raise ValueError(

@@ -50,7 +50,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from esort_jax import checkpoint as ckpt
-from esort_jax import native
+from esort_jax.fast import native
 from esort_jax.config import ConfigError, require, to_dict
 from esort_jax.model import ESortNet, ModelConfig
 from esort_jax.recording import Recording
@@ -120,7 +120,7 @@ class TrainConfig:
       progress: show a tqdm progress bar.
       kernel: how the train step computes layer 1. 'xla': gather the batch's windows, then
         matrix products (any backend, any device count); 'native': the C++ kernel of
-        esort_jax.native reads the windows in place from the traces (one CPU device, float32;
+        esort_jax.fast.native reads the windows in place from the traces (one CPU device, float32;
         an error if it cannot be used); 'auto' (default): 'native' where it can be used.
     """
 

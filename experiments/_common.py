@@ -32,8 +32,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from esort_jax.config import ConfigError, from_dict
 from esort_jax.io.atomic import write_json
-from esort_jax.log import LoggerConfig, RunLogger
-from esort_jax.provenance import provenance
+from esort_jax.runtime.log import LoggerConfig, RunLogger
+from esort_jax.runtime.provenance import provenance
 from esort_jax.train import configure_host_allocator
 
 __all__ = ["Run", "run_dir", "device_info", "to_container"]

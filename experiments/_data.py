@@ -16,7 +16,7 @@ from pathlib import Path
 
 from data_gen import SynthesisConfig, write_synthetic
 from data_gen.synthesize import GENERATOR, GENERATOR_VERSION
-from esort_jax.cache import cached
+from esort_jax.runtime.cache import cached
 from esort_jax.config import ConfigError, to_dict
 from esort_jax.io import load_recording, read_recording_folder
 from esort_jax.recording import Recording, Sorting

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from esort_jax import checkpoint as ckpt
-from esort_jax.cache import cached
+from esort_jax.runtime.cache import cached
 from esort_jax.config import to_dict
 from esort_jax.infer import InferenceConfig
 from esort_jax.io.atomic import atomic_folder

@@ -32,8 +32,8 @@ import numpy as np
 from omegaconf import DictConfig
 
 from data_gen import SynthesisConfig
-from esort_jax import comparison
-from esort_jax.baselines import (
+from esort_jax.report import comparison
+from esort_jax.realdata.baselines import (
     BaselineResult,
     BaselinesConfig,
     SorterFailed,

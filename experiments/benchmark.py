@@ -30,7 +30,7 @@ from omegaconf import DictConfig
 
 from data_gen import SynthesisConfig
 from esort_jax import checkpoint as ckpt
-from esort_jax.benchmarking import best_time, child_peak_rss_mb, load_average, matmul_peak_gflops, paired_timings
+from esort_jax.runtime.benchmarking import best_time, child_peak_rss_mb, load_average, matmul_peak_gflops, paired_timings
 from esort_jax.config import to_dict
 from esort_jax.infer import InferenceConfig, fold_batchnorm, iter_probabilities, naive_logits, predict_probabilities
 from esort_jax.model import ModelConfig
@@ -259,7 +259,7 @@ def _with_rates(runs: list[dict], flops: float, duration_s: float) -> list[dict]
 
 
 def _recording(run, data: SynthesisConfig):
-    from esort_jax.cache import cached
+    from esort_jax.runtime.cache import cached
     from esort_jax.io import read_recording_folder
     from data_gen import write_synthetic
     from experiments._data import synthesis_key

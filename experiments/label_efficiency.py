@@ -33,7 +33,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from data_gen import SynthesisConfig
-from esort_jax import curves
+from esort_jax.report import curves
 from esort_jax.config import ConfigError, from_dict
 from esort_jax.infer import InferenceConfig
 from esort_jax.model import ModelConfig

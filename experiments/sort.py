@@ -24,9 +24,9 @@ from esort_jax.io import write_sorting_npz
 from esort_jax.io.atomic import atomic_folder
 from esort_jax.pipeline import EvaluationConfig
 from esort_jax.postprocess import PostprocessConfig
-from esort_jax.preprocess import PreprocessConfig
+from esort_jax.realdata.preprocess import PreprocessConfig
 from esort_jax.sort import SORTING_DEFAULTS, sort_recording
-from esort_jax.sorter import as_recording
+from esort_jax.realdata.workflow import as_recording
 from experiments._common import Run
 from experiments._data import obtain_recording
 

@@ -8,7 +8,7 @@ read the labels (Phy/Kilosort folder or SpikeInterface sorting) and check they f
 units passing the quality filter on [0, train_seconds) → a pretrained backbone (`checkpoint`,
 or one pretrained on a source synthesised on the recording's own probe, through the cache) →
 fine-tune on those labels, choose the threshold on the training span's tail, sort the whole
-recording (`esort_jax.sorter.esort_from_labels`) → agreement with the labelling sorter on the
+recording (`esort_jax.realdata.workflow.esort_from_labels`) → agreement with the labelling sorter on the
 rest, timing against the data's real time and the sorter's run time, optional ground-truth
 scores → sorting/, phy/, checkpoint/ and results.json in the run folder.
 """
@@ -25,16 +25,16 @@ from data_gen import SynthesisConfig
 from esort_jax.config import ConfigError, from_dict, to_dict
 from esort_jax.evaluate import EvaluationResult, evaluate
 from esort_jax.infer import InferenceConfig
-from esort_jax.io.labels import load_labels
+from esort_jax.realdata.labeller import load_labels
 from esort_jax.io.loader import RecordingSource
 from esort_jax.io.phy import PhyExportConfig
-from esort_jax.labels import check_labels_fit
+from esort_jax.realdata.labeller import check_labels_fit
 from esort_jax.model import ModelConfig
 from esort_jax.pipeline import EvaluationConfig
 from esort_jax.postprocess import PostprocessConfig
-from esort_jax.preprocess import PreprocessConfig, preprocessed_recording
-from esort_jax.quality import QualityFilter
-from esort_jax.sorter import as_recording, esort_from_labels, write_outputs
+from esort_jax.realdata.preprocess import PreprocessConfig, preprocessed_recording
+from esort_jax.realdata.quality import QualityFilter
+from esort_jax.realdata.workflow import as_recording, esort_from_labels, write_outputs
 from esort_jax.train import TrainConfig
 from esort_jax.transfer import TransferConfig
 from esort_jax.windows import WindowConfig

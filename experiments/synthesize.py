@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 
 from data_gen import SynthesisConfig, synthesize
 from esort_jax.io import write_recording_folder
-from esort_jax.summary import recording_summary, unit_table_text
+from esort_jax.report.summary import recording_summary, unit_table_text
 from experiments._common import Run
 
 

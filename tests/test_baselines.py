@@ -14,8 +14,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from esort_jax import baselines, comparison
-from esort_jax.baselines import BaselinesConfig, SorterFailed, shift_sorting, sorted_span
+from esort_jax.realdata import baselines, comparison
+from esort_jax.realdata.baselines import BaselinesConfig, SorterFailed, shift_sorting, sorted_span
 from esort_jax.config import ConfigError, from_dict
 from esort_jax.evaluate import evaluate
 from esort_jax.model import ModelConfig

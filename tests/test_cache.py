@@ -1,7 +1,7 @@
 import multiprocessing
 import time
 
-from esort_jax.cache import cached, config_hash
+from esort_jax.runtime.cache import cached, config_hash
 
 
 def test_hash_ignores_dict_order_and_sees_values():

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from esort_jax.curves import (
+from esort_jax.report.curves import (
     aggregate,
     curve,
     k_to_reach,

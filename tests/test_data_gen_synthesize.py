@@ -216,7 +216,7 @@ def test_pretraining_data_on_the_geometry_of_an_existing_recording(tmp_path):
 def test_synthesis_fixes_the_mmap_threshold_where_glibc_allocates():
     import platform
 
-    from esort_jax.heap import fix_mmap_threshold
+    from esort_jax.runtime.host_memory import fix_mmap_threshold
 
     # glibc: mallopt accepted (the threshold that keeps peak memory flat with duration);
     # elsewhere a no-op that says so.

@@ -87,7 +87,7 @@ def test_spikeglx_neuropixels_folder(tmp_path):
     the .meta gains, NP1 geometry from the imro table, phase shift in the preprocessing (the
     stream carries inter_sample_shift), a wrong stream named with the ones there are."""
     from esort_jax.io.loader import detect_format, open_spikeinterface_recording
-    from esort_jax.preprocess import PreprocessConfig, preprocessed_recording
+    from esort_jax.realdata.preprocess import PreprocessConfig, preprocessed_recording
     from tests._spikeglx import NP1_UV_PER_BIT, write_spikeglx_np1
 
     rng = np.random.default_rng(0)

@@ -1,4 +1,4 @@
-"""The native layer-1 kernel of the training step (esort_jax.native.window_dense) against the
+"""The native layer-1 kernel of the training step (esort_jax.fast.native.window_dense) against the
 XLA path: values, gradients, BatchNorm statistics, the train step's choice and its errors."""
 
 import jax
@@ -8,7 +8,7 @@ import optax
 import pytest
 from flax import nnx
 
-from esort_jax import native
+from esort_jax.fast import native
 from esort_jax.model import ESortNet, ModelConfig, contract_leading
 from esort_jax.train import TrainConfig, make_mesh, resolve_kernel
 

@@ -23,11 +23,11 @@ from esort_jax.io import (
     to_spikeinterface_recording,
     to_spikeinterface_sorting,
 )
-from esort_jax.io.labels import load_labels
+from esort_jax.realdata.labeller import load_labels
 from esort_jax.io.phy import PhyFormatError, read_phy_folder, template_similarity, write_phy_folder
-from esort_jax.labels import LabelFitError, SorterLabels, check_labels_fit, make_unit_table
-from esort_jax.preprocess import PreprocessConfig, preprocess, preprocessed_recording
-from esort_jax.quality import QualityFilter, isi_violations, select_units
+from esort_jax.realdata.labeller import LabelFitError, SorterLabels, check_labels_fit, make_unit_table
+from esort_jax.realdata.preprocess import PreprocessConfig, preprocess, preprocessed_recording
+from esort_jax.realdata.quality import QualityFilter, isi_violations, select_units
 from esort_jax.train import TrainConfig
 from tests._tiny import FS, TINY_MODEL, fast_compile, tiny_recording  # noqa: F401  (fixture)
 
@@ -320,7 +320,7 @@ def test_run_esort_recovers_the_units_and_writes_loadable_outputs(tmp_path):
     from esort_jax import checkpoint as ckpt
     from esort_jax.infer import fold_batchnorm
     from esort_jax.sort import SORTING_DEFAULTS, sort_recording
-    from esort_jax.sorter import run_esort
+    from esort_jax.realdata.workflow import run_esort
 
     recording, truth = tiny_recording(num_channels=8, num_units=3, duration_s=3.0, amplitude=10.0, seed=3)
     si_sorting = run_esort(

@@ -2,7 +2,7 @@
 acquisition formats through SpikeInterface (SpikeGLX, Open Ephys, NWB, raw binary).
 
 The Phy/Kilosort reader and writer live in `esort_jax.io.phy`, sorter labels in
-`esort_jax.io.labels` (both import SpikeInterface when used).
+`esort_jax.realdata.labeller` (both import SpikeInterface when used).
 """
 
 from esort_jax.io.folder import (

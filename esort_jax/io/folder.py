@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from esort_jax.io.atomic import atomic_folder, write_json, write_npz
-from esort_jax.provenance import provenance
+from esort_jax.runtime.provenance import provenance
 from esort_jax.recording import ArrayTraces, Drift, GroundTruth, Recording, Sorting
 
 __all__ = [

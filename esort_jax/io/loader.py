@@ -13,7 +13,7 @@
 
 `format='auto'` (the default) recognises all but raw binary; `format=` forces a reader.
 `open_spikeinterface_recording` gives the same recordings as lazy SpikeInterface objects (for
-SpikeInterface's preprocessing, see esort_jax.preprocess).
+SpikeInterface's preprocessing, see esort_jax.realdata.preprocess).
 """
 
 from __future__ import annotations

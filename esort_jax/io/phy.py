@@ -6,7 +6,7 @@ we check what it does not: which required files are missing (named, with what wa
 the arrays agree in length, and we build the unit table (label from Phy's `group` column,
 else Kilosort's `KSLabel`; spike count; firing rate; peak channel and template peak-to-peak from
 templates.npy + channel_map.npy [+ template_ind.npy, Kilosort 4: templates_ind.npy]) and the
-channel references that `esort_jax.labels.check_labels_fit` checks against the recording.
+channel references that `esort_jax.realdata.labeller.check_labels_fit` checks against the recording.
 Clusters that spike_clusters.npy has but the cluster tables do not list are dropped by
 `read_phy`; we report them.
 
@@ -28,7 +28,7 @@ import numpy as np
 from esort_jax.config import require
 from esort_jax.io.atomic import atomic_folder
 from esort_jax.io.folder import RecordingFormatError
-from esort_jax.labels import SorterLabels, make_unit_table, unit_label
+from esort_jax.realdata.labeller import SorterLabels, make_unit_table, unit_label
 from esort_jax.recording import Recording, Sorting
 
 __all__ = [

@@ -1,7 +1,7 @@
 """E-Sort the way SpikeInterface users call a sorter, trained from another sorter's output.
 
     import spikeinterface.extractors as se
-    from esort_jax.sorter import run_esort
+    from esort_jax.realdata.workflow import run_esort
 
     recording = se.read_spikeglx("/data/run_g0")                  # any SpikeInterface recording
     sorting = run_esort(recording, "/data/ks4/sorter_output",      # labels: Phy/Kilosort folder,
@@ -33,14 +33,14 @@ from esort_jax.config import ConfigError, to_dict
 from esort_jax.evaluate import EvaluationResult, evaluate
 from esort_jax.infer import InferenceConfig, fold_batchnorm
 from esort_jax.io.atomic import atomic_folder, write_json
-from esort_jax.io.labels import load_labels
+from esort_jax.realdata.labeller import load_labels
 from esort_jax.io.phy import PhyExportConfig, write_phy_folder, write_sorting_folder
-from esort_jax.labels import SorterLabels, check_labels_fit
+from esort_jax.realdata.labeller import SorterLabels, check_labels_fit
 from esort_jax.model import ModelConfig
 from esort_jax.pipeline import EvaluationConfig, Fitted, fit, validation_threshold
 from esort_jax.postprocess import PostprocessConfig
-from esort_jax.preprocess import PreprocessConfig, preprocessed_recording
-from esort_jax.quality import QualityFilter, UnitSelection, select_units
+from esort_jax.realdata.preprocess import PreprocessConfig, preprocessed_recording
+from esort_jax.realdata.quality import QualityFilter, UnitSelection, select_units
 from esort_jax.recording import Recording, Sorting
 from esort_jax.sort import SORTING_DEFAULTS, SortResult, sort_recording
 from esort_jax.train import TrainConfig
@@ -217,7 +217,7 @@ def esort_from_labels(
       recording: a SpikeInterface recording or our Recording (preprocessed with `preprocess`
         when given; none by default: pass it preprocessed, or a PreprocessConfig).
       labels: a Phy/Kilosort folder, a SpikeInterface sorting (object or folder), a Sorting,
-        or SorterLabels (see esort_jax.io.labels.load_labels).
+        or SorterLabels (see esort_jax.realdata.labeller.load_labels).
       train_seconds: the training span [0, train_seconds) whose labels E-Sort learns from.
       checkpoint: a pretrained checkpoint whose backbone starts the network (transfer);
         None trains from scratch. `init` ('transfer' | 'scratch') defaults accordingly.

@@ -69,7 +69,7 @@ class RunLogger:
         try:
             import wandb
         except ImportError:  # pragma: no cover - wandb is a pinned core requirement
-            print("esort_jax.log: wandb is not installed; logging to metrics.jsonl only", file=sys.stderr)
+            print("esort_jax.runtime.log: wandb is not installed; logging to metrics.jsonl only", file=sys.stderr)
             return
         os.environ.setdefault("WANDB_SILENT", "true")
         try:
@@ -88,7 +88,7 @@ class RunLogger:
             self._wandb = wandb
         except Exception as error:  # never let logging kill a run
             print(
-                f"esort_jax.log: W&B ({self.config.mode}) could not start ({type(error).__name__}: "
+                f"esort_jax.runtime.log: W&B ({self.config.mode}) could not start ({type(error).__name__}: "
                 f"{error}); logging to {self.run_dir / 'metrics.jsonl'} only",
                 file=sys.stderr,
             )

@@ -20,7 +20,7 @@ import dataclasses
 import numpy as np
 
 from esort_jax.config import require
-from esort_jax.labels import UNIT_LABELS, SorterLabels, subset_units
+from esort_jax.realdata.labeller import UNIT_LABELS, SorterLabels, subset_units
 from esort_jax.recording import Sorting
 
 __all__ = ["QualityFilter", "UnitSelection", "isi_violations", "select_units"]

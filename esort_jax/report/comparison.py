@@ -25,7 +25,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from esort_jax import curves
+from esort_jax.report import curves
 
 __all__ = [
     "METRIC_KEYS",
@@ -112,8 +112,8 @@ def k_to_reach_level(rows: Sequence[dict], level: float, metric: str = "accuracy
     """Labelled spikes per unit the E-Sort arms need to reach `level` of `metric`.
 
     Reads each arm's curve over K from the rows (linear in log K between measured K, first
-    crossing; `esort_jax.curves.k_to_reach`) and the ratio K_scratch / K_transfer with its
-    censoring (`esort_jax.curves.reduction_at`). Returns {level, metric, ks, transfer: {k,
+    crossing; `esort_jax.report.curves.k_to_reach`) and the ratio K_scratch / K_transfer with its
+    censoring (`esort_jax.report.curves.reduction_at`). Returns {level, metric, ks, transfer: {k,
     status}, scratch: {k, status}, ratio, bound, ratio_lower_bound (when scratch never gets
     there), text}. An arm without rows has k None and status 'missing'.
     """

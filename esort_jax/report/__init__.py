@@ -1,0 +1,1 @@
+"""Reporting: label-efficiency curves, comparison tables, text tables, CSV files and plots."""
