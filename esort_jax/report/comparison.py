@@ -39,7 +39,7 @@ __all__ = [
 
 # Scalar metrics every row carries (None when not applicable or not measured).
 METRIC_KEYS = (
-    "accuracy_pooled", "accuracy_mean", "accuracy_median", "precision", "recall",
+    "accuracy_pooled", "accuracy_mean", "accuracy_median", "precision_pooled", "recall_pooled",
     "well_detected", "n_units", "num_units_found", "sort_seconds", "sorted_duration_s",
     "train_seconds", "sorter_version",
 )
@@ -165,8 +165,8 @@ TABLE_COLUMNS = (
     ("accuracy_pooled", "acc_pool", "{:>8.3f}", 8),
     ("accuracy_mean", "acc_mean", "{:>8.3f}", 8),
     ("accuracy_median", "acc_med", "{:>8.3f}", 8),
-    ("precision", "prec", "{:>6.3f}", 6),
-    ("recall", "recall", "{:>6.3f}", 6),
+    ("precision_pooled", "prec", "{:>6.3f}", 6),
+    ("recall_pooled", "recall", "{:>6.3f}", 6),
     ("well_detected", "well", "{:>5d}", 5),
     ("num_units_found", "found", "{:>5d}", 5),
     ("n_units", "units", "{:>5d}", 5),
