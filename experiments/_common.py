@@ -37,20 +37,27 @@ from esort_jax.runtime.log import LoggerConfig, RunLogger
 from esort_jax.runtime.provenance import provenance
 from esort_jax.train import configure_host_allocator
 
-__all__ = ["Run", "run_dir", "device_info", "to_container", "typed", "pipeline_config"]
+__all__ = ["Run", "prepare_process", "register_resolvers", "run_dir", "device_info", "to_container", "typed",
+           "pipeline_config"]
 
-# `${add:${seed},1000}`: derived seeds in configs (e.g. the pretraining source's).
-if not OmegaConf.has_resolver("add"):
-    OmegaConf.register_new_resolver("add", lambda *values: sum(values))
+def register_resolvers() -> None:
+    """The OmegaConf resolvers the configs use: `${add:${seed},1000}` (derived seeds, e.g. the
+    pretraining source's)."""
+    if not OmegaConf.has_resolver("add"):
+        OmegaConf.register_new_resolver("add", lambda *values: sum(values))
 
-# Keep XLA's per-step scratch memory mapped instead of page-faulting it afresh every step
-# (30-40 % of a training step on CPU; see esort_jax.train.configure_host_allocator). Must run
-# before JAX's first computation, so it happens at import of this module.
-configure_host_allocator()
 
-# JAX logs at INFO that it probed for TPU/GPU plugins; Hydra's logging set-up would print it.
-logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
-logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every save step at INFO
+def prepare_process() -> None:
+    """Process-wide set-up every entry point calls first, before Hydra composes its config and
+    before JAX computes anything: the config resolvers; glibc malloc keeping XLA's per-step
+    scratch memory mapped instead of page-faulting it afresh every step (30-40 % of a training
+    step on CPU; see configure_host_allocator); JAX's and absl's INFO chatter off (Hydra's
+    logging set-up would print JAX's plugin probing and orbax's every save step)."""
+    register_resolvers()
+    configure_host_allocator()
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
+    logging.getLogger("absl").setLevel(logging.WARNING)
+
 
 T = TypeVar("T")
 

@@ -47,7 +47,7 @@ from esort_jax.io import write_sorting_npz
 from esort_jax.io.atomic import atomic_file
 from esort_jax.model import ModelConfig
 from esort_jax.windows import WindowConfig, split_spans
-from experiments._common import Run, to_container
+from experiments._common import Run, prepare_process, to_container
 from experiments._data import obtain_recording
 from experiments._stages import arm_config, pretrained_on_source, run_arm
 
@@ -375,4 +375,5 @@ def main(cfg: DictConfig) -> dict:
 
 
 if __name__ == "__main__":
+    prepare_process()
     main()

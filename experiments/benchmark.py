@@ -36,7 +36,7 @@ from esort_jax.infer import InferenceConfig, fold_batchnorm, iter_probabilities,
 from esort_jax.model import ModelConfig
 from esort_jax.postprocess import PostprocessConfig, find_spikes
 from esort_jax.sort import sort_recording
-from experiments._common import Run
+from experiments._common import Run, prepare_process
 
 
 def benchmark_network(run, recording, truth, model_config: ModelConfig, cfg, seed: int):
@@ -272,4 +272,5 @@ def _recording(run, data: SynthesisConfig):
 
 
 if __name__ == "__main__":
+    prepare_process()
     main()

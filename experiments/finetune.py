@@ -22,7 +22,7 @@ from esort_jax.config import ConfigError, to_dict
 from esort_jax.io import read_sorting_npz
 from esort_jax.io.atomic import atomic_folder, write_json
 from esort_jax.sort import SORTING_DEFAULTS
-from experiments._common import Run
+from experiments._common import Run, prepare_process
 from experiments._data import obtain_recording
 from experiments._stages import run_arm
 
@@ -72,4 +72,5 @@ def main(cfg: DictConfig) -> dict:
 
 
 if __name__ == "__main__":
+    prepare_process()
     main()

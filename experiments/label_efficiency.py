@@ -35,7 +35,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from data_gen import SynthesisConfig
 from esort_jax.report import curves
 from esort_jax.config import ConfigError
-from experiments._common import Run, pipeline_config, to_container, typed
+from experiments._common import Run, pipeline_config, prepare_process, to_container, typed
 from experiments._data import obtain_recording
 from experiments._stages import arm_config, pretrained_on_source, run_arm
 
@@ -400,4 +400,5 @@ def main(cfg: DictConfig) -> dict:
 
 
 if __name__ == "__main__":
+    prepare_process()
     main()

@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 from esort_jax.config import ConfigError
 from esort_jax.io.atomic import atomic_folder
 from esort_jax.pipeline import fit
-from experiments._common import Run
+from experiments._common import Run, prepare_process
 from experiments._data import obtain_recording
 from experiments._stages import epoch_logger
 
@@ -53,4 +53,5 @@ def main(cfg: DictConfig) -> dict:
 
 
 if __name__ == "__main__":
+    prepare_process()
     main()

@@ -25,7 +25,7 @@ from esort_jax.io.atomic import atomic_folder
 from esort_jax.postprocess import PostprocessConfig
 from esort_jax.realdata.preprocess import preprocess_as_trained
 from esort_jax.sort import SORTING_DEFAULTS, sort_recording
-from experiments._common import Run
+from experiments._common import Run, prepare_process
 from experiments._data import obtain_recording
 
 
@@ -118,4 +118,5 @@ def main(cfg: DictConfig) -> dict:
 
 
 if __name__ == "__main__":
+    prepare_process()
     main()

@@ -41,7 +41,7 @@ from esort_jax.runtime.artifacts import synthesis_key
 from esort_jax.train import TrainConfig
 from esort_jax.transfer import TransferConfig
 from esort_jax.windows import WindowConfig
-from experiments._common import Run, to_container
+from experiments._common import Run, prepare_process, to_container
 from experiments._data import obtain_recording
 from experiments._stages import epoch_logger
 
@@ -223,4 +223,5 @@ def main(cfg: DictConfig) -> dict:
 
 
 if __name__ == "__main__":
+    prepare_process()
     main()

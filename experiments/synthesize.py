@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 from data_gen import SynthesisConfig, synthesize
 from esort_jax.io import write_recording_folder
 from esort_jax.report.summary import recording_summary, unit_table_text
-from experiments._common import Run
+from experiments._common import Run, prepare_process
 
 
 @hydra.main(version_base=None, config_path="../conf", config_name="synthesize")
@@ -51,4 +51,5 @@ def main(cfg: DictConfig) -> dict:
 
 
 if __name__ == "__main__":
+    prepare_process()
     main()

@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 
 from data_gen import SynthesisConfig
 from esort_jax.config import ConfigError
-from experiments._common import Run
+from experiments._common import Run, prepare_process
 from experiments._data import obtain_recording
 from experiments._stages import arm_config, pretrained_on_source, run_arm
 
@@ -94,4 +94,5 @@ def main(cfg: DictConfig) -> dict:
 
 
 if __name__ == "__main__":
+    prepare_process()
     main()

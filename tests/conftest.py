@@ -8,3 +8,7 @@ os.environ.setdefault("WANDB_SILENT", "true")
 import jax  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+from experiments._common import register_resolvers  # noqa: E402
+
+register_resolvers()  # what every entry point does first; in-process config composition needs it
