@@ -20,6 +20,7 @@ provenance (git commit, package versions, time) and the resolved config.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import sys
@@ -37,14 +38,21 @@ from esort_jax.runtime.log import LoggerConfig, RunLogger
 from esort_jax.runtime.provenance import provenance
 from esort_jax.train import configure_host_allocator
 
-__all__ = ["Run", "prepare_process", "register_resolvers", "run_dir", "device_info", "to_container", "typed",
+__all__ = ["Run", "RunFolderError", "prepare_process", "register_resolvers", "run_dir", "device_info", "to_container", "typed",
            "pipeline_config"]
 
 def register_resolvers() -> None:
     """The OmegaConf resolvers the configs use: `${add:${seed},1000}` (derived seeds, e.g. the
     pretraining source's)."""
     if not OmegaConf.has_resolver("add"):
-        OmegaConf.register_new_resolver("add", lambda *values: sum(values))
+        OmegaConf.register_new_resolver("add", _add)
+
+
+def _add(*values: Any) -> Any:
+    """`${add:a,b,...}`: the sum of numbers (a clear error for anything else)."""
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        raise ConfigError(f"${{add:...}} adds numbers; got {list(values)}")
+    return sum(values)
 
 
 def prepare_process() -> None:
@@ -132,19 +140,65 @@ def pipeline_config(
     return PipelineConfig(**stages)
 
 
+RESULTS = "results.json"
+
+
+class RunFolderError(ConfigError):
+    """The run folder holds another run's results; nothing was written."""
+
+
 class Run:
-    """One experiment run: typed config access, stage timing, logger and results.json."""
+    """One experiment run: typed config access, stage timing, logger and results.json.
+
+    Entering checks the run folder first (a folder holding another experiment's results, or a
+    finished run of this one without `overwrite=true`, is refused before anything is written),
+    then resolves the config and starts the logger; from then on every outcome, including a
+    config error while setting up, ends in results.json with `status` 'ok' or 'failed'.
+    """
 
     def __init__(self, cfg: DictConfig, experiment: str, output_dir: str | os.PathLike | None = None):
         self.cfg = cfg
         self.experiment = experiment
         self.dir = Path(output_dir) if output_dir is not None else run_dir()
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.resolved = to_container(cfg)
+        self.resolved: Any = None
         self.results: dict[str, Any] = {}
         self.seconds: dict[str, float] = {}
         self.logger: RunLogger | None = None
         self._started = time.perf_counter()
+
+    def __enter__(self) -> "Run":
+        self._check_folder()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            seed = OmegaConf.select(self.cfg, "seed", default=0, throw_on_resolution_failure=False)
+            if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+                raise ConfigError(f"seed: must be an integer >= 0; got {seed!r}")
+            self.resolved = to_container(self.cfg)
+            logger_cfg = from_dict(LoggerConfig, to_container(self.cfg.get("logger")), "logger")
+            self.logger = RunLogger(logger_cfg, self.dir, run_config=self.resolved)
+        except BaseException as error:
+            self.__exit__(type(error), error, error.__traceback__)
+            raise
+        return self
+
+    def _check_folder(self) -> None:
+        """Refuse a folder whose results.json belongs to another experiment, or to a finished run
+        of this one (unless cfg.overwrite); a failed or killed run of this one may continue."""
+        path = self.dir / RESULTS
+        if not path.is_file():
+            return
+        try:
+            previous = json.loads(path.read_text())
+            other, status = previous.get("experiment"), previous.get("status")
+        except (ValueError, AttributeError) as error:
+            raise RunFolderError(f"{path} exists but is not a readable results file ({error}); choose another "
+                                 "run folder (hydra.run.dir=...) or remove it") from None
+        if other != self.experiment:
+            raise RunFolderError(f"{self.dir} holds the results of a {other!r} run ({RESULTS}); {self.experiment} "
+                                 "will not overwrite them: choose another run folder (hydra.run.dir=...)")
+        if status == "ok" and not bool(OmegaConf.select(self.cfg, "overwrite", default=False)):
+            raise RunFolderError(f"{self.dir} holds a finished {self.experiment} run ({RESULTS}, status ok); choose "
+                                 "another run folder (hydra.run.dir=...) or pass overwrite=true to replace it")
 
     def typed(self, cls: type[T], key: str) -> T:
         """cfg[key] converted to dataclass `cls`; ConfigError names the dotted key."""
@@ -166,27 +220,23 @@ class Run:
             self.seconds[name] = self.seconds.get(name, 0.0) + elapsed
             print(f"[{self.experiment}] {name} done in {elapsed:.1f} s", flush=True)
 
-    def __enter__(self) -> "Run":
-        logger_cfg = from_dict(LoggerConfig, to_container(self.cfg.get("logger")), "logger")
-        self.logger = RunLogger(logger_cfg, self.dir, run_config=self.resolved)
-        return self
-
     def write_results(self, status: str = "ok", error: str | None = None) -> Path:
         import jax  # noqa: F401  (device info)
 
         self.seconds["total"] = time.perf_counter() - self._started
+        config = self.resolved if self.resolved is not None else OmegaConf.to_container(self.cfg, resolve=False)
         payload = {
             "experiment": self.experiment,
             "status": status,
             **({"error": error} if error else {}),
             **self.results,
-            "seed": self.resolved.get("seed") if isinstance(self.resolved, dict) else None,
+            "seed": config.get("seed") if isinstance(config, dict) else None,
             "seconds": self.seconds,
             "devices": device_info(),
             "provenance": provenance(),
-            "config": self.resolved,
+            "config": config,
         }
-        path = self.dir / "results.json"
+        path = self.dir / RESULTS
         write_json(path, payload)
         return path
 
