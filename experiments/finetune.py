@@ -27,6 +27,7 @@ from esort_jax.sort import SORTING_DEFAULTS
 from esort_jax.model import ModelConfig
 from esort_jax.pipeline import EvaluationConfig
 from esort_jax.postprocess import PostprocessConfig
+from esort_jax.report.tables import evaluation_table
 from esort_jax.train import TrainConfig
 from esort_jax.transfer import TransferConfig
 from esort_jax.windows import WindowConfig
@@ -90,7 +91,7 @@ def main(cfg: DictConfig) -> dict:
             })
         metrics["checkpoint"] = str(final)
         run.results.update(target=info, **{transfer.init: metrics})
-        print(outcome.evaluation.table())
+        print(evaluation_table(outcome.evaluation))
     return run.results
 
 

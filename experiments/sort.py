@@ -25,6 +25,7 @@ from esort_jax.io.atomic import atomic_folder
 from esort_jax.pipeline import EvaluationConfig
 from esort_jax.postprocess import PostprocessConfig
 from esort_jax.realdata.preprocess import PreprocessConfig
+from esort_jax.report.tables import evaluation_table
 from esort_jax.sort import SORTING_DEFAULTS, sort_recording
 from esort_jax.realdata.workflow import as_recording
 from experiments._common import Run
@@ -124,7 +125,7 @@ def main(cfg: DictConfig) -> dict:
                 span=(start + anchor, stop - window + 1 + anchor),
             )
             run.results["metrics"] = scored.to_dict()
-            print(scored.table())
+            print(evaluation_table(scored))
         print(
             f"[sort] {result.sorting.num_spikes} spikes of {result.sorting.num_units} units in {duration:.1f} s "
             f"of recording, {result.seconds:.2f} s ({duration / max(result.seconds, 1e-9):.1f}x real time) -> {out}"
