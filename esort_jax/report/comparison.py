@@ -30,7 +30,7 @@ import numpy as np
 
 from esort_jax.report import curves
 from esort_jax.report.csv_writer import write_csv
-from esort_jax.report.tables import Column, table_lines
+from esort_jax.report.tables import ACCURACY_COLUMNS, Column, table_lines
 
 __all__ = [
     "METRIC_KEYS",
@@ -163,9 +163,7 @@ def k_to_reach_level(rows: Sequence[dict], level: float, metric: str = "accuracy
 
 
 TABLE_COLUMNS = (
-    Column("accuracy_pooled", "acc_pool", 8, ".3f"),
-    Column("accuracy_mean", "acc_mean", 8, ".3f"),
-    Column("accuracy_median", "acc_med", 8, ".3f"),
+    *ACCURACY_COLUMNS,
     Column("precision", "prec", 6, ".3f"),
     Column("recall", "recall", 6, ".3f"),
     Column("well_detected", "well", 5, "d"),

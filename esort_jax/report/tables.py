@@ -33,6 +33,7 @@ __all__ = [
     "Column",
     "MISSING",
     "table_lines",
+    "ACCURACY_COLUMNS",
     "ARMS_COLUMNS",
     "arms_table",
     "scores_table",
@@ -83,12 +84,16 @@ def table_lines(columns: Sequence[Column], rows: Iterable[Mapping | str]) -> lis
 # The experiments' tables
 
 
-# The demo's table (experiments/transfer.py): one row per arm.
-ARMS_COLUMNS = (
-    Column("arm", "arm", 9, align="<"),
+# Pooled, mean and median accuracy: the first numbers of every table that scores a sorting.
+ACCURACY_COLUMNS = (
     Column("accuracy_pooled", "acc_pool", 8, ".3f"),
     Column("accuracy_mean", "acc_mean", 8, ".3f"),
     Column("accuracy_median", "acc_med", 8, ".3f"),
+)
+# The demo's table (experiments/transfer.py): one row per arm.
+ARMS_COLUMNS = (
+    Column("arm", "arm", 9, align="<"),
+    *ACCURACY_COLUMNS,
     Column("precision", "prec", 8, ".3f"),
     Column("recall", "recall", 8, ".3f"),
     Column("well_detected", "well", 6, "d"),
@@ -104,9 +109,7 @@ def arms_table(results: Mapping, arms: Sequence[str]) -> str:
 
 SCORES_COLUMNS = (
     Column("name", "", 24, align="<"),
-    Column("accuracy_pooled", "acc_pool", 8, ".3f"),
-    Column("accuracy_mean", "acc_mean", 8, ".3f"),
-    Column("accuracy_median", "acc_med", 8, ".3f"),
+    *ACCURACY_COLUMNS,
     Column("precision_pooled", "prec", 8, ".3f"),
     Column("recall_pooled", "recall", 8, ".3f"),
     Column("well_detected", "well", 5, "d"),
