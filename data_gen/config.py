@@ -357,3 +357,11 @@ class SynthesisConfig:
             _key(where, "firing.refractory_ms"),
             f"must be at least one sample ({1e3 / self.sampling_frequency:g} ms)",
         )
+
+    def on_geometry(self, positions_um, sampling_frequency: float) -> "SynthesisConfig":
+        """This config on another probe's sites (all of them, whatever block `probe.n_channels` /
+        `probe.first_channel` selected from a named probe) and sampling rate: e.g. a recording's
+        own, to make pretraining data for its probe."""
+        positions = tuple(tuple(float(v) for v in p) for p in positions_um)
+        probe = dataclasses.replace(self.probe, positions_um=positions, n_channels=None, first_channel=0)
+        return dataclasses.replace(self, probe=probe, sampling_frequency=float(sampling_frequency))

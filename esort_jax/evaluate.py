@@ -52,14 +52,58 @@ from typing import Any, Literal
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from esort_jax.config import require
 from esort_jax.recording import Sorting
 
 __all__ = [
+    "EvaluationConfig",
     "EvaluationResult",
+    "METRIC_ALIASES",
     "evaluate",
     "match_count_matrix",
+    "scored_span",
     "tolerance_to_samples",
 ]
+
+# Keys older results.json files used for a metric that now has one name (report readers map them).
+METRIC_ALIASES = {"precision": "precision_pooled", "recall": "recall_pooled"}
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationConfig:
+    """How a fitted network is judged (conf/evaluation/).
+
+    Attributes:
+      tolerance_ms: spike matching tolerance (SpikeInterface default 0.4 ms; the paper used
+        30 samples ≈ 0.94 ms at 32 kHz).
+      threshold: a fixed post-processing threshold; None sweeps `thresholds` on the validation
+        part of the training region and keeps the best by `threshold_metric`.
+      thresholds: the sweep (paper: 0.5 … 2.9 with the peak-normalised 17-tap kernel).
+      threshold_metric: what the sweep maximises.
+      window_metrics_max: windows of the evaluation span scored at window level (0: skip).
+    """
+
+    tolerance_ms: float = 0.4
+    threshold: float | None = None
+    thresholds: tuple[float, ...] = tuple(round(0.5 + 0.2 * i, 2) for i in range(13))
+    threshold_metric: str = "accuracy_pooled"
+    window_metrics_max: int = 16384
+
+    def validate(self, where: str = "evaluation") -> None:
+        require(self.tolerance_ms > 0, f"{where}.tolerance_ms", f"must be > 0; got {self.tolerance_ms}")
+        require(len(self.thresholds) > 0, f"{where}.thresholds", "must list at least one value")
+        require(
+            all(t > 0 for t in self.thresholds), f"{where}.thresholds", f"must be > 0; got {list(self.thresholds)}"
+        )
+        require(self.window_metrics_max >= 0, f"{where}.window_metrics_max", "must be >= 0")
+
+
+def scored_span(span: tuple[int, int], *, window: int, anchor: int) -> tuple[int, int]:
+    """The samples a sort of `span` = [s0, s1) can report spikes at, and so where it is scored:
+    the anchors of the windows lying inside it, [s0 + anchor, s1 - window + 1 + anchor).
+    Baseline sorters and the labeller are scored on the same stretch."""
+    s0, s1 = int(span[0]), int(span[1])
+    return (s0 + anchor, s1 - window + 1 + anchor)
 
 
 def tolerance_to_samples(tolerance_ms: float, sampling_frequency: float) -> int:

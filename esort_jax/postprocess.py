@@ -29,7 +29,7 @@ with 0 < |t' - t| < d has a larger height, or the same height and t' < t. Peaks 
 apart both stay (like scipy.signal.find_peaks' `distance`, which however is greedy: there a
 dropped peak no longer removes others; here the rule is non-iterative, so it is local and
 chunk-invariant). Raising the threshold removes exactly the spikes whose score is below it (a
-spike is only ever removed by a higher one), which `choose_threshold` uses.
+spike is only ever removed by a higher one), which `esort_jax.threshold.sweep_thresholds` uses.
 
 Chunks. The host driver `find_spikes` cuts [0, T) into cores of `chunk_steps` samples; each
 chunk also gets h + 1 + (d-1) samples of context on the left and h + (d-1) + 32 on the right
@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Iterable, Literal, Sequence
+from typing import Any, Literal, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -63,12 +63,11 @@ __all__ = [
     "smooth",
     "postprocess_chunk",
     "find_spikes",
-    "choose_threshold",
 ]
 
 # Default threshold = this fraction of the smoothed maximum (the kernel's sum): 1.5 for the
 # paper's 17-tap 'peak' kernel (sum 9), inside the paper's sweep 0.5…2.9. A placeholder only:
-# experiments should replace it with `choose_threshold` on a TRAINING span.
+# the pipeline replaces it with `esort_jax.threshold.choose_threshold` on a TRAINING span.
 DEFAULT_THRESHOLD_FRACTION = 1.0 / 6.0
 _FAST_LOOKAHEAD = 4  # plateaus up to this length take the fast path
 _RIGHT_MARGIN = 32  # extra right context of a chunk beyond the min-distance reach
@@ -578,64 +577,3 @@ def find_spikes(
     order = np.lexsort((units, samples))
     sorting = Sorting(samples[order], units[order], unit_ids, sampling_frequency)
     return (sorting, scores[order]) if return_scores else sorting
-
-
-def choose_threshold(
-    p_NxT: Any,
-    sample_offset: int,
-    truth: Sorting,
-    thresholds: Iterable[float],
-    tolerance_ms: float = 0.4,
-    *,
-    config: PostprocessConfig | None = None,
-    unit_ids: Sequence | np.ndarray | None = None,
-    metric: str = "accuracy_pooled",
-    tolerance_samples: int | None = None,
-) -> tuple[float, dict[str, list]]:
-    """The threshold maximising `metric` on a TRAINING span, and the whole curve.
-
-    Callers must pass traces and ground truth of a training span (the labelled stretch used
-    for fitting), never of the evaluation span: the chosen threshold is a fitted parameter.
-
-    Spikes are detected once at the lowest threshold; each threshold keeps the spikes whose
-    score reaches it, which equals a separate run per threshold (see the module docstring).
-    Each is evaluated with known identities (row n of p is unit `unit_ids[n]`, default
-    `truth.unit_ids`) on the span the traces cover. Ties go to the lowest threshold.
-
-    Returns:
-      (best threshold, curve) with curve keys 'threshold', 'num_spikes' and the
-      EvaluationResult.to_dict() metrics (accuracy_pooled, precision_pooled, recall_pooled,
-      accuracy_mean, accuracy_median, precision_mean, recall_mean, well_detected).
-    """
-    from esort_jax.evaluate import evaluate
-
-    values = sorted(float(t) for t in thresholds)
-    if not values:
-        raise ValueError("thresholds must not be empty")
-    config = PostprocessConfig() if config is None else config
-    unit_ids = truth.unit_ids if unit_ids is None else np.asarray(unit_ids)
-    stats: dict = {}
-    sorting, scores = find_spikes(
-        p_NxT, sampling_frequency=truth.sampling_frequency, unit_ids=unit_ids,
-        sample_offset=sample_offset, config=config, threshold=values[0],
-        return_scores=True, stats=stats,
-    )
-    span = (int(sample_offset), int(sample_offset) + stats["num_steps"])
-    keys = ["accuracy_pooled", "precision_pooled", "recall_pooled", "accuracy_mean",
-            "accuracy_median", "precision_mean", "recall_mean", "well_detected"]
-    if metric not in keys:
-        raise ValueError(f"metric must be one of {keys}; got {metric!r}")
-    curve: dict[str, list] = {"threshold": [], "num_spikes": [], **{k: [] for k in keys}}
-    for value in values:
-        kept = sorting.select_spikes(scores >= np.float32(value))
-        summary = evaluate(
-            kept, truth, tolerance_ms=tolerance_ms, tolerance_samples=tolerance_samples,
-            identities="known", span=span,
-        ).to_dict()
-        curve["threshold"].append(value)
-        curve["num_spikes"].append(kept.num_spikes)
-        for k in keys:
-            curve[k].append(summary[k])
-    score = np.asarray(curve[metric], dtype=np.float64)
-    best = int(np.argmax(np.where(np.isnan(score), -np.inf, score)))
-    return values[best], curve

@@ -200,6 +200,29 @@ class Sorting:
         """A copy keeping the spikes where the boolean mask `keep` [S] is true (units unchanged)."""
         return dataclasses.replace(self, samples=self.samples[keep], unit_indices=self.unit_indices[keep])
 
+    def select_units(self, unit_indices: np.ndarray) -> "Sorting":
+        """A plain Sorting of only the units at `unit_indices` (in that order) and their spikes."""
+        unit_indices = np.asarray(unit_indices, dtype=np.int64).reshape(-1)
+        new_index = np.full(self.num_units, -1, dtype=np.int64)
+        new_index[unit_indices] = np.arange(unit_indices.size)
+        keep = new_index[self.unit_indices] >= 0
+        return Sorting(
+            samples=self.samples[keep],
+            unit_indices=new_index[self.unit_indices[keep]],
+            unit_ids=self.unit_ids[unit_indices],
+            sampling_frequency=self.sampling_frequency,
+        )
+
+    def unit_index_of(self, ids: Any) -> np.ndarray:
+        """Positions of the unit ids `ids` in `unit_ids`; KeyError naming the ids that are absent."""
+        ids = np.asarray(ids).reshape(-1)
+        position = {_id_key(u): k for k, u in enumerate(self.unit_ids.tolist())}
+        missing = [u for u in ids.tolist() if _id_key(u) not in position]
+        if missing:
+            raise KeyError(f"unit ids {missing[:10]}{' ...' if len(missing) > 10 else ''} are not among "
+                           f"this sorting's {self.num_units} units")
+        return np.array([position[_id_key(u)] for u in ids.tolist()], dtype=np.int64)
+
     @classmethod
     def from_unit_dict(cls, trains: dict, sampling_frequency: float) -> "Sorting":
         """Build from {unit_id: sample indices}."""
@@ -293,3 +316,8 @@ class GroundTruth(Sorting):
         if self.drift is None:
             return np.zeros(self.num_spikes)
         return self.drift.at(self.samples, self.unit_indices)
+
+
+def _id_key(unit_id: Any) -> Any:
+    """A unit id as a hashable key: numpy scalars as Python values (ids 3 and np.int64(3) match)."""
+    return unit_id.item() if isinstance(unit_id, np.generic) else unit_id

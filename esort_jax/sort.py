@@ -1,8 +1,10 @@
-"""Sorting a recording with a trained network: inference streamed into post-processing.
+"""Stage 5 of the pipeline: sorting a span with a trained network, inference streamed into
+post-processing.
 
     params = infer.fold_batchnorm(model)
     result = sort_recording(params, recording, unit_ids, threshold=1.5)
     result.sorting        # esort_jax.recording.Sorting, spike samples = true anchor samples
+    sort_recording(..., split=train_end)   # the same spikes, the two sides timed separately
 
 Probability traces are never held whole: `infer.iter_probabilities` yields chunks that
 `postprocess.find_spikes` consumes as a stream. Spike times are the anchor sample of the
@@ -18,13 +20,13 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from esort_jax.infer import InferenceConfig, InferenceParams, iter_probabilities
-from esort_jax.postprocess import PostprocessConfig, choose_threshold, find_spikes
+from esort_jax.postprocess import PostprocessConfig, find_spikes
 from esort_jax.recording import Recording, Sorting
 
 # File written next to a fine-tuned checkpoint with the threshold chosen on its training region.
 SORTING_DEFAULTS = "sorting_defaults.json"
 
-__all__ = ["SORTING_DEFAULTS", "SortResult", "sort_recording", "probability_traces", "select_threshold"]
+__all__ = ["SORTING_DEFAULTS", "SortResult", "sort_recording"]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -39,6 +41,7 @@ class SortResult:
       inference_seconds: wall time spent producing probability traces (reading included).
       postprocess_seconds: wall time spent in peak picking.
       stats: post-processing counters (chunks, re-runs, ...).
+      parts: with a `split`, the two calls (before, rest) the spikes were taken from.
     """
 
     sorting: Sorting
@@ -48,6 +51,7 @@ class SortResult:
     inference_seconds: float
     postprocess_seconds: float
     stats: dict
+    parts: tuple = ()
 
     @property
     def seconds(self) -> float:
@@ -83,11 +87,15 @@ def sort_recording(
     postprocess_config: PostprocessConfig | None = None,
     start: int = 0,
     stop: int | None = None,
+    split: int | None = None,
 ) -> SortResult:
     """Spikes of every unit in [start, stop) of `recording`.
 
     Windows lying inside [start, stop) are evaluated (stop - start - W + 1 positions); their
-    anchors cover [start + anchor, stop - W + 1 + anchor).
+    anchors cover `evaluate.scored_span((start, stop))` = [start + anchor, stop - W + 1 + anchor).
+    With `split` (start < split < stop), [start, split) and [split, stop) are sorted by two calls
+    whose spikes together are those of one pass (`result.parts` holds both, e.g. to time the
+    rest of a recording after a training span on its own).
     """
     stop = recording.num_samples if stop is None else int(stop)
     postprocess_config = postprocess_config or PostprocessConfig()
@@ -97,6 +105,12 @@ def sort_recording(
     unit_ids = np.arange(params.num_units) if unit_ids is None else np.asarray(unit_ids)
     if unit_ids.size != params.num_units:
         raise ValueError(f"{unit_ids.size} unit ids given for a network with {params.num_units} units")
+    if split is not None:
+        return _sort_split(params, recording, unit_ids, int(split), infer_config, postprocess_config, start, stop)
+    return _sort_once(params, recording, unit_ids, infer_config, postprocess_config, start, stop)
+
+
+def _sort_once(params, recording, unit_ids, infer_config, postprocess_config, start, stop) -> SortResult:
     chunks = _TimedChunks(iter_probabilities(params, recording, infer_config, start=start, stop=stop))
     stats: dict = {}
     started = time.perf_counter()
@@ -121,50 +135,29 @@ def sort_recording(
     )
 
 
-def probability_traces(
-    params: InferenceParams,
-    recording: Recording,
-    *,
-    start: int = 0,
-    stop: int | None = None,
-    infer_config: InferenceConfig | None = None,
-) -> tuple[np.ndarray, int]:
-    """(P [N, steps], sample of column 0's anchor) for a short span (e.g. plots, thresholds)."""
-    stop = recording.num_samples if stop is None else int(stop)
-    pieces = [p for _, p in iter_probabilities(params, recording, infer_config, start=start, stop=stop)]
-    p_NxT = np.concatenate(pieces, axis=1) if pieces else np.zeros((params.num_units, 0), np.float32)
-    return p_NxT, start + params.anchor
-
-
-def select_threshold(
-    params: InferenceParams,
-    recording: Recording,
-    labels: Sorting,
-    span: tuple[int, int],
-    thresholds: Sequence[float],
-    *,
-    tolerance_ms: float = 0.4,
-    metric: str = "accuracy_pooled",
-    infer_config: InferenceConfig | None = None,
-    postprocess_config: PostprocessConfig | None = None,
-) -> tuple[float, dict]:
-    """Sweep thresholds on a LABELLED TRAINING span (never the evaluation span).
-
-    `labels` are the spikes known on that span (ground truth, or the labelling sorter's output
-    over the initial stretch); `labels.unit_ids` must be the network's units in order.
-    Returns (best threshold, curve dict as in postprocess.choose_threshold).
-    """
-    p_NxT, offset = probability_traces(params, recording, start=span[0], stop=span[1], infer_config=infer_config)
-    best, curve = choose_threshold(
-        p_NxT,
-        offset,
-        labels.in_span(*span),
-        thresholds,
-        tolerance_ms=tolerance_ms,
-        config=postprocess_config,
-        unit_ids=labels.unit_ids,
-        metric=metric,
+def _sort_split(params, recording, unit_ids, split, infer_config, postprocess_config, start, stop) -> SortResult:
+    """[start, split) and [split, stop) in two calls. Each reads `margin` samples past the split
+    (smoothing half-width, neighbour, min-distance reach) so the peaks near it see the same
+    context as in one pass; spikes are taken from the call whose side of the split their
+    anchor is on."""
+    window, anchor = params.window, params.anchor
+    if not start + window <= split <= stop - window:
+        raise ValueError(f"split {split} must leave a window ({window} samples) on each side of the sorted "
+                         f"span [{start}, {stop})")
+    margin = postprocess_config.half_width + max(postprocess_config.min_distance_samples - 1, 0) + 2
+    common = (params, recording, unit_ids, infer_config, postprocess_config)
+    before = _sort_once(*common, start, min(split + window - 1 + margin, stop))
+    rest = _sort_once(*common, max(split - margin, start), stop)
+    cut = split + anchor
+    keep_before, keep_rest = before.sorting.samples < cut, rest.sorting.samples >= cut
+    samples = np.concatenate([before.sorting.samples[keep_before], rest.sorting.samples[keep_rest]])
+    units = np.concatenate([before.sorting.unit_indices[keep_before], rest.sorting.unit_indices[keep_rest]])
+    scores = np.concatenate([before.scores[keep_before], rest.scores[keep_rest]])
+    order = np.lexsort((units, samples))
+    merged = Sorting(samples[order], units[order], np.asarray(unit_ids), recording.sampling_frequency)
+    return SortResult(
+        sorting=merged, scores=scores[order], span=(int(start), int(stop)), threshold=rest.threshold,
+        inference_seconds=before.inference_seconds + rest.inference_seconds,
+        postprocess_seconds=before.postprocess_seconds + rest.postprocess_seconds,
+        stats={"before": before.stats, "rest": rest.stats}, parts=(before, rest),
     )
-    curve["span"] = [int(span[0]), int(span[1])]
-    curve["metric"] = metric
-    return best, curve

@@ -31,12 +31,13 @@ from typing import Any, Iterator, TypeVar
 from omegaconf import DictConfig, OmegaConf
 
 from esort_jax.config import ConfigError, from_dict
+from esort_jax.pipeline import PipelineConfig
 from esort_jax.io.atomic import write_json
 from esort_jax.runtime.log import LoggerConfig, RunLogger
 from esort_jax.runtime.provenance import provenance
 from esort_jax.train import configure_host_allocator
 
-__all__ = ["Run", "run_dir", "device_info", "to_container"]
+__all__ = ["Run", "run_dir", "device_info", "to_container", "typed", "pipeline_config"]
 
 # `${add:${seed},1000}`: derived seeds in configs (e.g. the pretraining source's).
 if not OmegaConf.has_resolver("add"):
@@ -83,6 +84,47 @@ def device_info() -> dict:
     }
 
 
+def typed(cls: type[T], cfg: DictConfig, key: str) -> T:
+    """cfg[key] (a dotted key) converted to dataclass `cls`; ConfigError names the key."""
+    return from_dict(cls, to_container(OmegaConf.select(cfg, key)), key)
+
+
+def pipeline_config(
+    cfg: DictConfig,
+    *,
+    windows: str = "windows",
+    train: str = "train",
+    transfer: str = "transfer",
+    init: str = "scratch",
+    checkpoint: str | None = None,
+    **changes,
+) -> PipelineConfig:
+    """The PipelineConfig of `cfg`: model, evaluation, infer, postprocess from their top-level
+    groups; windows, train and transfer from the given keys (e.g. 'finetune.windows'), the
+    transfer's `init` and `checkpoint` as given (experiments set them per arm); `changes`
+    replace whole stages (e.g. windows=...). Every stage is validated; errors name the key."""
+    from esort_jax.evaluate import EvaluationConfig
+    from esort_jax.infer import InferenceConfig
+    from esort_jax.model import ModelConfig
+    from esort_jax.postprocess import PostprocessConfig
+    from esort_jax.train import TrainConfig
+    from esort_jax.transfer import TransferConfig
+    from esort_jax.windows import WindowConfig
+
+    node = to_container(OmegaConf.select(cfg, transfer)) or {}
+    stages = dict(
+        model=typed(ModelConfig, cfg, "model"),
+        windows=typed(WindowConfig, cfg, windows),
+        train=typed(TrainConfig, cfg, train),
+        transfer=from_dict(TransferConfig, {**node, "init": init, "checkpoint": checkpoint}, transfer),
+        evaluation=typed(EvaluationConfig, cfg, "evaluation") if "evaluation" in cfg else EvaluationConfig(),
+        infer=typed(InferenceConfig, cfg, "infer") if "infer" in cfg else InferenceConfig(),
+        postprocess=typed(PostprocessConfig, cfg, "postprocess") if "postprocess" in cfg else PostprocessConfig(),
+    )
+    stages.update(changes)
+    return PipelineConfig(**stages)
+
+
 class Run:
     """One experiment run: typed config access, stage timing, logger and results.json."""
 
@@ -99,8 +141,11 @@ class Run:
 
     def typed(self, cls: type[T], key: str) -> T:
         """cfg[key] converted to dataclass `cls`; ConfigError names the dotted key."""
-        node = OmegaConf.select(self.cfg, key) if "." in key else self.cfg.get(key)
-        return from_dict(cls, to_container(node), key)
+        return typed(cls, self.cfg, key)
+
+    def pipeline_config(self, **keys) -> PipelineConfig:
+        """`pipeline_config(self.cfg, **keys)`."""
+        return pipeline_config(self.cfg, **keys)
 
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:

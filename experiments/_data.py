@@ -1,4 +1,5 @@
-"""Recordings for the experiments: load a file, or synthesise through the content-addressed cache.
+"""Recordings for the experiments from their config: load a file, or synthesise through the
+content-addressed cache (esort_jax.runtime.artifacts).
 
 A recording spec in the configs is
 
@@ -14,19 +15,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from data_gen import SynthesisConfig, write_synthetic
-from data_gen.synthesize import GENERATOR, GENERATOR_VERSION
-from esort_jax.runtime.cache import cached
-from esort_jax.config import ConfigError, to_dict
+from data_gen import SynthesisConfig
+from esort_jax.config import ConfigError
 from esort_jax.io import load_recording, read_recording_folder
 from esort_jax.recording import Recording, Sorting
+from esort_jax.runtime.artifacts import synthesised_recording
+from experiments._common import typed
 
-__all__ = ["obtain_recording", "synthesis_key"]
-
-
-def synthesis_key(data: SynthesisConfig) -> dict:
-    """What identifies a synthesised recording: the generator version and the full config."""
-    return {"generator": GENERATOR, "generator_version": GENERATOR_VERSION, "config": to_dict(data)}
+__all__ = ["obtain_recording", "source_synthesis"]
 
 
 def obtain_recording(
@@ -53,12 +49,21 @@ def obtain_recording(
             raise ConfigError(f"{key}: set {key}.path (a recording) or {key}.data (a synthesis config)")
         data = run.typed(SynthesisConfig, f"{key}.data")
     with run.stage(f"synthesize {key}"):
-        folder, hit = cached(
-            run.cfg.cache_dir,
-            "recordings",
-            synthesis_key(data),
-            lambda target: write_synthetic(data, target, progress=True),
-            force=bool(run.cfg.get("force_rebuild", False)),
-        )
+        folder, hit = synthesised_recording(data, run.cfg.cache_dir, force=bool(run.cfg.get("force_rebuild", False)))
     recording, labels = read_recording_folder(folder)
     return recording, labels, {"source": "synthesized", "path": str(folder), "cache_hit": hit}
+
+
+def source_synthesis(run, target: Recording, target_info: dict, cfg=None) -> SynthesisConfig | None:
+    """The pretraining source's synthesis config from cfg.source.data (`cfg`: default the run's;
+    label_efficiency passes one per seed), on the target's own probe geometry (and sampling rate)
+    when the target is a file and source.match_target_geometry; None when the source is a file
+    (cfg.source.path)."""
+    cfg = run.cfg if cfg is None else cfg
+    if cfg.source.get("path") is not None:
+        return None
+    data = typed(SynthesisConfig, cfg, "source.data")
+    if target_info["source"] == "file" and cfg.source.get("match_target_geometry", False):
+        data = data.on_geometry(target.channel_positions, target.sampling_frequency)
+        print(f"[{run.experiment}] source synthesised on the target's geometry ({target.num_channels} sites)")
+    return data

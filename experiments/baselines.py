@@ -41,18 +41,13 @@ from esort_jax.realdata.baselines import (
     sorter_params,
 )
 from esort_jax.config import ConfigError, from_dict, require
-from esort_jax.evaluate import EvaluationResult, evaluate
-from esort_jax.infer import InferenceConfig
+from esort_jax.evaluate import EvaluationConfig, EvaluationResult, evaluate, scored_span
 from esort_jax.io import write_sorting_npz
 from esort_jax.model import ModelConfig
-from esort_jax.pipeline import EvaluationConfig, scored_span, spike_metrics
-from esort_jax.postprocess import PostprocessConfig
-from esort_jax.train import TrainConfig
-from esort_jax.transfer import TransferConfig
 from esort_jax.windows import WindowConfig, split_spans
 from experiments._common import Run, to_container
 from experiments._data import obtain_recording
-from experiments._stages import pretrained_on_source, run_arm
+from experiments._stages import arm_config, pretrained_on_source, run_arm
 
 ESORT_ARMS = ("transfer", "scratch")
 PLAN_KEYS = ("sorters", "span", "sorter_params", "n_jobs", "keep_recording_copy", "reference_sorter")
@@ -108,12 +103,9 @@ def sorter_metrics(result: BaselineResult, evaluation: EvaluationResult) -> dict
     """results.json entry of one sorter: the keys of transfer.py's arms where they apply."""
     import spikeinterface
 
-    summary = evaluation.to_dict()
     return {
         "status": "ok",
-        **spike_metrics(evaluation),
-        "identities": summary["identities"],
-        "unmatched_pred_units": summary["unmatched_pred_units"],
+        **evaluation.to_dict(),
         "sort_seconds": result.wall_seconds,
         "sorter_run_seconds": result.sorter_seconds,
         "sorted_duration_s": result.sorted_duration_s,
@@ -161,24 +153,16 @@ def main(cfg: DictConfig) -> dict:
         metric = str(cfg.get("metric", "accuracy_pooled"))
         if metric not in comparison.REACH_METRICS:
             raise ConfigError(f"metric: must be one of {list(comparison.REACH_METRICS)}; got {metric!r}")
-        model = run.typed(ModelConfig, "model")
-        ft_windows = run.typed(WindowConfig, "finetune.windows")
-        evaluation = run.typed(EvaluationConfig, "evaluation")
+        pretrain = run.pipeline_config(windows="pretrain.windows", train="pretrain.train", transfer="finetune.transfer")
+        finetune = run.pipeline_config(windows="finetune.windows", train="finetune.train", transfer="finetune.transfer")
+        model, ft_windows, evaluation = finetune.model, finetune.windows, finetune.evaluation
+        for k in esort.ks:
+            dataclasses.replace(ft_windows, spikes_per_unit=k).validate("finetune.windows")
         params = {name: sorter_params(name, plan.overrides(name), "sorter_params") for name in plan.sorters}
         if cfg.target.get("path") is None:
             run.typed(SynthesisConfig, "target.data")
-        if esort.ks:
-            pre_windows = run.typed(WindowConfig, "pretrain.windows")
-            pre_train = run.typed(TrainConfig, "pretrain.train")
-            ft_train = run.typed(TrainConfig, "finetune.train")
-            for k in esort.ks:
-                from_dict(WindowConfig, {**to_container(cfg.finetune.windows), "spikes_per_unit": k}, "finetune.windows")
-            transfer_node = to_container(cfg.finetune.get("transfer")) or {}
-            from_dict(TransferConfig, {**transfer_node, "init": "scratch"}, "finetune.transfer")
-            infer = run.typed(InferenceConfig, "infer")
-            postprocess = run.typed(PostprocessConfig, "postprocess")
-            if "transfer" in esort.arms and cfg.source.get("path") is None:
-                run.typed(SynthesisConfig, "source.data")
+        if esort.ks and "transfer" in esort.arms and cfg.source.get("path") is None:
+            run.typed(SynthesisConfig, "source.data")
 
         target, truth, target_info = obtain_recording(run, "target")
         if truth is None:
@@ -202,24 +186,13 @@ def main(cfg: DictConfig) -> dict:
         if esort.ks:
             checkpoint = None
             if "transfer" in esort.arms:
-                checkpoint, run.results["pretrain"] = pretrained_on_source(
-                    run, cfg, target, target_info, model, pre_windows, pre_train, seed=seed,
-                )
+                checkpoint, run.results["pretrain"] = pretrained_on_source(run, target, target_info, pretrain, seed=seed)
             run.results["esort"] = {}
             for k in esort.ks:
-                windows = dataclasses.replace(ft_windows, spikes_per_unit=k)
                 for arm in esort.arms:
-                    transfer_cfg = from_dict(
-                        TransferConfig,
-                        {**transfer_node, "init": arm, "checkpoint": str(checkpoint) if arm == "transfer" else None},
-                        "finetune.transfer",
-                    )
                     name = f"k{k}/{arm}"
-                    metrics, outcome = run_arm(
-                        run, name, target, truth, model=model, windows=windows, train=ft_train,
-                        transfer=transfer_cfg, evaluation=evaluation, infer=infer, postprocess=postprocess,
-                        seed=seed,
-                    )
+                    metrics, outcome = run_arm(run, name, target, truth, arm_config(finetune, arm, checkpoint, k),
+                                               seed=seed)
                     counts = outcome.sort_result.sorting.spike_counts()
                     metrics.update(
                         status="ok",

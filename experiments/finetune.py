@@ -18,20 +18,12 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from esort_jax.config import ConfigError, from_dict
-from esort_jax.infer import InferenceConfig
+from esort_jax.config import ConfigError, to_dict
 from esort_jax.io import read_sorting_npz
-from esort_jax.config import to_dict
 from esort_jax.io.atomic import atomic_folder, write_json
 from esort_jax.sort import SORTING_DEFAULTS
-from esort_jax.model import ModelConfig
-from esort_jax.pipeline import EvaluationConfig
-from esort_jax.postprocess import PostprocessConfig
 from esort_jax.report.tables import evaluation_table
-from esort_jax.train import TrainConfig
-from esort_jax.transfer import TransferConfig
-from esort_jax.windows import WindowConfig
-from experiments._common import Run, to_container
+from experiments._common import Run
 from experiments._data import obtain_recording
 from experiments._stages import run_arm
 
@@ -51,22 +43,10 @@ def _labels(path: str):
 @hydra.main(version_base=None, config_path="../conf", config_name="finetune")
 def main(cfg: DictConfig) -> dict:
     with Run(cfg, "finetune") as run:
-        model = run.typed(ModelConfig, "model")
-        windows = run.typed(WindowConfig, "windows")
-        train = run.typed(TrainConfig, "train")
-        transfer = from_dict(
-            TransferConfig,
-            {**(to_container(cfg.transfer) or {}), "init": cfg.init,
-             "checkpoint": str(cfg.checkpoint) if cfg.checkpoint else None},
-            "transfer",
-        )
+        config = run.pipeline_config(init=str(cfg.init), checkpoint=str(cfg.checkpoint) if cfg.checkpoint else None)
+        transfer = config.transfer
         if transfer.init == "transfer" and not Path(transfer.checkpoint).expanduser().is_dir():
             raise ConfigError(f"checkpoint: {transfer.checkpoint} is not a checkpoint folder")
-        if windows.spikes_per_unit is not None and windows.spikes_per_unit < 1:
-            raise ConfigError("k: must be >= 1")
-        infer = run.typed(InferenceConfig, "infer")
-        postprocess = run.typed(PostprocessConfig, "postprocess")
-        evaluation = run.typed(EvaluationConfig, "evaluation")
         target, truth, info = obtain_recording(run, "target")
         labels = _labels(str(cfg.labels)) if cfg.get("labels") else truth
         if labels is None:
@@ -76,17 +56,14 @@ def main(cfg: DictConfig) -> dict:
                 f"target.path: {info.get('path')} has no ground truth to score against "
                 "(to sort a recording without ground truth use experiments/sort.py)"
             )
-        metrics, outcome = run_arm(
-            run, transfer.init, target, truth, labels=labels, model=model, windows=windows, train=train,
-            transfer=transfer, evaluation=evaluation, infer=infer, postprocess=postprocess, seed=int(cfg.seed),
-        )
+        metrics, outcome = run_arm(run, transfer.init, target, truth, config, seed=int(cfg.seed), labels=labels)
         final = run.dir / "checkpoint"
         with atomic_folder(final, overwrite=True) as tmp:
             shutil.copytree(metrics["checkpoint"], tmp, dirs_exist_ok=True)
             # The threshold chosen on the training region travels with the network (sort.py).
             write_json(tmp / SORTING_DEFAULTS, {
                 "threshold": outcome.threshold,
-                "postprocess": to_dict(postprocess),
+                "postprocess": to_dict(config.postprocess),
                 "threshold_curve": outcome.threshold_curve,
             })
         metrics["checkpoint"] = str(final)

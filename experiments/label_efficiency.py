@@ -30,29 +30,18 @@ import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from data_gen import SynthesisConfig
-from esort_jax.config import ConfigError, from_dict
-from esort_jax.infer import InferenceConfig
-from esort_jax.model import ModelConfig
-from esort_jax.pipeline import EvaluationConfig
-from esort_jax.postprocess import PostprocessConfig
+from esort_jax.config import ConfigError
 from esort_jax.report.csv_writer import csv_columns, write_csv
 from esort_jax.report.curves import ARMS, LEADING_COLUMNS, SUMMARY_METRICS, result_row, summarise
 from esort_jax.report.plots import label_efficiency_figures
 from esort_jax.report.tables import label_efficiency_table
-from esort_jax.train import TrainConfig
-from esort_jax.transfer import TransferConfig
-from esort_jax.windows import WindowConfig
-from experiments._common import Run, to_container
+from experiments._common import Run, pipeline_config, to_container, typed
 from experiments._data import obtain_recording
-from experiments._stages import pretrained_on_source, run_arm
+from experiments._stages import arm_config, pretrained_on_source, run_arm
 
 
 # ----------------------------------------------------------------------------------------------
 # Configuration helpers
-
-
-def _typed(cls, cfg: DictConfig, key: str):
-    return from_dict(cls, to_container(OmegaConf.select(cfg, key)), key)
 
 
 def seeded(cfg: DictConfig, seed: int) -> DictConfig:
@@ -96,18 +85,15 @@ def main(cfg: DictConfig) -> dict:
         reference = cfg.get("reference_accuracy")
         if reference is not None and not 0.0 < float(reference) <= 1.0:
             raise ConfigError(f"reference_accuracy: must lie in (0, 1] or be null; got {reference}")
-        model = run.typed(ModelConfig, "model")
-        pre_windows = run.typed(WindowConfig, "pretrain.windows")
-        ft_windows = run.typed(WindowConfig, "finetune.windows")
+        # Per seed: the pretraining and fine-tuning configs (seed interpolations resolved per seed).
+        configs = {seed: (pipeline_config(seeded(cfg, seed), windows="pretrain.windows", train="pretrain.train",
+                                          transfer="finetune.transfer"),
+                          pipeline_config(seeded(cfg, seed), windows="finetune.windows", train="finetune.train",
+                                          transfer="finetune.transfer"))
+                   for seed in seeds}
+        ft_windows = configs[seeds[0]][1].windows
         for k in ks:
-            from_dict(WindowConfig, {**to_container(cfg.finetune.windows), "spikes_per_unit": k}, "finetune.windows")
-        run.typed(TrainConfig, "pretrain.train")
-        run.typed(TrainConfig, "finetune.train")
-        transfer_node = to_container(cfg.finetune.get("transfer")) or {}
-        from_dict(TransferConfig, {**transfer_node, "init": "scratch"}, "finetune.transfer")
-        infer = run.typed(InferenceConfig, "infer")
-        postprocess = run.typed(PostprocessConfig, "postprocess")
-        evaluation = run.typed(EvaluationConfig, "evaluation")
+            dataclasses.replace(ft_windows, spikes_per_unit=k).validate("finetune.windows")
         if cfg.target.get("path") is None:
             run.typed(SynthesisConfig, "target.data")
         if "transfer" in arms and cfg.source.get("path") is None:
@@ -129,33 +115,21 @@ def main(cfg: DictConfig) -> dict:
 
         for seed in seeds:
             scfg = seeded(cfg, seed)
-            target_data = _typed(SynthesisConfig, scfg, "target.data") if cfg.target.get("path") is None else None
+            target_data = typed(SynthesisConfig, scfg, "target.data") if cfg.target.get("path") is None else None
             target, truth, target_info = obtain_recording(run, "target", data=target_data)
             if truth is None:
                 raise ConfigError(f"target.path: {target_info.get('path')} has no ground truth to train and score with")
             info = {"target": {**target_info, "num_units": truth.num_units, "num_channels": target.num_channels,
                                "duration_s": target.duration_s}}
+            pretrain, finetune = configs[seed]
             checkpoint = None
             if "transfer" in arms:
-                checkpoint, info["pretrain"] = pretrained_on_source(
-                    run, scfg, target, target_info, model, pre_windows,
-                    _typed(TrainConfig, scfg, "pretrain.train"), seed=seed,
-                )
+                checkpoint, info["pretrain"] = pretrained_on_source(run, target, target_info, pretrain, seed=seed, cfg=scfg)
             run.results["per_seed"][str(seed)] = info
-            ft_train = _typed(TrainConfig, scfg, "finetune.train")
             for k in ks:
-                windows = dataclasses.replace(ft_windows, spikes_per_unit=k)
                 for arm in arms:
-                    transfer_cfg = from_dict(
-                        TransferConfig,
-                        {**transfer_node, "init": arm, "checkpoint": str(checkpoint) if arm == "transfer" else None},
-                        "finetune.transfer",
-                    )
-                    metrics, _ = run_arm(
-                        run, f"seed{seed}/k{k}/{arm}", target, truth, model=model, windows=windows,
-                        train=ft_train, transfer=transfer_cfg, evaluation=evaluation, infer=infer,
-                        postprocess=postprocess, seed=seed,
-                    )
+                    config = arm_config(finetune, arm, checkpoint, k)
+                    metrics, _ = run_arm(run, f"seed{seed}/k{k}/{arm}", target, truth, config, seed=seed)
                     rows.append(result_row(seed, k, arm, metrics))
                     write_csv(csv_path, rows, csv_columns(rows, LEADING_COLUMNS))  # a killed run keeps what it finished
                     value = metrics.get(metric)
@@ -178,7 +152,7 @@ def main(cfg: DictConfig) -> dict:
         run.results["table"] = table
         print()
         print(f"Label efficiency on the target's held-out half: K in {ks}, seeds {seeds}, "
-              f"tolerance {evaluation.tolerance_ms} ms, short units: {ft_windows.short_units}")
+              f"tolerance {configs[seeds[0]][1].evaluation.tolerance_ms} ms, short units: {ft_windows.short_units}")
         print(table)
     return run.results
 

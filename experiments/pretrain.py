@@ -17,28 +17,22 @@ from omegaconf import DictConfig
 
 from esort_jax.config import ConfigError
 from esort_jax.io.atomic import atomic_folder
-from esort_jax.model import ModelConfig
-from esort_jax.train import TrainConfig
-from esort_jax.windows import WindowConfig
+from esort_jax.pipeline import fit
 from experiments._common import Run
 from experiments._data import obtain_recording
-from experiments._stages import pretrain
+from experiments._stages import epoch_logger
 
 
 @hydra.main(version_base=None, config_path="../conf", config_name="pretrain")
 def main(cfg: DictConfig) -> dict:
     with Run(cfg, "pretrain") as run:
-        model = run.typed(ModelConfig, "model")
-        windows = run.typed(WindowConfig, "windows")
-        train = run.typed(TrainConfig, "train")
+        config = run.pipeline_config()  # transfer: none, init scratch
         source, labels, info = obtain_recording(run, "source")
         if labels is None:
             raise ConfigError(f"source.path: {info.get('path')} has no spike labels to pretrain on")
         with run.stage("pretrain"):
-            fitted = pretrain(
-                run, source, labels, model, windows, train,
-                seed=int(cfg.seed), work_dir=run.dir / "train", data_key=info,
-            )
+            fitted = fit(source, labels, config, seed=int(cfg.seed), run_dir=run.dir / "train",
+                         callback=epoch_logger(run, "pretrain"), metadata_extra={"role": "pretrain", "data": info})
         final = run.dir / "checkpoint"
         with atomic_folder(final, overwrite=True) as tmp:
             shutil.copytree(fitted.train_result.checkpoint, tmp, dirs_exist_ok=True)

@@ -17,17 +17,15 @@ import numpy as np
 from omegaconf import DictConfig
 
 from esort_jax import checkpoint as ckpt
-from esort_jax.config import ConfigError, from_dict
-from esort_jax.evaluate import evaluate
+from esort_jax.config import ConfigError
+from esort_jax.evaluate import EvaluationConfig, evaluate, scored_span
 from esort_jax.infer import InferenceConfig, fold_batchnorm
 from esort_jax.io import write_sorting_npz
 from esort_jax.io.atomic import atomic_folder
-from esort_jax.pipeline import EvaluationConfig
 from esort_jax.postprocess import PostprocessConfig
-from esort_jax.realdata.preprocess import PreprocessConfig
+from esort_jax.realdata.preprocess import preprocess_as_trained
 from esort_jax.report.tables import evaluation_table
 from esort_jax.sort import SORTING_DEFAULTS, sort_recording
-from esort_jax.realdata.workflow import as_recording
 from experiments._common import Run
 from experiments._data import obtain_recording
 
@@ -52,19 +50,6 @@ def check_fits(meta: ckpt.CheckpointMetadata, recording, checkpoint: Path) -> No
         )
 
 
-def preprocess_like_training(recording, meta: ckpt.CheckpointMetadata, mode: str, checkpoint: Path):
-    """The recording preprocessed as the network's training data was (mode 'checkpoint': the
-    settings recorded in the checkpoint's metadata by esort_from_labels / sort_real; nothing
-    when none were recorded, e.g. networks trained on synthesised traces) or as given ('none')."""
-    if mode not in ("checkpoint", "none"):
-        raise ConfigError(f"preprocess: must be 'checkpoint' or 'none'; got {mode!r}")
-    recorded = meta.extra.get("preprocess")
-    if mode == "none" or not recorded:
-        return recording
-    settings = from_dict(PreprocessConfig, recorded, where=f"{checkpoint}/metadata.json extra.preprocess")
-    return as_recording(recording, settings)
-
-
 @hydra.main(version_base=None, config_path="../conf", config_name="sort")
 def main(cfg: DictConfig) -> dict:
     with Run(cfg, "sort") as run:
@@ -81,7 +66,8 @@ def main(cfg: DictConfig) -> dict:
         recording, truth, info = obtain_recording(run, "recording")
         meta = ckpt.read_metadata(checkpoint)
         check_fits(meta, recording, checkpoint)
-        recording = preprocess_like_training(recording, meta, str(cfg.get("preprocess", "checkpoint")), checkpoint)
+        recording = preprocess_as_trained(recording, meta.extra.get("preprocess"), str(cfg.get("preprocess", "checkpoint")),
+                                          where=f"{checkpoint}/metadata.json extra.preprocess")
         info["preprocess"] = recording.metadata.get("preprocess", [])
         start, stop = 0, recording.num_samples
         if cfg.get("span") is not None:
@@ -119,10 +105,9 @@ def main(cfg: DictConfig) -> dict:
             realtime_factor=duration / result.seconds if result.seconds else None,
         )
         if truth is not None:
-            anchor, window = meta.model_config.anchor, meta.model_config.window
             scored = evaluate(
                 result.sorting, truth, tolerance_ms=evaluation.tolerance_ms, identities="known",
-                span=(start + anchor, stop - window + 1 + anchor),
+                span=scored_span((start, stop), window=meta.model_config.window, anchor=meta.model_config.anchor),
             )
             run.results["metrics"] = scored.to_dict()
             print(evaluation_table(scored))

@@ -30,18 +30,21 @@ from esort_jax.io.loader import RecordingSource
 from esort_jax.io.phy import PhyExportConfig
 from esort_jax.realdata.labeller import check_labels_fit
 from esort_jax.model import ModelConfig
-from esort_jax.pipeline import EvaluationConfig
+from esort_jax.evaluate import EvaluationConfig
+from esort_jax.pipeline import PipelineConfig
 from esort_jax.postprocess import PostprocessConfig
-from esort_jax.realdata.preprocess import PreprocessConfig, preprocessed_recording
+from esort_jax.realdata.preprocess import PreprocessConfig, as_recording, preprocessed_recording
 from esort_jax.realdata.quality import QualityFilter
-from esort_jax.realdata.workflow import as_recording, esort_from_labels, write_outputs
+from esort_jax.realdata.workflow import esort_from_labels, write_outputs
 from esort_jax.report.tables import scores_table
+from esort_jax.runtime import artifacts
+from esort_jax.runtime.artifacts import synthesis_key
 from esort_jax.train import TrainConfig
 from esort_jax.transfer import TransferConfig
 from esort_jax.windows import WindowConfig
 from experiments._common import Run, to_container
-from experiments._data import obtain_recording, synthesis_key
-from experiments._stages import cached_pretrain, on_recording_geometry
+from experiments._data import obtain_recording
+from experiments._stages import epoch_logger
 
 
 def scores(result: EvaluationResult) -> dict:
@@ -61,7 +64,7 @@ def truth_scores(result, truth, tolerance_ms: float) -> dict:
             for name, sorting in sortings.items()}
 
 
-def pretrained_checkpoint(run, recording, preprocess: PreprocessConfig, model: ModelConfig, seed: int):
+def pretrained_checkpoint(run, recording, preprocess: PreprocessConfig, config: PipelineConfig, seed: int):
     """A backbone pretrained on a source synthesised on `recording`'s probe geometry and
     sampling rate, preprocessed like it (cached by data, preprocessing, model, training, seed)."""
     if not np.all(np.isfinite(recording.channel_positions)):
@@ -70,18 +73,19 @@ def pretrained_checkpoint(run, recording, preprocess: PreprocessConfig, model: M
             "synthesised on its geometry; attach a probe (recording.probe), give a pretrained "
             "checkpoint, or use init=scratch"
         )
-    data = run.typed(SynthesisConfig, "source.data")
-    data = on_recording_geometry(data, recording)
+    data = run.typed(SynthesisConfig, "source.data").on_geometry(recording.channel_positions,
+                                                                 recording.sampling_frequency)
     print(f"[sort_real] source synthesised on the recording's geometry ({recording.num_channels} sites)")
     source, source_truth, source_info = obtain_recording(run, "source", data=data)
     source = as_recording(source, preprocess)
     data_key = synthesis_key(data)
     if preprocess.enabled:
         data_key = {**data_key, "preprocess": to_dict(preprocess)}
-    checkpoint, hit, summary = cached_pretrain(
-        run, source, source_truth, model, run.typed(WindowConfig, "pretrain.windows"),
-        run.typed(TrainConfig, "pretrain.train"), seed=seed, data_key=data_key,
-    )
+    with run.stage("pretrain"):
+        checkpoint, hit, summary = artifacts.pretrained_checkpoint(
+            source, source_truth, config, seed=seed, cache_dir=run.cfg.cache_dir, data_key=data_key,
+            force=bool(run.cfg.get("force_rebuild", False)), callback=epoch_logger(run, "pretrain"),
+        )
     return checkpoint, {"checkpoint": str(checkpoint), "cache_hit": hit, "source": source_info,
                         "source_units": source_truth.num_units, **summary}
 
@@ -140,7 +144,8 @@ def main(cfg: DictConfig) -> dict:
         }
 
         if init == "transfer" and not checkpoint:
-            checkpoint, run.results["pretrain"] = pretrained_checkpoint(run, recording, preprocess, model, seed)
+            pretrain = run.pipeline_config(windows="pretrain.windows", train="pretrain.train")
+            checkpoint, run.results["pretrain"] = pretrained_checkpoint(run, recording, preprocess, pretrain, seed)
         with run.stage("fine-tune + sort"):
             result = esort_from_labels(
                 recording, labels, train_seconds=float(train_seconds), init=init,

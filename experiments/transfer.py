@@ -16,20 +16,13 @@ import hydra
 from omegaconf import DictConfig
 
 from data_gen import SynthesisConfig
-from esort_jax.config import ConfigError, from_dict
-from esort_jax.infer import InferenceConfig
-from esort_jax.model import ModelConfig
-from esort_jax.pipeline import EvaluationConfig
-from esort_jax.postprocess import PostprocessConfig
+from esort_jax.config import ConfigError
 from esort_jax.report.tables import ARMS_COLUMNS, arms_table
-from esort_jax.train import TrainConfig
-from esort_jax.transfer import TransferConfig
-from esort_jax.windows import WindowConfig
-from experiments._common import Run, to_container
+from experiments._common import Run
 from experiments._data import obtain_recording
-from experiments._stages import pretrained_on_source, run_arm
+from experiments._stages import arm_config, pretrained_on_source, run_arm
 
-ARM_INIT = {"transfer": "transfer", "scratch": "scratch"}
+ARMS = ("transfer", "scratch")  # an arm is the init of its network
 
 
 @hydra.main(version_base=None, config_path="../conf", config_name="transfer")
@@ -37,21 +30,13 @@ def main(cfg: DictConfig) -> dict:
     with Run(cfg, "transfer") as run:
         # Every config is typed and validated before any work.
         seed = int(cfg.seed)
-        model = run.typed(ModelConfig, "model")
-        pre_windows = run.typed(WindowConfig, "pretrain.windows")
-        pre_train = run.typed(TrainConfig, "pretrain.train")
-        ft_windows = run.typed(WindowConfig, "finetune.windows")
-        ft_train = run.typed(TrainConfig, "finetune.train")
-        transfer_node = to_container(cfg.finetune.get("transfer")) or {}
-        from_dict(TransferConfig, {**transfer_node, "init": "scratch"}, "finetune.transfer")
-        infer = run.typed(InferenceConfig, "infer")
-        postprocess = run.typed(PostprocessConfig, "postprocess")
-        evaluation = run.typed(EvaluationConfig, "evaluation")
+        pretrain = run.pipeline_config(windows="pretrain.windows", train="pretrain.train", transfer="finetune.transfer")
+        finetune = run.pipeline_config(windows="finetune.windows", train="finetune.train", transfer="finetune.transfer")
         arms = list(cfg.arms)
-        unknown = [a for a in arms if a not in ARM_INIT]
+        unknown = [a for a in arms if a not in ARMS]
         if unknown or not arms:
-            raise ConfigError(f"arms: must be a non-empty subset of {list(ARM_INIT)}; got {arms}")
-        if ft_windows.spikes_per_unit is None:
+            raise ConfigError(f"arms: must be a non-empty subset of {list(ARMS)}; got {arms}")
+        if finetune.windows.spikes_per_unit is None:
             raise ConfigError("k: must be >= 1 (labelled spikes per unit)")
         if "transfer" in arms and cfg.source.get("path") is None:
             run.typed(SynthesisConfig, "source.data")
@@ -62,26 +47,13 @@ def main(cfg: DictConfig) -> dict:
 
         checkpoint = None
         if "transfer" in arms:
-            checkpoint, run.results["pretrain"] = pretrained_on_source(
-                run, cfg, target, target_info, model, pre_windows, pre_train, seed=seed,
-            )
+            checkpoint, run.results["pretrain"] = pretrained_on_source(run, target, target_info, pretrain, seed=seed)
 
         run.results["target"] = {**target_info, "num_units": truth.num_units,
                                  "num_channels": target.num_channels, "duration_s": target.duration_s}
-        run.results["k"] = ft_windows.spikes_per_unit
+        run.results["k"] = finetune.windows.spikes_per_unit
         for arm in arms:
-            transfer_cfg = from_dict(
-                TransferConfig,
-                {**transfer_node, "init": ARM_INIT[arm],
-                 "checkpoint": str(checkpoint) if arm == "transfer" else None},
-                "finetune.transfer",
-            )
-            metrics, _ = run_arm(
-                run, arm, target, truth, model=model, windows=ft_windows, train=ft_train,
-                transfer=transfer_cfg, evaluation=evaluation, infer=infer, postprocess=postprocess,
-                seed=seed,
-            )
-            run.results[arm] = metrics
+            run.results[arm], _ = run_arm(run, arm, target, truth, arm_config(finetune, arm, checkpoint), seed=seed)
 
         table = arms_table(run.results, arms)
         run.results["table"] = table
@@ -91,8 +63,8 @@ def main(cfg: DictConfig) -> dict:
         )
         print()
         print(
-            f"E-Sort on the target's held-out half: K = {ft_windows.spikes_per_unit} labelled spikes per unit, "
-            f"{truth.num_units} units, {target.num_channels} channels, tolerance {evaluation.tolerance_ms} ms"
+            f"E-Sort on the target's held-out half: K = {finetune.windows.spikes_per_unit} labelled spikes per unit, "
+            f"{truth.num_units} units, {target.num_channels} channels, tolerance {finetune.evaluation.tolerance_ms} ms"
         )
         print(table)
     return run.results

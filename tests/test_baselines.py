@@ -442,7 +442,7 @@ def test_entry_point_compares_sorters_and_esort(baseline_stack, tmp_path):
     for name in baselines.SORTERS:
         metrics = results["sorters"][name]
         assert metrics["status"] == "ok", metrics.get("error")
-        for key in ("accuracy_pooled", "accuracy_mean", "accuracy_median", "precision", "recall", "well_detected",
+        for key in ("accuracy_pooled", "accuracy_mean", "accuracy_median", "precision_pooled", "recall_pooled", "well_detected",
                     "n_units", "sort_seconds", "num_units_found", "sorter_version"):
             assert metrics[key] is not None, (name, key)
         assert metrics["sorted_duration_s"] == pytest.approx(8.0)

@@ -263,3 +263,21 @@ def test_summary_dict_and_table():
 def test_rejects_mismatched_sampling_frequency():
     with pytest.raises(ValueError, match="sampling frequencies differ"):
         evaluate(Sorting.from_unit_dict({0: [1]}, 32000.0), Sorting.from_unit_dict({0: [1]}, 30000.0))
+
+
+def test_scored_span_is_the_anchors_of_the_windows_inside():
+    from esort_jax.evaluate import scored_span
+
+    # windows of 60 starting at 1000 ... 1940 lie inside [1000, 2000); their anchors are 1029 ... 1969
+    assert scored_span((1000, 2000), window=60, anchor=29) == (1029, 1970)
+    assert scored_span((0, 60), window=60, anchor=29) == (29, 30)
+
+
+def test_evaluation_config_errors_name_the_key():
+    from esort_jax.config import ConfigError, from_dict
+    from esort_jax.evaluate import EvaluationConfig
+
+    with pytest.raises(ConfigError, match=r"evaluation\.thresholds: must be > 0"):
+        from_dict(EvaluationConfig, {"thresholds": [1.0, -1.0]}, "evaluation")
+    with pytest.raises(ConfigError, match=r"evaluation\.tolerance_ms"):
+        from_dict(EvaluationConfig, {"tolerance_ms": 0.0}, "evaluation")

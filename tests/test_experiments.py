@@ -85,7 +85,7 @@ def test_transfer_runs_both_arms_and_reuses_cache(tmp_path):
     results = json.loads((tmp_path / "a" / "results.json").read_text())
     for arm in ("transfer", "scratch"):
         row = results[arm]
-        for key in ("accuracy_pooled", "accuracy_mean", "accuracy_median", "precision", "recall",
+        for key in ("accuracy_pooled", "accuracy_mean", "accuracy_median", "precision_pooled", "recall_pooled",
                     "well_detected", "n_units", "sort_seconds"):
             assert key in row, (arm, key)
         assert row["n_units"] == 5 and row["k"] == 3
@@ -179,7 +179,7 @@ def _validate_composed(cfg):
     from data_gen import probe_from_config
     from esort_jax.infer import InferenceConfig
     from esort_jax.model import ModelConfig
-    from esort_jax.pipeline import EvaluationConfig
+    from esort_jax.evaluate import EvaluationConfig
     from esort_jax.postprocess import PostprocessConfig
     from esort_jax.train import TrainConfig
     from esort_jax.transfer import TransferConfig
@@ -319,15 +319,16 @@ def test_sort_refuses_recordings_that_do_not_fit_the_checkpoint():
         check_fits(meta, recording(samples=19), Path("ckpt"))
 
     # preprocessing recorded in the checkpoint: bad values name the file and key; bad modes the key
-    from experiments.sort import preprocess_like_training
+    from esort_jax.realdata.preprocess import preprocess_as_trained
 
-    assert preprocess_like_training(recording(), meta, "checkpoint", Path("ckpt")).metadata == {}  # none recorded
-    meta.extra["preprocess"] = {"enabled": True, "freq_max_hz": 100.0}
+    where = "ckpt/metadata.json extra.preprocess"
+    assert preprocess_as_trained(recording(), None, "checkpoint", where).metadata == {}  # none recorded
+    recorded = {"enabled": True, "freq_max_hz": 100.0}
     with pytest.raises(ConfigError, match=r"ckpt/metadata.json extra.preprocess.freq_max_hz: must be above"):
-        preprocess_like_training(recording(), meta, "checkpoint", Path("ckpt"))
-    assert preprocess_like_training(recording(), meta, "none", Path("ckpt")).metadata == {}
+        preprocess_as_trained(recording(), recorded, "checkpoint", where)
+    assert preprocess_as_trained(recording(), recorded, "none", where).metadata == {}
     with pytest.raises(ConfigError, match="preprocess: must be 'checkpoint' or 'none'; got 'raw'"):
-        preprocess_like_training(recording(), meta, "raw", Path("ckpt"))
+        preprocess_as_trained(recording(), recorded, "raw", where)
 
 
 def test_source_on_a_recordings_geometry_uses_all_its_sites():
@@ -340,14 +341,13 @@ def test_source_on_a_recordings_geometry_uses_all_its_sites():
     from data_gen import synthesize
     from data_gen.config import ProbeConfig
     from esort_jax import ArrayTraces, Recording
-    from experiments._stages import on_recording_geometry
 
     positions = np.stack([np.tile([0.0, 32.0], 12), 20.0 * np.arange(24)], axis=1)
     recording = Recording(ArrayTraces(np.zeros((100, 24), np.float32)), 30000.0, positions)
     data = dataclasses.replace(
         SynthesisConfig(duration_s=0.2), probe=ProbeConfig(name="np1", n_channels=64, first_channel=8)
     )
-    moved = on_recording_geometry(data, recording)
+    moved = data.on_geometry(recording.channel_positions, recording.sampling_frequency)
     source, _ = synthesize(moved)
     assert source.num_channels == 24 and source.sampling_frequency == 30000.0
     np.testing.assert_allclose(source.channel_positions, positions)

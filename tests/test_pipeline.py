@@ -1,74 +1,64 @@
-"""Sorting = streamed inference into post-processing; fit → sort → evaluate on tiny data."""
+"""esort_jax.pipeline: the stages in order on tiny data — fit learns the units, the threshold
+is chosen before the evaluation span on the labels the network was trained from, the sorted
+span is the evaluation span and the scores are the evaluator's."""
+
+from __future__ import annotations
 
 import dataclasses
 
-import numpy as np
+import pytest
 
-from esort_jax.evaluate import evaluate
-from esort_jax.infer import fold_batchnorm, predict_probabilities
-from esort_jax.pipeline import EvaluationConfig, fit, sort_and_evaluate
-from esort_jax.postprocess import PostprocessConfig, find_spikes
-from esort_jax.sort import select_threshold, sort_recording
-from esort_jax.train import TrainConfig, init_model
+from esort_jax.config import ConfigError
+from esort_jax.evaluate import EvaluationConfig, evaluate, scored_span
+from esort_jax.pipeline import PipelineConfig, fit, sort_and_evaluate
+from esort_jax.train import TrainConfig
 from esort_jax.transfer import TransferConfig
 from esort_jax.windows import WindowConfig
 from tests._tiny import TINY_MODEL, fast_compile, tiny_recording  # noqa: F401  (fixture)
 
-
-def _trained(recording, truth, epochs=6):
-    return fit(
-        recording, truth, TINY_MODEL, WindowConfig(train_fraction=0.6),
-        TrainConfig(epochs=epochs, batch_size=64, progress=False), TransferConfig(init="scratch"), seed=0,
-    )
-
-
-def test_sort_recording_equals_one_pass_and_reports_anchor_samples():
-    recording, truth = tiny_recording(duration_s=1.0)
-    model = init_model(recording.num_channels, 3, TINY_MODEL, seed=1)
-    model.eval()
-    params = fold_batchnorm(model)
-    small_chunks = dataclasses.replace(PostprocessConfig(), chunk_steps=777)
-    from esort_jax.infer import InferenceConfig
-
-    result = sort_recording(
-        params, recording, np.array([7, 8, 9]), threshold=4.0, start=1000, stop=20000,
-        infer_config=InferenceConfig(chunk_steps=4096, block_steps=512), postprocess_config=small_chunks,
-    )
-    p_NxT = predict_probabilities(params, recording, start=1000, stop=20000)
-    expected = find_spikes(p_NxT, sampling_frequency=recording.sampling_frequency, unit_ids=[7, 8, 9],
-                           sample_offset=1000 + TINY_MODEL.anchor, threshold=4.0)
-    assert result.sorting.num_spikes == expected.num_spikes > 0
-    np.testing.assert_array_equal(result.sorting.samples, expected.samples)
-    np.testing.assert_array_equal(result.sorting.unit_ids[result.sorting.unit_indices], expected.unit_ids[expected.unit_indices])
-    assert result.sorting.samples.min() >= 1000 + TINY_MODEL.anchor
-    assert result.inference_seconds > 0 and result.postprocess_seconds >= 0
+CONFIG = PipelineConfig(
+    model=TINY_MODEL, windows=WindowConfig(train_fraction=0.6),
+    train=TrainConfig(epochs=6, batch_size=64, progress=False),
+    evaluation=EvaluationConfig(window_metrics_max=2048),
+)
 
 
 def test_fit_sort_evaluate_learns_tiny_units_and_keeps_eval_span_out():
     recording, truth = tiny_recording(duration_s=1.5, amplitude=10.0)
-    fitted = _trained(recording, truth)
+    fitted = fit(recording, truth, CONFIG, seed=0)
     e0, e1 = fitted.windows.eval_span
     assert fitted.windows.train.starts.max() + TINY_MODEL.window <= e0  # training never sees it
-    outcome = sort_and_evaluate(fitted, recording, truth, EvaluationConfig(window_metrics_max=2048))
-    curve_span = outcome.threshold_curve["span"]
-    assert curve_span[1] <= e0  # the threshold was chosen before the evaluation span
+    assert fitted.summary()["epochs"] == 6 and fitted.summary()["num_units"] == 3
+    outcome = sort_and_evaluate(fitted, recording, truth, CONFIG)
+    assert outcome.threshold_curve["span"][1] <= e0  # the threshold was chosen before the evaluation span
     assert outcome.threshold in EvaluationConfig().thresholds
     metrics = outcome.metrics()
     assert metrics["accuracy_pooled"] > 0.8, metrics
     assert metrics["window_jaccard"] > 0.5, metrics
+    assert "precision" not in metrics and metrics["precision_pooled"] > 0.8  # one key per metric
     assert outcome.sort_result.span == (e0, e1)
-    # The reported metrics are the evaluator's on the sorted span.
     again = evaluate(outcome.sort_result.sorting, truth, tolerance_ms=0.4,
-                     span=(e0 + TINY_MODEL.anchor, e1 - TINY_MODEL.window + 1 + TINY_MODEL.anchor))
+                     span=scored_span((e0, e1), window=TINY_MODEL.window, anchor=TINY_MODEL.anchor))
     assert again.accuracy_pooled == metrics["accuracy_pooled"]
 
 
-def test_select_threshold_uses_only_its_span():
-    recording, truth = tiny_recording(duration_s=1.0, amplitude=10.0)
-    fitted = _trained(recording, truth, epochs=3)
-    params = fold_batchnorm(fitted.model)
-    span = (0, 12000)
-    best, curve = select_threshold(params, recording, truth, span, [1.0, 3.0, 5.0])
-    corrupted = truth.select_spikes(truth.samples < span[1])  # labels beyond the span removed
-    best2, curve2 = select_threshold(params, recording, corrupted, span, [1.0, 3.0, 5.0])
-    assert best == best2 and curve["accuracy_pooled"] == curve2["accuracy_pooled"]
+def test_threshold_is_chosen_on_the_training_labels_not_the_truth():
+    """With labels that lack one unit's spikes in the validation span, the sweep sees what the
+    labels say (the curve differs from one chosen against the truth)."""
+    recording, truth = tiny_recording(duration_s=1.5, amplitude=10.0)
+    fitted = fit(recording, truth, CONFIG, seed=0)
+    v0, v1 = fitted.windows.validation_span
+    hidden = (truth.unit_indices == 0) & (truth.samples >= v0) & (truth.samples < v1)
+    labels = truth.select_spikes(~hidden)
+    with_truth = sort_and_evaluate(fitted, recording, truth, CONFIG)
+    with_labels = sort_and_evaluate(fitted, recording, truth, CONFIG, labels=labels)
+    assert with_labels.threshold_curve["accuracy_pooled"] != with_truth.threshold_curve["accuracy_pooled"]
+
+
+def test_config_errors_name_the_stage():
+    with pytest.raises(ConfigError, match=r"^train\.epochs: must be >= 1"):
+        CONFIG.replace(train=dataclasses.replace(CONFIG.train, epochs=0)).validate()
+    with pytest.raises(ConfigError, match=r"^transfer\.checkpoint: init='transfer' needs"):
+        CONFIG.replace(transfer=TransferConfig(init="transfer")).validate()
+    with pytest.raises(ConfigError, match=r"^evaluation\.tolerance_ms"):
+        CONFIG.replace(evaluation=EvaluationConfig(tolerance_ms=0)).validate()

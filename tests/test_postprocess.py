@@ -1,4 +1,4 @@
-"""esort_jax.postprocess: exact peak semantics, chunk invariance, overflow, config, sweep.
+"""esort_jax.postprocess: exact peak semantics, chunk invariance, overflow, config.
 
 The slow obvious reference walks each smoothed trace run by run (numpy, Python loops) and
 applies the documented min-distance rule pair by pair; it reads the smoothed values from
@@ -12,11 +12,9 @@ import numpy as np
 import pytest
 
 from esort_jax.config import ConfigError, from_dict
-from esort_jax.evaluate import evaluate
 from esort_jax.postprocess import (
     CapacityOverflowError,
     PostprocessConfig,
-    choose_threshold,
     find_spikes,
     smooth,
     triangular_kernel,
@@ -228,26 +226,3 @@ def test_config_from_dict_and_validation():
         from_dict(PostprocessConfig, {"kernel_taps": 16}, "postprocess")
     with pytest.raises(ConfigError, match=r"postprocess\.threshold"):
         find_spikes(np.zeros((1, 10), np.float32), sampling_frequency=FS, threshold=0.0)
-
-
-def test_choose_threshold_sweeps_exactly():
-    rng = np.random.default_rng(11)
-    num_steps, offset = 3000, 5000
-    truth_trains = {u: np.sort(rng.choice(np.arange(20, num_steps - 20), 12, replace=False)) for u in range(3)}
-    p = (0.2 * rng.random((3, num_steps)) ** 2).astype(np.float32)
-    bump = np.exp(-0.5 * (np.arange(-6, 7) / 2.5) ** 2)
-    for u, train in truth_trains.items():
-        for t in train:
-            p[u, t - 6:t + 7] = np.maximum(p[u, t - 6:t + 7], rng.uniform(0.2, 1.0) * bump)
-    truth = Sorting.from_unit_dict({u: t + offset for u, t in truth_trains.items()}, FS)
-    config = PostprocessConfig(chunk_steps=128, capacity=CAPACITY)
-    thresholds = [0.5, 1.0, 1.5, 2.0, 2.5, 3.0]
-    best, curve = choose_threshold(p, offset, truth, thresholds, tolerance_ms=0.4, config=config)
-    for k, value in enumerate(thresholds):
-        separate = find_spikes(p, sampling_frequency=FS, unit_ids=truth.unit_ids, sample_offset=offset,
-                               config=config, threshold=value)
-        assert curve["num_spikes"][k] == separate.num_spikes
-        result = evaluate(separate, truth, tolerance_ms=0.4, span=(offset, offset + num_steps))
-        assert curve["accuracy_pooled"][k] == pytest.approx(result.accuracy_pooled)
-    assert best == thresholds[int(np.argmax(curve["accuracy_pooled"]))]
-    assert max(curve["accuracy_pooled"]) > 0.5

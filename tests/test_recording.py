@@ -90,3 +90,15 @@ def test_truncated_traces_are_named(tmp_path):
         handle.truncate(4000)
     with pytest.raises(RecordingFormatError, match="traces.npy is truncated"):
         read_recording_folder(tmp_path / "rec")
+
+
+def test_select_units_and_unit_index_of():
+    import pytest
+
+    sorting = Sorting(np.array([5, 6, 7, 8]), np.array([0, 1, 2, 1]), np.array([10, 20, 30]), 32000.0)
+    two = sorting.select_units(np.array([2, 1]))  # in that order
+    assert two.unit_ids.tolist() == [30, 20]
+    assert two.samples.tolist() == [6, 7, 8] and two.unit_ids[two.unit_indices].tolist() == [20, 30, 20]
+    assert sorting.unit_index_of([30, np.int64(10)]).tolist() == [2, 0]
+    with pytest.raises(KeyError, match=r"unit ids \[40\] are not among this sorting's 3 units"):
+        sorting.unit_index_of([10, 40])

@@ -47,7 +47,7 @@ def test_a_column_formats_its_cells():
 
 def _arm(arm, acc, **extra):
     return {"arm": arm, "accuracy_pooled": acc, "accuracy_mean": acc - 0.1, "accuracy_median": acc - 0.05,
-            "precision": 0.95, "recall": 0.9, "well_detected": 12, "n_units": 15, "sort_seconds": 1.234, **extra}
+            "precision_pooled": 0.95, "recall_pooled": 0.9, "well_detected": 12, "n_units": 15, "sort_seconds": 1.234, **extra}
 
 
 def test_arms_table_is_the_demo_table():

@@ -36,7 +36,6 @@ __all__ = [
     "make_unit_table",
     "unit_label",
     "check_labels_fit",
-    "subset_units",
     "load_labels",
     "labels_from_sorting",
     "labels_from_spikeinterface",
@@ -169,20 +168,6 @@ def check_labels_fit(labels: SorterLabels, recording: Recording) -> None:
                 f"{field}: refers to {count} channels (highest index {count - 1}) but the recording "
                 f"has {recording.num_channels} channels{where}"
             )
-
-
-def subset_units(sorting: Sorting, unit_indices: np.ndarray) -> Sorting:
-    """A Sorting with only the units at `unit_indices` (in that order), their spikes kept."""
-    unit_indices = np.asarray(unit_indices, dtype=np.int64)
-    new_index = np.full(sorting.num_units, -1, dtype=np.int64)
-    new_index[unit_indices] = np.arange(unit_indices.size)
-    keep = new_index[sorting.unit_indices] >= 0
-    return Sorting(
-        samples=sorting.samples[keep],
-        unit_indices=new_index[sorting.unit_indices[keep]],
-        unit_ids=sorting.unit_ids[unit_indices],
-        sampling_frequency=sorting.sampling_frequency,
-    )
 
 
 # ----------------------------------------------------------------------------------------------

@@ -22,8 +22,9 @@ import dataclasses
 from typing import Any, Literal
 
 from esort_jax.config import ConfigError, require, to_dict
+from esort_jax.recording import Recording
 
-__all__ = ["PreprocessConfig", "preprocess", "preprocessed_recording", "describe"]
+__all__ = ["PreprocessConfig", "preprocess", "preprocessed_recording", "as_recording", "preprocess_as_trained", "describe"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,3 +144,34 @@ def describe(config: PreprocessConfig, si_recording: Any | None = None) -> list[
     if config.whiten:
         steps.append("whiten global")
     return steps
+
+
+def as_recording(recording: Any, preprocess: PreprocessConfig | None = None) -> Recording:
+    """Our lazy Recording from a SpikeInterface recording or ours, preprocessed when asked."""
+    if isinstance(recording, Recording):
+        if preprocess is None or not preprocess.enabled:
+            return recording
+        from esort_jax.io.spikeinterface import to_spikeinterface_recording
+
+        return preprocessed_recording(to_spikeinterface_recording(recording), preprocess)
+    from spikeinterface.core import BaseRecording
+
+    if not isinstance(recording, BaseRecording):
+        raise TypeError(
+            f"recording: expected a SpikeInterface recording or a Recording; got {type(recording).__name__}"
+        )
+    return preprocessed_recording(recording, preprocess or PreprocessConfig(enabled=False))
+
+
+def preprocess_as_trained(recording: Any, recorded: dict | None, mode: str = "checkpoint",
+                          where: str = "checkpoint metadata extra.preprocess") -> Any:
+    """`recording` preprocessed as a network's training data was: mode 'checkpoint' applies the
+    settings `recorded` with the checkpoint (by esort_from_labels / sort_real; nothing when none
+    were recorded, e.g. networks trained on synthesised traces); 'none' returns it as given."""
+    from esort_jax.config import from_dict
+
+    if mode not in ("checkpoint", "none"):
+        raise ConfigError(f"preprocess: must be 'checkpoint' or 'none'; got {mode!r}")
+    if mode == "none" or not recorded:
+        return recording
+    return as_recording(recording, from_dict(PreprocessConfig, recorded, where=where))

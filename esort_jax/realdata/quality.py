@@ -20,7 +20,7 @@ import dataclasses
 import numpy as np
 
 from esort_jax.config import require
-from esort_jax.realdata.labeller import UNIT_LABELS, SorterLabels, subset_units
+from esort_jax.realdata.labeller import UNIT_LABELS, SorterLabels
 from esort_jax.recording import Sorting
 
 __all__ = ["QualityFilter", "UnitSelection", "isi_violations", "select_units"]
@@ -180,7 +180,7 @@ def select_units(labels: SorterLabels, span: tuple[int, int], config: QualityFil
             "reasons": reasons,
         })
     return UnitSelection(
-        sorting=subset_units(sorting, np.flatnonzero(kept)),
+        sorting=sorting.select_units(np.flatnonzero(kept)),
         kept=kept,
         rows=rows,
         labels_kept=accepted,

@@ -7,13 +7,12 @@
     sorting = run_esort(recording, "/data/ks4/sorter_output",      # labels: Phy/Kilosort folder,
                         train_seconds=300, folder="esort_out")     # SI sorting, or our Sorting
 
-The workflow: a conventional sorter labels the first `train_seconds` of the recording; E-Sort
-keeps the units that pass a quality filter there, trains on those labels (from scratch, or
-from a pretrained backbone: `checkpoint=`), chooses its threshold on the validation tail of
-the training span against the same labels (`esort_jax.pipeline.validation_threshold`), then
-sorts the whole recording with `esort_jax.sort.sort_recording`. The recording is sorted in two
-calls split at `train_end` (each with enough context that the spikes near the split are the
-one-pass ones), so the time E-Sort needs for the rest is measured on its own.
+The workflow: a conventional sorter (the labeller) labels the first `train_seconds` of the
+recording; E-Sort keeps the units that pass a quality filter there, and the pipeline
+(esort_jax.pipeline) trains on those labels (from scratch, or from a pretrained backbone:
+`checkpoint=`), chooses its threshold on the validation tail of the training span against the
+same labels, then sorts the whole recording, in two calls meeting at `train_end` (the same
+spikes as one pass), so the time E-Sort needs for the rest is measured on its own.
 
 `esort_from_labels` returns everything (labels, unit selection, network, threshold, timing);
 `run_esort` returns the SpikeInterface sorting and, with `folder=`, writes it out.
@@ -29,20 +28,20 @@ from typing import Any
 
 import numpy as np
 
+from esort_jax import pipeline
 from esort_jax.config import ConfigError, to_dict
-from esort_jax.evaluate import EvaluationResult, evaluate
-from esort_jax.infer import InferenceConfig, fold_batchnorm
+from esort_jax.evaluate import EvaluationConfig, EvaluationResult, evaluate, scored_span
+from esort_jax.infer import InferenceConfig
 from esort_jax.io.atomic import atomic_folder, write_json
-from esort_jax.realdata.labeller import load_labels
 from esort_jax.io.phy import PhyExportConfig, write_phy_folder, write_sorting_folder
-from esort_jax.realdata.labeller import SorterLabels, check_labels_fit
 from esort_jax.model import ModelConfig
-from esort_jax.pipeline import EvaluationConfig, Fitted, fit, validation_threshold
+from esort_jax.pipeline import Fitted, PipelineConfig
 from esort_jax.postprocess import PostprocessConfig
-from esort_jax.realdata.preprocess import PreprocessConfig, preprocessed_recording
+from esort_jax.realdata.labeller import SorterLabels, check_labels_fit, load_labels
+from esort_jax.realdata.preprocess import PreprocessConfig, as_recording
 from esort_jax.realdata.quality import QualityFilter, UnitSelection, select_units
 from esort_jax.recording import Recording, Sorting
-from esort_jax.sort import SORTING_DEFAULTS, SortResult, sort_recording
+from esort_jax.sort import SORTING_DEFAULTS, SortResult
 from esort_jax.train import TrainConfig
 from esort_jax.transfer import TransferConfig
 from esort_jax.windows import WindowConfig
@@ -50,10 +49,8 @@ from esort_jax.windows import WindowConfig
 __all__ = [
     "CPU_TRAIN",
     "LabelledSort",
-    "as_recording",
     "esort_from_labels",
     "run_esort",
-    "sort_split",
     "write_outputs",
 ]
 
@@ -73,7 +70,8 @@ class LabelledSort:
       fitted: the trained network, its windows and training history.
       threshold, threshold_curve: the post-processing threshold and the sweep that chose it.
       train_end: first sample after the training span.
-      before, rest: the two sorting calls, [0, train_end) and [train_end, end).
+      sorted: the sort of the whole recording; `sorted.parts` are its two calls, [0, train_end)
+        and [train_end, end).
       recording: the (preprocessed) recording E-Sort ran on.
       seconds: wall time per stage (fit, threshold, sort_before, sort_rest).
     """
@@ -86,8 +84,7 @@ class LabelledSort:
     threshold: float
     threshold_curve: dict
     train_end: int
-    before: SortResult
-    rest: SortResult
+    sorted: SortResult
     recording: Recording
     seconds: dict
 
@@ -96,7 +93,17 @@ class LabelledSort:
         """The samples after the training span where E-Sort can report spikes: up to the anchor
         of the last window that fits in the recording."""
         model = self.fitted.model.config
-        return (self.train_end, self.recording.num_samples - model.window + 1 + model.anchor)
+        return (self.train_end, scored_span((0, self.recording.num_samples), window=model.window, anchor=model.anchor)[1])
+
+    @property
+    def before(self) -> SortResult:
+        """The sorting call of [0, train_end)."""
+        return self.sorted.parts[0]
+
+    @property
+    def rest(self) -> SortResult:
+        """The sorting call of [train_end, end)."""
+        return self.sorted.parts[1]
 
     def agreement(self, tolerance_ms: float = 0.4) -> EvaluationResult:
         """E-Sort against the labelling sorter (kept units, known identities) on `rest_span`."""
@@ -147,50 +154,6 @@ class LabelledSort:
         return [str(by_id[u]) for u in self.sorting.unit_ids.tolist()]
 
 
-def as_recording(recording: Any, preprocess: PreprocessConfig | None = None) -> Recording:
-    """Our lazy Recording from a SpikeInterface recording or ours, preprocessed when asked."""
-    if isinstance(recording, Recording):
-        if preprocess is None or not preprocess.enabled:
-            return recording
-        from esort_jax.io.spikeinterface import to_spikeinterface_recording
-
-        return preprocessed_recording(to_spikeinterface_recording(recording), preprocess)
-    from spikeinterface.core import BaseRecording
-
-    if not isinstance(recording, BaseRecording):
-        raise TypeError(
-            f"recording: expected a SpikeInterface recording or a Recording; got {type(recording).__name__}"
-        )
-    return preprocessed_recording(recording, preprocess or PreprocessConfig(enabled=False))
-
-
-def sort_split(
-    params, recording: Recording, unit_ids: np.ndarray, *, threshold: float, split: int,
-    infer_config: InferenceConfig | None = None, postprocess_config: PostprocessConfig | None = None,
-) -> tuple[Sorting, np.ndarray, SortResult, SortResult]:
-    """Sort [0, split) and [split, end) in two calls that together give the one-pass spikes.
-
-    Each call reads `margin` samples past the split (smoothing half-width, neighbour,
-    min-distance reach) so the peaks near it see the same context as in one pass; spikes are
-    then taken from the call whose side of the split their anchor is on.
-    """
-    postprocess_config = postprocess_config or PostprocessConfig()
-    window, anchor = params.window, params.anchor
-    margin = postprocess_config.half_width + max(postprocess_config.min_distance_samples - 1, 0) + 2
-    n = recording.num_samples
-    common = dict(threshold=threshold, infer_config=infer_config, postprocess_config=postprocess_config)
-    before = sort_recording(params, recording, unit_ids, start=0, stop=min(split + window - 1 + margin, n), **common)
-    rest = sort_recording(params, recording, unit_ids, start=max(split - margin, 0), stop=n, **common)
-    cut = split + anchor
-    keep_before, keep_rest = before.sorting.samples < cut, rest.sorting.samples >= cut
-    samples = np.concatenate([before.sorting.samples[keep_before], rest.sorting.samples[keep_rest]])
-    units = np.concatenate([before.sorting.unit_indices[keep_before], rest.sorting.unit_indices[keep_rest]])
-    scores = np.concatenate([before.scores[keep_before], rest.scores[keep_rest]])
-    order = np.lexsort((units, samples))
-    merged = Sorting(samples[order], units[order], np.asarray(unit_ids), recording.sampling_frequency)
-    return merged, scores[order], before, rest
-
-
 def esort_from_labels(
     recording: Any,
     labels: Any,
@@ -230,23 +193,24 @@ def esort_from_labels(
       sorter_seconds: the labelling sorter's run time, when not recorded with its output.
       train_dir: folder for training checkpoints (None: no checkpoints).
     """
-    model = model or ModelConfig()
-    windows = windows or WindowConfig()
-    train = train or CPU_TRAIN
-    quality = quality or QualityFilter()
-    evaluation = evaluation or EvaluationConfig()
-    postprocess = postprocess or PostprocessConfig()
     init = init or ("transfer" if checkpoint is not None else "scratch")
-    transfer = TransferConfig(init=init, checkpoint=None if checkpoint is None else str(checkpoint), freeze=freeze)
-    for config, where in ((model, "model"), (windows, "windows"), (train, "train"), (quality, "labels.filter"),
-                          (evaluation, "evaluation"), (postprocess, "postprocess"), (transfer, "transfer")):
-        config.validate(where)
+    config = PipelineConfig(
+        model=model or ModelConfig(), windows=windows or WindowConfig(), train=train or CPU_TRAIN,
+        transfer=TransferConfig(init=init, checkpoint=None if checkpoint is None else str(checkpoint), freeze=freeze),
+        evaluation=evaluation or EvaluationConfig(), infer=infer or InferenceConfig(),
+        postprocess=postprocess or PostprocessConfig(),
+    )
+    config.validate()
+    quality = quality or QualityFilter()
+    quality.validate("labels.filter")
 
     recording = as_recording(recording, preprocess)
     train_end = int(round(float(train_seconds) * recording.sampling_frequency))
-    if not 0 < train_end < recording.num_samples:
+    window = config.model.window
+    if not window <= train_end <= recording.num_samples - window:
         raise ConfigError(
-            f"train_seconds: must lie in (0, {recording.duration_s:g}) (the recording's duration); got {train_seconds}"
+            f"train_seconds: must lie in (0, {recording.duration_s:g}) (the recording's duration) and leave "
+            f"a window ({window} samples) on each side; got {train_seconds}"
         )
     labels = load_labels(labels, duration_s=recording.duration_s, sorter_seconds=sorter_seconds)
     check_labels_fit(labels, recording)
@@ -257,12 +221,16 @@ def esort_from_labels(
             f"[0, {train_seconds:g} s): {selection.report()['dropped_by_reason']} (label, spikes, rate, isi: "
             "the tests that failed); loosen labels.filter or lengthen train_seconds"
         )
+    return _fit_and_sort(recording, labels, selection, config, train_end=train_end, seed=seed, train_dir=train_dir)
 
+
+def _fit_and_sort(recording, labels, selection, config, *, train_end, seed, train_dir) -> LabelledSort:
+    """The pipeline on the kept units: fit on [0, train_end), threshold on its validation tail
+    against the same labels, sort the whole recording split at train_end."""
     seconds = {}
     started = time.perf_counter()
-    fitted = fit(
-        recording, selection.sorting, model, windows, train, transfer,
-        seed=seed, run_dir=train_dir, train_span=(0, train_end),
+    fitted = pipeline.fit(
+        recording, selection.sorting, config, seed=seed, run_dir=train_dir, train_span=(0, train_end),
         metadata_extra={
             "role": "esort_from_labels", "labels": labels.source.get("path"),
             # how the traces were preprocessed: experiments/sort.py applies the same to new recordings
@@ -270,22 +238,15 @@ def esort_from_labels(
         },
     )
     seconds["fit"] = time.perf_counter() - started
-    fitted.model.eval()
-    params = fold_batchnorm(fitted.model)
     started = time.perf_counter()
-    threshold, curve = validation_threshold(
-        fitted, params, recording, selection.sorting, evaluation,
-        infer_config=infer, postprocess_config=postprocess,
-    )
+    threshold, curve = pipeline.choose(fitted, recording, selection.sorting, config)
     seconds["threshold"] = time.perf_counter() - started
-    sorting, scores, before, rest = sort_split(
-        params, recording, fitted.unit_ids, threshold=threshold, split=train_end,
-        infer_config=infer, postprocess_config=postprocess,
-    )
-    seconds["sort_before"], seconds["sort_rest"] = before.seconds, rest.seconds
+    result = pipeline.sort(fitted, recording, config, threshold=threshold, span=(0, recording.num_samples),
+                           split=train_end)
+    seconds["sort_before"], seconds["sort_rest"] = result.parts[0].seconds, result.parts[1].seconds
     return LabelledSort(
-        sorting=sorting, scores=scores, labels=labels, selection=selection, fitted=fitted,
-        threshold=threshold, threshold_curve=curve, train_end=train_end, before=before, rest=rest,
+        sorting=result.sorting, scores=result.scores, labels=labels, selection=selection, fitted=fitted,
+        threshold=threshold, threshold_curve=curve, train_end=train_end, sorted=result,
         recording=recording, seconds=seconds,
     )
 
@@ -329,39 +290,27 @@ def run_esort(
     labels: Any,
     *,
     train_seconds: float,
-    checkpoint: str | Path | None = None,
-    init: str | None = None,
-    freeze: str = "none",
-    model: ModelConfig | None = None,
-    windows: WindowConfig | None = None,
-    train: TrainConfig | None = None,
-    quality: QualityFilter | None = None,
-    evaluation: EvaluationConfig | None = None,
-    infer: InferenceConfig | None = None,
-    postprocess: PostprocessConfig | None = None,
-    preprocess: PreprocessConfig | None = None,
-    sorter_seconds: float | None = None,
-    seed: int = 0,
     folder: str | Path | None = None,
     phy: PhyExportConfig | None = None,
     overwrite: bool = False,
+    **options: Any,
 ) -> Any:
     """E-Sort trained on `labels` over the first `train_seconds`, run on the whole recording;
     returns a SpikeInterface sorting (unit ids as the labelling sorter's; property
     'labeller_label'). With `folder`, also writes sorting/, phy/ and checkpoint/ there
-    (see write_outputs) and training checkpoints under folder/train/. Arguments as in
-    `esort_from_labels`."""
+    (see write_outputs) and training checkpoints under folder/train/. `options` are those of
+    `esort_from_labels` (checkpoint, init, freeze, model, windows, train, quality, evaluation,
+    infer, postprocess, preprocess, sorter_seconds, seed)."""
     if folder is not None and Path(folder).exists() and not overwrite and any(Path(folder).iterdir()):
         raise FileExistsError(
             f"{folder} already exists and is not empty (pass overwrite=True to replace its outputs)"
         )
-    result = esort_from_labels(
-        recording, labels, train_seconds=train_seconds, checkpoint=checkpoint, init=init, freeze=freeze,
-        model=model, windows=windows, train=train, quality=quality, evaluation=evaluation, infer=infer,
-        postprocess=postprocess, preprocess=preprocess, sorter_seconds=sorter_seconds, seed=seed,
-        train_dir=None if folder is None else Path(folder) / "train",
-    )
+    if "train_dir" in options:
+        raise TypeError("run_esort: training checkpoints go to <folder>/train; pass folder=, not train_dir=")
+    result = esort_from_labels(recording, labels, train_seconds=train_seconds,
+                               train_dir=None if folder is None else Path(folder) / "train", **options)
     if folder is not None:
+        seed = options.get("seed", 0)
         write_outputs(result, folder, phy=phy, overwrite=True, seed=seed)
         write_json(Path(folder) / "esort.json", {
             "threshold": result.threshold,
@@ -369,6 +318,7 @@ def run_esort(
             "units": result.selection.report(),
             "timing": result.timing(),
             "labels": result.labels.source,
-            "configs": {"model": to_dict(model or ModelConfig()), "train": to_dict(train or CPU_TRAIN)},
+            "configs": {"model": to_dict(result.fitted.model.config),
+                        "train": to_dict(options.get("train") or CPU_TRAIN)},
         })
     return result.to_spikeinterface()

@@ -47,7 +47,7 @@ __all__ = [
 
 # Scalar metrics every row carries (None when not applicable or not measured).
 METRIC_KEYS = (
-    "accuracy_pooled", "accuracy_mean", "accuracy_median", "precision", "recall",
+    "accuracy_pooled", "accuracy_mean", "accuracy_median", "precision_pooled", "recall_pooled",
     "well_detected", "n_units", "num_units_found", "sort_seconds", "sorted_duration_s",
     "train_seconds", "sorter_version",
 )
@@ -164,8 +164,8 @@ def k_to_reach_level(rows: Sequence[dict], level: float, metric: str = "accuracy
 
 TABLE_COLUMNS = (
     *ACCURACY_COLUMNS,
-    Column("precision", "prec", 6, ".3f"),
-    Column("recall", "recall", 6, ".3f"),
+    Column("precision_pooled", "prec", 6, ".3f"),
+    Column("recall_pooled", "recall", 6, ".3f"),
     Column("well_detected", "well", 5, "d"),
     Column("num_units_found", "found", 5, "d"),
     Column("n_units", "units", 5, "d"),

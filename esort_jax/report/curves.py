@@ -49,7 +49,7 @@ __all__ = [
 ARMS = ("transfer", "scratch")
 # Aggregated over seeds (mean and std) per K and arm.
 SUMMARY_METRICS = (
-    "accuracy_pooled", "accuracy_mean", "accuracy_median", "precision", "recall",
+    "accuracy_pooled", "accuracy_mean", "accuracy_median", "precision_pooled", "recall_pooled",
     "well_detected", "window_jaccard",
 )
 LEADING_COLUMNS = ("seed", "k", "arm")  # a row's identity, first in label_efficiency.csv

@@ -94,8 +94,8 @@ ACCURACY_COLUMNS = (
 ARMS_COLUMNS = (
     Column("arm", "arm", 9, align="<"),
     *ACCURACY_COLUMNS,
-    Column("precision", "prec", 8, ".3f"),
-    Column("recall", "recall", 8, ".3f"),
+    Column("precision_pooled", "prec", 8, ".3f"),
+    Column("recall_pooled", "recall", 8, ".3f"),
     Column("well_detected", "well", 6, "d"),
     Column("n_units", "units", 6, "d"),
     Column("sort_seconds", "sort_s", 8, ".2f"),

@@ -1,0 +1,79 @@
+"""esort_jax.threshold: the sweep equals separate runs; the choice sees only its labelled span."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from esort_jax.evaluate import EvaluationConfig, evaluate
+from esort_jax.infer import fold_batchnorm
+from esort_jax.pipeline import PipelineConfig, fit
+from esort_jax.postprocess import PostprocessConfig, find_spikes
+from esort_jax.recording import Sorting
+from esort_jax.threshold import choose_threshold, sweep_thresholds
+from esort_jax.train import TrainConfig
+from esort_jax.windows import WindowConfig
+from tests._tiny import TINY_MODEL, fast_compile, tiny_recording  # noqa: F401  (fixture)
+
+FS = 32000.0
+CAPACITY = 128
+
+
+def _params(recording, truth, epochs=3):
+    config = PipelineConfig(model=TINY_MODEL, windows=WindowConfig(train_fraction=0.6),
+                            train=TrainConfig(epochs=epochs, batch_size=64, progress=False))
+    fitted = fit(recording, truth, config, seed=0)
+    fitted.model.eval()
+    return fold_batchnorm(fitted.model), fitted.unit_ids
+
+
+def test_sweep_scores_every_threshold_as_a_separate_run():
+    rng = np.random.default_rng(11)
+    num_steps, offset = 3000, 5000
+    truth_trains = {u: np.sort(rng.choice(np.arange(20, num_steps - 20), 12, replace=False)) for u in range(3)}
+    p = (0.2 * rng.random((3, num_steps)) ** 2).astype(np.float32)
+    bump = np.exp(-0.5 * (np.arange(-6, 7) / 2.5) ** 2)
+    for u, train in truth_trains.items():
+        for t in train:
+            p[u, t - 6:t + 7] = np.maximum(p[u, t - 6:t + 7], rng.uniform(0.2, 1.0) * bump)
+    truth = Sorting.from_unit_dict({u: t + offset for u, t in truth_trains.items()}, FS)
+    config = PostprocessConfig(chunk_steps=128, capacity=CAPACITY)
+    thresholds = [0.5, 1.0, 1.5, 2.0, 2.5, 3.0]
+    best, curve = sweep_thresholds(p, offset, truth, thresholds, tolerance_ms=0.4, config=config)
+    for k, value in enumerate(thresholds):
+        separate = find_spikes(p, sampling_frequency=FS, unit_ids=truth.unit_ids, sample_offset=offset,
+                               config=config, threshold=value)
+        assert curve["num_spikes"][k] == separate.num_spikes
+        result = evaluate(separate, truth, tolerance_ms=0.4, span=(offset, offset + num_steps))
+        assert curve["accuracy_pooled"][k] == pytest.approx(result.accuracy_pooled)
+    assert best == thresholds[int(np.argmax(curve["accuracy_pooled"]))]
+    assert max(curve["accuracy_pooled"]) > 0.5
+
+
+def test_choice_uses_only_its_span_and_the_networks_units():
+    recording, truth = tiny_recording(duration_s=1.0, amplitude=10.0)
+    params, unit_ids = _params(recording, truth)
+    span, config = (0, 12000), EvaluationConfig(thresholds=(1.0, 3.0, 5.0))
+    best, curve = choose_threshold(params, recording, truth, span, config, unit_ids=unit_ids)
+    assert curve["span"] == [0, 12000] and curve["metric"] == "accuracy_pooled" and best in config.thresholds
+    # labels beyond the span, and units the network does not have, change nothing
+    cut = truth.select_spikes(truth.samples < span[1])
+    extra = Sorting(np.concatenate([cut.samples, [100, 5000]]), np.concatenate([cut.unit_indices, [3, 3]]),
+                    np.concatenate([cut.unit_ids, [99]]), FS)
+    for labels in (cut, extra):
+        again, curve2 = choose_threshold(params, recording, labels, span, config, unit_ids=unit_ids)
+        assert again == best and curve2["accuracy_pooled"] == curve["accuracy_pooled"]
+
+
+def test_fixed_threshold_and_errors():
+    recording, truth = tiny_recording(duration_s=1.0)
+    params, unit_ids = _params(recording, truth, epochs=1)
+    assert choose_threshold(params, recording, truth, (0, 100), EvaluationConfig(threshold=2.2),
+                            unit_ids=unit_ids) == (2.2, {})
+    with pytest.raises(ValueError, match="too short to choose a threshold"):
+        choose_threshold(params, recording, truth, (0, 10), EvaluationConfig(), unit_ids=unit_ids)
+    with pytest.raises(KeyError, match=r"unit ids \[7\] are not among"):
+        choose_threshold(params, recording, truth, (0, 12000), EvaluationConfig(), unit_ids=[0, 1, 7])
+    with pytest.raises(ValueError, match="metric must be one of"):
+        sweep_thresholds(np.zeros((1, 50), np.float32), 0, Sorting.from_unit_dict({0: [10]}, FS), [1.0],
+                         metric="f1")
