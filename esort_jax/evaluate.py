@@ -348,40 +348,6 @@ class EvaluationResult:
             "num_gt": np.asarray(self.num_gt).tolist(),
         }
 
-    def table(self) -> str:
-        """A per-unit text table followed by the summary lines."""
-        header = (f"{'unit':>10} {'pred':>10} {'num_gt':>7} {'num_pred':>8} {'tp':>7} {'fp':>7} "
-                  f"{'fn':>7} {'acc':>6} {'prec':>6} {'rec':>6}")
-        lines = [header, "-" * len(header)]
-        for k in range(self.n_units):
-            pred = "-" if self.pred_index[k] < 0 else str(self.pred_unit_ids[self.pred_index[k]])
-            lines.append(
-                f"{str(self.unit_ids[k]):>10} {pred:>10} {self.num_gt[k]:>7d} {self.num_pred[k]:>8d} "
-                f"{self.tp[k]:>7d} {self.fp[k]:>7d} {self.fn[k]:>7d} "
-                f"{self.accuracy[k]:>6.3f} {self.precision[k]:>6.3f} {self.recall[k]:>6.3f}"
-            )
-        lines.append("-" * len(header))
-        lines.append(
-            f"pooled: accuracy {self.accuracy_pooled:.4f}  precision {self.precision_pooled:.4f}  "
-            f"recall {self.recall_pooled:.4f}  "
-            f"(TP {self.tp_total}, FP {self.fp_total}, FN {self.fn_total}"
-            + (f", incl. {self.unmatched_pred_spikes} FP from {self.unmatched_pred_units} "
-               "unpaired predicted units)"
-               if self.unmatched_pred_as_fp and self.unmatched_pred_units else ")")
-        )
-        lines.append(
-            f"per unit: accuracy mean {self.accuracy_mean:.4f} median {self.accuracy_median:.4f}  "
-            f"precision mean {self.precision_mean:.4f}  recall mean {self.recall_mean:.4f}  "
-            f"well detected (acc >= {self.well_detected_score}) "
-            f"{self.well_detected}/{int(self.evaluated.sum())}"
-        )
-        lines.append(
-            f"tolerance {self.tolerance_ms:.4g} ms = {self.tolerance_samples} samples; "
-            f"identities {self.identities}"
-            + (f"; span [{self.span[0]}, {self.span[1]})" if self.span is not None else "")
-        )
-        return "\n".join(lines)
-
 
 def evaluate(
     predicted: Sorting,

@@ -22,10 +22,7 @@ comparison.png, results.json.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import math
-from pathlib import Path
 
 import hydra
 import numpy as np
@@ -33,6 +30,8 @@ from omegaconf import DictConfig
 
 from data_gen import SynthesisConfig
 from esort_jax.report import comparison
+from esort_jax.report.comparison import label_reach, ordered_rows, write_comparison_csv
+from esort_jax.report.plots import plot_comparison
 from esort_jax.realdata.baselines import (
     BaselineResult,
     BaselinesConfig,
@@ -44,7 +43,6 @@ from esort_jax.realdata.baselines import (
 from esort_jax.config import ConfigError, from_dict, require
 from esort_jax.evaluate import EvaluationConfig, EvaluationResult, evaluate, scored_span
 from esort_jax.io import write_sorting_npz
-from esort_jax.io.atomic import atomic_file
 from esort_jax.model import ModelConfig
 from esort_jax.windows import WindowConfig, split_spans
 from experiments._common import Run, prepare_process, to_container
@@ -122,136 +120,6 @@ def sorter_metrics(result: BaselineResult, evaluation: EvaluationResult) -> dict
     }
 
 
-def write_csv(path: Path, rows: list[dict], ratios: dict) -> None:
-    """comparison.csv: one row per method, every scalar plus the speed ratio (atomic)."""
-    columns = ["method", "kind", "arm", "k", "status", *comparison.METRIC_KEYS, "speed_ratio_vs_esort"]
-    with atomic_file(path, "w") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            values = {**row, "speed_ratio_vs_esort": ratios.get(row["method"]) if row["kind"] == "sorter" else None}
-            writer.writerow({c: "" if values.get(c) is None else values[c] for c in columns})
-
-
-def ordered_rows(rows: list[dict]) -> list[dict]:
-    """Sorters first (in run order), then E-Sort by arm (transfer, scratch) and K."""
-    sorters = [r for r in rows if r["kind"] == "sorter"]
-    esort = sorted((r for r in rows if r["kind"] == "esort"), key=lambda r: (ESORT_ARMS.index(r["arm"]), r["k"]))
-    return sorters + esort
-
-
-def label_reach(rows: list[dict], sorters: dict, metric: str) -> dict:
-    """For each sorter that produced a score: the K E-Sort's arms need to reach its `metric`."""
-    out = {}
-    for name, metrics in sorters.items():
-        level = metrics.get(metric) if metrics.get("status") == "ok" else None
-        if level is None or not math.isfinite(float(level)):
-            continue
-        out[name] = comparison.k_to_reach_level(rows, float(level), metric)
-    return out
-
-
-# ----------------------------------------------------------------------------------------------
-# Figure (from a results.json dict, so notebooks redraw it)
-
-
-def plot_comparison(results: dict, path: str | Path | None = None):
-    """Three panels: accuracy (pooled) against sort time per second of data (log axis; E-Sort
-    also with its fine-tuning time, hollow); pooled and mean accuracy per method; well-detected
-    units per method against the number of true units."""
-    import matplotlib.pyplot as plt
-
-    rows = [r for r in results["rows"] if r.get("status", "ok") == "ok"]
-    fig, axes = plt.subplots(1, 3, figsize=(17, 4.8), gridspec_kw={"width_ratios": [1.2, 1, 1]})
-    ax = axes[0]
-    markers = {"transfer": "o", "scratch": "s"}
-    colors = {"transfer": "tab:blue", "scratch": "tab:orange"}
-    sorter_colors = iter(["tab:red", "tab:green", "tab:purple", "tab:brown", "tab:gray"])
-    for row in rows:
-        duration = row.get("sorted_duration_s") or float("nan")
-        seconds = (row.get("sort_seconds") or float("nan")) / duration
-        if row["kind"] == "sorter":
-            ax.scatter(seconds, row["accuracy_pooled"], marker="D", s=60, color=next(sorter_colors),
-                       label=row["method"], zorder=3)
-        else:
-            arm = row["arm"]
-            ax.scatter(seconds, row["accuracy_pooled"], marker=markers[arm], color=colors[arm], zorder=3)
-            ax.annotate(f"K={row['k']}", (seconds, row["accuracy_pooled"]), fontsize=7,
-                        xytext=(4, -3), textcoords="offset points")
-            if row.get("train_seconds"):
-                total = (row["sort_seconds"] + row["train_seconds"]) / duration
-                ax.scatter(total, row["accuracy_pooled"], marker=markers[arm], facecolor="none",
-                           edgecolor=colors[arm], zorder=3)
-    for arm in ESORT_ARMS:
-        if any(r["kind"] == "esort" and r["arm"] == arm for r in rows):
-            ax.scatter([], [], marker=markers[arm], color=colors[arm], label=f"E-Sort {arm} (sort)")
-            ax.scatter([], [], marker=markers[arm], facecolor="none", edgecolor=colors[arm],
-                       label=f"E-Sort {arm} (fine-tune + sort)")
-    ax.set_xscale("log")
-    ax.set_xlabel("wall seconds per second of data (log)")
-    ax.set_ylabel("accuracy (pooled)")
-    ax.set_ylim(0, 1.02)
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7, loc="best")
-    ax.set_title("Accuracy against sorting time", fontsize=10)
-
-    names = [r["method"] for r in rows]
-    positions = np.arange(len(rows))
-    ax = axes[1]
-    width = 0.38
-    pooled = [r.get("accuracy_pooled") or 0.0 for r in rows]
-    mean = [r.get("accuracy_mean") or 0.0 for r in rows]
-    ax.bar(positions - width / 2, pooled, width, label="pooled", color="tab:blue")
-    ax.bar(positions + width / 2, mean, width, label="per-unit mean", color="tab:cyan")
-    for x, v in zip(positions, pooled):
-        ax.annotate(f"{v:.2f}", (x - width / 2, v), ha="center", va="bottom", fontsize=6, xytext=(0, 1),
-                    textcoords="offset points")
-    ax.set_xticks(positions)
-    ax.set_xticklabels(names, rotation=60, ha="right", fontsize=7)
-    ax.set_ylim(0, 1.08)
-    ax.set_ylabel("accuracy")
-    ax.legend(fontsize=7)
-    ax.grid(axis="y", alpha=0.3)
-    ax.set_title("Accuracy on the held-out span", fontsize=10)
-
-    ax = axes[2]
-    well = [r.get("well_detected") or 0 for r in rows]
-    ax.bar(positions, well, color="tab:green")
-    units = max((r.get("n_units") or 0 for r in rows), default=0)
-    if units:
-        ax.axhline(units, color="k", lw=0.8, ls="--", label=f"{units} true units")
-        ax.legend(fontsize=7)
-    ax.set_xticks(positions)
-    ax.set_xticklabels(names, rotation=60, ha="right", fontsize=7)
-    ax.set_ylabel("units with accuracy >= 0.8")
-    ax.grid(axis="y", alpha=0.3)
-    ax.set_title("Well-detected units", fontsize=10)
-
-    target = results.get("target", {})
-    fig.suptitle(
-        f"{target.get('num_channels', '?')} channels, {target.get('num_units', '?')} units; "
-        f"sorters on span '{results.get('spans', {}).get('span', '?')}', all scored on the held-out span",
-        fontsize=10,
-    )
-    fig.tight_layout()
-    if path is not None:
-        fig.savefig(path, dpi=120)
-    return fig
-
-
-def write_figure(run, results: dict) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path = run.dir / "comparison.png"
-    fig = plot_comparison(results, path)
-    plt.close(fig)
-    run.logger.image("comparison", path)
-    return str(path)
-
-
 # ----------------------------------------------------------------------------------------------
 # The entry point
 
@@ -313,7 +181,7 @@ def main(cfg: DictConfig) -> dict:
                 metrics = _run_sorter(run, name, target, truth, spans, params[name], plan, evaluation)
             run.results["sorters"][name] = metrics
             rows.append(comparison.method_row(name, "sorter", metrics))
-            write_csv(csv_path, rows, comparison.speed_ratios(rows))  # a killed run keeps what it finished
+            write_comparison_csv(csv_path, rows)  # a killed run keeps what it finished
 
         if esort.ks:
             checkpoint = None
@@ -334,7 +202,7 @@ def main(cfg: DictConfig) -> dict:
                     )
                     run.results["esort"].setdefault(f"k{k}", {})[arm] = metrics
                     rows.append(comparison.method_row(f"{arm} K={k}", "esort", metrics, arm=arm, k=k))
-                    write_csv(csv_path, rows, comparison.speed_ratios(rows))
+                    write_comparison_csv(csv_path, rows)
 
         rows = ordered_rows(rows)
         ratios = comparison.speed_ratios(rows)
@@ -347,9 +215,12 @@ def main(cfg: DictConfig) -> dict:
         reference = reach.get(plan.reference_sorter) if plan.reference_sorter else None
         run.results["reference_sorter"] = plan.reference_sorter
         run.results["label_reduction_vs_reference"] = reference["ratio"] if reference else None
-        write_csv(csv_path, rows, ratios)
+        write_comparison_csv(csv_path, rows)
         run.results["csv"] = str(csv_path)
-        run.results["figures"] = {"comparison": write_figure(run, run.results)}
+        figure = run.dir / "comparison.png"
+        plot_comparison(run.results, figure)
+        run.logger.image("comparison", figure)
+        run.results["figures"] = {"comparison": str(figure)}
         columns = ["method", "kind", "arm", "k", "status", *comparison.METRIC_KEYS]
         run.logger.table("comparison", columns, [[r.get(c) for c in columns] for r in rows])
 

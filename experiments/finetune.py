@@ -22,6 +22,7 @@ from esort_jax.config import ConfigError, to_dict
 from esort_jax.io import read_sorting_npz
 from esort_jax.io.atomic import atomic_folder, write_json
 from esort_jax.sort import SORTING_DEFAULTS
+from esort_jax.report.tables import evaluation_table
 from experiments._common import Run, prepare_process
 from experiments._data import obtain_recording
 from experiments._stages import run_arm
@@ -67,7 +68,7 @@ def main(cfg: DictConfig) -> dict:
             })
         metrics["checkpoint"] = str(final)
         run.results.update(target=info, **{transfer.init: metrics})
-        print(outcome.evaluation.table())
+        print(evaluation_table(outcome.evaluation))
     return run.results
 
 

@@ -24,6 +24,7 @@ from esort_jax.io import write_sorting_npz
 from esort_jax.io.atomic import atomic_folder
 from esort_jax.postprocess import PostprocessConfig
 from esort_jax.realdata.preprocess import preprocess_as_trained
+from esort_jax.report.tables import evaluation_table
 from esort_jax.sort import SORTING_DEFAULTS, sort_recording
 from experiments._common import Run, prepare_process
 from experiments._data import obtain_recording
@@ -109,7 +110,7 @@ def main(cfg: DictConfig) -> dict:
                 span=scored_span((start, stop), window=meta.model_config.window, anchor=meta.model_config.anchor),
             )
             run.results["metrics"] = scored.to_dict()
-            print(scored.table())
+            print(evaluation_table(scored))
         print(
             f"[sort] {result.sorting.num_spikes} spikes of {result.sorting.num_units} units in {duration:.1f} s "
             f"of recording, {result.seconds:.2f} s ({duration / max(result.seconds, 1e-9):.1f}x real time) -> {out}"

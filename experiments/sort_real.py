@@ -36,6 +36,7 @@ from esort_jax.postprocess import PostprocessConfig
 from esort_jax.realdata.preprocess import PreprocessConfig, as_recording, preprocessed_recording
 from esort_jax.realdata.quality import QualityFilter
 from esort_jax.realdata.workflow import esort_from_labels, write_outputs
+from esort_jax.report.tables import scores_table
 from esort_jax.runtime import artifacts
 from esort_jax.runtime.artifacts import synthesis_key
 from esort_jax.train import TrainConfig
@@ -45,19 +46,12 @@ from experiments._common import Run, prepare_process, to_container
 from experiments._data import obtain_recording
 from experiments._stages import epoch_logger
 
-HEADER = f"{'':<24} {'acc_pool':>8} {'acc_mean':>8} {'acc_med':>8} {'prec':>8} {'recall':>8} {'well':>5} {'units':>6}"
-
 
 def scores(result: EvaluationResult) -> dict:
     """Pooled and per-unit summary plus the per-unit rows, for results.json."""
     summary = result.to_dict()
     summary["per_unit"] = result.per_unit()
     return summary
-
-
-def row(name: str, s: dict) -> str:
-    return (f"{name:<24} {s['accuracy_pooled']:>8.3f} {s['accuracy_mean']:>8.3f} {s['accuracy_median']:>8.3f} "
-            f"{s['precision_pooled']:>8.3f} {s['recall_pooled']:>8.3f} {s['well_detected']:>5d} {s['n_units']:>6d}")
 
 
 def truth_scores(result, truth, tolerance_ms: float) -> dict:
@@ -188,7 +182,7 @@ def main(cfg: DictConfig) -> dict:
             timing=timing,
             outputs=outputs,
         )
-        lines = [HEADER, "-" * len(HEADER), row("agreement with labels", run.results["agreement"])]
+        named_scores = [("agreement with labels", run.results["agreement"])]
 
         truth = load_labels(Path(str(truth_path)).expanduser()).sorting if truth_path else own_truth
         if truth is not None:
@@ -196,10 +190,10 @@ def main(cfg: DictConfig) -> dict:
                 "path": str(truth_path) if truth_path else "the recording's own",
                 **truth_scores(result, truth, evaluation.tolerance_ms),
             }
-            lines += [row("E-Sort vs ground truth", run.results["ground_truth"]["esort"]),
-                      row("labeller (kept units)", run.results["ground_truth"]["labeller_kept_units"]),
-                      row("labeller (all units)", run.results["ground_truth"]["labeller_all_units"])]
-        table = "\n".join(lines)
+            named_scores += [("E-Sort vs ground truth", run.results["ground_truth"]["esort"]),
+                             ("labeller (kept units)", run.results["ground_truth"]["labeller_kept_units"]),
+                             ("labeller (all units)", run.results["ground_truth"]["labeller_all_units"])]
+        table = scores_table(named_scores)
         run.results["table"] = table
         flat = {f"agreement/{k}": v for k, v in run.results["agreement"].items() if isinstance(v, (int, float))}
         flat.update({f"timing/{k}": v for k, v in timing.items() if isinstance(v, (int, float))})

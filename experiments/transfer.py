@@ -17,35 +17,12 @@ from omegaconf import DictConfig
 
 from data_gen import SynthesisConfig
 from esort_jax.config import ConfigError
+from esort_jax.report.tables import ARMS_COLUMNS, arms_table
 from experiments._common import Run, prepare_process
 from experiments._data import obtain_recording
 from experiments._stages import arm_config, pretrained_on_source, run_arm
 
 ARMS = ("transfer", "scratch")  # an arm is the init of its network
-TABLE_COLUMNS = [
-    ("arm", "{:<9}"),
-    ("accuracy_pooled", "{:>8.3f}"),
-    ("accuracy_mean", "{:>8.3f}"),
-    ("accuracy_median", "{:>8.3f}"),
-    ("precision_pooled", "{:>8.3f}"),
-    ("recall_pooled", "{:>8.3f}"),
-    ("well_detected", "{:>6d}"),
-    ("n_units", "{:>6d}"),
-    ("sort_seconds", "{:>8.2f}"),
-]
-HEADER = f"{'arm':<9} {'acc_pool':>8} {'acc_mean':>8} {'acc_med':>8} {'prec':>8} {'recall':>8} {'well':>6} {'units':>6} {'sort_s':>8}"
-
-
-def arms_table(results: dict, arms) -> str:
-    lines = [HEADER, "-" * len(HEADER)]
-    for arm in arms:
-        row = results[arm]
-        cells = []
-        for key, fmt in TABLE_COLUMNS:
-            value = row.get(key)
-            cells.append(fmt.format(value) if value is not None else f"{'-':>8}")
-        lines.append(" ".join(cells))
-    return "\n".join(lines)
 
 
 @hydra.main(version_base=None, config_path="../conf", config_name="transfer")
@@ -81,8 +58,8 @@ def main(cfg: DictConfig) -> dict:
         table = arms_table(run.results, arms)
         run.results["table"] = table
         run.logger.table(
-            "arms", [c for c, _ in TABLE_COLUMNS],
-            [[run.results[a].get(c) for c, _ in TABLE_COLUMNS] for a in arms],
+            "arms", [c.key for c in ARMS_COLUMNS],
+            [[run.results[a].get(c.key) for c in ARMS_COLUMNS] for a in arms],
         )
         print()
         print(

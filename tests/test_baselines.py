@@ -309,6 +309,15 @@ def test_k_to_reach_interpolates_in_log_k_and_gives_the_ratio():
         comparison.k_to_reach_level(rows, 0.8, metric="precision")
 
 
+def test_label_reach_for_each_sorter_that_scored():
+    rows = _fake_rows()
+    sorters = {"kilosort4": {"status": "ok", "accuracy_pooled": 0.8}, "spykingcircus2": {"status": "failed"},
+               "tridesclous2": {"status": "ok", "accuracy_pooled": float("nan")}}
+    reach = comparison.label_reach(rows, sorters, "accuracy_pooled")
+    assert list(reach) == ["kilosort4"] and reach["kilosort4"] == comparison.k_to_reach_level(rows, 0.8)
+    assert comparison.label_reach(rows, sorters, "accuracy_mean") == {}
+
+
 def test_speed_ratios_compare_seconds_per_second_of_data():
     rows = _fake_rows()
     assert comparison.esort_seconds_per_data_second(rows) == pytest.approx(2.0 / 15.0)  # median of 1.5, 2, 2.5, ...
@@ -320,9 +329,7 @@ def test_speed_ratios_compare_seconds_per_second_of_data():
 
 
 def test_comparison_table_lists_every_method_with_its_numbers():
-    from experiments.baselines import ordered_rows
-
-    rows = ordered_rows(list(reversed(_fake_rows())))
+    rows = comparison.ordered_rows(list(reversed(_fake_rows())))
     assert [r["method"] for r in rows][:3] == ["spykingcircus2", "tridesclous2", "kilosort4"]
     assert [r["method"] for r in rows][3:] == [f"transfer K={k}" for k in (5, 10, 15)] + [f"scratch K={k}" for k in (5, 10, 15)]
     table = comparison.comparison_table(rows)
@@ -342,11 +349,10 @@ def test_csv_and_figure_from_fake_results(tmp_path):
     import matplotlib
 
     matplotlib.use("Agg")
-    from experiments.baselines import ordered_rows, plot_comparison, write_csv
+    from esort_jax.report.plots import plot_comparison
 
-    rows = ordered_rows(_fake_rows())
-    ratios = comparison.speed_ratios(rows)
-    write_csv(tmp_path / "c.csv", rows, ratios)
+    rows = comparison.ordered_rows(_fake_rows())
+    comparison.write_comparison_csv(tmp_path / "c.csv", rows)
     with open(tmp_path / "c.csv") as handle:
         read = list(csv.DictReader(handle))
     assert [r["method"] for r in read] == [r["method"] for r in rows]

@@ -17,6 +17,7 @@ from scipy.optimize import linear_sum_assignment
 
 from esort_jax.evaluate import EvaluationResult, evaluate, match_count_matrix, tolerance_to_samples
 from esort_jax.recording import Sorting
+from esort_jax.report.tables import evaluation_table
 
 FS = 30000.0
 
@@ -253,7 +254,7 @@ def test_summary_dict_and_table():
     assert summary["precision_pooled"] == pytest.approx(tp / (tp + fp))
     assert summary["recall_pooled"] == pytest.approx(tp / (tp + fn))
     assert summary["accuracy_median"] == pytest.approx(np.median(result.accuracy))
-    text = result.table()
+    text = evaluation_table(result)
     assert "pooled: accuracy" in text and len(text.splitlines()) == truth.num_units + 6
     excluding = evaluate(predicted, truth, unmatched_pred_as_fp=False)
     assert excluding.fp_total == result.fp.sum()

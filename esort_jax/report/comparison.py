@@ -1,7 +1,7 @@
 """E-Sort side by side with conventional sorters: rows, a text table, speed ratios and the
 labelled spikes per unit E-Sort needs to match a sorter's accuracy.
 
-Pure functions on plain dicts (no Hydra, no plotting). A row is one method on one recording:
+Functions on plain dicts (no Hydra, no plotting; `write_comparison_csv` writes the CSV). A row is one method on one recording:
 
     {"method": "kilosort4", "kind": "sorter", "arm": None, "k": None,
      "accuracy_pooled": 0.81, ..., "sort_seconds": 512.0, "sorted_duration_s": 15.0}
@@ -9,8 +9,10 @@ Pure functions on plain dicts (no Hydra, no plotting). A row is one method on on
 
     rows = [method_row(...), ...]
     print(comparison_table(rows))
+    write_comparison_csv("comparison.csv", rows)
     speed_ratios(rows)                     # sorter seconds / E-Sort seconds per second of data
     k_to_reach_level(rows, 0.81)           # K transfer and scratch need, and their ratio
+    label_reach(rows, sorters, "accuracy_pooled")   # the same at each sorter's accuracy
 
 Speed is compared per second of sorted data (a sorter may sort the whole recording while E-Sort
 sorts the held-out half); E-Sort's time is its sort (inference + post-processing) time, the
@@ -21,17 +23,23 @@ reported beside it (`train_seconds`), not folded in.
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, Sequence
 
 import numpy as np
 
 from esort_jax.report import curves
+from esort_jax.report.csv_writer import write_csv
+from esort_jax.report.tables import ACCURACY_COLUMNS, Column, table_lines
 
 __all__ = [
     "METRIC_KEYS",
     "REACH_METRICS",
     "method_row",
     "comparison_table",
+    "ordered_rows",
+    "label_reach",
+    "write_comparison_csv",
     "esort_seconds_per_data_second",
     "speed_ratios",
     "k_to_reach_level",
@@ -154,24 +162,15 @@ def k_to_reach_level(rows: Sequence[dict], level: float, metric: str = "accuracy
     return out
 
 
-def _cell(value: Any, fmt: str, width: int) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return f"{'-':>{width}}"
-    return fmt.format(value)
-
-
 TABLE_COLUMNS = (
-    # key, header, format, width
-    ("accuracy_pooled", "acc_pool", "{:>8.3f}", 8),
-    ("accuracy_mean", "acc_mean", "{:>8.3f}", 8),
-    ("accuracy_median", "acc_med", "{:>8.3f}", 8),
-    ("precision_pooled", "prec", "{:>6.3f}", 6),
-    ("recall_pooled", "recall", "{:>6.3f}", 6),
-    ("well_detected", "well", "{:>5d}", 5),
-    ("num_units_found", "found", "{:>5d}", 5),
-    ("n_units", "units", "{:>5d}", 5),
-    ("sort_seconds", "sort_s", "{:>9.2f}", 9),
-    ("train_seconds", "train_s", "{:>8.1f}", 8),
+    *ACCURACY_COLUMNS,
+    Column("precision_pooled", "prec", 6, ".3f"),
+    Column("recall_pooled", "recall", 6, ".3f"),
+    Column("well_detected", "well", 5, "d"),
+    Column("num_units_found", "found", 5, "d"),
+    Column("n_units", "units", 5, "d"),
+    Column("sort_seconds", "sort_s", 9, ".2f"),
+    Column("train_seconds", "train_s", 8, ".1f"),
 )
 
 
@@ -180,15 +179,41 @@ def comparison_table(rows: Sequence[dict]) -> str:
     and sorters get their speed ratio against E-Sort (`x_esort`)."""
     ratios = speed_ratios(rows)
     width = max([16] + [len(r["method"]) for r in rows])
-    header = f"{'method':<{width}} " + " ".join(f"{h:>{w}}" for _, h, _, w in TABLE_COLUMNS) + f" {'x_esort':>8}"
-    lines = [header, "-" * len(header)]
+    columns = [Column("method", "method", width, align="<"), *TABLE_COLUMNS, Column("x_esort", "x_esort", 8, ".1f")]
+    lines: list[dict | str] = []
     for row in rows:
-        name = f"{row['method']:<{width}}"
-        if not _ok(row):
-            lines.append(f"{name} {row['status']}: {str(row.get('error', '')).splitlines()[0][:80] if row.get('error') else ''}")
+        if _ok(row):
+            lines.append({**row, "x_esort": ratios.get(row["method"]) if row["kind"] == "sorter" else None})
+        else:
+            error = str(row.get("error", "")).splitlines()[0][:80] if row.get("error") else ""
+            lines.append(f"{row['method']:<{width}} {row['status']}: {error}")
+    return "\n".join(table_lines(columns, lines))
+
+
+def ordered_rows(rows: Sequence[dict]) -> list[dict]:
+    """Sorters first (in run order), then E-Sort by arm (transfer, scratch) and K."""
+    sorters = [r for r in rows if r["kind"] == "sorter"]
+    esort = sorted((r for r in rows if r["kind"] == "esort"), key=lambda r: (ESORT_ARMS.index(r["arm"]), r["k"]))
+    return sorters + esort
+
+
+def label_reach(rows: Sequence[dict], sorters: dict, metric: str) -> dict:
+    """For each sorter that produced a score (`sorters`: name -> its metrics): the K E-Sort's
+    arms need to reach its `metric` (`k_to_reach_level`)."""
+    out = {}
+    for name, metrics in sorters.items():
+        level = metrics.get(metric) if metrics.get("status") == "ok" else None
+        if level is None or not math.isfinite(float(level)):
             continue
-        cells = [_cell(row.get(key), fmt, w) for key, _, fmt, w in TABLE_COLUMNS]
-        ratio = ratios.get(row["method"]) if row["kind"] == "sorter" else None
-        cells.append(_cell(ratio, "{:>8.1f}", 8))
-        lines.append(f"{name} " + " ".join(cells))
-    return "\n".join(lines)
+        out[name] = k_to_reach_level(rows, float(level), metric)
+    return out
+
+
+CSV_COLUMNS = ("method", "kind", "arm", "k", "status", *METRIC_KEYS, "speed_ratio_vs_esort")
+
+
+def write_comparison_csv(path: str | os.PathLike, rows: Sequence[dict]) -> None:
+    """comparison.csv: one row per method, every scalar plus the sorters' speed ratio (atomic)."""
+    ratios = speed_ratios(rows)
+    write_csv(path, [{**row, "speed_ratio_vs_esort": ratios.get(row["method"]) if row["kind"] == "sorter" else None}
+                     for row in rows], CSV_COLUMNS)

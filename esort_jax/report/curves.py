@@ -10,6 +10,9 @@ Pure numpy on plain rows (dicts), no Hydra, no plotting. A row is one fine-tunin
     reductions = label_reduction(ks, t, s)        # K_scratch / K_transfer at transfer's levels
     reduction_headline(reductions)["text"]        # "transfer needs 2.3x fewer labelled spikes ..."
 
+A label-efficiency run (experiments/label_efficiency.py) keeps one `result_row` per seed x K x
+arm and `summarise`s them into its results.json (summary, by_k, gain, label_reduction).
+
 K needed to reach an accuracy level is read off a curve by linear interpolation in log K
 between the measured K values, at the curve's FIRST crossing of the level. Two cases are
 censored and reported as such rather than invented:
@@ -27,6 +30,9 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 __all__ = [
+    "ARMS",
+    "SUMMARY_METRICS",
+    "LEADING_COLUMNS",
     "mean_std",
     "aggregate",
     "curve",
@@ -36,7 +42,17 @@ __all__ = [
     "label_reduction",
     "reduction_at",
     "reduction_headline",
+    "result_row",
+    "summarise",
 ]
+
+ARMS = ("transfer", "scratch")
+# Aggregated over seeds (mean and std) per K and arm.
+SUMMARY_METRICS = (
+    "accuracy_pooled", "accuracy_mean", "accuracy_median", "precision_pooled", "recall_pooled",
+    "well_detected", "window_jaccard",
+)
+LEADING_COLUMNS = ("seed", "k", "arm")  # a row's identity, first in label_efficiency.csv
 
 
 def _finite(values: Iterable[Any]) -> np.ndarray:
@@ -238,3 +254,54 @@ def reduction_headline(reductions: Sequence[dict]) -> dict:
         "n_undetermined": undetermined,
         "text": "; ".join(parts),
     }
+
+
+# ----------------------------------------------------------------------------------------------
+# A label-efficiency run: its rows and their summary
+
+
+def result_row(seed: int, k: int, arm: str, metrics: dict) -> dict:
+    """One CSV/results row: every scalar metric of an arm plus training and short-unit counts."""
+    row: dict[str, Any] = {"seed": seed, "k": k, "arm": arm}
+    for key, value in metrics.items():
+        if key in LEADING_COLUMNS:
+            continue
+        if value is None or isinstance(value, (int, float, str, bool)):
+            row[key] = value
+    short = metrics.get("short_units") or {}
+    row["short_units"] = len(short.get("unit_ids", []))
+    row["short_units_policy"] = short.get("policy")
+    training = metrics.get("training") or {}
+    row["train_windows"] = training.get("train_windows")
+    row["epochs"] = training.get("epochs")
+    return row
+
+
+def summarise(rows: Sequence[dict], arms: Sequence[str], metric: str, reference: float | None) -> dict:
+    """summary (per K and arm), by_k, gain and label reduction (at `reference` too) from the rows."""
+    out: dict[str, Any] = {"summary": aggregate(rows, SUMMARY_METRICS)}
+    # The same numbers keyed for flattening (summarize.py: `by_k.k5.transfer.accuracy_pooled_mean`).
+    out["by_k"] = {}
+    for entry in out["summary"]:
+        cell = {key: value for key, value in entry.items() if key not in ("k", "arm")}
+        out["by_k"].setdefault(f"k{entry['k']}", {})[entry["arm"]] = cell
+    if "transfer" in arms and "scratch" in arms:
+        out["gain"] = {m: paired_gain(rows, m) for m in ("accuracy_pooled", "accuracy_mean")}
+        for m, gains in out["gain"].items():
+            for g in gains:
+                out["by_k"][f"k{g['k']}"][f"gain_{m}"] = {"mean": g["mean"], "std": g["std"], "n": g["n"]}
+        out["label_reduction"] = _label_reduction(out["summary"], metric, reference)
+    return out
+
+
+def _label_reduction(summary: Sequence[dict], metric: str, reference: float | None) -> dict:
+    ks, transfer, _ = curve(summary, "transfer", metric)
+    _, scratch, _ = curve(summary, "scratch", metric)
+    ks_list = [int(k) for k in ks]
+    reductions = label_reduction(ks_list, transfer.tolist(), scratch.tolist())
+    for entry, k in zip(reductions, [k for k, v in zip(ks_list, transfer) if v == v]):
+        entry["at_k"] = k
+    out = {"metric": metric, "levels": reductions, "headline": reduction_headline(reductions)}
+    if reference is not None:
+        out["reference"] = reduction_at(ks_list, transfer.tolist(), scratch.tolist(), float(reference))
+    return out

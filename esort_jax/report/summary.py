@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from esort_jax.recording import GroundTruth, Recording, Sorting
+from esort_jax.report.tables import Column, table_lines
 
 __all__ = ["recording_summary", "unit_table_text"]
 
@@ -52,29 +53,31 @@ def recording_summary(recording: Recording, truth: Sorting | None = None) -> dic
     return summary
 
 
+UNIT_COLUMNS = (
+    Column("unit", "unit", 5),
+    Column("cell_type", "type", 4),
+    Column("position_um", "depth_um", 8, ".1f"),
+    Column("peak_channel", "peak_ch", 7, "d"),
+    Column("peak_amplitude_uv", "amp_uV", 7, ".1f"),
+    Column("snr", "snr", 6, ".1f"),
+    Column("firing_rate_hz", "rate_Hz", 7, ".2f"),
+    Column("spikes", "spikes", 7, "d"),
+)
+
+
 def unit_table_text(truth: Sorting, max_rows: int = 40) -> str:
-    """One line per unit: id, type, depth, peak channel, amplitude, SNR, rate, spikes."""
+    """One line per unit (highest SNR first): id, type, depth, peak channel, amplitude, SNR,
+    rate, spikes; '-' where the ground truth has no such column."""
     counts = truth.spike_counts()
     table = truth.unit_table if isinstance(truth, GroundTruth) else {}
-    header = f"{'unit':>5} {'type':>4} {'depth_um':>8} {'peak_ch':>7} {'amp_uV':>7} {'snr':>6} {'rate_Hz':>7} {'spikes':>7}"
-    lines = [header, "-" * len(header)]
     order = np.argsort(-np.asarray(table["snr"])) if "snr" in table else np.arange(truth.num_units)
-    for row, unit in enumerate(order):
-        if row == max_rows:
-            lines.append(f"... {truth.num_units - max_rows} more units")
-            break
-
-        def cell(name, fmt, width):
-            if name not in table:
-                return f"{'-':>{width}}"
-            value = table[name][unit]
-            if name == "position_um":
-                value = value[1]
-            return f"{value:{fmt}}"
-
-        lines.append(
-            f"{str(truth.unit_ids[unit]):>5} {cell('cell_type', '>4', 4)} {cell('position_um', '8.1f', 8)} "
-            f"{cell('peak_channel', '7d', 7)} {cell('peak_amplitude_uv', '7.1f', 7)} {cell('snr', '6.1f', 6)} "
-            f"{cell('firing_rate_hz', '7.2f', 7)} {counts[unit]:7d}"
-        )
+    rows = []
+    for unit in order[:max_rows]:
+        row = {c.key: table[c.key][unit] for c in UNIT_COLUMNS if c.key in table}
+        if "position_um" in row:
+            row["position_um"] = row["position_um"][1]  # depth
+        rows.append({**row, "unit": str(truth.unit_ids[unit]), "spikes": counts[unit]})
+    lines = table_lines(UNIT_COLUMNS, rows)
+    if truth.num_units > max_rows:
+        lines.append(f"... {truth.num_units - max_rows} more units")
     return "\n".join(lines)

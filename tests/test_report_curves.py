@@ -1,4 +1,5 @@
-"""Label-efficiency curve math: aggregation, log-K interpolation, label reduction."""
+"""Label-efficiency curve math: aggregation, log-K interpolation, label reduction; a run's rows
+and their summary."""
 
 import math
 
@@ -14,6 +15,8 @@ from esort_jax.report.curves import (
     paired_gain,
     reduction_at,
     reduction_headline,
+    result_row,
+    summarise,
 )
 
 
@@ -118,3 +121,49 @@ def test_headline_when_scratch_is_better():
     reductions = label_reduction([1, 10, 100], [0.2, 0.4, 0.6], [0.3, 0.5, 0.7], levels=[0.45])
     assert reductions[0]["ratio"] < 1
     assert "more labelled spikes" in reduction_headline(reductions)["text"]
+
+
+def test_result_row_keeps_scalars_and_counts_short_units():
+    metrics = {"accuracy_pooled": 0.7, "threshold": None, "per_unit": {"accuracy": [1.0]}, "arm": "ignored",
+               "short_units": {"unit_ids": [3, 4], "policy": "drop"}, "training": {"train_windows": 50, "epochs": 4},
+               "sorted_span": [0, 10]}
+    row = result_row(1, 5, "transfer", metrics)
+    assert row == {"seed": 1, "k": 5, "arm": "transfer", "accuracy_pooled": 0.7, "threshold": None,
+                   "short_units": 2, "short_units_policy": "drop", "train_windows": 50, "epochs": 4}
+    assert result_row(0, 1, "scratch", {})["short_units"] == 0
+
+
+def _metric_rows():
+    ks, rows = [1, 2, 5, 10], []
+    for seed in (0, 1):
+        for k, t, s in zip(ks, [0.5, 0.6, 0.7, 0.8], [0.2, 0.5, 0.6, 0.7]):
+            rows.append({"seed": seed, "k": k, "arm": "transfer", "accuracy_pooled": t + 0.01 * seed,
+                         "accuracy_mean": t})
+            rows.append({"seed": seed, "k": k, "arm": "scratch", "accuracy_pooled": s + 0.01 * seed,
+                         "accuracy_mean": s})
+    return rows
+
+
+def test_summarise_gives_summary_by_k_gain_and_reduction():
+    out = summarise(_metric_rows(), ["transfer", "scratch"], "accuracy_mean", reference=0.65)
+    assert len(out["summary"]) == 8 and all(r["n_seeds"] == 2 for r in out["summary"])
+    cell = out["by_k"]["k5"]["transfer"]
+    assert cell["accuracy_pooled_mean"] == pytest.approx(0.705) and cell["accuracy_pooled_std"] > 0
+    assert out["by_k"]["k2"]["gain_accuracy_mean"] == {"mean": pytest.approx(0.1), "std": 0.0, "n": 2}
+    assert [g["k"] for g in out["gain"]["accuracy_pooled"]] == [1, 2, 5, 10]
+    reduction = out["label_reduction"]
+    assert reduction["metric"] == "accuracy_mean"
+    assert [level["at_k"] for level in reduction["levels"]] == [1, 2, 5, 10]
+    # transfer at K=2 (0.6) is reached by scratch at K=5: 2.5x
+    assert reduction["levels"][1]["ratio"] == pytest.approx(2.5)
+    assert reduction["headline"] == reduction_headline(reduction["levels"])
+    # 0.65 lies halfway (in log K) between 2 and 5 for transfer, between 5 and 10 for scratch
+    assert reduction["reference"]["ratio"] == pytest.approx(math.sqrt(50) / math.sqrt(10))
+
+
+def test_summarise_one_arm_has_no_gain_or_reduction():
+    rows = [r for r in _metric_rows() if r["arm"] == "transfer"]
+    out = summarise(rows, ["transfer"], "accuracy_pooled", reference=None)
+    assert set(out) == {"summary", "by_k"} and set(out["by_k"]["k1"]) == {"transfer"}
+    both = summarise(_metric_rows(), ["transfer", "scratch"], "accuracy_pooled", reference=None)
+    assert "reference" not in both["label_reduction"]
