@@ -34,7 +34,7 @@ from esort_jax.config import ConfigError, from_dict
 from esort_jax.io.atomic import write_json
 from esort_jax.runtime.log import LoggerConfig, RunLogger
 from esort_jax.runtime.provenance import provenance
-from esort_jax.train import configure_host_allocator
+from esort_jax.runtime.host_memory import configure_host_allocator
 
 __all__ = ["Run", "run_dir", "device_info", "to_container"]
 
@@ -43,7 +43,7 @@ if not OmegaConf.has_resolver("add"):
     OmegaConf.register_new_resolver("add", lambda *values: sum(values))
 
 # Keep XLA's per-step scratch memory mapped instead of page-faulting it afresh every step
-# (30-40 % of a training step on CPU; see esort_jax.train.configure_host_allocator). Must run
+# (30-40 % of a training step on CPU; see esort_jax.runtime.host_memory). Must run
 # before JAX's first computation, so it happens at import of this module.
 configure_host_allocator()
 
