@@ -58,14 +58,6 @@ class DeviceTraces:
     traces: jax.Array
     start: int
 
-    @property
-    def stop(self) -> int:
-        return self.start + int(self.traces.shape[0])
-
-    @property
-    def nbytes(self) -> int:
-        return int(self.traces.size) * self.traces.dtype.itemsize
-
     @classmethod
     def load(
         cls,

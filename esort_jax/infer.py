@@ -451,42 +451,45 @@ def iter_probabilities(
     devices = tuple(jax.local_devices())
     devices = devices[: config.num_devices] if config.num_devices else devices
     config = config.resolve_kernel(params, devices)
-    fn, mesh = _sharded_chunk_fn(devices, config)
-    ndev = len(devices)
     steps = config.padded_chunk_steps
     rows = steps + window - 1
-    num_steps = stop - start - window + 1
-    chunk_starts = list(range(start, start + num_steps, steps))
-    jobs = [
-        [(c, min(c + rows, stop)) for c in chunk_starts[g:g + ndev]]
-        for g in range(0, len(chunk_starts), ndev)
+    chunk_starts = list(range(start, stop - window + 1, steps))
+    groups = [  # one chunk per device: [(sample_start, sample_stop)], the last one cut at `stop`
+        [(c, min(c + rows, stop)) for c in chunk_starts[g:g + len(devices)]]
+        for g in range(0, len(chunk_starts), len(devices))
     ]
+    reader = Prefetcher(lambda g: _read_group(source, groups[g], rows, num_channels), len(groups), config.prefetch)
+    with reader:
+        yield from _stream(params, groups, iter(reader), devices, config, stop - window + 1)
+
+
+def _stream(params, groups, inputs, devices, config, end: int) -> Iterator[tuple[int, np.ndarray]]:
+    """Dispatch each group of chunks (its samples from `inputs`) to the devices, keeping one
+    group computing while the previous one is consumed; yield (chunk_start, p) in order. `end`:
+    one past the last window start."""
+    fn, mesh = _sharded_chunk_fn(devices, config)
     shard = NamedSharding(mesh, PartitionSpec("chunk"))
     params = jax.device_put(params, NamedSharding(mesh, PartitionSpec()))
+    ndev, steps = len(devices), config.padded_chunk_steps
 
-    reader = Prefetcher(lambda g: _read_group(source, jobs[g], rows, num_channels), len(jobs), config.prefetch)
-    inputs = iter(reader)
-
-    def dispatch(g):
+    def dispatch(group):
         x = next(inputs)
-        group = jobs[g]
         if x.shape[0] < ndev:  # last group: idle devices get a zero chunk
             x = np.concatenate([x, np.zeros((ndev - x.shape[0],) + x.shape[1:], x.dtype)])
         valid = np.zeros(ndev, np.int32)
         for d, (c0, _) in enumerate(group):
-            valid[d] = min(steps, start + num_steps - c0)
+            valid[d] = min(steps, end - c0)
         p, finite = fn(params, jax.device_put(x, shard), jax.device_put(valid, shard))
         return group, valid, x, p, finite
 
     pending: deque = deque()
-    with reader:
-        for g in range(len(jobs)):
-            pending.append(dispatch(g))
-            if len(pending) < 2 and g + 1 < len(jobs):
-                continue  # keep one group computing while the previous one is consumed
-            yield from _collect(pending.popleft())
-        while pending:
-            yield from _collect(pending.popleft())
+    for g, group in enumerate(groups):
+        pending.append(dispatch(group))
+        if len(pending) < 2 and g + 1 < len(groups):
+            continue
+        yield from _collect(pending.popleft())
+    while pending:
+        yield from _collect(pending.popleft())
 
 
 def _collect(item) -> Iterator[tuple[int, np.ndarray]]:
