@@ -463,7 +463,8 @@ def save_epoch_checkpoint(
         extra={**extra, "resume_signature": signature},
         **fields,
     )
-    path = save_checkpoint(epoch_checkpoint_path(run_dir, epoch), model, metadata, opt_state=opt_state, overwrite=True)
+    path = epoch_checkpoint_path(run_dir, epoch)
+    save_checkpoint(path, model, metadata, opt_state=opt_state, overwrite=True)
     prune_checkpoints(run_dir, keep)
     return path
 
@@ -479,7 +480,9 @@ class ResumePoint:
     opt_state: Any
 
 
-def restore_training(run_dir: str | os.PathLike, model: ESortNet, opt_state_like: Any, signature: dict) -> ResumePoint | None:
+def restore_training(
+    run_dir: str | os.PathLike, model: ESortNet, opt_state_like: Any, signature: dict
+) -> ResumePoint | None:
     """Continue a run from its newest checkpoint: None if `run_dir` has none; else the model's
     arrays are written into `model` and the optimiser state is restored with the structure of
     `opt_state_like`. CheckpointError if the checkpoint belongs to another run (its resume

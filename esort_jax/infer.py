@@ -27,8 +27,8 @@ samples, so results do not depend on the chunk size), pads the last chunk to the
 with its valid length (one compilation per shape), checks the chunk for NaN/inf inside the
 jitted function, and yields (chunk_start, p [N, steps]) so post-processing can consume the
 trace without ever holding all of P. A host thread reads ahead while the device computes
-(esort_jax.runtime.prefetch). With several local devices, consecutive chunks go to different devices (shard_map over a 1-D
-mesh); results equal the single-device ones.
+(esort_jax.runtime.prefetch). With several local devices, consecutive chunks go to different
+devices (shard_map over a 1-D mesh); results equal the single-device ones.
 
 Naive reference. `naive_logits` evaluates window by window (it materialises the windows of a
 block of steps and calls the folded dense network `forward_windows`, or the Flax model itself,

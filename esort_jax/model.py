@@ -35,7 +35,9 @@ from flax import nnx
 
 from esort_jax.config import require
 
-__all__ = ["ModelConfig", "TemporalFilter", "SpatialDense", "SpatialFilter", "Backbone", "ESortNet", "window_flops"]
+__all__ = [
+    "ModelConfig", "TemporalFilter", "SpatialDense", "SpatialFilter", "Backbone", "ESortNet", "window_flops",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,7 +143,9 @@ class SpatialFilter(nnx.Module):
     BatchNorm(S), ReLU."""
 
     def __init__(self, num_channels: int, in_features: int, config: ModelConfig, *, rngs: nnx.Rngs):
-        self.dense = SpatialDense(num_channels * in_features, config.spatial_features, dtype=config.dtype, rngs=rngs)
+        self.dense = SpatialDense(
+            num_channels * in_features, config.spatial_features, dtype=config.dtype, rngs=rngs
+        )
         self.norm = nnx.BatchNorm(
             config.spatial_features,
             momentum=config.batchnorm_momentum,

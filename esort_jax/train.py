@@ -312,7 +312,9 @@ def create_train_state(model: ESortNet, tx: optax.GradientTransformation) -> Tra
     """The model's parameters and BatchNorm statistics, a fresh optimiser state, step 0."""
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     batch_stats = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
-    return TrainState(params=params, batch_stats=batch_stats, opt_state=tx.init(params), step=jnp.zeros((), jnp.int32))
+    return TrainState(
+        batch_stats=batch_stats, opt_state=tx.init(params), params=params, step=jnp.zeros((), jnp.int32)
+    )
 
 
 def make_mesh(devices=None) -> Mesh:
@@ -406,7 +408,8 @@ def _jitted_train_step(graphdef, tx, mesh, batch_size, resident, window, kernel)
     if resident and kernel == "native":
         def fn(state, data, order, i):
             idx_B = batch_indices(order, i, batch_size, mesh)
-            return step(state, fast_training.WindowRows(data["traces"], data["starts"][idx_B], 1), data["labels"][idx_B])
+            windows = fast_training.WindowRows(data["traces"], data["starts"][idx_B], 1)
+            return step(state, windows, data["labels"][idx_B])
     elif resident:
         def fn(state, data, order, i):
             x, y = take_batch(data, order, i, batch_size, window, mesh)
@@ -610,7 +613,9 @@ def _run_epochs(model, recording, windows, config, mesh, tx, state, epochs: rang
         for epoch in epochs:
             started = time.perf_counter()
             order = epoch_order(shuffle_key, epoch, len(windows.train), config.batch_size)
-            state, train_loss = _train_epoch(step_fn, state, train_feed, order, progress, epoch, config.log_every_steps)
+            state, train_loss = _train_epoch(
+                step_fn, state, train_feed, order, progress, epoch, config.log_every_steps
+            )
             metrics = {"epoch": epoch, "step": int(state.step), "train_loss": train_loss}
             val = _evaluate(eval_fn, val_feed, state.params, state.batch_stats)
             metrics.update({f"val_{k}": v for k, v in val.items()})
@@ -672,7 +677,9 @@ def _feeds_and_steps(model, recording, windows, config, mesh, tx):
         where[val_resident],
         "native kernel (windows read in place)" if kernel == "native" else "XLA (windows gathered)",
     )
-    step_fn = make_train_step(model, tx, mesh, batch_size=config.batch_size, resident=train_resident, kernel=kernel)
+    step_fn = make_train_step(
+        model, tx, mesh, batch_size=config.batch_size, resident=train_resident, kernel=kernel
+    )
     eval_fn = make_eval_step(model, mesh, batch_size=config.batch_size, resident=val_resident)
     return feeds[0], feeds[1], step_fn, eval_fn
 
@@ -713,7 +720,9 @@ def _report_epoch(progress, metrics: dict, *, last: bool) -> None:
     a bar only the last; all are in the history)."""
     epoch = metrics["epoch"]
     if progress is not None:
-        progress.set_postfix(epoch=epoch, loss=f"{metrics['train_loss']:.4f}", val_recall=f"{metrics['val_recall']:.3f}")
+        progress.set_postfix(
+            epoch=epoch, loss=f"{metrics['train_loss']:.4f}", val_recall=f"{metrics['val_recall']:.3f}"
+        )
     level = logging.INFO if progress is None or last else logging.DEBUG
     log.log(level, "epoch %d: %s", epoch, {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()})
 

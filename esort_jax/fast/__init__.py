@@ -92,7 +92,8 @@ def _obstacle(purpose: str, devices: list, compute_dtype: str, temporal_features
     if platforms != ["cpu"]:
         return f"devices are {platforms} (the native kernel is CPU only)"
     if not native.supports((f1, f2)):
-        return f"no native kernel for temporal features {(f1, f2)} (compiled for {sorted(native.SUPPORTED_FEATURES)})"
+        return (f"no native kernel for temporal features {(f1, f2)} "
+                f"(compiled for {sorted(native.SUPPORTED_FEATURES)})")
     return None
 
 

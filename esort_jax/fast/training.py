@@ -58,7 +58,8 @@ def logits(model, windows) -> jax.Array:
     if isinstance(windows, WindowRows):
         if windows.rows_RxC.ndim != 2 or windows.rows_RxC.shape[1] != model.num_channels:
             raise ValueError(
-                f"ESortNet expects rows [R, {model.num_channels}] (time, channels); got {tuple(windows.rows_RxC.shape)}"
+                f"ESortNet expects rows [R, {model.num_channels}] (time, channels); "
+                f"got {tuple(windows.rows_RxC.shape)}"
             )
         a1_FxBxC = _first_filter_from_rows(backbone.temporal1, windows)
     else:
@@ -69,8 +70,9 @@ def logits(model, windows) -> jax.Array:
                 f"(time, batch, channels); got {tuple(windows.shape)}"
             )
         a1_FxBxC = _temporal_filter(backbone.temporal1, windows)
-    native_gradient = isinstance(windows, WindowRows)
-    a2_BxFxC = _temporal_filter(backbone.temporal2, a1_FxBxC, batch_major_output=True, native_gradient=native_gradient)
+    a2_BxFxC = _temporal_filter(
+        backbone.temporal2, a1_FxBxC, batch_major_output=True, native_gradient=isinstance(windows, WindowRows)
+    )
     a3_BxS = _spatial_filter(backbone.spatial, a2_BxFxC.reshape(a2_BxFxC.shape[0], -1))
     return model.head(a3_BxS).astype(jnp.float32)
 
