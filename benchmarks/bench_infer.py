@@ -185,6 +185,7 @@ def main() -> None:
     import jax.numpy as jnp
 
     from esort_jax import infer
+    from esort_jax.fast.conv import conv_logits
 
     config = infer.InferenceConfig(chunk_steps=args.chunk_steps)
     overrides = {k: v for k, v in (("block_steps", args.block_steps), ("segment", args.segment)) if v}
@@ -220,7 +221,7 @@ def main() -> None:
     variants = [("native", "float32")] if native_ok else []
     variants += [("xla", "float32"), ("xla", "bfloat16")]
     for kind, dtype in variants:
-        kernel = jax.jit(lambda p, x, dt=dtype, k=kind: infer.conv_logits(
+        kernel = jax.jit(lambda p, x, dt=dtype, k=kind: conv_logits(
             p, x, block_steps=config.block_steps, segment=config.segment, compute_dtype=dt, kernel=k))
         t = best_time(lambda: kernel(params, x_chunk).block_until_ready(), args.repeats, args.max_wait)
         results[f"kernel_{kind}_{dtype}"] = report(f"kernel, one {steps}-step chunk, {kind}, {dtype}", steps / FS, t)
@@ -271,7 +272,7 @@ def main() -> None:
     t = best_time(lambda: infer.naive_logits(params, traces[:window_span], block_steps=1), 1, args.max_wait)
     rt_window = report("folded dense net, 0.1 s, one window per call", window_span / FS, t)
     naive_check = infer.naive_logits(params, x_naive, block_steps=256)
-    conv_check = np.asarray(infer.conv_logits(params, jnp.asarray(x_naive), block_steps=config.block_steps,
+    conv_check = np.asarray(conv_logits(params, jnp.asarray(x_naive), block_steps=config.block_steps,
                                               segment=config.segment))
     print(f"  conv form end to end / naive: {results['end_to_end'] / rt_window:.1f}x (one window per call), "
           f"{results['end_to_end'] / rt_naive:.2f}x (folded, batched), "

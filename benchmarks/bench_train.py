@@ -24,7 +24,7 @@ import os
 import sys
 import time
 
-from esort_jax.train import configure_host_allocator
+from esort_jax.runtime.host_memory import configure_host_allocator
 
 # Before JAX starts its backend: see configure_host_allocator (opt out with --no-tune-malloc).
 TUNED = "--no-tune-malloc" not in sys.argv and configure_host_allocator()
@@ -36,10 +36,9 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from esort_jax import ArrayTraces, Recording
 from esort_jax.model import ModelConfig, window_flops
-from esort_jax.train import (
-    TrainConfig, init_model, init_train_state, make_mesh, make_optimizer, make_train_step, resolve_kernel,
-)
-from esort_jax.windows import DeviceTraces, epoch_order, gather_host
+from esort_jax.batches import DeviceTraces, epoch_order, gather_host
+from esort_jax.fast import choose_kernel
+from esort_jax.train import TrainConfig, create_train_state, init_model, make_mesh, make_optimizer, make_train_step
 
 from flax import nnx
 
@@ -120,9 +119,10 @@ def main() -> None:
     model = init_model(C, N, config, seed=0)
     steps_each_epoch = args.windows // B
     tx = make_optimizer(TrainConfig(), nnx.to_pure_dict(nnx.state(model, nnx.Param)), steps_each_epoch)
-    state = jax.device_put(init_train_state(model, tx), replicated)
+    state = jax.device_put(create_train_state(model, tx), replicated)
     resident = args.path == "device"
-    kernel = resolve_kernel(args.kernel, model, mesh)
+    kernel = choose_kernel(args.kernel, purpose="train", devices=jax.devices(), compute_dtype=config.compute_dtype,
+                           temporal_features=config.temporal_features)
     kernels = [kernel] + (["xla"] if kernel == "native" and not args.no_reference else [])
     steps_by_kernel = {k: make_train_step(model, tx, mesh, batch_size=B, resident=resident, kernel=k) for k in kernels}
     order = epoch_order(jax.random.key(1), 0, args.windows, B)

@@ -72,7 +72,7 @@ from data_gen import SynthesisConfig
 from esort_jax.infer import InferenceConfig, InferenceParams
 from esort_jax.postprocess import PostprocessConfig
 from esort_jax.sort import sort_recording
-from esort_jax.train import configure_host_allocator
+from esort_jax.runtime.host_memory import configure_host_allocator
 configure_host_allocator()
 spec = json.loads({spec!r})
 recording, truth = synthesize(from_dict(SynthesisConfig, spec['data'], 'data'))
