@@ -77,6 +77,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+# The named numpy streams of window sampling: default_rng((seed, STREAMS[name])). The numbers are
+# part of every result (changing one changes the windows drawn), so they are fixed here once.
+STREAMS = {"negatives": 0, "validation": 1, "balanced": 2, "held_out": 7}
+
 ShortUnitPolicy = Literal["error", "drop", "keep_all"]
 
 
@@ -415,7 +419,7 @@ def make_windows(
       sorting: spike labels (ground truth or a sorter's output); may cover only part of it.
       config: a WindowConfig.
       window, anchor: W and A (from ModelConfig).
-      seed: seeds the negative and validation draws (numpy generators keyed by (seed, stream)).
+      seed: seeds the negative and validation draws (numpy generators keyed by (seed, STREAMS[name])).
       train_span: explicit training region [start, stop) in samples (default: first
         `config.train_fraction` of the recording).
       eval_span: explicit evaluation span (default: the rest of the recording after the region).
@@ -509,7 +513,7 @@ def make_windows(
     candidates = negative_starts.allowed & ~negative_starts.near(sorting.samples, anchor, jitter)
     candidates = negative_starts.first + np.flatnonzero(candidates)
     wanted = int(round(config.negatives_per_positive * pos.size))
-    rng = np.random.default_rng((seed, 0))
+    rng = np.random.default_rng((seed, STREAMS["negatives"]))
     if wanted > candidates.size:
         log.warning(
             "only %d all-negative windows available in [%d, %d) for %d requested; using all of them",
@@ -530,7 +534,7 @@ def make_windows(
         jitter=jitter,
         unit_indices=columns,
         seed=seed,
-        stream=1,
+        stream="validation",
         negatives_per_positive=config.negatives_per_positive,
         max_windows=config.max_validation_windows,
         avoid=evaluation,
@@ -584,7 +588,7 @@ def balanced_windows(
     anchor: int,
     jitter: int,
     seed: int,
-    stream: int = 2,
+    stream: str = "balanced",
     unit_indices: np.ndarray | None = None,
     negatives_per_positive: float = 1.0,
     max_windows: int | None = None,
@@ -607,7 +611,7 @@ def balanced_windows(
     if max_windows is not None and num_pos + num_neg > max_windows:
         scale = max_windows / (num_pos + num_neg)
         num_pos, num_neg = int(num_pos * scale), int(num_neg * scale)
-    rng = np.random.default_rng((seed, stream))
+    rng = np.random.default_rng((seed, STREAMS[stream]))
     pos = rng.choice(pos, size=num_pos, replace=False)
     neg = rng.choice(neg, size=num_neg, replace=False)
     all_starts = np.sort(np.concatenate([pos, neg]))
