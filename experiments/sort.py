@@ -57,14 +57,16 @@ def main(cfg: DictConfig) -> dict:
         postprocess = run.typed(PostprocessConfig, "postprocess")
         evaluation = run.typed(EvaluationConfig, "evaluation")
         checkpoint = Path(str(cfg.checkpoint)).expanduser()
-        if not ckpt.is_checkpoint(checkpoint):
-            raise ConfigError(f"checkpoint: {checkpoint} is not a checkpoint folder (no metadata.json)")
+        problem = ckpt.checkpoint_problem(checkpoint)
+        if problem is not None:
+            raise ConfigError(f"checkpoint: {problem}")
+        with run.stage("load model"):  # verified (checksums, finite) before any other work
+            model, meta = ckpt.load_model(checkpoint)
         threshold = cfg.get("threshold")
         defaults_file = checkpoint / SORTING_DEFAULTS
         if threshold is None and defaults_file.is_file():
             threshold = json.loads(defaults_file.read_text())["threshold"]
         recording, truth, info = obtain_recording(run, "recording")
-        meta = ckpt.read_metadata(checkpoint)
         check_fits(meta, recording, checkpoint)
         recording = preprocess_as_trained(recording, meta.extra.get("preprocess"), str(cfg.get("preprocess", "checkpoint")),
                                           where=f"{checkpoint}/metadata.json extra.preprocess")
@@ -74,10 +76,7 @@ def main(cfg: DictConfig) -> dict:
             start, stop = (int(round(float(v) * recording.sampling_frequency)) for v in cfg.span)
             if not 0 <= start < stop <= recording.num_samples:
                 raise ConfigError(f"span: {list(cfg.span)} s is outside the recording's {recording.duration_s:g} s")
-        with run.stage("load model"):
-            model, meta = ckpt.load_model(checkpoint)
-            model.eval()
-            params = fold_batchnorm(model)
+        params = fold_batchnorm(model)  # load_model leaves it in eval mode
         with run.stage("sort"):
             result = sort_recording(
                 params, recording, meta.unit_ids, threshold=threshold,
