@@ -248,7 +248,9 @@ class WindowSets:
 
 
 def check_labels(recording: Recording, sorting: Sorting) -> None:
-    """Raise LabelError unless `sorting` fits `recording` (sampling rate, spike times in [0, T))."""
+    """Raise LabelError unless `sorting` fits `recording` (sampling rate, spike times in [0, T))
+    and its unit ids can name the network's outputs (unique, not NaN)."""
+    _check_unit_ids(sorting.unit_ids)
     fs_rec, fs_lab = recording.sampling_frequency, sorting.sampling_frequency
     if abs(fs_rec - fs_lab) > 1e-6 * fs_rec:
         raise LabelError(
@@ -263,6 +265,24 @@ def check_labels(recording: Recording, sorting: Sorting) -> None:
             f"{int(outside.sum())} spike time(s) lie outside the recording's samples [0, {num_samples}) "
             f"(range of offenders [{int(bad.min())}, {int(bad.max())}]); were the labels made for "
             "another recording or another sampling rate?"
+        )
+
+
+def _check_unit_ids(unit_ids: np.ndarray) -> None:
+    """LabelError for NaN or repeated unit ids: a unit is scored, saved and reported by its id,
+    so two units with one id (or an id equal to nothing, NaN) could never be told apart."""
+    ids = unit_ids.tolist()
+    if any(isinstance(u, float) and u != u for u in ids):
+        raise LabelError("the labels' unit ids include NaN; give every unit a number or a name")
+    seen, repeated = set(), []
+    for u in ids:
+        if u in seen and u not in repeated:
+            repeated.append(u)
+        seen.add(u)
+    if repeated:
+        raise LabelError(
+            f"the labels' unit ids are not unique: {repeated[:10]} name more than one unit; give every "
+            "unit its own id (or merge the units first)"
         )
 
 
