@@ -98,6 +98,20 @@ def test_folded_dense_equals_flax_model(model, params):
     assert params.flops_per_step() == 2 * (C * 20 * 4 + C * 4 * 8 + C * 8 * 16 + 16 * N)
 
 
+def test_a_network_that_is_not_finite_is_refused_when_folded():
+    """A NaN parameter, or statistics that overflow float32 once folded (1e38 / sqrt(1e-30)),
+    would give NaN probabilities and a sort with no spikes: refused, naming the array."""
+    model = make_model(0)
+    model.head.kernel[...] = model.head.kernel[...].at[0, 1].set(jnp.nan)
+    with pytest.raises(ValueError, match=r"not finite: InferenceParams\.k4_SxN holds 1 NaN/inf value\(s\) of 48"):
+        infer.fold_batchnorm(model)
+    model = make_model(0)
+    model.backbone.spatial.norm.scale[...] = jnp.full_like(model.backbone.spatial.norm.scale[...], 1e38)
+    model.backbone.spatial.norm.var[...] = jnp.full_like(model.backbone.spatial.norm.var[...], 1e-30)
+    with pytest.raises(ValueError, match=r"not finite: InferenceParams\.k3_CxF2xS"):
+        infer.fold_batchnorm(model)
+
+
 def test_params_are_a_pytree(params):
     leaves, treedef = jax.tree_util.tree_flatten(params)
     assert len(leaves) == 10
