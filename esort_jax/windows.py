@@ -325,7 +325,7 @@ def window_labels(
     """[M, N] uint8 multi-labels: column n is 1 where unit `unit_indices[n]` has a spike within
     ±jitter of the window's anchor (start + anchor). Columns default to every unit."""
     starts = np.asarray(starts, dtype=np.int64).reshape(-1)
-    unit_indices = np.arange(sorting.num_units) if unit_indices is None else np.asarray(unit_indices)
+    unit_indices = np.arange(sorting.num_units) if unit_indices is None else _unit_indices(unit_indices, sorting)
     column_of = np.full(sorting.num_units, -1, dtype=np.int64)
     column_of[unit_indices] = np.arange(unit_indices.size)
     labels = np.zeros((starts.size, unit_indices.size), dtype=np.uint8)
@@ -343,6 +343,25 @@ def window_labels(
     rows = np.repeat(lo - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
     labels[order[rows], np.repeat(columns, counts)] = 1
     return labels
+
+
+def _unit_indices(unit_indices, sorting: Sorting) -> np.ndarray:
+    """Label columns as positions into `sorting.unit_ids`: integers in [0, N), each once (a
+    negative index would silently label another unit: numpy counts it from the end)."""
+    indices = np.asarray(unit_indices).reshape(-1)
+    if indices.size and not np.issubdtype(indices.dtype, np.integer):
+        raise LabelError(
+            f"unit_indices must be integer positions into the unit ids; got {indices.dtype} {indices[:5].tolist()}"
+        )
+    outside = indices[(indices < 0) | (indices >= sorting.num_units)]
+    if outside.size:
+        raise LabelError(
+            f"unit_indices {outside[:10].tolist()} are not positions of the {sorting.num_units} units "
+            f"(valid: 0..{sorting.num_units - 1}); to select units by id use Sorting.unit_index_of"
+        )
+    if np.unique(indices).size != indices.size:
+        raise LabelError(f"unit_indices list a unit twice: {indices.tolist()[:20]}")
+    return indices.astype(np.int64)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -619,7 +638,7 @@ def balanced_windows(
     `max_windows` in total (both kinds subsampled in proportion). Windows overlapping `avoid`
     are excluded. Used for the validation set; also handy for window-level metrics on the
     evaluation span."""
-    unit_indices = np.arange(sorting.num_units) if unit_indices is None else np.asarray(unit_indices)
+    unit_indices = np.arange(sorting.num_units) if unit_indices is None else _unit_indices(unit_indices, sorting)
     starts = _Starts.of(span, window, avoid)
     if max_windows == 0 or not starts.allowed.any():
         return WindowSet(np.zeros(0, np.int64), np.zeros((0, unit_indices.size), np.uint8), window, anchor, jitter)
