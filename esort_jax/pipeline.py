@@ -37,7 +37,9 @@ from esort_jax.sort import SortResult, sort_recording
 from esort_jax.threshold import choose_threshold
 from esort_jax.train import TrainConfig, TrainResult, evaluate_windows, train
 from esort_jax.transfer import TransferConfig, TransferReport, finetune_model
-from esort_jax.windows import LabelError, WindowConfig, WindowSets, balanced_windows, make_windows
+from esort_jax.windows import (
+    LabelError, WindowConfig, WindowSets, balanced_windows, check_distinct_ids, make_windows,
+)
 
 __all__ = [
     "PipelineConfig", "Fitted", "Outcome",
@@ -167,7 +169,9 @@ def fit(
 def check_unit_ids(unit_ids, truth: Sorting) -> None:
     """LabelError naming the ids of `unit_ids` (the network's units, from the labels) that are
     not units of `truth`: scores pair a network unit with the truth unit of the same id, so
-    such a unit could never be matched (its spikes would all count as false positives)."""
+    such a unit could never be matched (its spikes would all count as false positives). Also
+    LabelError if the truth's own ids repeat (one network unit would be scored twice)."""
+    check_distinct_ids(truth.unit_ids, "the ground truth's")
     truth_ids = truth.unit_ids.tolist()  # Python values: 3 and np.int64(3) match
     known = set(truth_ids)
     absent = [u for u in np.asarray(unit_ids).tolist() if u not in known]

@@ -68,6 +68,7 @@ __all__ = [
     "WindowSets",
     "LabelError",
     "check_labels",
+    "check_distinct_ids",
     "window_labels",
     "positive_starts",
     "make_windows",
@@ -250,7 +251,7 @@ class WindowSets:
 def check_labels(recording: Recording, sorting: Sorting) -> None:
     """Raise LabelError unless `sorting` fits `recording` (sampling rate, spike times in [0, T))
     and its unit ids can name the network's outputs (unique, not NaN)."""
-    _check_unit_ids(sorting.unit_ids)
+    check_distinct_ids(sorting.unit_ids, "the labels'")
     fs_rec, fs_lab = recording.sampling_frequency, sorting.sampling_frequency
     if abs(fs_rec - fs_lab) > 1e-6 * fs_rec:
         raise LabelError(
@@ -268,12 +269,13 @@ def check_labels(recording: Recording, sorting: Sorting) -> None:
         )
 
 
-def _check_unit_ids(unit_ids: np.ndarray) -> None:
-    """LabelError for NaN or repeated unit ids: a unit is scored, saved and reported by its id,
-    so two units with one id (or an id equal to nothing, NaN) could never be told apart."""
-    ids = unit_ids.tolist()
+def check_distinct_ids(unit_ids: np.ndarray, whose: str = "the labels'") -> None:
+    """LabelError for NaN or repeated unit ids (`whose` names the sorting in the message): a unit
+    is scored, saved and reported by its id, so two units with one id (or an id equal to
+    nothing, NaN) could never be told apart."""
+    ids = np.asarray(unit_ids).tolist()
     if any(isinstance(u, float) and u != u for u in ids):
-        raise LabelError("the labels' unit ids include NaN; give every unit a number or a name")
+        raise LabelError(f"{whose} unit ids include NaN; give every unit a number or a name")
     seen, repeated = set(), []
     for u in ids:
         if u in seen and u not in repeated:
@@ -281,7 +283,7 @@ def _check_unit_ids(unit_ids: np.ndarray) -> None:
         seen.add(u)
     if repeated:
         raise LabelError(
-            f"the labels' unit ids are not unique: {repeated[:10]} name more than one unit; give every "
+            f"{whose} unit ids are not unique: {repeated[:10]} name more than one unit; give every "
             "unit its own id (or merge the units first)"
         )
 

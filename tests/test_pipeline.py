@@ -100,6 +100,9 @@ def test_repeated_or_nan_label_ids_are_refused():
         fit(recording, _relabelled(truth, [0, 0, 1]), CONFIG, seed=0)
     with pytest.raises(LabelError, match="unit ids include NaN"):
         fit(recording, _relabelled(truth, [np.nan, 1.0, 2.0]), CONFIG, seed=0)
+    # a truth with a repeated id would score one network unit against two truth units
+    with pytest.raises(LabelError, match=r"the ground truth's unit ids are not unique: \[1\]"):
+        fit(recording, truth.select_units(np.array([0, 1])), CONFIG, seed=0, truth=_relabelled(truth, [0, 1, 1]))
 
 
 def test_an_experiment_arm_checks_the_ids_before_fine_tuning(tmp_path):
