@@ -44,12 +44,13 @@ from esort_jax.config import ConfigError, from_dict, require
 from esort_jax.evaluate import EvaluationConfig, EvaluationResult, evaluate, scored_span
 from esort_jax.io import write_sorting_npz
 from esort_jax.model import ModelConfig
+from esort_jax.transfer import INITS
 from esort_jax.windows import WindowConfig, split_spans
 from experiments._common import Run, prepare_process, to_container
 from experiments._data import obtain_recording
 from experiments._stages import arm_config, pretrained_on_source, run_arm
 
-ESORT_ARMS = ("transfer", "scratch")
+ESORT_ARMS = INITS  # an arm is the init of its network
 PLAN_KEYS = ("sorters", "span", "sorter_params", "n_jobs", "keep_recording_copy", "reference_sorter")
 PAPER_REDUCTION = 2.25  # the paper: transfer needs ~2.25x fewer labels to reach Kilosort4's accuracy
 

@@ -32,9 +32,10 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from data_gen import SynthesisConfig
 from esort_jax.config import ConfigError
 from esort_jax.report.csv_writer import csv_columns, write_csv
-from esort_jax.report.curves import ARMS, LEADING_COLUMNS, SUMMARY_METRICS, result_row, summarise
+from esort_jax.report.curves import LEADING_COLUMNS, SUMMARY_METRICS, result_row, summarise
 from esort_jax.report.plots import label_efficiency_figures
 from esort_jax.report.tables import label_efficiency_table
+from esort_jax.transfer import INITS
 from experiments._common import Run, pipeline_config, prepare_process, to_container, typed
 from experiments._data import obtain_recording
 from experiments._stages import arm_config, pretrained_on_source, run_arm
@@ -77,8 +78,8 @@ def main(cfg: DictConfig) -> dict:
         ks = sorted(_int_list(cfg, "ks", 1))
         seeds = _int_list(cfg, "seeds", 0)
         arms = list(cfg.arms)
-        if not arms or any(a not in ARMS for a in arms) or len(set(arms)) != len(arms):
-            raise ConfigError(f"arms: must be a non-empty subset of {list(ARMS)}; got {arms}")
+        if not arms or any(a not in INITS for a in arms) or len(set(arms)) != len(arms):
+            raise ConfigError(f"arms: must be a non-empty subset of {list(INITS)}; got {arms}")
         metric = str(cfg.metric)
         if metric not in SUMMARY_METRICS:
             raise ConfigError(f"metric: must be one of {list(SUMMARY_METRICS)}; got {metric!r}")

@@ -18,11 +18,10 @@ from omegaconf import DictConfig
 from data_gen import SynthesisConfig
 from esort_jax.config import ConfigError
 from esort_jax.report.tables import ARMS_COLUMNS, arms_table
+from esort_jax.transfer import INITS
 from experiments._common import Run, prepare_process
 from experiments._data import obtain_recording
 from experiments._stages import arm_config, pretrained_on_source, run_arm
-
-ARMS = ("transfer", "scratch")  # an arm is the init of its network
 
 
 @hydra.main(version_base=None, config_path="../conf", config_name="transfer")
@@ -33,9 +32,9 @@ def main(cfg: DictConfig) -> dict:
         pretrain = run.pipeline_config(windows="pretrain.windows", train="pretrain.train", transfer="finetune.transfer")
         finetune = run.pipeline_config(windows="finetune.windows", train="finetune.train", transfer="finetune.transfer")
         arms = list(cfg.arms)
-        unknown = [a for a in arms if a not in ARMS]
+        unknown = [a for a in arms if a not in INITS]
         if unknown or not arms:
-            raise ConfigError(f"arms: must be a non-empty subset of {list(ARMS)}; got {arms}")
+            raise ConfigError(f"arms: must be a non-empty subset of {list(INITS)}; got {arms}")
         if finetune.windows.spikes_per_unit is None:
             raise ConfigError("k: must be >= 1 (labelled spikes per unit)")
         if "transfer" in arms and cfg.source.get("path") is None:

@@ -31,6 +31,7 @@ import numpy as np
 from esort_jax.report import curves
 from esort_jax.report.csv_writer import write_csv
 from esort_jax.report.tables import ACCURACY_COLUMNS, Column, table_lines
+from esort_jax.transfer import INITS
 
 __all__ = [
     "METRIC_KEYS",
@@ -53,7 +54,6 @@ METRIC_KEYS = (
 )
 # Metrics a "K needed to reach" level may be taken from.
 REACH_METRICS = ("accuracy_pooled", "accuracy_mean", "accuracy_median")
-ESORT_ARMS = ("transfer", "scratch")
 
 
 def method_row(method: str, kind: str, metrics: dict, *, arm: str | None = None, k: int | None = None) -> dict:
@@ -131,7 +131,7 @@ def k_to_reach_level(rows: Sequence[dict], level: float, metric: str = "accuracy
         raise ValueError(f"level must be a finite number; got {level!r}")
     level = float(level)
     out: dict[str, Any] = {"level": level, "metric": metric}
-    curves_by_arm = {arm: _curve(rows, arm, metric) for arm in ESORT_ARMS}
+    curves_by_arm = {arm: _curve(rows, arm, metric) for arm in INITS}
     largest = max((max(ks) for ks, _ in curves_by_arm.values() if ks), default=None)
     for arm, (ks, values) in curves_by_arm.items():
         if not ks:
@@ -150,7 +150,7 @@ def k_to_reach_level(rows: Sequence[dict], level: float, metric: str = "accuracy
         if "ratio_lower_bound" in reduction:
             out["ratio_lower_bound"] = reduction["ratio_lower_bound"]
     parts = [f"{metric} {level:.3f}:"]
-    for arm in ESORT_ARMS:
+    for arm in INITS:
         if out[arm]["status"] != "missing":
             parts.append(f"{arm} needs K {_reach_text(out[arm], largest)}")
     if out["ratio"] is not None:
@@ -193,7 +193,7 @@ def comparison_table(rows: Sequence[dict]) -> str:
 def ordered_rows(rows: Sequence[dict]) -> list[dict]:
     """Sorters first (in run order), then E-Sort by arm (transfer, scratch) and K."""
     sorters = [r for r in rows if r["kind"] == "sorter"]
-    esort = sorted((r for r in rows if r["kind"] == "esort"), key=lambda r: (ESORT_ARMS.index(r["arm"]), r["k"]))
+    esort = sorted((r for r in rows if r["kind"] == "esort"), key=lambda r: (INITS.index(r["arm"]), r["k"]))
     return sorters + esort
 
 

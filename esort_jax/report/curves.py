@@ -29,8 +29,9 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from esort_jax.transfer import INITS
+
 __all__ = [
-    "ARMS",
     "SUMMARY_METRICS",
     "LEADING_COLUMNS",
     "mean_std",
@@ -46,7 +47,6 @@ __all__ = [
     "summarise",
 ]
 
-ARMS = ("transfer", "scratch")
 # Aggregated over seeds (mean and std) per K and arm.
 SUMMARY_METRICS = (
     "accuracy_pooled", "accuracy_mean", "accuracy_median", "precision_pooled", "recall_pooled",
@@ -103,7 +103,7 @@ def curve(summary: Sequence[dict], arm: str, metric: str) -> tuple[np.ndarray, n
 
 
 def paired_gain(
-    rows: Sequence[dict], metric: str, arms: tuple[str, str] = ("transfer", "scratch")
+    rows: Sequence[dict], metric: str, arms: tuple[str, str] = INITS
 ) -> list[dict]:
     """Per K: the gain arms[0] - arms[1] in `metric`, paired by seed; mean, std (ddof=1), n."""
     by_key: dict[tuple, float] = {}

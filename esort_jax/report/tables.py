@@ -25,6 +25,8 @@ import math
 import numbers
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
+from esort_jax.transfer import INITS
+
 if TYPE_CHECKING:
     from esort_jax.evaluate import EvaluationResult
     from esort_jax.report.results import Pivot
@@ -131,7 +133,7 @@ def label_efficiency_table(results: Mapping, metric: str) -> str:
     """Per K, mean ± std over seeds of `metric` for each arm and the paired gain, then the
     label reduction (from the `summary`, `gain` and `label_reduction` of a label-efficiency run)."""
     summary = results["summary"]
-    arms = [a for a in ("transfer", "scratch") if any(r["arm"] == a for r in summary)]
+    arms = [a for a in INITS if any(r["arm"] == a for r in summary)]
     gains = {g["k"]: g for g in results.get("gain", {}).get(metric, [])}
     columns = [Column("k", "K", 4)] + [Column(arm, arm, 17) for arm in arms]
     columns += [Column("gain", "gain", 17)] if gains else []
