@@ -88,6 +88,12 @@ class SorterLabels:
         """True when at least one unit carries a curation label (good / mua / noise)."""
         return bool(np.isin(np.asarray(self.unit_table["label"]), ("good", "mua", "noise")).any())
 
+    def summary(self) -> dict:
+        """results.json entry: where the labels came from, their units and spikes, whether the
+        sorter labelled its units, its run time."""
+        return {**self.source, "num_units": self.sorting.num_units, "num_spikes": self.sorting.num_spikes,
+                "has_labels": self.has_labels, "sorter_seconds": self.sorter_seconds}
+
     def table_rows(self) -> list[dict]:
         """The unit table as a list of JSON-able dicts, one per unit."""
         columns = {k: np.asarray(v) for k, v in self.unit_table.items()}
