@@ -22,7 +22,7 @@ from esort_jax.recording import Recording, Sorting
 from esort_jax.runtime.artifacts import synthesised_recording
 from experiments._common import typed
 
-__all__ = ["obtain_recording", "source_synthesis"]
+__all__ = ["check_synthesis", "obtain_recording", "source_synthesis", "synthesis_of", "target_with_truth"]
 
 
 def obtain_recording(
@@ -52,6 +52,27 @@ def obtain_recording(
         folder, hit = synthesised_recording(data, run.cfg.cache_dir, force=bool(run.cfg.get("force_rebuild", False)))
     recording, labels = read_recording_folder(folder)
     return recording, labels, {"source": "synthesized", "path": str(folder), "cache_hit": hit}
+
+
+def synthesis_of(cfg, key: str) -> SynthesisConfig | None:
+    """cfg[key].data typed (errors name the key) when the spec synthesises (no `path`), else None."""
+    return typed(SynthesisConfig, cfg, f"{key}.data") if cfg[key].get("path") is None else None
+
+
+def check_synthesis(run, *keys: str) -> None:
+    """The synthesis config of each spec in `keys` that synthesises is valid (before any work)."""
+    for key in keys:
+        synthesis_of(run.cfg, key)
+
+
+def target_with_truth(run, purpose: str, *, data: SynthesisConfig | None = None) -> tuple[Recording, Sorting, dict]:
+    """(recording, ground truth, results.json entry) of cfg.target; ConfigError when the target
+    has no ground truth `purpose` needs ('train and score with', ...). `data`: obtain_recording's."""
+    target, truth, info = obtain_recording(run, "target", data=data)
+    if truth is None:
+        raise ConfigError(f"target.path: {info.get('path')} has no ground truth to {purpose}")
+    return target, truth, {**info, "num_units": truth.num_units, "num_channels": target.num_channels,
+                           "duration_s": target.duration_s}
 
 
 def source_synthesis(run, target: Recording, target_info: dict, cfg=None) -> SynthesisConfig | None:
