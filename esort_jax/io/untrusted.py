@@ -5,8 +5,9 @@ Two formats we read are code in disguise:
   * Phy's `params.py` and probe `.prb` files are Python; SpikeInterface's `read_python` and
     probeinterface's `read_prb` `exec` them. `read_python_literals` parses them with `ast`
     instead and accepts only `name = <literal>` lines (numbers, strings, bools, None, lists,
-    tuples, dicts; `range(...)` of integers; numpy dtype forms such as `np.int16` for `dtype`),
-    refusing anything else with the file and line.
+    tuples, dicts; `range(...)` of integers, which both readers rewrite to lists; `dtype` a
+    string naming a numpy dtype, as Phy and Kilosort write it), refusing anything else with the
+    file and line.
   * A SpikeInterface folder is loaded by `spikeinterface.load` from a description that names a
     class to construct (any importable callable) and may be a pickle (`cached.pkl`); the folders
     `save()` writes also keep per-unit properties as `.npy` files that SpikeInterface loads with
@@ -63,8 +64,8 @@ class _Refused(Exception):
 def read_python_literals(path: str | os.PathLike) -> dict[str, Any]:
     """{name (lower case, as SpikeInterface's read_python gives them): value} of a Python-syntax
     settings file (Phy's params.py, a .prb probe file), without running it. Only `name = value`
-    lines with literal values are accepted (see the module doc); anything else is an
-    UnsafeFileError naming the file, the line and the statement."""
+    lines with literal values are accepted (see the module doc), `dtype` a string naming a numpy
+    dtype; anything else is an UnsafeFileError naming the file, the line and the statement."""
     path = Path(path)
     if path.stat().st_size > _MAX_SETTINGS_BYTES:
         raise UnsafeFileError(f"{path}: {path.stat().st_size} bytes is too large for a settings file")
@@ -99,10 +100,10 @@ def _assignment(statement: ast.stmt) -> tuple[str, Any]:
     if len(statement.targets) != 1 or not isinstance(statement.targets[0], ast.Name):
         raise _Refused(statement, "an assignment to something other than one plain name")
     name = statement.targets[0].id
-    return name, _literal(statement.value, dtype=name.lower() == "dtype")
+    return name, (_dtype_string if name.lower() == "dtype" else _literal)(statement.value)
 
 
-def _literal(node: ast.AST, dtype: bool = False) -> Any:
+def _literal(node: ast.AST) -> Any:
     """The value of a literal expression; _Refused for anything that would compute."""
     if isinstance(node, ast.Constant):
         return node.value
@@ -119,8 +120,6 @@ def _literal(node: ast.AST, dtype: bool = False) -> Any:
             return -value if isinstance(node.op, ast.USub) else value
     if isinstance(node, ast.Call) and _called(node) in ("range", "list") and not node.keywords:
         return _range(node)
-    if dtype:
-        return _dtype_name(node)
     raise _Refused(node, "a computed value, not a literal")
 
 
@@ -144,20 +143,16 @@ def _range(node: ast.Call) -> list:
     return list(values)
 
 
-def _dtype_name(node: ast.AST) -> str:
-    """The numpy dtype forms writers use for `dtype`: np.int16, numpy.int16, np.dtype('int16')."""
-    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in ("np", "numpy"):
-        name = node.attr
-    elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "dtype"
-          and isinstance(node.func.value, ast.Name) and node.func.value.id in ("np", "numpy")
-          and len(node.args) == 1 and not node.keywords):
-        name = _literal(node.args[0])
-    else:
-        raise _Refused(node, "a computed value, not a literal or a numpy dtype")
-    try:
-        return np.dtype(name).name
-    except TypeError:
-        raise _Refused(node, f"{name!r} is not a numpy dtype") from None
+def _dtype_string(node: ast.AST) -> str:
+    """`dtype` as Phy and Kilosort write it: a string numpy understands ('int16', '<i2', ...)."""
+    value = _literal(node)
+    if isinstance(value, str):
+        try:
+            np.dtype(value)
+            return value
+        except TypeError:
+            pass
+    raise _Refused(node, f"dtype {value!r} is not a string naming a numpy dtype")
 
 
 # ----------------------------------------------------------------------------------------------
