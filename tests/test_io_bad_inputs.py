@@ -309,3 +309,30 @@ def test_sort_py_sorts_a_raw_binary_recording(tmp_path):
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["status"] == "ok" and results["recording"]["path"] == str(raw.resolve())
     assert results["duration_s"] == pytest.approx(0.1)
+
+
+def test_truncated_spikeinterface_and_mearec_files_are_refused(tmp_path):
+    import h5py
+
+    from esort_jax.io import to_spikeinterface_recording
+
+    recording, truth = _data()
+    folder = tmp_path / "si"
+    to_spikeinterface_recording(recording).save(folder=folder, n_jobs=1, progress_bar=False)
+    raw = folder / "traces_cached_seg0.raw"
+    with open(raw, "r+b") as handle:
+        handle.truncate(raw.stat().st_size - 6)  # a copy cut mid-frame
+    for allow_pickle in (False, True):
+        with pytest.raises(RecordingFormatError, match=r"traces_cached_seg0\.raw: 6394 bytes after the 0-byte offset "
+                                                       r"are not a whole number of 16-byte frames"):
+            load_recording(folder, allow_pickle=allow_pickle)
+    write_mearec(tmp_path / "late.h5", recording, truth)
+    with h5py.File(tmp_path / "late.h5", "r+") as f:
+        f["spiketrains/1/times"][0] = 400 / FS
+    with pytest.raises(RecordingFormatError, match=r"late\.h5: spike of unit 6 at sample 400 is beyond the recording's "
+                                                   r"400 samples"):
+        load_recording(tmp_path / "late.h5")
+    with h5py.File(tmp_path / "late.h5", "r+") as f:
+        f["spiketrains/1/times"][0] = np.nan
+    with pytest.raises(RecordingFormatError, match=r"spiketrains/1/times holds nan s; times must be finite and >= 0"):
+        load_ground_truth(tmp_path / "late.h5")

@@ -169,11 +169,14 @@ def load_spikeinterface_folder(path: str | os.PathLike, *, allow_pickle: bool = 
     if allow_pickle:
         import spikeinterface
 
+        _refuse_partial_frames(path)
         return _loading(path, lambda: spikeinterface.load(path))
     description_file = _description_file(path)
     description = _read_json(description_file)
     _refuse_unsafe_classes(description, description_file)
-    _refuse_pickled_properties(_data_folder(description, path))
+    folder = _data_folder(description, path)
+    _refuse_pickled_properties(folder)
+    _refuse_partial_frames(folder)
     from spikeinterface.core.base import BaseExtractor
 
     return _loading(path, lambda: BaseExtractor.from_dict(description, base_folder=path))
@@ -280,3 +283,26 @@ def _npy_dtype(path: Path) -> np.dtype | None:
             return np.lib.format._read_array_header(handle, version)[2]
     except (OSError, ValueError, TypeError, AttributeError):
         return None
+
+
+def _refuse_partial_frames(folder: Path) -> None:
+    """A binary folder's raw files hold whole frames (SpikeInterface records no sample count and
+    silently drops a partial frame, so a truncated copy would load as a shorter recording)."""
+    if not (folder / "binary.json").is_file():
+        return
+    kwargs = _read_json(folder / "binary.json")["kwargs"]
+    try:
+        frame = int(kwargs["num_channels"]) * np.dtype(kwargs["dtype"]).itemsize
+        offset = int(kwargs.get("file_offset") or 0)
+        files = [folder / name for name in kwargs["file_paths"]]
+    except (KeyError, TypeError, ValueError) as error:
+        raise RecordingFormatError(f"{folder / 'binary.json'}: kwargs lack what a binary recording needs ({error})") from error
+    for file in files:
+        if not file.is_file():
+            raise RecordingFormatError(f"{file}: missing (listed in {folder / 'binary.json'})")
+        size = file.stat().st_size - offset
+        if size < 0 or size % frame:
+            raise RecordingFormatError(
+                f"{file}: {size} bytes after the {offset}-byte offset are not a whole number of {frame}-byte frames "
+                f"({kwargs['num_channels']} channels x {kwargs['dtype']}); the file is truncated or not this recording's"
+            )
