@@ -67,8 +67,8 @@ def test_the_params_py_forms_writers_use_are_read(tmp_path, text, expected):
 @pytest.mark.parametrize(
     "line, text, why",
     [
-        (1, "import os\nsample_rate = 1.0", "a Import statement"),
-        (2, "sample_rate = 1.0\nos.system('touch {marker}')", "a Expr statement"),
+        (1, "import os\nsample_rate = 1.0", "an Import statement"),
+        (2, "sample_rate = 1.0\nos.system('touch {marker}')", "an Expr statement"),
         (1, "sample_rate = __import__('os').system('touch {marker}') or 1.0", "a computed value"),
         (1, "sample_rate = 10 ** 4", "a computed value"),
         (1, "a = b = 1", "one plain name"),
@@ -113,7 +113,7 @@ def test_prb_files_are_parsed_not_run(tmp_path):
     marker = tmp_path / "RAN"
     bad = tmp_path / "bad.prb"
     bad.write_text(f"import os\nos.system('touch {marker}')\nchannel_groups = {{}}\n")
-    with pytest.raises(UnsafeFileError, match=r"bad\.prb, line 1: a Import statement"):
+    with pytest.raises(UnsafeFileError, match=r"bad\.prb, line 1: an Import statement"):
         read_probe_file(bad, key="recording.probe")
     computed = tmp_path / "computed.prb"
     computed.write_text("channel_groups = {0: {'channels': [0, 1], 'geometry': {i: (0, 20 * i) for i in range(2)}}}\n")

@@ -96,7 +96,8 @@ def read_python_literals(path: str | os.PathLike) -> dict[str, Any]:
 
 def _assignment(statement: ast.stmt) -> tuple[str, Any]:
     if not isinstance(statement, ast.Assign):
-        raise _Refused(statement, f"a {type(statement).__name__} statement, not an assignment")
+        kind = type(statement).__name__
+        raise _Refused(statement, f"{'an' if kind[0] in 'AEIOU' else 'a'} {kind} statement, not an assignment")
     if len(statement.targets) != 1 or not isinstance(statement.targets[0], ast.Name):
         raise _Refused(statement, "an assignment to something other than one plain name")
     name = statement.targets[0].id
