@@ -225,7 +225,7 @@ def test_ground_truth_from_every_input_that_carries_it(tmp_path):
 
 def test_ground_truth_errors_say_what_the_path_holds(tmp_path):
     write_recording_folder(tmp_path / "no_truth", _data()[0])
-    with pytest.raises(RecordingFormatError, match=r"no_truth: ground truth: a esort_jax recording that carries no spikes"):
+    with pytest.raises(RecordingFormatError, match=r"no_truth: ground truth: a recording \(esort_jax format\) that carries no spike times"):
         load_ground_truth(tmp_path / "no_truth")
     with pytest.raises(RecordingFormatError, match=r"nope: ground truth: does not exist"):
         load_ground_truth(tmp_path / "nope")
@@ -235,8 +235,8 @@ def test_ground_truth_errors_say_what_the_path_holds(tmp_path):
     from esort_jax.io import to_spikeinterface_recording
 
     to_spikeinterface_recording(_data()[0]).save(folder=tmp_path / "si_recording", n_jobs=1, progress_bar=False)
-    with pytest.raises(RecordingFormatError, match=r"si_recording: ground truth: a spikeinterface recording that "
-                                                   r"carries no spikes"):
+    with pytest.raises(RecordingFormatError, match=r"si_recording: ground truth: a recording \(spikeinterface "
+                                                   r"format\) that carries no spike times"):
         load_ground_truth(tmp_path / "si_recording")
 
 

@@ -219,7 +219,7 @@ def load_ground_truth(path: str | os.PathLike, *, allow_pickle: bool = False) ->
     truth = load_recording(path, fmt, allow_pickle=allow_pickle)[1] if fmt in ("esort_jax", "mearec", "spikeinterface") \
         else None
     if truth is None:
-        raise RecordingFormatError(f"{path}: ground truth: a {fmt} recording that carries no spikes")
+        raise RecordingFormatError(f"{path}: ground truth: a recording ({fmt} format) that carries no spike times")
     return truth
 
 
