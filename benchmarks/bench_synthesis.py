@@ -2,9 +2,11 @@
 
     .venv/bin/python benchmarks/bench_synthesis.py [--durations 30 120] [--channels 384]
         [--drift slow|nonrigid|fast|none] [--dtype float32|int16] [--mode write|read]
-        [--out results.json]
+        [--repeats 1] [--out results.json]
 
-Each (duration, mode) runs in a fresh subprocess, so its peak RSS (ru_maxrss) is its own.
+Each (duration, mode) runs in a fresh subprocess (--repeats times, alternating over the
+(duration, mode) pairs; the summary gives the median [min–max] of the real-time factor and
+of the peak RSS over repeats), so its peak RSS (ru_maxrss) is its own.
 `write` streams the recording into a temporary folder with `write_synthetic` (atomic,
 fsync'ed by esort_jax.io); `read` only computes every chunk (synthesis without the disk).
 Reported: wall seconds, seconds of recording per wall second (x real time), setup seconds
@@ -17,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -29,6 +30,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+
+from esort_jax.runtime.benchmarking import load_average, machine, spread  # noqa: E402
 
 
 def _rss_anon_mb() -> float:
@@ -69,7 +72,7 @@ def child(args) -> dict:
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     config = _config(args.duration, args.channels, args.drift, args.seed, args.slow_velocity)
-    load_before = os.getloadavg()[0]
+    load_before = load_average()[0]
     usage_before = resource.getrusage(resource.RUSAGE_SELF)
     start = time.perf_counter()
     recording, truth = synthesize(config)
@@ -116,7 +119,7 @@ def child(args) -> dict:
         ru_maxrss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         peak_rss_anon_mb=round(peak_anon[0], 1),
         load_before=round(load_before, 2),
-        load_after=round(os.getloadavg()[0], 2),
+        load_after=load_average()[0],
     )
     return result
 
@@ -136,6 +139,7 @@ def main(argv=None) -> None:
     parser.add_argument("--read-ahead", type=int, default=2, help="chunks synthesised ahead of the writer")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tmp", default=None, help="folder for the temporary recording (default: system temp)")
+    parser.add_argument("--repeats", type=int, default=1, help="fresh-process runs per (duration, mode)")
     parser.add_argument("--out", default=None, help="write the results as JSON here (default: stdout)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--duration", type=float, help=argparse.SUPPRESS)
@@ -145,38 +149,64 @@ def main(argv=None) -> None:
         print(json.dumps(child(args)))
         return
 
-    results = []
-    for duration in args.durations:
-        for mode in args.modes:
-            command = [
-                sys.executable, __file__, "--child", "--duration", str(duration), "--mode", mode,
-                "--channels", str(args.channels), "--drift", args.drift, "--dtype", args.dtype,
-                "--chunk-samples", str(args.chunk_samples), "--seed", str(args.seed),
-                "--read-ahead", str(args.read_ahead),
-            ]
-            if args.slow_velocity is not None:
-                command += ["--slow-velocity", str(args.slow_velocity)]
-            if args.tmp:
-                command += ["--tmp", args.tmp]
-            done = subprocess.run(command, check=True, capture_output=True, text=True, cwd=REPO)
-            results.append(json.loads(done.stdout.strip().splitlines()[-1]))
-            print("done:", _row(results[-1]), file=sys.stderr, flush=True)
+    results = [_run_child(args, duration, mode)
+               for _ in range(args.repeats) for duration in args.durations for mode in args.modes]
     header = (
         f"{'dur s':>6} {'mode':>5} {'ch':>4} {'units':>5} {'spikes':>7} {'setup s':>7} {'wall s':>7} "
         f"{'x real':>6} {'cpu s':>6} {'maxrss MB':>9} {'anon MB':>8} {'load':>10}"
     )
     print("\n" + header + "\n" + "\n".join(_row(r) for r in results), file=sys.stderr)
+    summary = _summary(results)
+    if args.repeats > 1:
+        for row in summary:
+            print(f"{row['duration_s']:>6.0f} {row['mode']:>5}: x real time {row['x_realtime_median']:.2f} "
+                  f"[{row['x_realtime_range'][0]:.2f}–{row['x_realtime_range'][1]:.2f}], peak RSS "
+                  f"{row['ru_maxrss_mb_median']:.0f} MB [{row['ru_maxrss_mb_range'][0]:.0f}–"
+                  f"{row['ru_maxrss_mb_range'][1]:.0f}] (median [min–max] over {args.repeats})", file=sys.stderr)
     payload = {
         "benchmark": "data_gen synthesis",
         "probe": "np1",
         "sampling_frequency": 32000.0,
+        "machine": machine(with_jax=False),
         "results": results,
+        "summary": summary,
     }
     text = json.dumps(payload, indent=2)
     if args.out:
         Path(args.out).write_text(text + "\n")
     else:
         print(text)
+
+
+def _run_child(args, duration: float, mode: str) -> dict:
+    """One (duration, mode) measurement in a fresh subprocess of this script."""
+    command = [
+        sys.executable, __file__, "--child", "--duration", str(duration), "--mode", mode,
+        "--channels", str(args.channels), "--drift", args.drift, "--dtype", args.dtype,
+        "--chunk-samples", str(args.chunk_samples), "--seed", str(args.seed),
+        "--read-ahead", str(args.read_ahead),
+    ]
+    if args.slow_velocity is not None:
+        command += ["--slow-velocity", str(args.slow_velocity)]
+    if args.tmp:
+        command += ["--tmp", args.tmp]
+    done = subprocess.run(command, check=True, capture_output=True, text=True, cwd=REPO)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    print("done:", _row(result), file=sys.stderr, flush=True)
+    return result
+
+
+def _summary(results: list[dict]) -> list[dict]:
+    """Per (duration, mode): median and [min, max] of x_realtime, wall_s and ru_maxrss_mb."""
+    out = []
+    for key in dict.fromkeys((r["duration_s"], r["mode"]) for r in results):
+        runs = [r for r in results if (r["duration_s"], r["mode"]) == key]
+        row = {"duration_s": key[0], "mode": key[1], "runs": len(runs)}
+        for name in ("x_realtime", "wall_s", "ru_maxrss_mb"):
+            s = spread([r[name] for r in runs])
+            row.update({f"{name}_median": s.median, f"{name}_range": s.range()})
+        out.append(row)
+    return out
 
 
 def _row(r: dict) -> str:
