@@ -1,7 +1,7 @@
 """A/B timing of two revisions on this machine: the current working tree against a git revision.
 
     .venv/bin/python benchmarks/compare_revisions.py --base REV [--pairs 5] [--warmup 1]
-        [--metrics GLOB ...] [--overlay PATH ...] [--base-command CMD] [--out FILE] "COMMAND"
+        [--metrics GLOB,GLOB...] [--overlay PATH]... [--base-command CMD] [--out FILE] "COMMAND"
 
 The base revision is checked out into a temporary `git worktree` (removed afterwards). COMMAND
 (run by the shell) is run alternately in the base and the current tree, --pairs times each
@@ -18,14 +18,14 @@ medians, current / base, with its range over the pairs of runs (a ratio near 1 w
 straddles 1 means "same speed within run-to-run noise"). Examples:
 
   # training step (bench_train.py has printed a JSON line with --json at every revision)
-  compare_revisions.py --base 170ba88 --pairs 5 --metrics 'step_seconds_*' 'windows_per_second*' \\
-      'fraction_of_peak*' '{python} benchmarks/bench_train.py --json'
+  compare_revisions.py --base 170ba88 --pairs 5 --metrics 'step_seconds_*,windows_per_second*,fraction_of_peak*' \\
+      '{python} benchmarks/bench_train.py --json'
   # sorting benchmark (a Hydra main: results.json in the run folder)
-  compare_revisions.py --base 170ba88 --pairs 3 --metrics '*realtime_factor*' 'fraction_of_peak*' \\
+  compare_revisions.py --base 170ba88 --pairs 3 --metrics '*realtime_factor*,fraction_of_peak*' \\
       '{python} experiments/benchmark.py hydra.run.dir={outdir} logger=disabled cache_dir={shared}'
   # a script whose base version cannot write JSON: run the current script in both trees
   compare_revisions.py --base 170ba88 --overlay benchmarks/bench_infer.py \\
-      esort_jax/runtime/benchmarking.py '{python} benchmarks/bench_infer.py --out {out}'
+      --overlay esort_jax/runtime/benchmarking.py '{python} benchmarks/bench_infer.py --out {out}'
 """
 
 from __future__ import annotations
@@ -59,9 +59,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="the current tree (default: the git work tree of the working directory)")
     parser.add_argument("--pairs", type=int, default=5, help="runs of each tree, alternating")
     parser.add_argument("--warmup", type=int, default=0, help="untimed runs of each tree first")
-    parser.add_argument("--metrics", nargs="+", default=["*"], help="glob patterns of metrics to report")
-    parser.add_argument("--overlay", nargs="+", default=[], type=Path,
-                        help="files copied from the current tree into the base tree before running")
+    parser.add_argument("--metrics", action="append", default=None,
+                        help="glob patterns (comma-separated; repeatable) of metrics to report; default all")
+    parser.add_argument("--overlay", action="append", default=[], type=Path,
+                        help="a file copied from the current tree into the base tree before running (repeatable)")
     parser.add_argument("--base-command", default=None, help="a different command for the base tree")
     parser.add_argument("--all", action="store_true", help="also list metrics equal in every run")
     parser.add_argument("--keep", action="store_true", help="keep run folders and logs (path printed)")
@@ -184,7 +185,8 @@ def main(argv=None) -> dict:
             print(f"[ab] run folders and logs kept in {workdir}", file=sys.stderr)
         else:
             shutil.rmtree(workdir, ignore_errors=True)
-    rows, constant, missing = summarise(runs, args.metrics)
+    patterns = [p for group in args.metrics or ["*"] for p in group.split(",") if p]
+    rows, constant, missing = summarise(runs, patterns)
     print(f"A/B: current ({head}) / base ({args.base} = {base_hash[:12]}), {args.pairs} runs each, alternating")
     print(format_rows(rows))
     if constant:
