@@ -59,7 +59,10 @@ def _config(duration: float, channels: int, drift: str, seed: int, slow_velocity
 
 
 def child(args) -> dict:
-    from data_gen import synthesize, write_synthetic
+    """One measurement (this process): synthesis set-up, then reading every chunk or writing the
+    recording folder; wall and CPU seconds, peak RSS (ru_maxrss, and anonymous RSS sampled every
+    20 ms), load before and after."""
+    from data_gen import synthesize
 
     peak_anon = [0.0]
     done = threading.Event()
@@ -78,36 +81,16 @@ def child(args) -> dict:
     recording, truth = synthesize(config)
     setup = time.perf_counter() - start
     result = {
-        "duration_s": args.duration,
-        "mode": args.mode,
-        "channels": recording.num_channels,
-        "drift": args.drift,
-        "slow_velocity_um_per_min": args.slow_velocity,
-        "dtype": args.dtype,
-        "chunk_samples": args.chunk_samples,
-        "read_ahead": args.read_ahead,
-        "num_units": truth.num_units,
-        "num_spikes": truth.num_spikes,
+        "duration_s": args.duration, "mode": args.mode, "channels": recording.num_channels, "drift": args.drift,
+        "slow_velocity_um_per_min": args.slow_velocity, "dtype": args.dtype, "chunk_samples": args.chunk_samples,
+        "read_ahead": args.read_ahead, "num_units": truth.num_units, "num_spikes": truth.num_spikes,
         "setup_s": round(setup, 3),
     }
     if args.mode == "read":
-        recording.traces.read_ahead = args.read_ahead
-        start = time.perf_counter()
-        for _ in recording.iter_chunks(args.chunk_samples):
-            pass
-        wall = setup + time.perf_counter() - start
+        wall = setup + _time_read(recording, args)
     else:
         del recording, truth
-        with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
-            folder = Path(tmp) / "rec"
-            gain = 0.05 if args.dtype == "int16" else 1.0
-            start = time.perf_counter()
-            write_synthetic(
-                config, folder, chunk_samples=args.chunk_samples, progress=False, dtype=args.dtype,
-                gain_to_uv=gain, read_ahead=args.read_ahead,
-            )
-            wall = time.perf_counter() - start  # includes its own synthesize() setup
-            result["bytes_written"] = (folder / "traces.npy").stat().st_size
+        wall, result["bytes_written"] = _time_write(config, args)  # includes its own synthesize() setup
     done.set()
     sampler.join()
     usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -124,7 +107,31 @@ def child(args) -> dict:
     return result
 
 
-def main(argv=None) -> None:
+def _time_read(recording, args) -> float:
+    """Seconds to compute every chunk of the (lazily synthesised) recording."""
+    recording.traces.read_ahead = args.read_ahead
+    start = time.perf_counter()
+    for _ in recording.iter_chunks(args.chunk_samples):
+        pass
+    return time.perf_counter() - start
+
+
+def _time_write(config: dict, args) -> tuple[float, int]:
+    """(seconds, bytes of traces) to write the recording folder into a temporary folder."""
+    from data_gen import write_synthetic
+
+    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+        folder = Path(tmp) / "rec"
+        gain = 0.05 if args.dtype == "int16" else 1.0
+        start = time.perf_counter()
+        write_synthetic(
+            config, folder, chunk_samples=args.chunk_samples, progress=False, dtype=args.dtype,
+            gain_to_uv=gain, read_ahead=args.read_ahead,
+        )
+        return time.perf_counter() - start, (folder / "traces.npy").stat().st_size
+
+
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--durations", type=float, nargs="+", default=[30.0, 120.0])
     parser.add_argument("--channels", type=int, default=384)
@@ -144,7 +151,11 @@ def main(argv=None) -> None:
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--duration", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--mode", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
     if args.child:
         print(json.dumps(child(args)))
         return
