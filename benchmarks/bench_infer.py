@@ -142,7 +142,8 @@ class Figures:
             "fraction_of_peak_range": [gflops.low / self.peak, gflops.high / self.peak],
             "load": load_average()[0],
         }
-        print(f"  {label:44s} {rt.median:6.3f}x [{rt.low:.3f}–{rt.high:.3f}] real time  {gflops.median:6.1f} GFLOP/s  "
+        print(f"  {label:44s} {rt.median:6.3f}x [{rt.low:.3f}–{rt.high:.3f}] real time  "
+              f"{gflops.median:6.1f} GFLOP/s  "
               f"{100 * gflops.median / self.peak:5.1f}% of peak   ({load()})", flush=True)
         return rt
 
@@ -307,7 +308,8 @@ def measure_rss(args) -> list[dict]:
         for seconds in args.rss_seconds:
             wait_idle(args.max_wait)
             run = subprocess.run(
-                [sys.executable, __file__, "--rss-child", str(path), str(seconds), "--chunk-steps", str(args.chunk_steps)],
+                [sys.executable, __file__, "--rss-child", str(path), str(seconds),
+                 "--chunk-steps", str(args.chunk_steps)],
                 capture_output=True, text=True,
             )
             if run.returncode:

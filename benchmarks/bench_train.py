@@ -270,7 +270,8 @@ def print_figures(result: dict, args, config: ModelConfig) -> None:
           f"(1, 5, 15 min; {os.cpu_count()} CPUs)")
     if "xla_step_seconds_median" in result:
         low, high = (1e3 * t for t in result["xla_step_seconds_range"])
-        print(f"  XLA path        {1e3 * result['xla_step_seconds_median']:.1f} ms [{low:.1f}–{high:.1f}] in the same "
+        print(f"  XLA path        {1e3 * result['xla_step_seconds_median']:.1f} ms [{low:.1f}–{high:.1f}] "
+              f"in the same "
               f"rounds ({result['xla_fraction_of_peak_median']:.1%} of peak); native speed-up "
               f"{result['native_over_xla_median']:.2f}x (ratio of medians), per round "
               f"{', '.join(f'{r:.2f}x' for r in result['native_over_xla_per_round'])}")

@@ -1,7 +1,8 @@
 """A/B timing of two revisions on this machine: the current working tree against a git revision.
 
     .venv/bin/python benchmarks/compare_revisions.py --base REV [--pairs 5] [--warmup 1]
-        [--metrics GLOB,GLOB...] [--overlay PATH]... [--base-command CMD] [--out FILE] "COMMAND"
+        [--metrics GLOB,GLOB...] [--overlay PATH]... [--overlay-from REV] [--base-command CMD]
+        [--out FILE] "COMMAND"
 
 The base revision is checked out into a temporary `git worktree` (removed afterwards). COMMAND
 (run by the shell) is run alternately in the base and the current tree, --pairs times each
@@ -26,6 +27,8 @@ straddles 1 means "same speed within run-to-run noise"). Examples:
   # a script whose base version cannot write JSON: run the current script in both trees
   compare_revisions.py --base 170ba88 --overlay benchmarks/bench_infer.py \\
       --overlay esort_jax/runtime/benchmarking.py '{python} benchmarks/bench_infer.py --out {out}'
+  (--overlay-from REV takes those files from a revision instead, e.g. one whose script still
+  imports the names the base revision has)
 """
 
 from __future__ import annotations
@@ -63,8 +66,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="glob patterns (comma-separated; repeatable) of metrics to report; default all")
     parser.add_argument("--overlay", action="append", default=[], type=Path,
                         help="a file copied from the current tree into the base tree before running (repeatable)")
+    parser.add_argument("--overlay-from", default=None,
+                        help="take the --overlay files from this git revision instead of the current tree")
     parser.add_argument("--base-command", default=None, help="a different command for the base tree")
-    parser.add_argument("--all", action="store_true", help="also list metrics equal in every run")
+    parser.add_argument("--all", action="store_true", help="list metrics equal in every run even if many")
     parser.add_argument("--keep", action="store_true", help="keep run folders and logs (path printed)")
     parser.add_argument("--out", type=Path, default=None, help="write every run's metrics and the summary here")
     return parser.parse_args(argv)
@@ -75,9 +80,9 @@ def _git(cwd: Path, *args: str) -> str:
 
 
 @contextlib.contextmanager
-def base_worktree(current: Path, revision: str, overlay: list[Path]):
-    """A temporary detached worktree of `revision` (the current tree's files in `overlay`
-    copied over it); removed on exit."""
+def base_worktree(current: Path, revision: str, overlay: list[Path], overlay_from: str | None = None):
+    """A temporary detached worktree of `revision`, with the files in `overlay` copied over it
+    from the current tree (or, given `overlay_from`, from that revision); removed on exit."""
     folder = Path(tempfile.mkdtemp(prefix="ab_base_"))
     tree = folder / "tree"
     _git(current, "worktree", "add", "--detach", str(tree), revision)
@@ -85,7 +90,11 @@ def base_worktree(current: Path, revision: str, overlay: list[Path]):
         for path in overlay:
             target = tree / path
             target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(current / path, target)
+            if overlay_from:
+                target.write_bytes(subprocess.run(["git", "show", f"{overlay_from}:{path.as_posix()}"], cwd=current,
+                                                  check=True, capture_output=True).stdout)
+            else:
+                shutil.copy2(current / path, target)
         yield tree
     finally:
         _git(current, "worktree", "remove", "--force", str(tree))
@@ -157,14 +166,21 @@ def summarise(runs: dict, patterns: list[str]) -> tuple[list[dict], list[str], l
     return rows, constant, missing
 
 
+def _number_format(*spreads) -> str:
+    """A format spec that suits the magnitude of a metric's values (no exponents for rates)."""
+    smallest = min(abs(v) for s in spreads for v in (s.low, s.high))
+    return ".0f" if smallest >= 1000 else ".2f" if smallest >= 10 else ".4g"
+
+
 def format_rows(rows: list[dict]) -> str:
     """The comparison table: median [min–max] per tree, ratio of medians [range over pairs]."""
     width = max([len(r["metric"]) for r in rows] + [6])
-    lines = [f"{'metric':{width}s}  {'base: median [min–max]':>34s}  {'current: median [min–max]':>34s}  "
-             f"{'current/base [pairs]':>24s}"]
+    lines = [f"{'metric':{width}s}  {'base: median [min–max]':>30s}  {'current: median [min–max]':>30s}  "
+             f"{'current/base [pairs]':>22s}"]
     for r in rows:
-        lines.append(f"{r['metric']:{width}s}  {r['base'].format('.4g'):>34s}  {r['current'].format('.4g'):>34s}  "
-                     f"{r['ratio'].format('.3f'):>24s}")
+        spec = _number_format(r["base"], r["current"])
+        lines.append(f"{r['metric']:{width}s}  {r['base'].format(spec):>30s}  {r['current'].format(spec):>30s}  "
+                     f"{r['ratio'].format('.3f'):>22s}")
     return "\n".join(lines)
 
 
@@ -178,7 +194,7 @@ def main(argv=None) -> dict:
     workdir = Path(tempfile.mkdtemp(prefix="ab_runs_"))
     print(f"[ab] base {args.base} = {base_hash}; current {current} at {head}; {args.pairs} pairs", file=sys.stderr)
     try:
-        with base_worktree(current, base_hash, args.overlay) as base_tree:
+        with base_worktree(current, base_hash, args.overlay, args.overlay_from) as base_tree:
             runs = alternate(commands, {"base": base_tree, "current": current}, args.pairs, args.warmup, workdir)
     finally:
         if args.keep:
@@ -189,8 +205,9 @@ def main(argv=None) -> dict:
     rows, constant, missing = summarise(runs, patterns)
     print(f"A/B: current ({head}) / base ({args.base} = {base_hash[:12]}), {args.pairs} runs each, alternating")
     print(format_rows(rows))
-    if constant:
-        print(f"{len(constant)} metrics equal in every run" + (f": {', '.join(constant)}" if args.all else ""))
+    if constant:  # e.g. a loss or a spike count: the same work was done in both trees
+        listed = args.all or len(constant) <= 12
+        print(f"{len(constant)} metrics equal in every run" + (f": {', '.join(constant)}" if listed else ""))
     if missing:
         print(f"not in every run (left out): {', '.join(missing)}")
     result = {"base": base_hash, "current": head, "command": commands, "pairs": args.pairs,

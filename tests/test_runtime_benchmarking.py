@@ -172,6 +172,11 @@ def test_runner_metric_filter_overlay_and_base_command(two_commits):
     result = runner.main(["--base", "HEAD", "--current", str(two_commits), "--pairs", "1", "--metrics", "speed",
                           "--overlay", "extra.txt", "--base-command", base_only, command])
     assert result["summary"][0]["base"]["median"] == 8.0
+    # overlay files from a revision: speed.txt of HEAD~1 (2.0) replaces the base's (3.0)
+    result = runner.main(["--base", "HEAD", "--current", str(two_commits), "--pairs", "1", "--metrics", "speed",
+                          "--overlay", "speed.txt", "--overlay-from", "HEAD~1",
+                          command.replace("'extra.txt'", "'speed.txt'")])
+    assert result["summary"][0]["base"]["median"] == 2.0 and result["summary"][0]["current"]["median"] == 4.0
 
 
 def test_runner_failure_names_the_command_and_cleans_up(two_commits):
