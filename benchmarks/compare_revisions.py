@@ -168,8 +168,10 @@ def summarise(runs: dict, patterns: list[str]) -> tuple[list[dict], list[str], l
 
 def _number_format(*spreads) -> str:
     """A format spec that suits the magnitude of a metric's values (no exponents for rates)."""
-    smallest = min(abs(v) for s in spreads for v in (s.low, s.high))
-    return ".0f" if smallest >= 1000 else ".2f" if smallest >= 10 else ".4g"
+    values = [v for s in spreads for v in (s.median, s.low, s.high)]
+    smallest = min(abs(v) for v in values)
+    integral = all(float(v).is_integer() for v in values)
+    return ".0f" if smallest >= 1000 or integral else ".2f" if smallest >= 10 else ".4g"
 
 
 def format_rows(rows: list[dict]) -> str:
