@@ -13,7 +13,12 @@ metadata is written) and renamed into place, so a folder found at its final path
 folder without metadata.json is not a checkpoint: every reader refuses it.
 
 Training runs keep their checkpoints in `<run_dir>/checkpoints/epoch_<NNNN>/` (the number of
-completed epochs); `latest_checkpoint(run_dir)` finds the newest valid one.
+completed epochs; `save_epoch_checkpoint` writes one and prunes the oldest);
+`latest_checkpoint(run_dir)` finds the newest valid one. Each holds the run's resume signature
+(`resume_signature`: the settings that change the numbers, model, channels, units, training
+windows, freeze setting), and `restore_training` continues a run from its newest checkpoint only
+when the signature matches: the model's arrays and the optimiser state are restored, and the
+run goes on with the next epoch.
 """
 
 from __future__ import annotations
@@ -26,9 +31,10 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -37,6 +43,9 @@ from esort_jax.io.atomic import atomic_folder, to_jsonable, write_json
 from esort_jax.model import ESortNet, ModelConfig
 from esort_jax.runtime.provenance import provenance
 from esort_jax.recording import Recording
+
+if TYPE_CHECKING:
+    from esort_jax.windows import WindowSets
 
 __all__ = [
     "FORMAT_NAME",
@@ -57,6 +66,10 @@ __all__ = [
     "list_checkpoints",
     "latest_checkpoint",
     "prune_checkpoints",
+    "resume_signature",
+    "save_epoch_checkpoint",
+    "ResumePoint",
+    "restore_training",
 ]
 
 log = logging.getLogger(__name__)
@@ -403,3 +416,109 @@ def prune_checkpoints(run_dir: str | os.PathLike, keep: int) -> None:
         return
     for _, path in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def resume_signature(train_settings: dict, model: ESortNet, windows: WindowSets, freeze: str) -> dict:
+    """What a run's checkpoints must agree on to be resumed: the training settings that change the
+    numbers (`train_settings`), the model config and channel count, the unit ids, the training
+    windows' fingerprint and the freeze setting."""
+    return {
+        "train_config": train_settings,
+        "model_config": to_dict(model.config),
+        "num_channels": model.num_channels,
+        "unit_ids": [str(u) for u in windows.unit_ids.tolist()],
+        "windows_fingerprint": windows.train.fingerprint(),
+        "freeze": freeze,
+    }
+
+
+def save_epoch_checkpoint(
+    run_dir: str | os.PathLike,
+    model: ESortNet,
+    opt_state: Any,
+    *,
+    epoch: int,
+    step: int,
+    signature: dict,
+    keep: int,
+    recording: Recording,
+    fingerprint: str,
+    windows: WindowSets,
+    extra: dict,
+    **fields,
+) -> Path:
+    """Write checkpoint `epoch_checkpoint_path(run_dir, epoch)` of a training run (after `epoch`
+    completed epochs, `step` optimiser steps): the model, the optimiser state, and metadata with
+    the run's `fields` (train_config, transfer, rng) and the resume signature in `extra`. Then
+    all but the newest `keep` checkpoints are deleted. Returns the checkpoint folder."""
+    metadata = make_metadata(
+        model,
+        unit_ids=windows.unit_ids,
+        recording=recording,
+        fingerprint=fingerprint,
+        epoch=epoch,
+        step=step,
+        window_config=to_dict(windows.config),
+        windows_fingerprint=signature["windows_fingerprint"],
+        extra={**extra, "resume_signature": signature},
+        **fields,
+    )
+    path = epoch_checkpoint_path(run_dir, epoch)
+    save_checkpoint(path, model, metadata, opt_state=opt_state, overwrite=True)
+    prune_checkpoints(run_dir, keep)
+    return path
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ResumePoint:
+    """Where `restore_training` continues a run: the checkpoint, its completed epochs and
+    optimiser steps, and the restored optimiser state."""
+
+    path: Path
+    epoch: int
+    step: int
+    opt_state: Any
+
+
+def restore_training(
+    run_dir: str | os.PathLike, model: ESortNet, opt_state_like: Any, signature: dict
+) -> ResumePoint | None:
+    """Continue a run from its newest checkpoint: None if `run_dir` has none; else the model's
+    arrays are written into `model` and the optimiser state is restored with the structure of
+    `opt_state_like`. CheckpointError if the checkpoint belongs to another run (its resume
+    signature differs from `signature`; the message names the first difference)."""
+    latest = latest_checkpoint(run_dir)
+    if latest is None:
+        return None
+    metadata = read_metadata(latest)
+    _check_resume(latest, metadata, signature)
+    arrays = restore_arrays(latest, ("model", "opt_state"))
+    apply_model_arrays(model, arrays["model"], str(latest))
+    saved_leaves = [arrays["opt_state"][k] for k in sorted(arrays["opt_state"])]
+    treedef = jax.tree.structure(opt_state_like)
+    if treedef.num_leaves != len(saved_leaves):
+        raise CheckpointError(
+            f"{latest}: optimiser state has {len(saved_leaves)} arrays; this optimiser has {treedef.num_leaves}"
+        )
+    opt_state = jax.tree.unflatten(treedef, [jnp.asarray(a) for a in saved_leaves])
+    log.info("resuming %s from %s (epoch %d, step %d)", run_dir, latest, metadata.epoch, metadata.step)
+    return ResumePoint(path=latest, epoch=metadata.epoch, step=metadata.step, opt_state=opt_state)
+
+
+def _check_resume(path: Path, metadata: CheckpointMetadata, expected: dict) -> None:
+    saved = metadata.extra.get("resume_signature")
+    if saved is None:
+        raise CheckpointError(f"{path}: not a training checkpoint of train() (no resume signature)")
+    for key, value in expected.items():
+        if key == "train_config":
+            for name in sorted(set(value) | set(saved[key])):
+                if value.get(name) != saved[key].get(name):
+                    raise CheckpointError(
+                        f"cannot resume from {path}: train.{name} was {saved[key].get(name)!r}, now "
+                        f"{value.get(name)!r}; use a new run folder (or the old configuration)"
+                    )
+        elif saved.get(key) != value:
+            raise CheckpointError(
+                f"cannot resume from {path}: {key} differs from the checkpoint's; the run folder "
+                "belongs to another run (different data, windows, model or freeze setting)"
+            )

@@ -1,4 +1,4 @@
-"""Convolution-form inference: the network at every sample of a recording, chunked and sharded.
+"""Inference: the trained network at every window position of a recording, chunked and sharded.
 
 Indexing. Output column t belongs to the window that STARTS at sample t (samples t … t+W-1);
 the window is "about" its anchor sample t + anchor (`InferenceParams.anchor`). A recording of
@@ -15,69 +15,44 @@ Folding. In eval mode every BatchNorm is an affine map, so the network is, per w
 `fold_batchnorm(model)` computes these arrays (in float64, then float32) into the pytree
 `InferenceParams`; everything after that is a pure function of arrays.
 
-Convolution form (`conv_logits`). Layer 1 is a 1-D convolution over time; layers 2–4 act on
-each time step. A chunk is processed in blocks of `block_steps` output steps (`lax.map`), so a
-block's intermediates (~12 MB at 384 channels and 512 steps) stay in cache. Inside a block,
-time is cut into segments of `segment` = L steps (output step b = jL + i); segment j needs
-input rows [jL, jL + U), U = L + W - 1. Stacking those rows u-major, seg[u, j, c] =
-x[jL + u, c] (U/L times the input, built from L-row slices), makes layer 1 ONE matrix product
-with a banded Toeplitz expansion of k1:
-  h1[(f, i), (j, c)] = Σ_u T[(f, i), u] · seg[u, (j, c)],   T[(f, i), u] = k1[u - i, f]
-([F1·L, U] × [U, J·C]; the Toeplitz does U/W = 1.25× the direct FLOPs of layer 1 at L = 16).
-Channels stay minor throughout: layer 2 is one product [F2, F1] × [F1, (L, J, C)], the only
-reordering is of whole channel rows ([F2, L, J, C] → [J, L, F2, C]), and the spatial weight
-rows are permuted to (g, c) to match, so layer 3 is a plain [block, F2·C] × [F2·C, S] GEMM —
-86% of the FLOPs and ~70% of the time. Measured alternatives (prototypes of the whole network
-per block, one 2-core AVX2 CPU, 384 channels, 100 units, best of 6 runs): this form 1.27× real
-time (149 GFLOP/s); rows (i, f) with layer 2 batched per position 1.25×; one batched GEMM per
-segment with the Toeplitz as LHS (time-major output, no reordering) 1.00×; channel-major
-Toeplitz GEMM + [C, B, F2] → [B, C, F2] transpose before layer 3 1.01×; im2col of each block
-0.58×; lax.conv_general_dilated with channels as batch 0.67×, as a (time × channel) image
-0.21×; layers 3–4 alone on a fake input 1.65× (the ceiling). benchmarks/bench_infer.py
-prints the current figures.
-
-Native temporal layers (`kernel='native'`, what 'auto' picks on CPU in float32). On XLA:CPU the
-Toeplitz form above leaves ~35% of the time in the memory passes between the GEMMs
-(BatchNorm/ReLU and the row reordering; XLA does not fuse elementwise work into dots there).
-esort_jax.fast.native computes layers 1–2 with their BatchNorms and ReLUs in one C++ kernel
-(through XLA's FFI) that writes the spatial layer's input rows [block, F2·C] directly; the
-spatial GEMM and the head stay in XLA. Measured in experiments/benchmark.py at 384 channels:
-88% of the matmul peak against 66% for the XLA path in the same run (README).
+Convolution form. Layer 1 is a 1-D convolution over time and layers 2–4 act on each time
+step, so the folded network at every window position of a chunk is a few large matrix products
+per block of positions (esort_jax.fast.conv.conv_logits): banded-Toeplitz products on any
+backend (`kernel='xla'`), or the two temporal layers in one fused C++ kernel on CPU in float32
+(`kernel='native'`, what 'auto' picks there; esort_jax.fast.choose_kernel decides).
 
 Chunks. `iter_probabilities` reads the recording chunk by chunk (`chunk_steps` outputs per
 chunk need chunk_steps + W - 1 input samples: consecutive chunks overlap by exactly W - 1
 samples, so results do not depend on the chunk size), pads the last chunk to the static shape
 with its valid length (one compilation per shape), checks the chunk for NaN/inf inside the
 jitted function, and yields (chunk_start, p [N, steps]) so post-processing can consume the
-trace without ever holding all of P. A host thread reads ahead while the device computes.
-With several local devices, consecutive chunks go to different devices (shard_map over a 1-D
-mesh); results equal the single-device ones.
+trace without ever holding all of P. A host thread reads ahead while the device computes
+(esort_jax.runtime.prefetch). With several local devices, consecutive chunks go to different
+devices (shard_map over a 1-D mesh); results equal the single-device ones.
 
 Naive reference. `naive_logits` evaluates window by window (it materialises the windows of a
-block of steps and calls the folded dense network, or the Flax model itself); tests and the
-benchmark compare against it.
+block of steps and calls the folded dense network `forward_windows`, or the Flax model itself,
+esort_jax.model); tests and the benchmark compare the convolution form against it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import mmap
-import queue
-import threading
-import warnings
 from collections import deque
 from typing import Any, Iterator
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 from jax.sharding import NamedSharding, PartitionSpec
 
-from esort_jax.fast import native
 from esort_jax.config import require
+from esort_jax.fast import KERNELS, choose_kernel
+from esort_jax.fast.conv import conv_logits, parse_compute_dtype
 from esort_jax.recording import ArrayTraces, Recording
+from esort_jax.runtime.host_memory import aligned_zeros, drop_mapped_pages
+from esort_jax.runtime.prefetch import Prefetcher
 
 __all__ = [
     "InferenceParams",
@@ -85,7 +60,6 @@ __all__ = [
     "NonFiniteTracesError",
     "fold_batchnorm",
     "forward_windows",
-    "conv_logits",
     "naive_logits",
     "iter_probabilities",
     "predict_probabilities",
@@ -226,12 +200,6 @@ def fold_batchnorm(model) -> InferenceParams:
     return params
 
 
-def _dtype(name: str):
-    if name not in ("float32", "bfloat16"):
-        raise ValueError(f"compute_dtype must be 'float32' or 'bfloat16'; got {name!r}")
-    return jnp.dtype(name)
-
-
 def forward_windows(params: InferenceParams, x_BxWxC: jax.Array, compute_dtype: str = "float32"):
     """Logits [B, N] of windows [B, W, C] with the folded dense network (window by window)."""
     expected = (params.window, params.num_channels)
@@ -240,7 +208,7 @@ def forward_windows(params: InferenceParams, x_BxWxC: jax.Array, compute_dtype: 
             f"expected windows [batch, {expected[0]}, {expected[1]}] (time, channels) for this "
             f"model; got {tuple(x_BxWxC.shape)}"
         )
-    dt, p = _dtype(compute_dtype), params
+    dt, p = parse_compute_dtype(compute_dtype), params
     mm = functools.partial(jnp.einsum, preferred_element_type=jnp.float32)
     h1 = mm("bwc,wf->bcf", x_BxWxC.astype(dt), p.k1_WxF1.astype(dt))
     a1 = jax.nn.relu(h1 * p.scale1_C[None, :, None] + p.shift1_CxF1[None])
@@ -249,131 +217,6 @@ def forward_windows(params: InferenceParams, x_BxWxC: jax.Array, compute_dtype: 
     h3 = mm("bcg,cgs->bs", a2.astype(dt), p.k3_CxF2xS.astype(dt))
     a3 = jax.nn.relu(h3 + p.b3_S[None])
     return mm("bs,sn->bn", a3.astype(dt), p.k4_SxN.astype(dt)) + p.b4_N[None]
-
-
-# ---------------------------------------------------------------------------------------
-# Convolution form.
-
-
-def _toeplitz(k1_WxF1: jax.Array, segment: int) -> jax.Array:
-    """T[(f, i), u] = k1[u - i, f] (0 where u - i is outside [0, W)): [F1·L, L + W - 1]."""
-    window, f1 = k1_WxF1.shape
-    lag = np.arange(segment + window - 1)[None, :] - np.arange(segment)[:, None]  # [L, U]
-    inside = (lag >= 0) & (lag < window)
-    t_LxUxF = jnp.where(inside[:, :, None], k1_WxF1[np.clip(lag, 0, window - 1)], 0.0)
-    return t_LxUxF.transpose(2, 0, 1).reshape(f1 * segment, segment + window - 1)
-
-
-def _block_logits(kernel: dict, x_RxC: jax.Array, block: int, segment: int, dt) -> jax.Array:
-    """Logits [block, N] from input rows [block + W - 1, C] (time-major).
-
-    Output step b = j·L + i (segment j, position i). Layer 1 is ONE matrix product
-    toeplitz [(f, i), u] × seg [u, (j, c)] with seg[u, j, c] = x[jL + u, c]; its result
-    [F1, L, J, C] keeps channels minor, so layer 2 is one product [F2, F1] × [F1, (L, J, C)],
-    and the only reordering is of whole channel rows ([F2, L, J, C] → [J, L, F2, C]) before
-    the spatial layer, whose weight rows are permuted to (g, c) to match.
-    """
-    window = x_RxC.shape[0] - block + 1
-    num_channels = x_RxC.shape[1]
-    f2, f1 = kernel["k2t"].shape
-    span = segment + window - 1  # input rows per segment (u)
-    nseg = block // segment  # J
-    nsub = -(-span // segment)  # segment-sized pieces one segment's input spans (Q)
-    rows = (nseg + nsub) * segment
-    x = jnp.pad(x_RxC.astype(dt), ((0, rows - x_RxC.shape[0]), (0, 0)))
-    x_LxPxC = x.reshape(nseg + nsub, segment, num_channels).transpose(1, 0, 2)
-    # seg[q·L + r, j] = x[(j + q)·L + r] = x[j·L + u]
-    seg_UxJxC = jnp.concatenate([x_LxPxC[:, q:q + nseg] for q in range(nsub)], axis=0)[:span]
-    h1 = jnp.dot(kernel["toeplitz"], seg_UxJxC.reshape(span, nseg * num_channels),
-                 preferred_element_type=jnp.float32)
-    h1_FxLxJxC = h1.reshape(f1, segment, nseg, num_channels)
-    a1 = jax.nn.relu(h1_FxLxJxC * kernel["scale1"][None, None, None] + kernel["shift1"][:, None, None])
-    h2 = jnp.dot(kernel["k2t"], a1.astype(dt).reshape(f1, -1), preferred_element_type=jnp.float32)
-    h2_GxLxJxC = h2.reshape(f2, segment, nseg, num_channels)
-    a2 = jax.nn.relu(h2_GxLxJxC * kernel["scale2"][None, None, None] + kernel["shift2"][:, None, None])
-    a2_BxGC = a2.astype(dt).transpose(2, 1, 0, 3).reshape(block, f2 * num_channels)
-    return _spatial_and_head(kernel, a2_BxGC, dt)
-
-
-def _spatial_and_head(kernel: dict, a2_BxGC: jax.Array, dt) -> jax.Array:
-    """Layers 3-4 of a block: logits [B, N] from the temporal layers' output rows (g, c)."""
-    h3 = jnp.dot(a2_BxGC, kernel["k3"], preferred_element_type=jnp.float32)
-    a3 = jax.nn.relu(h3 + kernel["b3"][None]).astype(dt)
-    return jnp.dot(a3, kernel["k4"], preferred_element_type=jnp.float32) + kernel["b4"][None]
-
-
-def _native_block_logits(kernel: dict, x_RxC: jax.Array) -> jax.Array:
-    """`_block_logits` with both temporal layers in the fused native CPU kernel (float32)."""
-    a2_BxGC = native.temporal_layers(
-        x_RxC, kernel["k1"], kernel["scale1"], kernel["shift1"], kernel["k2"], kernel["scale2"],
-        kernel["shift2"],
-    )
-    return _spatial_and_head(kernel, a2_BxGC, jnp.float32)
-
-
-def _kernel_arrays(params: InferenceParams, segment: int, dt) -> dict:
-    """The folded parameters laid out for the time-major block kernel."""
-    f2, c = params.temporal_features[1], params.num_channels
-    return {
-        "k1": params.k1_WxF1,
-        "toeplitz": _toeplitz(params.k1_WxF1, segment).astype(dt),
-        "scale1": params.scale1_C,
-        "shift1": params.shift1_CxF1.T,  # [F1, C]
-        "k2": params.k2_F1xF2,  # [F1, F2] (native kernel)
-        "k2t": params.k2_F1xF2.T.astype(dt),  # [F2, F1]
-        "scale2": params.scale2_C,
-        "shift2": params.shift2_CxF2.T,  # [F2, C]
-        "k3": params.k3_CxF2xS.transpose(1, 0, 2).reshape(f2 * c, -1).astype(dt),  # rows (g, c)
-        "b3": params.b3_S,
-        "k4": params.k4_SxN.astype(dt),
-        "b4": params.b4_N,
-    }
-
-
-def conv_logits(
-    params: InferenceParams,
-    x_TxC: jax.Array,
-    *,
-    block_steps: int = 1024,
-    segment: int = 16,
-    compute_dtype: str = "float32",
-    kernel: str = "xla",
-) -> jax.Array:
-    """Logits [T - W + 1, N] of every window of x [T, C] (row t: the window starting at t).
-
-    Convolution form, processed in blocks of `block_steps` outputs (a multiple of `segment`).
-    kernel='xla' computes the temporal layers as banded-Toeplitz matrix products (any
-    backend); 'native' in the fused C++ kernel of esort_jax.fast.native (CPU, float32 only;
-    `segment` is then unused). Pure and jittable; shapes are static.
-    """
-    if kernel not in ("xla", "native"):
-        raise ValueError(f"kernel must be 'xla' or 'native'; got {kernel!r}")
-    if kernel == "native" and compute_dtype != "float32":
-        raise ValueError(f"the native kernel computes in float32; got compute_dtype={compute_dtype!r}")
-    dt = _dtype(compute_dtype)
-    window, num_channels = params.window, params.num_channels
-    if x_TxC.ndim != 2 or x_TxC.shape[1] != num_channels:
-        raise ValueError(
-            f"expected traces [T, {num_channels}] (time, channels) for this model; "
-            f"got {tuple(x_TxC.shape)}"
-        )
-    if x_TxC.shape[0] < window:
-        raise ValueError(f"traces have {x_TxC.shape[0]} samples, fewer than one window ({window})")
-    if kernel == "xla" and block_steps % segment:
-        raise ValueError(f"block_steps={block_steps} must be a multiple of segment={segment}")
-    steps = x_TxC.shape[0] - window + 1
-    nblocks = -(-steps // block_steps)
-    x = jnp.pad(x_TxC, ((0, nblocks * block_steps - steps), (0, 0)))
-    arrays = _kernel_arrays(params, segment, dt)
-
-    def one_block(b):
-        rows = lax.dynamic_slice_in_dim(x, b * block_steps, block_steps + window - 1, axis=0)
-        if kernel == "native":
-            return _native_block_logits(arrays, rows)
-        return _block_logits(arrays, rows, block_steps, segment, dt)
-
-    logits = lax.map(one_block, jnp.arange(nblocks))
-    return logits.reshape(nblocks * block_steps, -1)[:steps]
 
 
 # ---------------------------------------------------------------------------------------
@@ -508,40 +351,15 @@ class InferenceConfig:
         return -(-self.chunk_steps // self.block_steps) * self.block_steps
 
     def resolve_kernel(self, params: InferenceParams, devices=None, where: str = "infer") -> "InferenceConfig":
-        """This config with `kernel` 'xla' or 'native': what 'auto' picks for these params on
-        these devices (default: all local devices); ValueError if 'native' was asked for and
-        cannot be used (the message says why)."""
+        """This config with `kernel` 'xla' or 'native' for these params on these devices (default:
+        all local devices), as esort_jax.fast.choose_kernel decides (ValueError if 'native' was
+        asked for and cannot be used; the message says why)."""
         devices = tuple(jax.local_devices()) if devices is None else tuple(devices)
-        obstacle = None
-        if self.compute_dtype != "float32":
-            obstacle = f"compute_dtype is {self.compute_dtype!r} (the native kernel is float32)"
-        elif any(d.platform != "cpu" for d in devices):
-            obstacle = f"devices are {sorted({d.platform for d in devices})} (the native kernel is CPU only)"
-        elif not native.supports(params.temporal_features):
-            obstacle = (
-                f"no native kernel for temporal features {params.temporal_features} "
-                f"(compiled for {sorted(native.SUPPORTED_FEATURES)})"
-            )
-        build_failure = None if obstacle or self.kernel == "xla" else native.unavailable_reason()
-        if self.kernel == "native" and (obstacle or build_failure):
-            raise ValueError(f"{where}.kernel = 'native' cannot be used: {obstacle or build_failure}")
-        if self.kernel == "auto" and build_failure:
-            _warn_native_unavailable(build_failure)
-        use_native = self.kernel != "xla" and not obstacle and not build_failure
-        return dataclasses.replace(self, kernel="native" if use_native else "xla")
-
-
-KERNELS = ("auto", "xla", "native")
-
-
-@functools.lru_cache(maxsize=None)
-def _warn_native_unavailable(reason: str) -> None:
-    warnings.warn(
-        f"esort_jax: the native CPU kernel is unavailable ({reason}); inference uses the XLA path "
-        "(correct, ~1.4x slower on CPU). Set infer.kernel=xla to silence this.",
-        RuntimeWarning,
-        stacklevel=3,
-    )
+        kernel = choose_kernel(
+            self.kernel, purpose="infer", devices=devices, compute_dtype=self.compute_dtype,
+            temporal_features=params.temporal_features, where=where,
+        )
+        return dataclasses.replace(self, kernel=kernel)
 
 
 def _chunk_probabilities(params, x_RxC, num_valid, *, config: InferenceConfig):
@@ -588,68 +406,15 @@ def _first_nonfinite(x_RxC: np.ndarray) -> tuple[int, int]:
     return int(bad[0, 0]), int(bad[0, 1])
 
 
-def _drop_mapped_pages(source, start: int, stop: int) -> None:
-    """Release the pages of samples [start, stop) if `source` is an ArrayTraces over a
-    read-only np.memmap (e.g. np.load(..., mmap_mode='r')). They are clean file pages, re-read
-    on demand; without this the resident set grows by the bytes read, i.e. with the length
-    of the recording. Best effort: anything else is left alone."""
-    array = getattr(source, "array", None)
-    mapping = getattr(array, "_mmap", None)
-    if (
-        not isinstance(array, np.memmap) or getattr(array, "mode", None) != "r"
-        or not isinstance(mapping, mmap.mmap) or not hasattr(mapping, "madvise")
-        or not array.flags.c_contiguous or stop <= start
-    ):
-        return
-    try:
-        base = np.frombuffer(mapping, np.uint8).ctypes.data
-        row_bytes = array.strides[0]
-        first = array.ctypes.data - base + start * row_bytes
-        last = min(array.ctypes.data - base + stop * row_bytes, len(mapping))
-        first -= first % mmap.PAGESIZE
-        if last > first:
-            mapping.madvise(mmap.MADV_DONTNEED, first, last - first)
-    except (ValueError, OSError, AttributeError):
-        pass
-
-
-def _aligned_zeros(shape: tuple, dtype=np.float32, alignment: int = 64) -> np.ndarray:
-    """Zeros whose data is `alignment`-byte aligned: jax.device_put then aliases it on CPU
-    instead of copying (the array must not be written to afterwards)."""
-    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
-    raw = np.zeros(nbytes + alignment, np.uint8)
-    offset = (-raw.ctypes.data) % alignment
-    return raw[offset:offset + nbytes].view(dtype).reshape(shape)
-
-
 def _read_group(source, group, rows: int, num_channels: int) -> np.ndarray:
-    """Samples of each chunk [(sample_start, sample_stop)] of a group, zero-padded: [D, R, C]."""
-    x = _aligned_zeros((len(group), rows, num_channels))
+    """Samples of each chunk [(sample_start, sample_stop)] of a group, zero-padded: [D, R, C]
+    (aligned, so that jax.device_put aliases it on CPU)."""
+    x = aligned_zeros((len(group), rows, num_channels))
     for d, (s0, s1) in enumerate(group):
         if s1 > s0:
             x[d, : s1 - s0] = source.read(s0, s1)
-            _drop_mapped_pages(source, s0, s1)
+            drop_mapped_pages(getattr(source, "array", None), s0, s1)
     return x
-
-
-def _reader(source, jobs, rows, num_channels, out_q: queue.Queue, stop: threading.Event):
-    """Host thread: read the groups of chunks in order into `out_q` (bounded)."""
-
-    def put(item) -> bool:
-        while not stop.is_set():
-            try:
-                out_q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    try:
-        for group in jobs:
-            if not put(("ok", _read_group(source, group, rows, num_channels))):
-                return
-    except BaseException as error:  # handed to the consumer, re-raised there
-        put(("error", error))
 
 
 def iter_probabilities(
@@ -686,63 +451,45 @@ def iter_probabilities(
     devices = tuple(jax.local_devices())
     devices = devices[: config.num_devices] if config.num_devices else devices
     config = config.resolve_kernel(params, devices)
-    fn, mesh = _sharded_chunk_fn(devices, config)
-    ndev = len(devices)
     steps = config.padded_chunk_steps
     rows = steps + window - 1
-    num_steps = stop - start - window + 1
-    chunk_starts = list(range(start, start + num_steps, steps))
-    jobs = [
-        [(c, min(c + rows, stop)) for c in chunk_starts[g:g + ndev]]
-        for g in range(0, len(chunk_starts), ndev)
+    chunk_starts = list(range(start, stop - window + 1, steps))
+    groups = [  # one chunk per device: [(sample_start, sample_stop)], the last one cut at `stop`
+        [(c, min(c + rows, stop)) for c in chunk_starts[g:g + len(devices)]]
+        for g in range(0, len(chunk_starts), len(devices))
     ]
+    reader = Prefetcher(lambda g: _read_group(source, groups[g], rows, num_channels), len(groups), config.prefetch)
+    with reader:
+        yield from _stream(params, groups, iter(reader), devices, config, stop - window + 1)
+
+
+def _stream(params, groups, inputs, devices, config, end: int) -> Iterator[tuple[int, np.ndarray]]:
+    """Dispatch each group of chunks (its samples from `inputs`) to the devices, keeping one
+    group computing while the previous one is consumed; yield (chunk_start, p) in order. `end`:
+    one past the last window start."""
+    fn, mesh = _sharded_chunk_fn(devices, config)
     shard = NamedSharding(mesh, PartitionSpec("chunk"))
     params = jax.device_put(params, NamedSharding(mesh, PartitionSpec()))
+    ndev, steps = len(devices), config.padded_chunk_steps
 
-    stop_event = threading.Event()
-    if config.prefetch > 0:
-        q: queue.Queue = queue.Queue(maxsize=config.prefetch)
-        thread = threading.Thread(
-            target=_reader, args=(source, jobs, rows, num_channels, q, stop_event), daemon=True
-        )
-        thread.start()
-
-        def next_input():
-            kind, value = q.get()
-            if kind == "error":
-                raise value
-            return value
-    else:
-        thread = None
-        inline = iter(jobs)
-
-        def next_input():
-            return _read_group(source, next(inline), rows, num_channels)
-
-    def dispatch(g):
-        x = next_input()
-        group = jobs[g]
+    def dispatch(group):
+        x = next(inputs)
         if x.shape[0] < ndev:  # last group: idle devices get a zero chunk
             x = np.concatenate([x, np.zeros((ndev - x.shape[0],) + x.shape[1:], x.dtype)])
         valid = np.zeros(ndev, np.int32)
         for d, (c0, _) in enumerate(group):
-            valid[d] = min(steps, start + num_steps - c0)
+            valid[d] = min(steps, end - c0)
         p, finite = fn(params, jax.device_put(x, shard), jax.device_put(valid, shard))
         return group, valid, x, p, finite
 
     pending: deque = deque()
-    try:
-        for g in range(len(jobs)):
-            pending.append(dispatch(g))
-            if len(pending) < 2 and g + 1 < len(jobs):
-                continue  # keep one group computing while the previous one is consumed
-            yield from _collect(pending.popleft())
-        while pending:
-            yield from _collect(pending.popleft())
-    finally:
-        stop_event.set()
-        if thread is not None:
-            thread.join(timeout=5.0)
+    for g, group in enumerate(groups):
+        pending.append(dispatch(group))
+        if len(pending) < 2 and g + 1 < len(groups):
+            continue
+        yield from _collect(pending.popleft())
+    while pending:
+        yield from _collect(pending.popleft())
 
 
 def _collect(item) -> Iterator[tuple[int, np.ndarray]]:

@@ -44,10 +44,6 @@ __all__ = [
     "fit", "choose", "sort", "score", "window_scores", "sort_and_evaluate",
 ]
 
-# The numpy stream (default_rng((seed, stream))) of the held-out windows scored at window level.
-HELD_OUT_WINDOWS_STREAM = 7
-
-
 @dataclasses.dataclass(frozen=True)
 class PipelineConfig:
     """Every stage's settings (each validated by its own `validate`)."""
@@ -208,7 +204,7 @@ def window_scores(fitted: Fitted, recording: Recording, truth: Sorting, config: 
         return {}
     held_out = balanced_windows(
         truth, fitted.windows.eval_span, window=config.model.window, anchor=config.model.anchor,
-        jitter=fitted.windows.train.jitter, seed=seed, stream=HELD_OUT_WINDOWS_STREAM,
+        jitter=fitted.windows.train.jitter, seed=seed, stream="held_out",
         unit_indices=truth.unit_index_of(fitted.unit_ids), max_windows=config.evaluation.window_metrics_max,
     )
     if not len(held_out):

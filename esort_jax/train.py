@@ -1,82 +1,80 @@
-"""Training: BCE on logits, optax, Flax NNX split into graph + state around jitted steps.
+"""Training: BCE on logits with optax, in the shape of the Flax examples.
 
     model = init_model(C, N, model_config, seed)            # or transfer.finetune_model(...)
     result = train(model, recording, windows, train_config, run_dir="runs/x",
                    freeze="none", callback=lambda epoch, metrics: ...)
 
-The training state is a pytree of plain arrays, {"params", "batch_stats", "opt_state", "step"}
-(pure dicts with the module's names, see `nnx.to_pure_dict`), so the steps are pure functions
-and the buffers are donated. Per epoch: a fresh order of the training windows from
-fold_in(shuffle key, epoch); one jitted step per batch; the mean BCE loss; window-level metrics
-on the validation windows (eval mode, threshold 0.5 on the sigmoid); a checkpoint every
-`checkpoint_every_epochs`; then `callback(epoch, metrics)`.
+The pieces: `create_train_state` (a `TrainState` of params, BatchNorm statistics, optimiser
+state and step: pytrees of arrays with the module's names, see `nnx.to_pure_dict`);
+`train_step`, one optimiser step, and `eval_step`, window-level counts, both pure functions
+that `make_train_step` / `make_eval_step` jit for a data path (the state is donated); `train`,
+the loop. Per epoch: a fresh order of the training windows from fold_in(shuffle key, epoch);
+one jitted step per batch; the mean BCE loss; window-level metrics on the validation windows
+(eval mode, threshold 0.5 on the sigmoid); a checkpoint every `checkpoint_every_epochs`; then
+`callback(epoch, metrics)`.
+
+The steps compute the network of esort_jax.model in the training formulation of
+esort_jax.fast.training (same numbers, laid out for the step's cost on CPU); `kernel` picks its
+layer 1 (esort_jax.fast.choose_kernel). Batches come from esort_jax.batches: windows cut inside
+the jitted step from traces resident on device, or gathered on the host by a background thread.
 
 Data parallel: a 1-D mesh over the devices ('data'); batches are sharded on 'data', parameters,
 optimiser state and resident traces are replicated. Everything is one jit program over global
 arrays, so BatchNorm's batch mean/variance are GLOBAL batch statistics (XLA inserts the
 all-reduce): 1 device and 4 devices compute the same step up to float rounding.
 
-Data paths (`data_on_device`): 'auto' keeps the span of the recording that the training windows
-touch resident on every device when it fits `device_bytes_budget`, and cuts windows inside the
-jitted step (vmap of dynamic_slice; no host work per step); otherwise windows are gathered on
-the host from the memory-mapped recording by a background thread, `prefetch_batches` ahead.
+Speed on CPU (benchmarks/bench_train.py): call
+`esort_jax.runtime.host_memory.configure_host_allocator()` at program start, before JAX
+computes anything; without it XLA page-faults its per-step temporaries again every step.
 
-Speed on CPU (benchmarks/bench_train.py): call `configure_host_allocator()` at program start,
-before JAX computes anything; without it XLA page-faults its ~240 MB of per-step temporaries
-again every step (paper sizes), which costs a third of the step. The model's training
-formulation (feature-major temporal filters, custom VJPs; esort_jax.model) and the time-major
-window gather avoid transposing the 94 MB window batch.
-
-Resuming: with a `run_dir`, each checkpoint holds parameters, BatchNorm statistics, the optimiser
-state, the epoch/step and the run's rng info. `train` called again with the same configuration
-and an identically initialised model continues from the latest checkpoint and ends with the same
-parameters as an uninterrupted run (the data order depends only on (seed, epoch)).
+Resuming (esort_jax.checkpoint): with a `run_dir`, each checkpoint holds parameters, BatchNorm
+statistics, the optimiser state, the epoch/step and the run's rng info. `train` called again
+with the same configuration and an identically initialised model continues from the latest
+checkpoint and ends with the same parameters as an uninterrupted run (the data order depends
+only on (seed, epoch)).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
 import time
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Any, Callable, Literal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import nnx
+from flax import nnx, struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from esort_jax import checkpoint as ckpt
-from esort_jax.fast import native
+from esort_jax.batches import (
+    WindowFeeder, batch_indices, epoch_order, plan_residency, span_bytes, steps_per_epoch, take_batch,
+)
 from esort_jax.config import ConfigError, require, to_dict
+from esort_jax.fast import choose_kernel
+from esort_jax.fast import training as fast_training
 from esort_jax.model import ESortNet, ModelConfig
 from esort_jax.recording import Recording
-from esort_jax.windows import (
-    DeviceTraces,
-    Prefetcher,
-    WindowSet,
-    WindowSets,
-    epoch_order,
-    gather_device,
-    gather_host,
-    span_bytes,
-    steps_per_epoch,
-)
+from esort_jax.windows import WindowSet, WindowSets
 
 __all__ = [
-    "configure_host_allocator",
     "TrainConfig",
     "TrainResult",
+    "TrainState",
     "FREEZE_OPTIONS",
     "rng_streams",
     "init_model",
     "freeze_labels",
     "make_optimizer",
-    "init_train_state",
+    "create_train_state",
     "make_mesh",
+    "train_step",
+    "eval_step",
     "make_train_step",
     "make_eval_step",
     "evaluate_windows",
@@ -209,39 +207,6 @@ class TrainResult:
 
 
 # ----------------------------------------------------------------------------------------------
-# Host memory
-
-
-def configure_host_allocator() -> bool:
-    """Make glibc malloc keep and reuse freed memory (one arena, no mmap, no trimming).
-
-    XLA on CPU allocates each step's temporaries (~240 MB for a paper-sized batch) afresh; glibc
-    serves allocations that large with mmap and returns them with munmap, so every step
-    page-faults all of it again (~60 000 faults per step, 30-40 % of the step time on this
-    machine kind). With these settings the memory stays mapped and is reused: zero faults
-    per step. The cost: the process keeps its peak heap (fine for a training run).
-
-    Must run before JAX starts its CPU backend (before the first computation); it returns
-    False and changes nothing when not on glibc. Equivalent environment for launchers:
-    MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647.
-    """
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8  # glibc malloc.h
-    ok = mallopt(M_ARENA_MAX, 1) == 1
-    ok &= mallopt(M_MMAP_MAX, 0) == 1
-    ok &= mallopt(M_TRIM_THRESHOLD, 2**31 - 1) == 1
-    return bool(ok)
-
-
-# ----------------------------------------------------------------------------------------------
 # Keys, model, optimiser
 
 
@@ -331,16 +296,25 @@ def _optimizer(settings: tuple, steps_each_epoch: int, freeze: str, treedef):
     return tx
 
 
-def init_train_state(model: ESortNet, tx: optax.GradientTransformation) -> dict:
-    """{"params", "batch_stats", "opt_state", "step"} as pure dicts of arrays."""
+@struct.dataclass
+class TrainState:
+    """What a training step updates: pytrees of arrays (pure dicts with the module's names).
+    Fields in alphabetical order, as a dict state flattens: the jitted step's arguments, and so
+    its compiled program, stay those of the dict state this replaced."""
+
+    batch_stats: dict
+    opt_state: Any
+    params: dict
+    step: jax.Array
+
+
+def create_train_state(model: ESortNet, tx: optax.GradientTransformation) -> TrainState:
+    """The model's parameters and BatchNorm statistics, a fresh optimiser state, step 0."""
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     batch_stats = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
-    return {
-        "params": params,
-        "batch_stats": batch_stats,
-        "opt_state": tx.init(params),
-        "step": jnp.zeros((), jnp.int32),
-    }
+    return TrainState(
+        batch_stats=batch_stats, opt_state=tx.init(params), params=params, step=jnp.zeros((), jnp.int32)
+    )
 
 
 def make_mesh(devices=None) -> Mesh:
@@ -353,135 +327,40 @@ def make_mesh(devices=None) -> Mesh:
 # Steps
 
 
-def _graphdefs(model: ESortNet):
-    model.train()
-    train_graph = nnx.graphdef(model)
-    model.eval()
-    eval_graph = nnx.graphdef(model)
-    model.train()
-    return train_graph, eval_graph
+def train_step(graphdef, tx, state: TrainState, windows, labels_BxN) -> tuple[TrainState, jax.Array]:
+    """One optimiser step on the mean BCE of a batch; returns (new state, loss).
 
-
-def resolve_kernel(kernel: str, model: ESortNet, mesh: Mesh, where: str = "train.kernel") -> str:
-    """'xla' or 'native': what `kernel` ('auto', 'xla', 'native') means for this model on this
-    mesh; ValueError if 'native' was asked for and cannot be used (the message says why)."""
-    if kernel not in ("auto", "xla", "native"):
-        raise ValueError(f"{where} must be 'auto', 'xla' or 'native'; got {kernel!r}")
-    if kernel == "xla":
-        return "xla"
-    devices = list(mesh.devices.flat)
-    features = int(model.config.temporal_features[0])
-    obstacle = None
-    if len(devices) != 1:
-        obstacle = f"{len(devices)} devices (the native kernel runs on one; data-parallel training uses XLA)"
-    elif devices[0].platform != "cpu":
-        obstacle = f"the device is {devices[0].platform} (the native kernel is CPU only)"
-    elif jnp.dtype(model.config.dtype) != jnp.float32:
-        obstacle = f"model dtype is {model.config.dtype} (the native kernel is float32)"
-    elif features not in native.WINDOW_DENSE_FEATURES:
-        obstacle = f"no native kernel for {features} first-layer features (compiled for {sorted(native.WINDOW_DENSE_FEATURES)})"
-    else:
-        obstacle = native.unavailable_reason()
-        if obstacle and kernel == "auto":
-            log.warning("the native CPU kernel is unavailable (%s); training uses the XLA path", obstacle)
-    if obstacle and kernel == "native":
-        raise ValueError(f"{where} = 'native' cannot be used: {obstacle}")
-    return "xla" if obstacle else "native"
-
-
-def _update(graphdef, tx, state, batch, y_BxN):
-    """One optimiser step. `batch`: windows [W, B, C] (XLA path), or (rows [R, C], starts [B],
-    row_stride) describing them for the native kernel (`ESortNet.logits_from_rows`)."""
-    if isinstance(batch, tuple):
-        rows_RxC, starts_B, row_stride = batch
-        forward = lambda model: model.logits_from_rows(rows_RxC, starts_B, row_stride)  # noqa: E731
-    else:
-        # Windows arrive as [W, B, C]; the transpose to the model's [B, W, C] cancels against
-        # the model's own transpose to [W, B, C] (see esort_jax.model.contract_leading).
-        x_BxWxC = jnp.transpose(batch, (1, 0, 2))
-        forward = lambda model: model(x_BxWxC)  # noqa: E731
+    `graphdef`: the model's graph in train mode; `windows`: [W, B, C] (time-major), or
+    esort_jax.fast.training.WindowRows for the native layer-1 kernel."""
 
     def loss_fn(params, batch_stats):
         model = nnx.merge(graphdef, params, batch_stats)
-        logits_BxN = forward(model)
-        loss = optax.sigmoid_binary_cross_entropy(logits_BxN, y_BxN.astype(jnp.float32)).mean()
+        logits_BxN = fast_training.logits(model, windows)
+        loss = optax.sigmoid_binary_cross_entropy(logits_BxN, labels_BxN.astype(jnp.float32)).mean()
         return loss, nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
 
-    (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state["params"], state["batch_stats"]
+    (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, state.batch_stats)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    new_state = TrainState(
+        params=optax.apply_updates(state.params, updates),
+        batch_stats=batch_stats,
+        opt_state=opt_state,
+        step=state.step + 1,
     )
-    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-    new_state = {
-        "params": optax.apply_updates(state["params"], updates),
-        "batch_stats": batch_stats,
-        "opt_state": opt_state,
-        "step": state["step"] + 1,
-    }
     return new_state, loss
 
 
-def _batch_indices(order, step, batch_size, mesh):
-    """Window indices [B] of batch `step` of the epoch order, split over the devices."""
-    idx_B = jax.lax.dynamic_slice_in_dim(order, step * batch_size, batch_size)
-    return jax.lax.with_sharding_constraint(idx_B, NamedSharding(mesh, PartitionSpec("data")))
+def eval_step(graphdef, params, batch_stats, windows_WxBxC, labels_BxN, valid_B):
+    """Eval-mode counts of a batch: ([tp, fp, fn, tn, exact, n] over valid windows, loss sum).
 
-
-def _take_batch(data, order, step, batch_size, window, mesh):
-    """Indices of batch `step` of the epoch order → (windows [W, B, C], labels), cut on device."""
-    idx_B = _batch_indices(order, step, batch_size, mesh)
-    x_WxBxC = gather_device(data["traces"], data["starts"][idx_B], window, layout="WBC")
-    x_WxBxC = jax.lax.with_sharding_constraint(x_WxBxC, _window_sharding(mesh))
-    return x_WxBxC, data["labels"][idx_B]
-
-
-def _window_sharding(mesh: Mesh) -> NamedSharding:
-    """Windows [W, B, C] split over devices along the batch axis."""
-    return NamedSharding(mesh, PartitionSpec(None, "data"))
-
-
-def make_train_step(model: ESortNet, tx, mesh: Mesh, *, batch_size: int, resident: bool, kernel: str = "auto"):
-    """The jitted step. Resident: step(state, data, order, i) cuts batch i of `order` from
-    data = {"traces" [T, C], "starts" [M] (relative to traces), "labels" [M, N]}. Host:
-    step(state, x [W, B, C], y [B, N]) (windows time-major, batch second; see
-    `gather_host(..., layout="WBC")`). Both return (new state, loss); `state` is donated.
-    `kernel`: see `TrainConfig.kernel` (resolved here by `resolve_kernel`)."""
-    graphdef, _ = _graphdefs(model)
-    kernel = resolve_kernel(kernel, model, mesh)
-    return _train_step(graphdef, tx, mesh, batch_size, resident, model.config.window, kernel)
-
-
-@functools.lru_cache(maxsize=32)
-def _train_step(graphdef, tx, mesh, batch_size, resident, window, kernel):
-    replicated = NamedSharding(mesh, PartitionSpec())
-
-    if resident and kernel == "native":
-        def step(state, data, order, i):
-            idx_B = _batch_indices(order, i, batch_size, mesh)
-            batch = (data["traces"], data["starts"][idx_B], 1)
-            return _update(graphdef, tx, state, batch, data["labels"][idx_B])
-    elif resident:
-        def step(state, data, order, i):
-            x, y = _take_batch(data, order, i, batch_size, window, mesh)
-            return _update(graphdef, tx, state, x, y)
-    elif kernel == "native":
-        def step(state, x, y):
-            w, b, c = x.shape  # windows [W, B, C] as rows [W·B, C]: sample w of window b is row w·B + b
-            batch = (x.reshape(w * b, c), jnp.arange(b, dtype=jnp.int32), b)
-            return _update(graphdef, tx, state, batch, y)
-    else:
-        def step(state, x, y):
-            return _update(graphdef, tx, state, x, y)
-
-    return jax.jit(step, donate_argnums=0, out_shardings=(replicated, replicated))
-
-
-def _counts(graphdef, params, batch_stats, x_WxBxC, y_BxN, valid_B):
+    `graphdef`: the model's graph in eval mode; `windows_WxBxC` time-major; `valid_B` masks
+    the padding of the last batch."""
     model = nnx.merge(graphdef, params, batch_stats)
-    logits = model(jnp.transpose(x_WxBxC, (1, 0, 2)))
-    truth = y_BxN.astype(bool)
+    logits = fast_training.logits(model, windows_WxBxC)
+    truth = labels_BxN.astype(bool)
     pred = logits > 0.0  # sigmoid(logit) > 0.5
     valid = valid_B[:, None]
-    loss = optax.sigmoid_binary_cross_entropy(logits, y_BxN.astype(jnp.float32)).mean(axis=1)
+    loss = optax.sigmoid_binary_cross_entropy(logits, labels_BxN.astype(jnp.float32)).mean(axis=1)
     return jnp.stack(
         [
             jnp.sum(pred & truth & valid),
@@ -494,27 +373,81 @@ def _counts(graphdef, params, batch_stats, x_WxBxC, y_BxN, valid_B):
     ).astype(jnp.float32), jnp.sum(jnp.where(valid_B, loss, 0.0))
 
 
-def make_eval_step(model: ESortNet, mesh: Mesh, *, batch_size: int, resident: bool):
-    """Jitted eval-mode counts for one batch: ([tp, fp, fn, tn, exact, n], loss sum).
-    Resident: fn(params, batch_stats, data, order, i, valid_B); host: fn(params, batch_stats,
-    x [W, B, C], y, valid_B)."""
-    _, graphdef = _graphdefs(model)
-    return _eval_step(graphdef, mesh, batch_size, resident, model.config.window)
+def _graphdefs(model: ESortNet):
+    model.train()
+    train_graph = nnx.graphdef(model)
+    model.eval()
+    eval_graph = nnx.graphdef(model)
+    model.train()
+    return train_graph, eval_graph
+
+
+def _train_kernel(kernel: str, model: ESortNet, mesh: Mesh) -> str:
+    """'xla' or 'native': what `kernel` (TrainConfig.kernel) means for this model on this mesh."""
+    return choose_kernel(
+        kernel, purpose="train", devices=list(mesh.devices.flat), compute_dtype=model.config.compute_dtype,
+        temporal_features=model.config.temporal_features,
+    )
+
+
+def make_train_step(model: ESortNet, tx, mesh: Mesh, *, batch_size: int, resident: bool, kernel: str = "auto"):
+    """`train_step` jitted for a data path. Resident: step(state, data, order, i) cuts batch i
+    of `order` from data = {"traces" [T, C], "starts" [M] (relative to traces), "labels" [M, N]}
+    (esort_jax.batches.WindowFeeder.data). Host: step(state, x [W, B, C], y [B, N]). Both return
+    (new state, loss); `state` is donated. `kernel`: see `TrainConfig.kernel`."""
+    graphdef, _ = _graphdefs(model)
+    kernel = _train_kernel(kernel, model, mesh)
+    return _jitted_train_step(graphdef, tx, mesh, batch_size, resident, model.config.window, kernel)
 
 
 @functools.lru_cache(maxsize=32)
-def _eval_step(graphdef, mesh, batch_size, resident, window):
+def _jitted_train_step(graphdef, tx, mesh, batch_size, resident, window, kernel):
     replicated = NamedSharding(mesh, PartitionSpec())
+    step = functools.partial(train_step, graphdef, tx)
+
+    if resident and kernel == "native":
+        def fn(state, data, order, i):
+            idx_B = batch_indices(order, i, batch_size, mesh)
+            windows = fast_training.WindowRows(data["traces"], data["starts"][idx_B], 1)
+            return step(state, windows, data["labels"][idx_B])
+    elif resident:
+        def fn(state, data, order, i):
+            x, y = take_batch(data, order, i, batch_size, window, mesh)
+            return step(state, x, y)
+    elif kernel == "native":
+        def fn(state, x, y):
+            w, b, c = x.shape  # windows [W, B, C] as rows [W·B, C]: sample w of window b is row w·B + b
+            return step(state, fast_training.WindowRows(x.reshape(w * b, c), jnp.arange(b, dtype=jnp.int32), b), y)
+    else:
+        fn = step
+
+    return jax.jit(fn, donate_argnums=0, out_shardings=(replicated, replicated))
+
+
+def make_eval_step(model: ESortNet, mesh: Mesh, *, batch_size: int, resident: bool):
+    """`eval_step` jitted for a data path: fn(params, batch_stats, data, order, i, valid_B)
+    (resident) or fn(params, batch_stats, x [W, B, C], y, valid_B) (host)."""
+    _, graphdef = _graphdefs(model)
+    return _jitted_eval_step(graphdef, mesh, batch_size, resident, model.config.window)
+
+
+@functools.lru_cache(maxsize=32)
+def _jitted_eval_step(graphdef, mesh, batch_size, resident, window):
+    replicated = NamedSharding(mesh, PartitionSpec())
+    step = functools.partial(eval_step, graphdef)
 
     if resident:
         def fn(params, batch_stats, data, order, i, valid_B):
-            x, y = _take_batch(data, order, i, batch_size, window, mesh)
-            return _counts(graphdef, params, batch_stats, x, y, valid_B)
+            x, y = take_batch(data, order, i, batch_size, window, mesh)
+            return step(params, batch_stats, x, y, valid_B)
     else:
-        def fn(params, batch_stats, x, y, valid_B):
-            return _counts(graphdef, params, batch_stats, x, y, valid_B)
+        fn = step
 
     return jax.jit(fn, out_shardings=(replicated, replicated))
+
+
+# ----------------------------------------------------------------------------------------------
+# Window-level metrics
 
 
 def window_metrics(counts: np.ndarray, loss_sum: float) -> dict[str, float]:
@@ -535,64 +468,8 @@ def window_metrics(counts: np.ndarray, loss_sum: float) -> dict[str, float]:
     }
 
 
-# ----------------------------------------------------------------------------------------------
-# Feeding windows
 
-
-class _Feeder:
-    """Batches of one WindowSet, resident on device or gathered on the host."""
-
-    def __init__(self, recording, windows: WindowSet, mesh, *, batch_size, resident, prefetch):
-        self.windows = windows
-        self.recording = recording
-        self.batch_size = batch_size
-        self.prefetch = prefetch
-        self.resident = resident
-        self.replicated = NamedSharding(mesh, PartitionSpec())
-        self.batch_sharding = NamedSharding(mesh, PartitionSpec("data"))
-        self.window_sharding = _window_sharding(mesh)
-        self.steps = steps_per_epoch(len(windows), batch_size)
-        self.data = None
-        if resident:
-            start, stop = windows.span()
-            traces = DeviceTraces.load(recording, start, stop, self.replicated)
-            self.data = {
-                "traces": traces.traces,
-                "starts": jax.device_put((windows.starts - start).astype(np.int32), self.replicated),
-                "labels": jax.device_put(windows.labels, self.replicated),
-            }
-
-    def host_batches(self, order: np.ndarray) -> Prefetcher:
-        """Background-gathered (x, y) device batches following `order` (host path)."""
-        B = self.batch_size
-
-        def produce(i):
-            idx = order[i * B : (i + 1) * B]
-            x = gather_host(self.recording, self.windows.starts[idx], self.windows.window, layout="WBC")
-            y = self.windows.labels[idx]
-            return jax.device_put(x, self.window_sharding), jax.device_put(y, self.batch_sharding)
-
-        return Prefetcher(produce, self.steps, depth=self.prefetch)
-
-
-def _plan_residency(config: TrainConfig, recording: Recording, sets: list[WindowSet]) -> list[bool]:
-    """Which window sets get their span resident on device (in order, within the budget)."""
-    budget = config.device_bytes_budget
-    plan = []
-    for windows in sets:
-        need = span_bytes(windows.span(), recording.num_channels)
-        if config.data_on_device == "always":
-            plan.append(True)
-        elif config.data_on_device == "never" or not len(windows):
-            plan.append(False)
-        else:
-            fits = need <= budget
-            budget -= need if fits else 0
-            plan.append(fits)
-    return plan
-
-
-def _evaluate(model, eval_step, feeder: _Feeder, state) -> dict[str, float]:
+def _evaluate(eval_fn, feeder: WindowFeeder, params, batch_stats) -> dict[str, float]:
     """Window metrics over a feeder's windows (sequential order, last batch padded)."""
     if not len(feeder.windows):
         return {}
@@ -602,18 +479,17 @@ def _evaluate(model, eval_step, feeder: _Feeder, state) -> dict[str, float]:
     valid_np = positions < M
     counts = jnp.zeros(6, jnp.float32)
     loss_sum = jnp.zeros((), jnp.float32)
-    params, stats = state["params"], state["batch_stats"]
     if feeder.resident:
         order = jax.device_put(order_np, feeder.replicated)
         for i in range(feeder.steps):
             valid = jax.device_put(valid_np[i * B : (i + 1) * B], feeder.batch_sharding)
-            c, l = eval_step(params, stats, feeder.data, order, i, valid)
+            c, l = eval_fn(params, batch_stats, feeder.data, order, i, valid)
             counts, loss_sum = counts + c, loss_sum + l
     else:
         with feeder.host_batches(order_np) as batches:
             for i, (x, y) in enumerate(batches):
                 valid = jax.device_put(valid_np[i * B : (i + 1) * B], feeder.batch_sharding)
-                c, l = eval_step(params, stats, x, y, valid)
+                c, l = eval_fn(params, batch_stats, x, y, valid)
                 loss_sum.block_until_ready()  # at most two batches in flight
                 counts, loss_sum = counts + c, loss_sum + l
     return window_metrics(np.asarray(counts), float(loss_sum))
@@ -640,15 +516,13 @@ def evaluate_windows(
         )
     if data_on_device is None:
         data_on_device = span_bytes(windows.span(), recording.num_channels) <= device_bytes_budget
-    feeder = _Feeder(recording, windows, mesh, batch_size=batch_size, resident=data_on_device, prefetch=2)
-    state = jax.device_put(
-        {
-            "params": nnx.to_pure_dict(nnx.state(model, nnx.Param)),
-            "batch_stats": nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)),
-        },
+    feeder = WindowFeeder(recording, windows, mesh, batch_size=batch_size, resident=data_on_device, prefetch=2)
+    params, batch_stats = jax.device_put(
+        (nnx.to_pure_dict(nnx.state(model, nnx.Param)), nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))),
         NamedSharding(mesh, PartitionSpec()),
     )
-    metrics = _evaluate(model, make_eval_step(model, mesh, batch_size=batch_size, resident=data_on_device), feeder, state)
+    eval_fn = make_eval_step(model, mesh, batch_size=batch_size, resident=data_on_device)
+    metrics = _evaluate(eval_fn, feeder, params, batch_stats)
     model.eval()
     return metrics
 
@@ -664,42 +538,6 @@ def _check_batch(batch_size: int, mesh: Mesh) -> None:
 
 # ----------------------------------------------------------------------------------------------
 # The loop
-
-
-def _write_state_into(model: ESortNet, state: dict) -> None:
-    """Copy the (possibly replicated) training state into the module, on the default device."""
-    host = jax.device_get({"params": state["params"], "batch_stats": state["batch_stats"]})
-    nnx.update(model, jax.tree.map(jnp.asarray, host["params"]), jax.tree.map(jnp.asarray, host["batch_stats"]))
-
-
-def _resume_signature(config: TrainConfig, model: ESortNet, windows: WindowSets, freeze: str) -> dict:
-    return {
-        "train_config": {k: v for k, v in to_dict(config).items() if k not in _RESUME_IGNORED},
-        "model_config": to_dict(model.config),
-        "num_channels": model.num_channels,
-        "unit_ids": [str(u) for u in windows.unit_ids.tolist()],
-        "windows_fingerprint": windows.train.fingerprint(),
-        "freeze": freeze,
-    }
-
-
-def _check_resume(path: Path, meta: ckpt.CheckpointMetadata, expected: dict) -> None:
-    saved = meta.extra.get("resume_signature")
-    if saved is None:
-        raise ckpt.CheckpointError(f"{path}: not a training checkpoint of train() (no resume signature)")
-    for key, value in expected.items():
-        if key == "train_config":
-            for name in sorted(set(value) | set(saved[key])):
-                if value.get(name) != saved[key].get(name):
-                    raise ckpt.CheckpointError(
-                        f"cannot resume from {path}: train.{name} was {saved[key].get(name)!r}, now "
-                        f"{value.get(name)!r}; use a new run folder (or the old configuration)"
-                    )
-        elif saved.get(key) != value:
-            raise ckpt.CheckpointError(
-                f"cannot resume from {path}: {key} differs from the checkpoint's; the run folder "
-                "belongs to another run (different data, windows, model or freeze setting)"
-            )
 
 
 def train(
@@ -732,6 +570,164 @@ def train(
     """
     config.validate()
     mesh = make_mesh(devices)
+    _check_inputs(model, recording, windows, config, mesh)
+    steps = steps_per_epoch(len(windows.train), config.batch_size)
+    tx = make_optimizer(config, nnx.to_pure_dict(nnx.state(model, nnx.Param)), steps, freeze)
+    state = create_train_state(model, tx)
+    signature = ckpt.resume_signature(_resume_settings(config), model, windows, freeze)
+    resumed = ckpt.restore_training(run_dir, model, state.opt_state, signature) if run_dir is not None else None
+    start_epoch, resumed_from = (resumed.epoch, resumed.path) if resumed is not None else (0, None)
+    if resumed is not None:  # the model now holds the checkpoint's arrays
+        state = create_train_state(model, tx).replace(
+            opt_state=resumed.opt_state, step=jnp.asarray(resumed.step, jnp.int32)
+        )
+    last_epoch = config.epochs if config.stop_after_epochs is None else min(config.epochs, config.stop_after_epochs)
+    history, written = [], None
+    if start_epoch < last_epoch:
+        save = None
+        if run_dir is not None:
+            save = _epoch_saver(run_dir, model, recording, windows, config, signature, freeze, transfer, metadata_extra)
+        state, history, written = _run_epochs(
+            model, recording, windows, config, mesh, tx, state, range(start_epoch, last_epoch), save, callback
+        )
+    _write_state_into(model, state)
+    model.eval()
+    completed = max(start_epoch, last_epoch)
+    return TrainResult(
+        model=model,
+        history=history,
+        epochs_completed=completed,
+        resumed_from=resumed_from,
+        checkpoint=written or resumed_from,
+        finished=completed >= config.epochs,
+    )
+
+
+def _run_epochs(model, recording, windows, config, mesh, tx, state, epochs: range, save, callback):
+    """The epochs of a run: returns (state, per-epoch metrics, newest checkpoint written)."""
+    train_feed, val_feed, step_fn, eval_fn = _feeds_and_steps(model, recording, windows, config, mesh, tx)
+    state = jax.device_put(state, NamedSharding(mesh, PartitionSpec()))
+    shuffle_key = rng_streams(config.seed)["shuffle"]
+    history, written = [], None
+    with _progress_bar(config.progress, len(epochs) * train_feed.steps) as progress:
+        for epoch in epochs:
+            started = time.perf_counter()
+            order = epoch_order(shuffle_key, epoch, len(windows.train), config.batch_size)
+            state, train_loss = _train_epoch(
+                step_fn, state, train_feed, order, progress, epoch, config.log_every_steps
+            )
+            metrics = {"epoch": epoch, "step": int(state.step), "train_loss": train_loss}
+            val = _evaluate(eval_fn, val_feed, state.params, state.batch_stats)
+            metrics.update({f"val_{k}": v for k, v in val.items()})
+            metrics["epoch_seconds"] = time.perf_counter() - started
+            metrics["windows_per_second"] = train_feed.steps * config.batch_size / metrics["epoch_seconds"]
+            history.append(metrics)
+            _report_epoch(progress, metrics, last=epoch + 1 == epochs.stop)
+            completed = epoch + 1
+            if save is not None and (completed % config.checkpoint_every_epochs == 0 or completed == epochs.stop):
+                written = save(state, completed, metrics)
+            if callback is not None:
+                callback(epoch, metrics)
+    return state, history, written
+
+
+def _train_epoch(step_fn, state, feed: WindowFeeder, order, progress, epoch: int, log_every: int):
+    """One pass over the epoch order: (state, mean loss)."""
+    losses = []
+
+    def after_step(i, loss):
+        losses.append(loss)
+        if progress is not None:
+            progress.update(1)
+            if (i + 1) % log_every == 0:
+                progress.set_postfix(epoch=epoch, loss=f"{float(loss):.4f}")
+
+    if feed.resident:
+        order = jax.device_put(order, feed.replicated)
+        for i in range(feed.steps):
+            state, loss = step_fn(state, feed.data, order, i)
+            after_step(i, loss)
+    else:
+        with feed.host_batches(np.asarray(order)) as batches:
+            for i, (x, y) in enumerate(batches):
+                state, loss = step_fn(state, x, y)
+                if losses:  # at most two steps in flight: bounds the batches held in memory
+                    losses[-1].block_until_ready()
+                after_step(i, loss)
+    return state, float(jnp.mean(jnp.stack(losses)))
+
+
+def _feeds_and_steps(model, recording, windows, config, mesh, tx):
+    """Window feeders (training, validation) and jitted steps for a run's data paths."""
+    train_resident, val_resident = plan_residency(
+        [windows.train, windows.validation], recording.num_channels,
+        data_on_device=config.data_on_device, budget_bytes=config.device_bytes_budget,
+    )
+    feeds = [
+        WindowFeeder(recording, ws, mesh, batch_size=config.batch_size, resident=resident,
+                     prefetch=config.prefetch_batches)
+        for ws, resident in ((windows.train, train_resident), (windows.validation, val_resident))
+    ]
+    kernel = _train_kernel(config.kernel, model, mesh)
+    where = {True: "resident on device", False: "gathered on the host"}
+    log.info(
+        "training %d windows (%d steps/epoch, batch %d on %d device(s)); training data %s, validation %s; "
+        "layer 1: %s",
+        len(windows.train), feeds[0].steps, config.batch_size, mesh.devices.size, where[train_resident],
+        where[val_resident],
+        "native kernel (windows read in place)" if kernel == "native" else "XLA (windows gathered)",
+    )
+    step_fn = make_train_step(
+        model, tx, mesh, batch_size=config.batch_size, resident=train_resident, kernel=kernel
+    )
+    eval_fn = make_eval_step(model, mesh, batch_size=config.batch_size, resident=val_resident)
+    return feeds[0], feeds[1], step_fn, eval_fn
+
+
+def _epoch_saver(run_dir, model, recording, windows, config, signature, freeze, transfer, metadata_extra):
+    """save(state, completed_epochs, metrics) → the epoch checkpoint written (esort_jax.checkpoint)."""
+    fingerprint = ckpt.data_fingerprint(recording)
+    shuffle_key = rng_streams(config.seed)["shuffle"]
+    rng = {
+        "seed": config.seed,
+        "streams": "fold_in(key(seed), 0: init, 1: shuffle); epoch order = fold_in(shuffle, epoch)",
+        "shuffle_key_data": np.asarray(jax.random.key_data(shuffle_key)).tolist(),
+    }
+
+    def save(state: TrainState, completed: int, metrics: dict) -> Path:
+        _write_state_into(model, state)
+        return ckpt.save_epoch_checkpoint(
+            run_dir, model, state.opt_state, epoch=completed, step=int(state.step), signature=signature,
+            keep=config.keep_checkpoints, recording=recording, fingerprint=fingerprint, windows=windows,
+            train_config=to_dict(config), transfer=transfer or {}, rng=rng,
+            extra={**(metadata_extra or {}), "freeze": freeze, "last_metrics": metrics},
+        )
+
+    return save
+
+
+def _progress_bar(enabled: bool, total: int):
+    """A tqdm bar over the run's steps (a null context when disabled)."""
+    if not enabled:
+        return contextlib.nullcontext()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="train", unit="step", leave=False)
+
+
+def _report_epoch(progress, metrics: dict, *, last: bool) -> None:
+    """The epoch's metrics in the bar's postfix, and one log line per epoch without a bar (with
+    a bar only the last; all are in the history)."""
+    epoch = metrics["epoch"]
+    if progress is not None:
+        progress.set_postfix(
+            epoch=epoch, loss=f"{metrics['train_loss']:.4f}", val_recall=f"{metrics['val_recall']:.3f}"
+        )
+    level = logging.INFO if progress is None or last else logging.DEBUG
+    log.log(level, "epoch %d: %s", epoch, {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()})
+
+
+def _check_inputs(model: ESortNet, recording: Recording, windows: WindowSets, config: TrainConfig, mesh: Mesh) -> None:
     _check_batch(config.batch_size, mesh)
     if model.num_channels != recording.num_channels:
         raise ValueError(f"model has {model.num_channels} channels; the recording has {recording.num_channels}")
@@ -745,147 +741,13 @@ def train(
     if not len(windows.train):
         raise ValueError("no training windows")
 
-    replicated = NamedSharding(mesh, PartitionSpec())
-    steps = steps_per_epoch(len(windows.train), config.batch_size)
-    tx = make_optimizer(config, nnx.to_pure_dict(nnx.state(model, nnx.Param)), steps, freeze)
-    state = init_train_state(model, tx)
-    shuffle_key = rng_streams(config.seed)["shuffle"]
-    signature = _resume_signature(config, model, windows, freeze)
 
-    start_epoch, resumed_from = 0, None
-    latest = ckpt.latest_checkpoint(run_dir) if run_dir is not None else None
-    if latest is not None:
-        meta = ckpt.read_metadata(latest)
-        _check_resume(latest, meta, signature)
-        arrays = ckpt.restore_arrays(latest, ("model", "opt_state"))
-        ckpt.apply_model_arrays(model, arrays["model"], str(latest))
-        saved_leaves = [arrays["opt_state"][k] for k in sorted(arrays["opt_state"])]
-        treedef = jax.tree.structure(state["opt_state"])
-        if treedef.num_leaves != len(saved_leaves):
-            raise ckpt.CheckpointError(
-                f"{latest}: optimiser state has {len(saved_leaves)} arrays; this optimiser has {treedef.num_leaves}"
-            )
-        state = init_train_state(model, tx)
-        state["opt_state"] = jax.tree.unflatten(treedef, [jnp.asarray(a) for a in saved_leaves])
-        state["step"] = jnp.asarray(meta.step, jnp.int32)
-        start_epoch, resumed_from = meta.epoch, latest
-        log.info("resuming %s from %s (epoch %d, step %d)", run_dir, latest, meta.epoch, meta.step)
+def _resume_settings(config: TrainConfig) -> dict:
+    """The TrainConfig values that change the numbers a run computes (a resumed run must match)."""
+    return {k: v for k, v in to_dict(config).items() if k not in _RESUME_IGNORED}
 
-    last_epoch = config.epochs if config.stop_after_epochs is None else min(config.epochs, config.stop_after_epochs)
-    if start_epoch >= last_epoch:
-        _write_state_into(model, state)
-        model.eval()
-        return TrainResult(model, [], start_epoch, resumed_from, latest, start_epoch >= config.epochs)
 
-    train_resident, val_resident = _plan_residency(config, recording, [windows.train, windows.validation])
-    train_feed = _Feeder(
-        recording, windows.train, mesh, batch_size=config.batch_size, resident=train_resident,
-        prefetch=config.prefetch_batches,
-    )
-    val_feed = _Feeder(
-        recording, windows.validation, mesh, batch_size=config.batch_size, resident=val_resident,
-        prefetch=config.prefetch_batches,
-    )
-    kernel = resolve_kernel(config.kernel, model, mesh)
-    log.info(
-        "training %d windows (%d steps/epoch, batch %d on %d device(s)); training data %s, validation %s; "
-        "layer 1: %s",
-        len(windows.train), steps, config.batch_size, mesh.devices.size,
-        "resident on device" if train_resident else "gathered on the host",
-        "resident on device" if val_resident else "gathered on the host",
-        "native kernel (windows read in place)" if kernel == "native" else "XLA (windows gathered)",
-    )
-    state = jax.device_put(state, replicated)
-    step_fn = make_train_step(model, tx, mesh, batch_size=config.batch_size, resident=train_resident,
-                              kernel=kernel)
-    eval_fn = make_eval_step(model, mesh, batch_size=config.batch_size, resident=val_resident)
-
-    fingerprint = ckpt.data_fingerprint(recording) if run_dir is not None else None
-    progress = None
-    if config.progress:
-        from tqdm.auto import tqdm
-
-        progress = tqdm(total=(last_epoch - start_epoch) * steps, desc="train", unit="step", leave=False)
-
-    history, latest_written = [], None
-    try:
-        for epoch in range(start_epoch, last_epoch):
-            started = time.perf_counter()
-            order = epoch_order(shuffle_key, epoch, len(windows.train), config.batch_size)
-            losses = []
-
-            def after_step(i, loss):
-                losses.append(loss)
-                if progress is not None:
-                    progress.update(1)
-                    if (i + 1) % config.log_every_steps == 0:
-                        progress.set_postfix(epoch=epoch, loss=f"{float(loss):.4f}")
-
-            if train_resident:
-                order = jax.device_put(order, replicated)
-                for i in range(steps):
-                    state, loss = step_fn(state, train_feed.data, order, i)
-                    after_step(i, loss)
-            else:
-                with train_feed.host_batches(np.asarray(order)) as prefetched:
-                    for i, (x, y) in enumerate(prefetched):
-                        state, loss = step_fn(state, x, y)
-                        if losses:  # at most two steps in flight: bounds the batches held in memory
-                            losses[-1].block_until_ready()
-                        after_step(i, loss)
-            train_loss = float(jnp.mean(jnp.stack(losses)))
-            metrics = {"epoch": epoch, "step": int(state["step"]), "train_loss": train_loss}
-            metrics.update({f"val_{k}": v for k, v in _evaluate(model, eval_fn, val_feed, state).items()})
-            metrics["epoch_seconds"] = time.perf_counter() - started
-            metrics["windows_per_second"] = steps * config.batch_size / metrics["epoch_seconds"]
-            history.append(metrics)
-            if progress is not None:  # the bar carries the progress; the metrics go in its postfix
-                progress.set_postfix(epoch=epoch, loss=f"{train_loss:.4f}", val_recall=f"{metrics['val_recall']:.3f}")
-            # One line per epoch without a bar; with a bar only the last (all are in `history`).
-            level = logging.INFO if progress is None or epoch + 1 == last_epoch else logging.DEBUG
-            log.log(level, "epoch %d: %s", epoch, {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()})
-            completed = epoch + 1
-            if run_dir is not None and (
-                completed % config.checkpoint_every_epochs == 0 or completed == last_epoch
-            ):
-                _write_state_into(model, state)
-                meta = ckpt.make_metadata(
-                    model,
-                    unit_ids=windows.unit_ids,
-                    recording=recording,
-                    fingerprint=fingerprint,
-                    epoch=completed,
-                    step=int(state["step"]),
-                    train_config=to_dict(config),
-                    window_config=to_dict(windows.config),
-                    windows_fingerprint=signature["windows_fingerprint"],
-                    transfer=transfer or {},
-                    rng={
-                        "seed": config.seed,
-                        "streams": "fold_in(key(seed), 0: init, 1: shuffle); epoch order = fold_in(shuffle, epoch)",
-                        "shuffle_key_data": np.asarray(jax.random.key_data(shuffle_key)).tolist(),
-                    },
-                    extra={**(metadata_extra or {}), "resume_signature": signature, "freeze": freeze,
-                           "last_metrics": metrics},
-                )
-                latest_written = ckpt.save_checkpoint(
-                    ckpt.epoch_checkpoint_path(run_dir, completed), model, meta,
-                    opt_state=state["opt_state"], overwrite=True,
-                )
-                ckpt.prune_checkpoints(run_dir, config.keep_checkpoints)
-            if callback is not None:
-                callback(epoch, metrics)
-    finally:
-        if progress is not None:
-            progress.close()
-
-    _write_state_into(model, state)
-    model.eval()
-    return TrainResult(
-        model=model,
-        history=history,
-        epochs_completed=last_epoch,
-        resumed_from=resumed_from,
-        checkpoint=latest_written or latest,
-        finished=last_epoch >= config.epochs,
-    )
+def _write_state_into(model: ESortNet, state: TrainState) -> None:
+    """Copy the (possibly replicated) training state into the module, on the default device."""
+    params, batch_stats = jax.device_get((state.params, state.batch_stats))
+    nnx.update(model, jax.tree.map(jnp.asarray, params), jax.tree.map(jnp.asarray, batch_stats))

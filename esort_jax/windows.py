@@ -46,10 +46,8 @@ of a validation window is in any training window; it does not depend on K, so wi
 metrics are comparable across K. It uses labels beyond the first K spikes: it is for monitoring,
 not for training.
 
-Batches never materialise all windows: a batch is gathered from the traces by start index, on
-device from a resident span (`DeviceTraces` + `gather_device`, inside the jitted step) or on the
-host from the (memory-mapped) recording (`gather_host`), with a background `Prefetcher`.
-Shuffling uses `epoch_order(key, epoch, ...)` = a permutation keyed by fold_in(key, epoch).
+Windows are never materialised here: a batch is gathered from the traces by start sample when a
+step needs it (esort_jax.batches).
 """
 
 from __future__ import annotations
@@ -57,16 +55,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-import queue
-import threading
-from typing import Any, Callable, Iterator, Literal
+from typing import Any, Literal
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from esort_jax.config import ConfigError, require
-from esort_jax.recording import ArrayTraces, Recording, Sorting
+from esort_jax.recording import Recording, Sorting
 
 __all__ = [
     "WindowConfig",
@@ -79,15 +73,13 @@ __all__ = [
     "make_windows",
     "split_spans",
     "balanced_windows",
-    "DeviceTraces",
-    "gather_device",
-    "gather_host",
-    "epoch_order",
-    "steps_per_epoch",
-    "Prefetcher",
 ]
 
 log = logging.getLogger(__name__)
+
+# The named numpy streams of window sampling: default_rng((seed, STREAMS[name])). The numbers are
+# part of every result (changing one changes the windows drawn), so they are fixed here once.
+STREAMS = {"negatives": 0, "validation": 1, "balanced": 2, "held_out": 7}
 
 ShortUnitPolicy = Literal["error", "drop", "keep_all"]
 
@@ -427,7 +419,7 @@ def make_windows(
       sorting: spike labels (ground truth or a sorter's output); may cover only part of it.
       config: a WindowConfig.
       window, anchor: W and A (from ModelConfig).
-      seed: seeds the negative and validation draws (numpy generators keyed by (seed, stream)).
+      seed: seeds the negative and validation draws (numpy generators keyed by (seed, STREAMS[name])).
       train_span: explicit training region [start, stop) in samples (default: first
         `config.train_fraction` of the recording).
       eval_span: explicit evaluation span (default: the rest of the recording after the region).
@@ -521,7 +513,7 @@ def make_windows(
     candidates = negative_starts.allowed & ~negative_starts.near(sorting.samples, anchor, jitter)
     candidates = negative_starts.first + np.flatnonzero(candidates)
     wanted = int(round(config.negatives_per_positive * pos.size))
-    rng = np.random.default_rng((seed, 0))
+    rng = np.random.default_rng((seed, STREAMS["negatives"]))
     if wanted > candidates.size:
         log.warning(
             "only %d all-negative windows available in [%d, %d) for %d requested; using all of them",
@@ -542,7 +534,7 @@ def make_windows(
         jitter=jitter,
         unit_indices=columns,
         seed=seed,
-        stream=1,
+        stream="validation",
         negatives_per_positive=config.negatives_per_positive,
         max_windows=config.max_validation_windows,
         avoid=evaluation,
@@ -596,7 +588,7 @@ def balanced_windows(
     anchor: int,
     jitter: int,
     seed: int,
-    stream: int = 2,
+    stream: str = "balanced",
     unit_indices: np.ndarray | None = None,
     negatives_per_positive: float = 1.0,
     max_windows: int | None = None,
@@ -619,166 +611,10 @@ def balanced_windows(
     if max_windows is not None and num_pos + num_neg > max_windows:
         scale = max_windows / (num_pos + num_neg)
         num_pos, num_neg = int(num_pos * scale), int(num_neg * scale)
-    rng = np.random.default_rng((seed, stream))
+    rng = np.random.default_rng((seed, STREAMS[stream]))
     pos = rng.choice(pos, size=num_pos, replace=False)
     neg = rng.choice(neg, size=num_neg, replace=False)
     all_starts = np.sort(np.concatenate([pos, neg]))
     return WindowSet(
         all_starts, window_labels(all_starts, sorting, anchor, jitter, unit_indices), window, anchor, jitter
     )
-
-
-# ----------------------------------------------------------------------------------------------
-# Batches
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class DeviceTraces:
-    """A span of the recording resident on device(s): `traces` [stop - start, C] float32.
-
-    With a replicated sharding every device holds the span, so a batch sharded over devices
-    gathers its windows locally.
-    """
-
-    traces: jax.Array
-    start: int
-
-    @property
-    def stop(self) -> int:
-        return self.start + int(self.traces.shape[0])
-
-    @property
-    def nbytes(self) -> int:
-        return int(self.traces.size) * self.traces.dtype.itemsize
-
-    @classmethod
-    def load(
-        cls,
-        recording: Recording,
-        start: int,
-        stop: int,
-        sharding: jax.sharding.Sharding | None = None,
-        chunk_samples: int = 1 << 16,
-    ) -> "DeviceTraces":
-        """Read samples [start, stop) in chunks into one host buffer and put it on device."""
-        host = np.empty((stop - start, recording.num_channels), dtype=np.float32)
-        for chunk_start, block in recording.iter_chunks(chunk_samples, start, stop):
-            host[chunk_start - start : chunk_start - start + block.shape[0]] = block
-        traces = jax.device_put(host, sharding) if sharding is not None else jnp.asarray(host)
-        return cls(traces=traces, start=start)
-
-
-def span_bytes(span: tuple[int, int], num_channels: int) -> int:
-    """Bytes of float32 traces for a span (what `DeviceTraces.load` would hold per device)."""
-    return max(span[1] - span[0], 0) * num_channels * 4
-
-
-def gather_device(traces_TxC: jax.Array, starts_B: jax.Array, window: int, layout: str = "BWC") -> jax.Array:
-    """Windows cut from device traces at `starts_B` (relative to the traces' first sample;
-    they must lie in [0, T - W]). Jit-friendly: one row gather.
-
-    layout 'BWC' gives [B, W, C]; 'WBC' gives [W, B, C] -- the layout the network's first
-    layer consumes (see esort_jax.model.contract_leading), which XLA writes directly while
-    gathering rows instead of transposing 94 MB per paper-sized batch afterwards.
-    """
-    rows_WxB = jnp.arange(window, dtype=starts_B.dtype)[:, None] + starts_B[None, :]
-    x_WxBxC = jnp.take(traces_TxC, rows_WxB, axis=0, mode="clip")
-    if layout == "WBC":
-        return x_WxBxC
-    if layout != "BWC":
-        raise ValueError(f"layout must be 'BWC' or 'WBC'; got {layout!r}")
-    return jnp.transpose(x_WxBxC, (1, 0, 2))
-
-
-def gather_host(recording: Recording, starts: np.ndarray, window: int, layout: str = "BWC") -> np.ndarray:
-    """Windows float32 µV read from the recording at absolute `starts`: [B, W, C] (layout
-    'BWC') or [W, B, C] ('WBC').
-
-    Array-backed traces (np.memmap, np.ndarray) are read with one fancy-indexing call; other
-    trace sources window by window through `recording.read`.
-    """
-    if layout not in ("BWC", "WBC"):
-        raise ValueError(f"layout must be 'BWC' or 'WBC'; got {layout!r}")
-    starts = np.asarray(starts, dtype=np.int64)
-    source = recording.traces
-    if isinstance(source, ArrayTraces) and isinstance(source.array, np.ndarray):
-        offsets = np.arange(window, dtype=np.int64)
-        rows = offsets[:, None] + starts[None, :] if layout == "WBC" else starts[:, None] + offsets[None, :]
-        raw = source.array[rows]
-        gain, offset = source.gain_to_uv, source.offset_to_uv
-        if raw.dtype == np.float32 and np.all(gain == 1.0) and np.all(offset == 0.0):
-            return np.ascontiguousarray(raw)
-        return (raw.astype(np.float32) * gain + offset).astype(np.float32)
-    out = np.empty((starts.size, window, recording.num_channels), dtype=np.float32)
-    for b, start in enumerate(starts.tolist()):
-        out[b] = recording.read(start, start + window)
-    return np.ascontiguousarray(out.transpose(1, 0, 2)) if layout == "WBC" else out
-
-
-def steps_per_epoch(num_windows: int, batch_size: int) -> int:
-    """ceil(M / B): every window is seen at least once per epoch (see `epoch_order`)."""
-    return -(-num_windows // batch_size)
-
-
-def epoch_order(key: jax.Array, epoch: int, num_windows: int, batch_size: int) -> jax.Array:
-    """[steps · B] window indices for one epoch: a permutation keyed by fold_in(key, epoch),
-    wrapped around to fill the last batch (so shapes never change and every window appears at
-    least once; the first few of the permutation appear twice when B does not divide M)."""
-    steps = steps_per_epoch(num_windows, batch_size)
-    permutation = jax.random.permutation(jax.random.fold_in(key, epoch), num_windows)
-    return permutation[jnp.arange(steps * batch_size) % num_windows]
-
-
-class Prefetcher:
-    """Produce items on a background thread, `depth` ahead of the consumer (double buffering).
-
-    `produce(i)` is called for i in range(count) in order; exceptions are re-raised in the
-    consumer. Use as an iterator; `close()` (or leaving a `with` block) stops the thread early.
-    """
-
-    def __init__(self, produce: Callable[[int], Any], count: int, depth: int = 2):
-        self._queue: queue.Queue = queue.Queue(maxsize=max(depth, 1))
-        self._stop = threading.Event()
-        self._count = count
-        self._thread = threading.Thread(target=self._run, args=(produce,), daemon=True)
-        self._thread.start()
-
-    def _put(self, entry) -> None:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(entry, timeout=0.1)
-                return
-            except queue.Full:
-                continue
-
-    def _run(self, produce):
-        try:
-            for i in range(self._count):
-                if self._stop.is_set():
-                    return
-                self._put((True, produce(i)))
-        except BaseException as error:  # handed to the consumer
-            self._put((False, error))
-
-    def __iter__(self) -> Iterator[Any]:
-        for _ in range(self._count):
-            ok, item = self._queue.get()
-            if not ok:
-                self.close()
-                raise item
-            yield item
-
-    def close(self) -> None:
-        self._stop.set()
-        while True:  # unblock a producer waiting on a full queue
-            try:
-                self._queue.get_nowait()
-            except queue.Empty:
-                break
-        self._thread.join(timeout=10)
-
-    def __enter__(self) -> "Prefetcher":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()

@@ -35,11 +35,12 @@ from esort_jax.config import ConfigError, from_dict
 from esort_jax.pipeline import PipelineConfig
 from esort_jax.io.atomic import write_json
 from esort_jax.runtime.log import LoggerConfig, RunLogger
+from esort_jax.runtime.host_memory import configure_host_allocator
 from esort_jax.runtime.provenance import provenance
-from esort_jax.train import configure_host_allocator
 
 __all__ = ["Run", "RunFolderError", "prepare_process", "register_resolvers", "run_dir", "device_info", "to_container", "typed",
            "pipeline_config"]
+
 
 def register_resolvers() -> None:
     """The OmegaConf resolvers the configs use: `${add:${seed},1000}` (derived seeds, e.g. the

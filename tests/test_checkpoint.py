@@ -11,6 +11,7 @@ from esort_jax.checkpoint import (
     CheckpointError,
     data_fingerprint,
     epoch_checkpoint_path,
+    flatten_tree,
     latest_checkpoint,
     load_model,
     make_metadata,
@@ -112,3 +113,42 @@ def test_data_fingerprint_ignores_location_but_not_content(tmp_path):
     assert data_fingerprint(a) == data_fingerprint(b)
     other, _ = tiny_recording(seed=1)
     assert data_fingerprint(other) != data_fingerprint(recording)
+
+
+def test_epoch_checkpoints_resume_only_their_own_run(tmp_path):
+    """save_epoch_checkpoint + restore_training: the arrays and optimiser state come back, the
+    oldest checkpoints are pruned, and another run's signature is refused."""
+    import optax
+
+    from esort_jax.windows import WindowConfig, make_windows
+
+    recording, truth = tiny_recording()
+    windows = make_windows(recording, truth, WindowConfig(jitter=3), window=20, anchor=9, seed=0)
+    model = _perturbed_model()
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    opt_state = jax.tree.map(lambda a: a + 1.0, optax.adam(1e-3).init(params))
+    signature = ckpt.resume_signature({"epochs": 3}, model, windows, "none")
+    assert ckpt.restore_training(tmp_path, model, opt_state, signature) is None
+    for epoch in (1, 2, 3):
+        written = ckpt.save_epoch_checkpoint(
+            tmp_path, model, opt_state, epoch=epoch, step=10 * epoch, signature=signature, keep=2,
+            recording=recording, fingerprint="f", windows=windows, extra={"note": epoch}, train_config={"epochs": 3},
+        )
+    assert written == epoch_checkpoint_path(tmp_path, 3)
+    assert [e for e, _ in ckpt.list_checkpoints(tmp_path)] == [2, 3]
+    meta = read_metadata(written)
+    assert meta.extra["note"] == 3 and meta.extra["resume_signature"] == signature and meta.step == 30
+
+    fresh = _perturbed_model(seed=1)
+    resumed = ckpt.restore_training(tmp_path, fresh, optax.adam(1e-3).init(params), signature)
+    assert (resumed.path, resumed.epoch, resumed.step) == (written, 3, 30)
+    for want, got in zip(jax.tree.leaves(opt_state), jax.tree.leaves(resumed.opt_state)):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    want, got = flatten_tree(nnx.to_pure_dict(nnx.state(model))), flatten_tree(nnx.to_pure_dict(nnx.state(fresh)))
+    for name in want:
+        np.testing.assert_array_equal(np.asarray(got[name]), np.asarray(want[name]), err_msg=name)
+
+    with pytest.raises(CheckpointError, match=r"train\.epochs was 3, now 4"):
+        ckpt.restore_training(tmp_path, fresh, opt_state, {**signature, "train_config": {"epochs": 4}})
+    with pytest.raises(CheckpointError, match="freeze differs"):
+        ckpt.restore_training(tmp_path, fresh, opt_state, {**signature, "freeze": "backbone"})

@@ -4,8 +4,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from _tiny import TINY_MODEL, fast_compile, tiny_recording  # noqa: F401 (fixture)
@@ -107,114 +105,6 @@ def test_freeze_backbone_only_trains_head(data):
     assert labels["backbone.spatial.dense.kernel"] == labels["head.kernel"] == "trainable"
 
 
-def _reference_logits(params, stats, x_BxWxC, train):
-    """The E-Sort network written plainly from the paper's description (slow, obvious; jnp so
-    that it can be differentiated)."""
-    eps = TINY_MODEL.batchnorm_epsilon
-
-    def norm(h, p, s, axis):  # `axis`: the per-feature axis
-        axes = tuple(a for a in range(h.ndim) if a != axis)
-        shape = [1] * h.ndim
-        shape[axis] = -1
-        if train:
-            mean, var = h.mean(axes, keepdims=True), h.var(axes, keepdims=True)
-        else:
-            mean, var = s["mean"].reshape(shape), s["var"].reshape(shape)
-        return (h - mean) / jnp.sqrt(var + eps) * p["scale"].reshape(shape) + p["bias"].reshape(shape)
-
-    bb, sb = params["backbone"], stats["backbone"]
-    t1, t2, sp = bb["temporal1"], bb["temporal2"], bb["spatial"]
-    h = jnp.einsum("bwc,wf->bcf", x_BxWxC, t1["dense"]["kernel"]) + t1["dense"]["bias"][None, None]  # shared by channels
-    h = jax.nn.relu(norm(h, t1["norm"], sb["temporal1"]["norm"], 1))  # one scale/shift per channel
-    h = jnp.einsum("bcf,fg->bcg", h, t2["dense"]["kernel"]) + t2["dense"]["bias"][None, None]
-    h = jax.nn.relu(norm(h, t2["norm"], sb["temporal2"]["norm"], 1))
-    # flattened feature-major [B, F2·C] against the kernel stored [S, F2·C]
-    z = h.transpose(0, 2, 1).reshape(h.shape[0], -1) @ sp["dense"]["kernel"].T + sp["dense"]["bias"][None]
-    z = jax.nn.relu(norm(z, sp["norm"], sb["spatial"]["norm"], 1))
-    return z @ params["head"]["kernel"] + params["head"]["bias"][None]
-
-
-def test_network_and_gradients_match_plain_reference(data):
-    """The fast feature-major formulation (model.py, custom VJP) computes the paper's network."""
-    import optax
-    from esort_jax.windows import gather_host
-
-    recording, _, windows = data
-    model = init_model(recording.num_channels, windows.num_units, TINY_MODEL, seed=2)
-    rng = np.random.default_rng(0)
-    nnx.update(model, jax.tree.map(lambda a: np.abs(np.asarray(a) + rng.standard_normal(a.shape)).astype(np.float32),
-                                   nnx.to_pure_dict(nnx.state(model))))
-    params = jax.tree.map(jnp.asarray, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
-    stats = jax.tree.map(jnp.asarray, nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)))
-    x = gather_host(recording, windows.train.starts[::8][:32], W)
-    y = windows.train.labels[::8][:32].astype(np.float32)
-    for train_mode in (False, True):
-        model.train() if train_mode else model.eval()
-        graphdef = nnx.graphdef(model)
-
-        def loss(p, fast):
-            logits = nnx.merge(graphdef, p, stats)(x) if fast else _reference_logits(p, stats, x, train_mode)
-            return optax.sigmoid_binary_cross_entropy(logits, y).mean(), logits
-
-        (_, fast_logits), fast_grads = jax.jit(jax.value_and_grad(lambda p: loss(p, True), has_aux=True))(params)
-        (_, ref_logits), ref_grads = jax.jit(jax.value_and_grad(lambda p: loss(p, False), has_aux=True))(params)
-        np.testing.assert_allclose(fast_logits, ref_logits, rtol=1e-4, atol=1e-4)
-        fast_flat, ref_flat = flatten_tree(fast_grads), flatten_tree(ref_grads)
-        scale = max(float(np.max(np.abs(g))) for g in ref_flat.values())  # spatial.dense.bias: 0 (noise)
-        for name, ref in ref_flat.items():
-            np.testing.assert_allclose(fast_flat[name], ref, rtol=0, atol=1e-5 * scale, err_msg=f"{name} train={train_mode}")
-
-
-def _reference_batch_stats(params, x_BxWxC):
-    """Train-mode batch (mean, biased var) of each BatchNorm, from the plain formulas."""
-    eps = TINY_MODEL.batchnorm_epsilon
-    bb = params["backbone"]
-    out = {}
-
-    def norm(name, h, p, axis):
-        axes = tuple(a for a in range(h.ndim) if a != axis)
-        mean, var = h.mean(axes), h.var(axes)
-        out[name] = (mean, var)
-        shape = [1] * h.ndim
-        shape[axis] = -1
-        return (h - mean.reshape(shape)) / jnp.sqrt(var.reshape(shape) + eps) * p["scale"].reshape(shape) + p["bias"].reshape(shape)
-
-    t1, t2, sp = bb["temporal1"], bb["temporal2"], bb["spatial"]
-    h = jnp.einsum("bwc,wf->bcf", x_BxWxC, t1["dense"]["kernel"]) + t1["dense"]["bias"][None, None]
-    h = jax.nn.relu(norm("temporal1", h, t1["norm"], 1))
-    h = jnp.einsum("bcf,fg->bcg", h, t2["dense"]["kernel"]) + t2["dense"]["bias"][None, None]
-    h = jax.nn.relu(norm("temporal2", h, t2["norm"], 1))
-    z = h.transpose(0, 2, 1).reshape(h.shape[0], -1) @ sp["dense"]["kernel"].T + sp["dense"]["bias"][None]
-    norm("spatial", z, sp["norm"], 1)
-    return out
-
-
-def test_running_statistics_follow_batchnorm(data):
-    """Train mode updates every running mean/var as nnx.BatchNorm would: m·old + (1 - m)·batch
-    (biased variance), also where the running mean is far from the batch mean (the one-pass
-    variance subtracts it first)."""
-    from esort_jax.windows import gather_host
-
-    recording, _, windows = data
-    model = init_model(recording.num_channels, windows.num_units, TINY_MODEL, seed=3)
-    rng = np.random.default_rng(1)
-    nnx.update(model, jax.tree.map(lambda a: (np.asarray(a) + 3.0 * np.abs(rng.standard_normal(a.shape))).astype(np.float32),
-                                   nnx.to_pure_dict(nnx.state(model))))
-    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-    before = jax.tree.map(np.array, nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))["backbone"])  # copies
-    x = jnp.asarray(gather_host(recording, windows.train.starts[::4][:64], W))
-    reference = _reference_batch_stats(params, x)
-    model.train()
-    model(x)
-    after = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))["backbone"]
-    m = TINY_MODEL.batchnorm_momentum
-    for name, (mean, var) in reference.items():
-        np.testing.assert_allclose(after[name]["norm"]["mean"], m * before[name]["norm"]["mean"] + (1 - m) * mean,
-                                   rtol=1e-5, atol=1e-5, err_msg=name)
-        np.testing.assert_allclose(after[name]["norm"]["var"], m * before[name]["norm"]["var"] + (1 - m) * var,
-                                   rtol=1e-4, atol=1e-5, err_msg=name)
-
-
 def test_config_errors_name_keys(data):
     recording, _, windows = data
     with pytest.raises(ConfigError, match=r"train\.weight_decay: needs optimizer 'adamw'"):
@@ -239,8 +129,9 @@ from flax import nnx
 from _tiny import TINY_MODEL, tiny_recording
 from esort_jax.checkpoint import flatten_tree
 from esort_jax.config import ConfigError
-from esort_jax.train import TrainConfig, init_model, init_train_state, make_mesh, make_train_step, train
-from esort_jax.windows import WindowConfig, WindowSet, gather_host, make_windows
+from esort_jax.batches import gather_host
+from esort_jax.train import TrainConfig, create_train_state, init_model, make_mesh, make_train_step, train
+from esort_jax.windows import WindowConfig, WindowSet, make_windows
 
 assert len(jax.devices()) == 4, jax.devices()
 recording, truth = tiny_recording(seed=0)
@@ -255,14 +146,14 @@ for n in (1, 4):
     mesh = make_mesh(jax.devices()[:n])
     model = init_model(8, 3, TINY_MODEL, seed=0)
     tx = optax.sgd(1.0)
-    state = init_train_state(model, tx)
-    old = flatten_tree(jax.device_get(state["params"]))
+    state = create_train_state(model, tx)
+    old = flatten_tree(jax.device_get(state.params))
     step = make_train_step(model, tx, mesh, batch_size=64, resident=False)
     P = jax.sharding.PartitionSpec
     state = jax.device_put(state, jax.sharding.NamedSharding(mesh, P()))
     x_dev = jax.device_put(x_wbc, jax.sharding.NamedSharding(mesh, P(None, "data")))
     state, _ = step(state, x_dev, jax.device_put(y, jax.sharding.NamedSharding(mesh, P("data"))))
-    new = flatten_tree(jax.device_get(state["params"]))
+    new = flatten_tree(jax.device_get(state.params))
     report["grads"][n] = {k: (old[k] - new[k]).tolist() for k in old}
 
 # 2. A few Adam steps through train(): 3 batches of 64, resident and host-gathered.

@@ -1,6 +1,5 @@
 import logging
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from _tiny import FS, tiny_recording
@@ -9,15 +8,10 @@ from esort_jax import ArrayTraces, Recording, Sorting
 from esort_jax.config import ConfigError, from_dict
 from esort_jax.windows import (
     LabelError,
-    Prefetcher,
     WindowConfig,
     balanced_windows,
-    epoch_order,
-    gather_device,
-    gather_host,
     make_windows,
     positive_starts,
-    steps_per_epoch,
     window_labels,
 )
 
@@ -162,40 +156,6 @@ def test_bad_inputs_have_clear_errors():
     # units given as strings (from a config file) select integer ids
     sets = make_windows(recording, good, WindowConfig(units=("8",), validation_fraction=0.0), window=W, anchor=A, seed=0)
     assert sets.unit_ids.tolist() == [8] and len(sets.validation) == 0
-
-
-def test_gather_paths_agree_and_memmap(tmp_path):
-    rng = np.random.default_rng(0)
-    raw = (rng.standard_normal((3000, 5)) * 100).astype(np.int16)
-    np.save(tmp_path / "t.npy", raw)
-    mm = np.load(tmp_path / "t.npy", mmap_mode="r")
-    recording = Recording(ArrayTraces(mm, gain_to_uv=0.5, offset_to_uv=1.0), FS, np.zeros((5, 2)))
-    starts = np.array([0, 17, 2980, 1234])
-    expected = np.stack([recording.read(s, s + W) for s in starts])
-    np.testing.assert_array_equal(gather_host(recording, starts, W), expected)
-    device = gather_device(jnp.asarray(recording.read(0, 3000)), jnp.asarray(starts), W)
-    np.testing.assert_array_equal(np.asarray(device), expected)
-
-
-def test_epoch_order_and_prefetcher():
-    import jax
-
-    key = jax.random.key(0)
-    order = np.asarray(epoch_order(key, 3, 10, 4))
-    assert steps_per_epoch(10, 4) == 3 and order.size == 12
-    assert sorted(order[:10].tolist()) == list(range(10)) and order[10:].tolist() == order[:2].tolist()
-    np.testing.assert_array_equal(order, np.asarray(epoch_order(key, 3, 10, 4)))
-    assert not np.array_equal(order, np.asarray(epoch_order(key, 4, 10, 4)))
-    with Prefetcher(lambda i: i * i, 5, depth=2) as batches:
-        assert list(batches) == [0, 1, 4, 9, 16]
-
-    def broken(i):
-        if i == 2:
-            raise RuntimeError("read failed")
-        return i
-
-    with pytest.raises(RuntimeError, match="read failed"):
-        list(Prefetcher(broken, 5))
 
 
 def test_balanced_windows_caps_size():

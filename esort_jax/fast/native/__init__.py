@@ -1,14 +1,14 @@
 """Native CPU kernels, called from jitted JAX code through XLA's FFI.
 
 - `temporal_layers` (temporal_layers.cc): the network's two temporal layers fused, for
-  convolution-form inference on CPU (esort_jax.infer, `InferenceConfig.kernel`). XLA:CPU
+  convolution-form inference on CPU (esort_jax.fast.conv, `InferenceConfig.kernel`). XLA:CPU
   computes those layers as two matrix products with the BatchNorm/ReLU passes between them
-  going through memory: ~35% of inference time at 384 channels on the 2-core CPU this
-  project is developed on; the fused kernel made inference 1.33× faster
-  (experiments/benchmark.py, README).
+  going through memory; the fused kernel removes those passes (measured: docs/performance.md,
+  experiments/benchmark.py).
 - `window_dense` (window_dense.cc): layer 1 in training, on windows given as row indices
   into the resident traces instead of a gathered [W, B, C] copy, with its weight gradient
-  (a custom VJP), which the training step uses on CPU (esort_jax.train, `TrainConfig.kernel`).
+  (a custom VJP), which the training step uses on CPU (esort_jax.fast.training,
+  `TrainConfig.kernel`).
 - `contract_long` (long_contraction.cc): a [F, N] · b [K, N]ᵀ for long N, the weight gradient
   of layer 2 in the same training path (XLA:CPU ran it on one thread).
 
@@ -19,8 +19,8 @@ jaxlib) into a per-user cache: `$ESORT_JAX_NATIVE_CACHE`, else
 hash of everything that goes into it (source, compiler, flags, jaxlib headers, CPU flags),
 so an edit or another machine sharing the cache gets its own build; it is written to a
 temporary name and renamed, so concurrent first uses are safe. Without a compiler the
-library is unavailable and callers fall back to the XLA path (`unavailable_reason()` says
-why).
+library is unavailable and esort_jax.fast.choose_kernel falls back to the XLA path
+(`unavailable_reason()` says why).
 """
 
 from __future__ import annotations
