@@ -61,7 +61,7 @@ def main(cfg: DictConfig) -> dict:
         run.results["recording"] = _recording_entry(spec, recording)
         with run.stage("read labels"):
             labels = load_labels(Path(plan.labels.path).expanduser(), duration_s=recording.duration_s,
-                                 sorter_seconds=plan.labels.sorter_seconds)
+                                 sorter_seconds=plan.labels.sorter_seconds, allow_pickle=spec.allow_pickle)
             check_labels_fit(labels, recording)
         run.results["labels"] = labels.summary()
 
@@ -83,7 +83,8 @@ def main(cfg: DictConfig) -> dict:
             outputs = write_outputs(result, run.dir, phy=phy, overwrite=True, seed=seed)
         run.results.update(train_seconds=plan.train_seconds, **result.summary(tolerance_ms), outputs=outputs)
 
-        truth = load_labels(Path(plan.truth.path).expanduser()).sorting if plan.truth.path else own_truth
+        truth = (load_labels(Path(plan.truth.path).expanduser(), allow_pickle=spec.allow_pickle).sorting
+                 if plan.truth.path else own_truth)
         if truth is not None:
             run.results["ground_truth"] = {"path": plan.truth.path or "the recording's own",
                                            **result.truth_scores(truth, tolerance_ms)}
