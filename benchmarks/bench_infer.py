@@ -4,8 +4,8 @@
 noise traces. Prints, each line with the 1-minute load average at the time of measuring:
 
   - the dense fp32 matmul peak of JAX measured in this run ([4096, 6144]×[6144, 256] and
-    4096²×4096, best of several runs);
-  - the conv-form kernel on one in-memory chunk (best of --repeats) and end to end
+    4096²×4096, best of several runs: a peak is what the machine can do);
+  - the conv-form kernel on one in-memory chunk (--repeats runs) and end to end
     (`iter_probabilities` over an in-memory recording: host reads, prefetch thread, NaN check,
     transfers, float32 outputs), as seconds of recording per wall second (real-time factor),
     achieved GFLOP/s (network FLOPs: 3.66 MFLOP per sample) and fraction of the peak;
@@ -16,8 +16,9 @@ noise traces. Prints, each line with the 1-minute load average at the time of me
   - peak RSS of streaming inference over a memory-mapped on-disk int16 recording for two
     durations, each in a fresh subprocess.
 
-The machine is shared: each timed run waits (up to --max-wait s) for the CPUs to be idle and
-the best of several runs is reported. Usage:
+The machine is shared: each timed run waits (up to --max-wait s) for the CPUs to be idle; every
+figure is the median [min–max] over its runs, ratios are ratios of medians. --out FILE writes
+every figure as JSON (the A/B runner, benchmarks/compare_revisions.py, reads it). Usage:
 
   .venv/bin/python benchmarks/bench_infer.py                      # full (~10 min)
   .venv/bin/python benchmarks/bench_infer.py --seconds 4 --rss-seconds 10 30   # quicker
@@ -26,8 +27,8 @@ the best of several runs is reported. Usage:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -36,42 +37,16 @@ from pathlib import Path
 
 import numpy as np
 
+from esort_jax.runtime.benchmarking import (
+    Spread, describe_machine, load_average, machine, matmul_peak_gflops, ratio_spread, spread, timings, wait_idle,
+)
+
 FS = 32000.0
 GAIN_UV = 0.195  # Neuropixels 1.0 int16 → µV
 
 
 def load() -> str:
-    return "load %.2f %.2f %.2f" % os.getloadavg()
-
-
-def cpu_idle_fraction(interval: float = 0.5) -> float:
-    def read():
-        with open("/proc/stat") as f:
-            v = [int(x) for x in f.readline().split()[1:]]
-        return v[3] + v[4], sum(v)
-
-    i0, t0 = read()
-    time.sleep(interval)
-    i1, t1 = read()
-    return (i1 - i0) / max(t1 - t0, 1)
-
-
-def wait_idle(max_wait: float, threshold: float = 0.9) -> None:
-    """Wait until the CPUs are mostly idle (others share this machine), at most max_wait s."""
-    t0 = time.time()
-    while time.time() - t0 < max_wait and cpu_idle_fraction() < threshold:
-        pass
-
-
-def best_time(fn, repeats: int, max_wait: float) -> float:
-    fn()  # warm-up (compilation, first-touch of buffers)
-    best = float("inf")
-    for _ in range(repeats):
-        wait_idle(max_wait)
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+    return "load %.2f %.2f %.2f" % tuple(load_average())
 
 
 def random_model(num_channels: int, num_units: int, seed: int = 0):
@@ -104,22 +79,6 @@ def noise(num_samples: int, num_channels: int, seed: int) -> np.ndarray:
     for s in range(0, num_samples, step):
         block = rng.standard_normal((min(step, num_samples - s), num_channels), dtype=np.float32)
         out[s:s + step] = block * 10.0
-    return out
-
-
-def matmul_peak(repeats: int, max_wait: float) -> dict:
-    import jax
-    import jax.numpy as jnp
-
-    key = jax.random.key(0)
-    out = {}
-    for m, k, n in [(4096, 6144, 256), (4096, 4096, 4096)]:
-        a = jax.random.normal(key, (m, k), jnp.float32)
-        b = jax.random.normal(key, (k, n), jnp.float32)
-        dot = jax.jit(jnp.dot)
-        t = best_time(lambda: dot(a, b).block_until_ready(), repeats, max_wait)
-        out[f"{m}x{k}x{n}"] = 2.0 * m * k * n / t / 1e9
-        print(f"  matmul [{m},{k}]x[{k},{n}] fp32: {out[f'{m}x{k}x{n}']:6.1f} GFLOP/s   ({load()})", flush=True)
     return out
 
 
@@ -162,75 +121,88 @@ def write_int16_recording(path: Path, seconds: float, num_channels: int) -> None
     del array
 
 
-def main() -> None:
+
+class Figures:
+    """Each timed figure, printed as it is measured and kept for the JSON output: the real-time
+    factor (seconds of recording per wall second), GFLOP/s and fraction of the run's matmul
+    peak, as median [min–max] over the runs."""
+
+    def __init__(self, flops_per_step: float, peak_gflops: float):
+        self.flops, self.peak = flops_per_step, peak_gflops
+        self.timed: dict[str, dict] = {}
+
+    def add(self, key: str, label: str, seconds_of_data: float, walls: list[float]) -> Spread:
+        """Record (and print) the figure `key` of runs taking `walls` seconds each."""
+        rt = spread([seconds_of_data / wall for wall in walls])
+        gflops = spread([self.flops * seconds_of_data * FS / wall / 1e9 for wall in walls])
+        self.timed[key] = {
+            "label": label, "seconds_of_data": seconds_of_data, "runs": len(walls),
+            "realtime_factor_median": rt.median, "realtime_factor_range": rt.range(),
+            "gflops_median": gflops.median, "fraction_of_peak_median": gflops.median / self.peak,
+            "fraction_of_peak_range": [gflops.low / self.peak, gflops.high / self.peak],
+            "load": load_average()[0],
+        }
+        print(f"  {label:44s} {rt.median:6.3f}x [{rt.low:.3f}–{rt.high:.3f}] real time  "
+              f"{gflops.median:6.1f} GFLOP/s  "
+              f"{100 * gflops.median / self.peak:5.1f}% of peak   ({load()})", flush=True)
+        return rt
+
+    def ratio(self, numerator: str, denominator: str) -> float:
+        """Ratio of the median real-time factors of two figures."""
+        return self.timed[numerator]["realtime_factor_median"] / self.timed[denominator]["realtime_factor_median"]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10.0, help="recording length for the end-to-end run")
     parser.add_argument("--channels", type=int, default=384)
     parser.add_argument("--units", type=int, default=100)
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs per figure (best reported)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per kernel figure (median reported)")
     parser.add_argument("--max-wait", type=float, default=30.0, help="max seconds to wait for idle CPUs per run")
     parser.add_argument("--chunk-steps", type=int, default=32768)
     parser.add_argument("--block-steps", type=int, default=None)
     parser.add_argument("--segment", type=int, default=None)
     parser.add_argument("--naive-seconds", type=float, default=0.5)
     parser.add_argument("--rss-seconds", type=float, nargs="*", default=[30.0, 300.0])
+    parser.add_argument("--out", type=Path, default=None, help="write every figure as JSON to this file")
     parser.add_argument("--rss-child", nargs=2, metavar=("PATH", "SECONDS"), help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    return parser.parse_args(argv)
 
-    if args.rss_child:
-        rss_child(args.rss_child[0], float(args.rss_child[1]), args.chunk_steps)
-        return
 
+def time_kernels(figures: Figures, params, config, args, native_ok: bool) -> dict:
+    """The conv-form kernel on one device-resident chunk: native (if built) and XLA in float32,
+    XLA in bfloat16; native over XLA as the ratio of medians with its range over run pairs."""
     import jax
     import jax.numpy as jnp
 
     from esort_jax import infer
     from esort_jax.fast.conv import conv_logits
 
-    config = infer.InferenceConfig(chunk_steps=args.chunk_steps)
-    overrides = {k: v for k, v in (("block_steps", args.block_steps), ("segment", args.segment)) if v}
-    config = infer.InferenceConfig(**{**config.__dict__, **overrides})
-    print(f"bench_infer: {args.channels} channels, {args.units} units, {FS / 1000:.0f} kHz; jax {jax.__version__}, "
-          f"{jax.local_device_count()} device(s), {os.cpu_count()} CPUs; {config}")
-    print(f"  start ({load()})", flush=True)
-
-    print("Dense matmul peak (this run):")
-    peaks = matmul_peak(args.repeats, args.max_wait)
-    peak = max(peaks.values())
-
-    model = random_model(args.channels, args.units)
-    params = infer.fold_batchnorm(model)
-    flops = params.flops_per_step()
-    window = params.window
-    print(f"Network: {flops / 1e6:.3f} MFLOP per sample (window {window}, features "
-          f"{params.temporal_features}, {params.spatial_features})")
-
-    def report(name: str, seconds_of_data: float, wall: float) -> float:
-        rt = seconds_of_data / wall
-        gflops = flops * seconds_of_data * FS / wall / 1e9
-        print(f"  {name:44s} {rt:6.3f}x real time  {gflops:6.1f} GFLOP/s  {100 * gflops / peak:5.1f}% of peak   "
-              f"({load()})", flush=True)
-        return rt
-
-    # --- conv-form kernel on one chunk (device-resident input) -------------------------
     steps = config.padded_chunk_steps
-    x_chunk = jnp.asarray(noise(steps + window - 1, args.channels, seed=1))
+    x_chunk = jnp.asarray(noise(steps + params.window - 1, args.channels, seed=1))
     print("Convolution form:")
-    results = {}
-    native_ok = infer.InferenceConfig().resolve_kernel(params).kernel == "native"
     variants = [("native", "float32")] if native_ok else []
     variants += [("xla", "float32"), ("xla", "bfloat16")]
+    walls = {}
     for kind, dtype in variants:
         kernel = jax.jit(lambda p, x, dt=dtype, k=kind: conv_logits(
             p, x, block_steps=config.block_steps, segment=config.segment, compute_dtype=dt, kernel=k))
-        t = best_time(lambda: kernel(params, x_chunk).block_until_ready(), args.repeats, args.max_wait)
-        results[f"kernel_{kind}_{dtype}"] = report(f"kernel, one {steps}-step chunk, {kind}, {dtype}", steps / FS, t)
-    if native_ok:
-        print(f"  native / xla kernel (float32): {results['kernel_native_float32'] / results['kernel_xla_float32']:.2f}x")
+        walls[kind, dtype] = timings(lambda: kernel(params, x_chunk).block_until_ready(), args.repeats, args.max_wait)
+        figures.add(f"kernel_{kind}_{dtype}", f"kernel, one {steps}-step chunk, {kind}, {dtype}", steps / FS,
+                    walls[kind, dtype])
+    if not native_ok:
+        return {}
+    speedup = ratio_spread(walls["xla", "float32"], walls["native", "float32"])
+    print(f"  native / xla kernel (float32): {speedup.format('.2f')}x (ratio of medians [range over run pairs])")
+    return {"native_over_xla_kernel_median": speedup.median, "native_over_xla_kernel_range": speedup.range()}
 
-    # --- end to end over an in-memory recording ----------------------------------------
-    traces = noise(int(args.seconds * FS), args.channels, seed=2)
-    columns = traces.shape[0] - window + 1
+
+def time_end_to_end(figures: Figures, params, traces: np.ndarray, config, args, native_ok: bool) -> None:
+    """iter_probabilities over the in-memory recording: the configured kernel, the XLA path
+    (when native runs) and bfloat16."""
+    from esort_jax import infer
+
+    columns = traces.shape[0] - params.window + 1
 
     def end_to_end(cfg):
         n = 0
@@ -238,90 +210,168 @@ def main() -> None:
             n += p.shape[1]
         assert n == columns
 
-    e2e_repeats = max(2, args.repeats // 2)
-    t = best_time(lambda: end_to_end(config), e2e_repeats, args.max_wait)
-    results["end_to_end"] = report(
-        f"iter_probabilities, {args.seconds:g} s, float32 ({config.resolve_kernel(params).kernel})",
-        traces.shape[0] / FS, t)
+    repeats = max(2, args.repeats // 2)
+    seconds_of_data = traces.shape[0] / FS
+    kernel = config.resolve_kernel(params).kernel
+    runs = [("end_to_end", f"float32 ({kernel})", config)]
     if native_ok:
-        xla_config = infer.InferenceConfig(**{**config.__dict__, "kernel": "xla"})
-        t = best_time(lambda: end_to_end(xla_config), e2e_repeats, args.max_wait)
-        report(f"iter_probabilities, {args.seconds:g} s, float32 (xla)", traces.shape[0] / FS, t)
-    bf16_config = infer.InferenceConfig(**{**config.__dict__, "compute_dtype": "bfloat16"})
-    t = best_time(lambda: end_to_end(bf16_config), e2e_repeats, args.max_wait)
-    report(f"iter_probabilities, {args.seconds:g} s, bfloat16", traces.shape[0] / FS, t)
+        runs.append(("end_to_end_xla", "float32 (xla)", dataclasses.replace(config, kernel="xla")))
+    runs.append(("end_to_end_bfloat16", "bfloat16", dataclasses.replace(config, compute_dtype="bfloat16")))
+    for key, what, cfg in runs:
+        walls = timings(lambda: end_to_end(cfg), repeats, args.max_wait)
+        figures.add(key, f"iter_probabilities, {args.seconds:g} s, {what}", seconds_of_data, walls)
 
-    # --- bf16 accuracy cost --------------------------------------------------------------
+
+def bfloat16_accuracy(params, traces: np.ndarray, config) -> dict:
+    """How far bfloat16 probabilities are from float32 over the first 4 s (printed too)."""
+    from esort_jax import infer
+
     span = min(traces.shape[0], int(4 * FS))
     p32 = infer.predict_probabilities(params, traces[:span], config)
-    p16 = infer.predict_probabilities(params, traces[:span], bf16_config)
+    p16 = infer.predict_probabilities(params, traces[:span], dataclasses.replace(config, compute_dtype="bfloat16"))
     diff = np.abs(p16 - p32)
-    print(f"  bfloat16 vs float32 probabilities over {span / FS:g} s: max |diff| {diff.max():.2e}, "
-          f"mean |diff| {diff.mean():.2e}, 99.9th pct {np.quantile(diff, 0.999):.2e} "
-          f"(fp32 p: mean {p32.mean():.3f}, std {p32.std():.3f})")
+    out = {"seconds": span / FS, "max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
+           "q999_abs_diff": float(np.quantile(diff, 0.999)), "p_mean": float(p32.mean()), "p_std": float(p32.std())}
+    print(f"  bfloat16 vs float32 probabilities over {span / FS:g} s: max |diff| {out['max_abs_diff']:.2e}, "
+          f"mean |diff| {out['mean_abs_diff']:.2e}, 99.9th pct {out['q999_abs_diff']:.2e} "
+          f"(fp32 p: mean {out['p_mean']:.3f}, std {out['p_std']:.3f})")
+    return out
 
-    # --- naive reference -----------------------------------------------------------------
+
+def time_naive(figures: Figures, model, params, traces: np.ndarray, config, args) -> dict:
+    """The naive references (folded dense net and Flax model in blocks of 256 windows, 3 runs
+    each; one window per call on 0.1 s, 1 run) and the conv form's speed-up over each (ratios of
+    median real-time factors); also the largest probability difference conv form vs naive."""
+    import jax.numpy as jnp
+
+    from esort_jax import infer
+
     print("Naive window-by-window reference:")
-    naive_span = int(args.naive_seconds * FS) + window - 1
+    naive_span = int(args.naive_seconds * FS) + params.window - 1
     x_naive = traces[:naive_span]
-    t = best_time(lambda: infer.naive_logits(params, x_naive, block_steps=256), 3, args.max_wait)
-    rt_naive = report(f"folded dense net, {args.naive_seconds:g} s, blocks of 256", naive_span / FS, t)
-    t = best_time(lambda: infer.naive_logits(model, x_naive, block_steps=256), 3, args.max_wait)
-    rt_flax = report(f"Flax model (eval), {args.naive_seconds:g} s, blocks of 256", naive_span / FS, t)
-    window_span = int(0.1 * FS) + window - 1
-    t = best_time(lambda: infer.naive_logits(params, traces[:window_span], block_steps=1), 1, args.max_wait)
-    rt_window = report("folded dense net, 0.1 s, one window per call", window_span / FS, t)
+    walls = timings(lambda: infer.naive_logits(params, x_naive, block_steps=256), 3, args.max_wait)
+    figures.add("naive_folded_batched", f"folded dense net, {args.naive_seconds:g} s, blocks of 256",
+                naive_span / FS, walls)
+    walls = timings(lambda: infer.naive_logits(model, x_naive, block_steps=256), 3, args.max_wait)
+    figures.add("naive_flax_batched", f"Flax model (eval), {args.naive_seconds:g} s, blocks of 256",
+                naive_span / FS, walls)
+    window_span = int(0.1 * FS) + params.window - 1
+    walls = timings(lambda: infer.naive_logits(params, traces[:window_span], block_steps=1), 1, args.max_wait)
+    figures.add("naive_one_window", "folded dense net, 0.1 s, one window per call", window_span / FS, walls)
     naive_check = infer.naive_logits(params, x_naive, block_steps=256)
     conv_check = np.asarray(conv_logits(params, jnp.asarray(x_naive), block_steps=config.block_steps,
                                               segment=config.segment))
-    print(f"  conv form end to end / naive: {results['end_to_end'] / rt_window:.1f}x (one window per call), "
-          f"{results['end_to_end'] / rt_naive:.2f}x (folded, batched), "
-          f"{results['end_to_end'] / rt_flax:.2f}x (Flax, batched); max |prob diff| conv vs naive "
-          f"{np.abs(1 / (1 + np.exp(-naive_check)) - 1 / (1 + np.exp(-conv_check))).max():.1e}")
+    out = {
+        "conv_over_naive_one_window": figures.ratio("end_to_end", "naive_one_window"),
+        "conv_over_naive_folded_batched": figures.ratio("end_to_end", "naive_folded_batched"),
+        "conv_over_naive_flax_batched": figures.ratio("end_to_end", "naive_flax_batched"),
+        "max_prob_diff_conv_vs_naive": float(
+            np.abs(1 / (1 + np.exp(-naive_check)) - 1 / (1 + np.exp(-conv_check))).max()),
+    }
+    print(f"  conv form end to end / naive: {out['conv_over_naive_one_window']:.1f}x (one window per call), "
+          f"{out['conv_over_naive_folded_batched']:.2f}x (folded, batched), "
+          f"{out['conv_over_naive_flax_batched']:.2f}x (Flax, batched); max |prob diff| conv vs naive "
+          f"{out['max_prob_diff_conv_vs_naive']:.1e}")
+    return out
 
-    # --- inference + post-processing -----------------------------------------------------
+
+def time_with_postprocess(figures: Figures, params, traces: np.ndarray, config, args) -> None:
+    """Inference and find_spikes on the streamed chunks, as a sort runs them."""
+    from esort_jax import infer
+
     try:
         from esort_jax import postprocess
     except ImportError as error:  # owned by another module; skip if absent
         print(f"Post-processing: skipped ({error})")
-    else:
-        print("Inference + post-processing (find_spikes on the streamed chunks):")
+        return
+    print("Inference + post-processing (find_spikes on the streamed chunks):")
 
-        def with_postprocess():
-            pieces = (p for _, p in infer.iter_probabilities(params, traces, config))
-            postprocess.find_spikes(pieces, sampling_frequency=FS, sample_offset=params.anchor)
+    def with_postprocess():
+        pieces = (p for _, p in infer.iter_probabilities(params, traces, config))
+        postprocess.find_spikes(pieces, sampling_frequency=FS, sample_offset=params.anchor)
 
-        t = best_time(with_postprocess, e2e_repeats, args.max_wait)
-        report(f"inference + find_spikes, {args.seconds:g} s", traces.shape[0] / FS, t)
+    walls = timings(with_postprocess, max(2, args.repeats // 2), args.max_wait)
+    figures.add("with_postprocess", f"inference + find_spikes, {args.seconds:g} s", traces.shape[0] / FS, walls)
 
-    # --- peak memory over a memory-mapped recording ------------------------------------
-    if args.rss_seconds:
-        print("Peak memory, streaming over a memory-mapped int16 .npy (fresh subprocess each):")
-        with tempfile.TemporaryDirectory(prefix="bench_infer_") as tmp:
-            path = Path(tmp) / "traces.npy"
-            t0 = time.perf_counter()
-            write_int16_recording(path, max(args.rss_seconds), args.channels)
-            print(f"  wrote {path.stat().st_size / 1e9:.2f} GB in {time.perf_counter() - t0:.0f} s")
-            rows = []
-            for seconds in args.rss_seconds:
-                wait_idle(args.max_wait)
-                run = subprocess.run(
-                    [sys.executable, __file__, "--rss-child", str(path), str(seconds),
-                     "--chunk-steps", str(args.chunk_steps)],
-                    capture_output=True, text=True,
-                )
-                if run.returncode:
-                    print(run.stderr[-2000:])
-                    raise SystemExit("RSS child failed")
-                row = json.loads(run.stdout.split("RSS ", 1)[1])
-                rows.append(row)
-                print(f"  {seconds:6.0f} s: peak RSS {row['max_rss_mb']:7.0f} MB (peak anon {row['peak_anon_mb']:6.0f} MB,"
-                      f" file-backed {row['peak_file_mb']:6.0f} MB), {seconds / row['wall_s']:.3f}x real time "
-                      f"({load()})", flush=True)
-            if len(rows) >= 2:
-                print(f"  peak RSS {rows[-1]['seconds']:g} s / {rows[0]['seconds']:g} s: "
-                      f"{rows[-1]['max_rss_mb'] / rows[0]['max_rss_mb']:.3f}")
+
+def measure_rss(args) -> list[dict]:
+    """Peak memory of streaming inference over a memory-mapped int16 recording, for each of
+    --rss-seconds, each in a fresh subprocess of this script (--rss-child)."""
+    if not args.rss_seconds:
+        return []
+    print("Peak memory, streaming over a memory-mapped int16 .npy (fresh subprocess each):")
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench_infer_") as tmp:
+        path = Path(tmp) / "traces.npy"
+        t0 = time.perf_counter()
+        write_int16_recording(path, max(args.rss_seconds), args.channels)
+        print(f"  wrote {path.stat().st_size / 1e9:.2f} GB in {time.perf_counter() - t0:.0f} s")
+        for seconds in args.rss_seconds:
+            wait_idle(args.max_wait)
+            run = subprocess.run(
+                [sys.executable, __file__, "--rss-child", str(path), str(seconds),
+                 "--chunk-steps", str(args.chunk_steps)],
+                capture_output=True, text=True,
+            )
+            if run.returncode:
+                print(run.stderr[-2000:])
+                raise SystemExit("RSS child failed")
+            row = json.loads(run.stdout.split("RSS ", 1)[1])
+            rows.append(row)
+            print(f"  {seconds:6.0f} s: peak RSS {row['max_rss_mb']:7.0f} MB (peak anon {row['peak_anon_mb']:6.0f} MB,"
+                  f" file-backed {row['peak_file_mb']:6.0f} MB), {seconds / row['wall_s']:.3f}x real time "
+                  f"({load()})", flush=True)
+    if len(rows) >= 2:
+        print(f"  peak RSS {rows[-1]['seconds']:g} s / {rows[0]['seconds']:g} s: "
+              f"{rows[-1]['max_rss_mb'] / rows[0]['max_rss_mb']:.3f}")
+    return rows
+
+
+def measure_peak(args) -> dict:
+    """The run's reference: JAX's dense fp32 matmul peak (best of --repeats per shape)."""
+    print("Dense matmul peak (this run):")
+    peaks = matmul_peak_gflops(args.repeats, args.max_wait)
+    for shape, gflops in peaks.items():
+        if shape != "peak":
+            m, k, n = shape.split("x")
+            print(f"  matmul [{m},{k}]x[{k},{n}] fp32: {gflops:6.1f} GFLOP/s   ({load()})", flush=True)
+    return peaks
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.rss_child:
+        rss_child(args.rss_child[0], float(args.rss_child[1]), args.chunk_steps)
+        return
+
+    from esort_jax import infer
+
+    overrides = {k: v for k, v in (("block_steps", args.block_steps), ("segment", args.segment)) if v}
+    config = infer.InferenceConfig(**{"chunk_steps": args.chunk_steps, **overrides})
+    description = machine()
+    print(f"bench_infer: {args.channels} channels, {args.units} units, {FS / 1000:.0f} kHz; "
+          f"{describe_machine(description)}; {config}")
+    print(f"  start ({load()})", flush=True)
+    peaks = measure_peak(args)
+    model = random_model(args.channels, args.units)
+    params = infer.fold_batchnorm(model)
+    print(f"Network: {params.flops_per_step() / 1e6:.3f} MFLOP per sample (window {params.window}, features "
+          f"{params.temporal_features}, {params.spatial_features})")
+    figures = Figures(params.flops_per_step(), peaks["peak"])
+    native_ok = infer.InferenceConfig().resolve_kernel(params).kernel == "native"
+    ratios = time_kernels(figures, params, config, args, native_ok)
+    traces = noise(int(args.seconds * FS), args.channels, seed=2)
+    time_end_to_end(figures, params, traces, config, args, native_ok)
+    accuracy = bfloat16_accuracy(params, traces, config)
+    ratios.update(time_naive(figures, model, params, traces, config, args))
+    time_with_postprocess(figures, params, traces, config, args)
+    rss = measure_rss(args)
     print(f"  end ({load()})")
+    if args.out:
+        result = {"machine": description, "config": dataclasses.asdict(config), "matmul": peaks,
+                  "figures": figures.timed, **ratios, "bfloat16_accuracy": accuracy, "rss": rss,
+                  "load_end": load_average()}
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

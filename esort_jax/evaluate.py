@@ -374,6 +374,49 @@ def evaluate(
       well_detected_score: accuracy threshold of `well_detected` (SpikeInterface: 0.8).
       unmatched_pred_as_fp: count spikes of unpaired predicted units as pooled FP.
     """
+    delta, tolerance_ms = _check_inputs(predicted, truth, identities, tolerance_ms, tolerance_samples)
+    if span is not None:
+        start, stop = int(span[0]), int(span[1])
+        if stop < start:
+            raise ValueError(f"span must have start <= stop; got {span}")
+        span = (start, stop)
+        predicted = predicted.in_span(start, stop)
+        truth = truth.in_span(start, stop)
+
+    num_gt_all = truth.spike_counts().astype(np.int64)
+    num_pred_all = predicted.spike_counts().astype(np.int64)
+    if identities == "known":
+        counts, paired = _pair_known(predicted, truth, delta)
+    else:
+        counts = match_count_matrix(
+            truth.samples, truth.unit_indices, predicted.samples, predicted.unit_indices,
+            truth.num_units, predicted.num_units, delta,
+        )
+        paired = _hungarian(_agreement_scores(counts, num_gt_all, num_pred_all), match_score)
+
+    has = paired >= 0
+    safe = np.where(has, paired, 0)
+    n_true, n_pred = truth.num_units, predicted.num_units
+    tp = np.where(has, counts[np.arange(n_true), safe] if n_pred else 0, 0).astype(np.int64)
+    num_pred = np.where(has, num_pred_all[safe] if n_pred else 0, 0).astype(np.int64)
+    fp, fn = num_pred - tp, num_gt_all - tp
+    rates = [_ratio(tp, tp + fp + fn), _ratio(tp, tp + fp), _ratio(tp, tp + fn)]
+    for rate in rates:  # accuracy, precision, recall
+        rate[num_gt_all == 0] = np.nan
+    used = np.zeros(n_pred, dtype=bool)
+    used[paired[has]] = True
+    return EvaluationResult(
+        unit_ids=truth.unit_ids, tp=tp, fp=fp, fn=fn, num_gt=num_gt_all, num_pred=num_pred,
+        accuracy=rates[0], precision=rates[1], recall=rates[2],
+        pred_index=paired, pred_unit_ids=predicted.unit_ids,
+        unmatched_pred_spikes=int(num_pred_all[~used].sum()), unmatched_pred_units=int((~used).sum()),
+        tolerance_ms=float(tolerance_ms), tolerance_samples=delta, identities=identities, span=span,
+        unmatched_pred_as_fp=unmatched_pred_as_fp, well_detected_score=well_detected_score,
+    )
+
+
+def _check_inputs(predicted, truth, identities, tolerance_ms, tolerance_samples) -> tuple[int, float]:
+    """(tolerance in samples, in ms) after checking the sampling rates and the arguments."""
     fs = float(truth.sampling_frequency)
     if not np.isclose(float(predicted.sampling_frequency), fs, rtol=1e-9, atol=0.0):
         raise ValueError(
@@ -384,79 +427,29 @@ def evaluate(
     if tolerance_samples is None:
         if not tolerance_ms >= 0:
             raise ValueError(f"tolerance_ms must be >= 0; got {tolerance_ms}")
-        delta = tolerance_to_samples(tolerance_ms, fs)
-    else:
-        delta = int(tolerance_samples)
-        if delta < 0:
-            raise ValueError(f"tolerance_samples must be >= 0; got {tolerance_samples}")
-        tolerance_ms = delta / fs * 1000.0
-    if span is not None:
-        start, stop = int(span[0]), int(span[1])
-        if stop < start:
-            raise ValueError(f"span must have start <= stop; got {span}")
-        span = (start, stop)
-        predicted = predicted.in_span(start, stop)
-        truth = truth.in_span(start, stop)
+        return tolerance_to_samples(tolerance_ms, fs), tolerance_ms
+    delta = int(tolerance_samples)
+    if delta < 0:
+        raise ValueError(f"tolerance_samples must be >= 0; got {tolerance_samples}")
+    return delta, delta / fs * 1000.0
 
+
+def _pair_known(predicted: Sorting, truth: Sorting, delta: int) -> tuple[np.ndarray, np.ndarray]:
+    """(match counts [n_true, n_pred], paired predicted index per true unit or -1): units are
+    paired by equal id."""
     n_true, n_pred = truth.num_units, predicted.num_units
-    num_gt_all = truth.spike_counts().astype(np.int64)
-    num_pred_all = predicted.spike_counts().astype(np.int64)
-
-    if identities == "known":
-        index_of_pred = {_key(u): k for k, u in enumerate(predicted.unit_ids.tolist())}
-        if len(index_of_pred) != n_pred:
-            raise ValueError("predicted unit_ids must be unique")
-        paired = np.array([index_of_pred.get(_key(u), -1) for u in truth.unit_ids.tolist()], dtype=np.int64)
-        mask = np.zeros((n_true, n_pred), dtype=bool)
-        has = paired >= 0
-        mask[np.flatnonzero(has), paired[has]] = True
-        counts = match_count_matrix(
-            truth.samples, truth.unit_indices, predicted.samples, predicted.unit_indices,
-            n_true, n_pred, delta, pair_mask=mask,
-        )
-    else:
-        counts = match_count_matrix(
-            truth.samples, truth.unit_indices, predicted.samples, predicted.unit_indices,
-            n_true, n_pred, delta,
-        )
-        scores = _agreement_scores(counts, num_gt_all, num_pred_all)
-        paired = _hungarian(scores, match_score)
-
+    index_of_pred = {_key(u): k for k, u in enumerate(predicted.unit_ids.tolist())}
+    if len(index_of_pred) != n_pred:
+        raise ValueError("predicted unit_ids must be unique")
+    paired = np.array([index_of_pred.get(_key(u), -1) for u in truth.unit_ids.tolist()], dtype=np.int64)
+    mask = np.zeros((n_true, n_pred), dtype=bool)
     has = paired >= 0
-    safe = np.where(has, paired, 0)
-    tp = np.where(has, counts[np.arange(n_true), safe] if n_pred else 0, 0).astype(np.int64)
-    num_pred = np.where(has, num_pred_all[safe] if n_pred else 0, 0).astype(np.int64)
-    fp = num_pred - tp
-    fn = num_gt_all - tp
-    accuracy = _ratio(tp, tp + fp + fn)
-    precision = _ratio(tp, tp + fp)
-    recall = _ratio(tp, tp + fn)
-    undefined = num_gt_all == 0
-    for rate in (accuracy, precision, recall):
-        rate[undefined] = np.nan
-    used = np.zeros(n_pred, dtype=bool)
-    used[paired[has]] = True
-    return EvaluationResult(
-        unit_ids=truth.unit_ids,
-        tp=tp,
-        fp=fp,
-        fn=fn,
-        num_gt=num_gt_all,
-        num_pred=num_pred,
-        accuracy=accuracy,
-        precision=precision,
-        recall=recall,
-        pred_index=paired,
-        pred_unit_ids=predicted.unit_ids,
-        unmatched_pred_spikes=int(num_pred_all[~used].sum()),
-        unmatched_pred_units=int((~used).sum()),
-        tolerance_ms=float(tolerance_ms),
-        tolerance_samples=delta,
-        identities=identities,
-        span=span,
-        unmatched_pred_as_fp=unmatched_pred_as_fp,
-        well_detected_score=well_detected_score,
+    mask[np.flatnonzero(has), paired[has]] = True
+    counts = match_count_matrix(
+        truth.samples, truth.unit_indices, predicted.samples, predicted.unit_indices,
+        n_true, n_pred, delta, pair_mask=mask,
     )
+    return counts, paired
 
 
 def _key(unit_id: Any) -> Any:

@@ -225,7 +225,11 @@ def score(
     span: tuple[int, int] | None = None,
 ) -> EvaluationResult:
     """Stage 6: `result` against `truth` on `span` (default: the scored span of what was sorted,
-    `evaluate.scored_span`). Units of `truth` the network lacks count all their spikes as missed."""
+    `evaluate.scored_span`). Units of `truth` the network lacks count all their spikes as missed.
+    With identities 'known', LabelError if a sorted unit is not a unit of `truth`
+    (`check_unit_ids`): it could never be matched."""
+    if identities == "known":
+        check_unit_ids(result.sorting.unit_ids, truth)
     if span is None:
         span = scored_span(result.span, window=config.model.window, anchor=config.model.anchor)
     return evaluate(result.sorting, truth, tolerance_ms=config.evaluation.tolerance_ms,

@@ -455,28 +455,71 @@ def find_spikes(
     if threshold is not None:
         config = dataclasses.replace(config, threshold=float(threshold))
     config.validate("postprocess")
-    thr = np.float32(config.effective_threshold)
-    h = config.half_width
-    reach = max(config.min_distance_samples - 1, 0)
-    left = 1 + reach  # smoothed samples before the core
-    C = config.chunk_steps
-    B = config.chunks_per_call
-    counters = {"chunks": 0, "calls": 0, "exact_reruns": 0, "context_reruns": 0,
-                "capacity_reruns": 0, "num_steps": 0}
+    finder = _PeakFinder(_Stream(p_NxT_or_chunks), config)
+    finder.run()
+    stream = finder.stream
+    num_units = stream.num_units
+    if num_units is None:  # no data at all
+        num_units = 0 if unit_ids is None else len(unit_ids)
+    unit_ids = np.arange(num_units) if unit_ids is None else np.asarray(unit_ids)
+    if unit_ids.shape != (num_units,):
+        raise ValueError(f"unit_ids must have {num_units} entries (rows of p); got shape {unit_ids.shape}")
+    finder.counters["num_steps"] = int(stream.total or 0)
+    if stats is not None:
+        stats.update(finder.counters)
+    samples, units, scores = finder.spikes()
+    samples = samples + int(sample_offset)
+    order = np.lexsort((units, samples))
+    sorting = Sorting(samples[order], units[order], unit_ids, sampling_frequency)
+    return (sorting, scores[order]) if return_scores else sorting
 
-    stream = _Stream(p_NxT_or_chunks)
-    found_positions: list[np.ndarray] = []  # trace indices
-    found_units: list[np.ndarray] = []
-    found_scores: list[np.ndarray] = []
 
-    def submit(jobs: list[tuple[int, int]], margin: int, capacity: int, exact: bool, batch: int):
+class _PeakFinder:
+    """The host driver of `find_spikes`: cuts the trace into chunk cores, runs
+    `postprocess_chunk` on them (one call computing while the host prepares the next), re-runs
+    a chunk until its result is final, and collects the spikes (trace indices)."""
+
+    def __init__(self, stream: _Stream, config: PostprocessConfig):
+        self.stream, self.config = stream, config
+        self.threshold = np.float32(config.effective_threshold)
+        self.h = config.half_width
+        self.reach = max(config.min_distance_samples - 1, 0)
+        self.left = 1 + self.reach  # smoothed samples before the core
+        self.counters = {"chunks": 0, "calls": 0, "exact_reruns": 0, "context_reruns": 0,
+                         "capacity_reruns": 0, "num_steps": 0}
+        self.found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (positions, units, scores)
+
+    def run(self) -> None:
+        """Every chunk of the stream, in order."""
+        C, B, stream = self.config.chunk_steps, self.config.chunks_per_call, self.stream
+        next_core, in_flight = 0, None
+        while True:
+            jobs = []
+            while len(jobs) < B:
+                stream.ensure(next_core + C + self.reach + _RIGHT_MARGIN + self.h)
+                if stream.total is not None and next_core >= stream.total:
+                    break
+                jobs.append((next_core, next_core + C if stream.total is None else min(next_core + C, stream.total)))
+                next_core += C
+            submitted = self.submit(jobs, _RIGHT_MARGIN, self.config.capacity, False, B) if jobs else None
+            self.counters["chunks"] += len(jobs)
+            if in_flight is not None:
+                for (c0, c1), result in zip(in_flight[0], self.fetch(in_flight)):
+                    self.finish(c0, c1, result)  # may re-run a chunk: its data is still buffered
+                stream.discard_before((jobs[0][0] if jobs else next_core) - self.left - self.h)
+            if submitted is None:
+                return
+            in_flight = submitted
+
+    def submit(self, jobs: list[tuple[int, int]], margin: int, capacity: int, exact: bool, batch: int):
         """Start core spans `jobs` [(c0, c1)] as one call padded to `batch` chunks (async).
 
         Chunk layout (trace indices): smoothed samples s = 0 … S-1 are m0 + s with
         m0 = c0 - left; the core is s in [left, left + c1 - c0); the data fed in covers
         [m0 - h, m0 + S + h).
         """
-        S = left + C + reach + margin
+        stream, left, h = self.stream, self.left, self.h
+        S = left + self.config.chunk_steps + self.reach + margin
         L = S + 2 * h
         stream.ensure(jobs[-1][0] - left - h + L)
         x = np.empty((batch, stream.num_units, L), dtype=np.float32)
@@ -488,35 +531,33 @@ def find_spikes(
             bounds[b] = (left, left + (c1 - c0), max(0, -m0), valid_hi)
             stream.fill(x[b], m0 - h)  # zeros outside [0, T)
         out = postprocess_chunk(
-            x, bounds, thr, half_width=h, normalisation=config.normalisation,
-            min_distance=config.min_distance_samples, capacity=capacity, exact=exact,
+            x, bounds, self.threshold, half_width=h, normalisation=self.config.normalisation,
+            min_distance=self.config.min_distance_samples, capacity=capacity, exact=exact,
         )
-        counters["calls"] += 1
+        self.counters["calls"] += 1
         return jobs, out
 
-    def fetch(submitted):
+    def fetch(self, submitted) -> list[tuple]:
         """Per job: (m0, positions, scores, counts, incomplete) as numpy."""
         jobs, out = submitted
         positions, scores, counts, incomplete = jax.device_get(out)
-        return [(c0 - left, positions[b], scores[b], counts[b], incomplete[b])
+        return [(c0 - self.left, positions[b], scores[b], counts[b], incomplete[b])
                 for b, (c0, _) in enumerate(jobs)]
 
-    def run(jobs, margin, capacity, exact, batch):
-        return fetch(submit(jobs, margin, capacity, exact, batch))
-
-    def finish(c0: int, c1: int, result) -> None:
+    def finish(self, c0: int, c1: int, result) -> None:
         """Re-run one chunk until its result is final, then keep its spikes."""
+        config, C = self.config, self.config.chunk_steps
         margin, capacity, exact = _RIGHT_MARGIN, config.capacity, False
         m0, positions, scores, counts, incomplete = result
         while True:
             if incomplete.any() and not exact:
                 exact = True  # a run of equal values longer than the fast look-ahead
-                counters["exact_reruns"] += 1
+                self.counters["exact_reruns"] += 1
             elif incomplete.any():
                 # A run continues past the right context: widen it. Terminates: once the
                 # context reaches past T every run ends there (at -inf).
                 margin = _next_pow2(2 * (margin + C)) - C
-                counters["context_reruns"] += 1
+                self.counters["context_reruns"] += 1
             elif counts.max(initial=0) > capacity:
                 if config.on_overflow == "raise":
                     row = int(np.argmax(counts))
@@ -526,54 +567,18 @@ def find_spikes(
                         f"or use on_overflow='retry'"
                     )
                 capacity = _next_pow2(int(counts.max()))
-                counters["capacity_reruns"] += 1
+                self.counters["capacity_reruns"] += 1
             else:
                 break
-            m0, positions, scores, counts, incomplete = run([(c0, c1)], margin, capacity, exact, 1)[0]
+            m0, positions, scores, counts, incomplete = self.fetch(
+                self.submit([(c0, c1)], margin, capacity, exact, 1))[0]
         keep = positions >= 0
-        found_positions.append(m0 + positions[keep].astype(np.int64))
-        found_units.append(np.nonzero(keep)[0])
-        found_scores.append(scores[keep])
+        self.found.append((m0 + positions[keep].astype(np.int64), np.nonzero(keep)[0], scores[keep]))
 
-    next_core = 0
-    in_flight = None  # one call computes while the host prepares the next
-    while True:
-        jobs = []
-        while len(jobs) < B:
-            stream.ensure(next_core + C + reach + _RIGHT_MARGIN + h)
-            if stream.total is not None and next_core >= stream.total:
-                break
-            c1 = next_core + C if stream.total is None else min(next_core + C, stream.total)
-            jobs.append((next_core, c1))
-            next_core += C
-        submitted = submit(jobs, _RIGHT_MARGIN, config.capacity, False, B) if jobs else None
-        counters["chunks"] += len(jobs)
-        if in_flight is not None:
-            for (c0, c1), result in zip(in_flight[0], fetch(in_flight)):
-                finish(c0, c1, result)  # may re-run a chunk: its data is still buffered
-            first_needed = jobs[0][0] if jobs else next_core
-            stream.discard_before(first_needed - left - h)
-        if submitted is None:
-            break
-        in_flight = submitted
-
-    num_units = stream.num_units
-    if num_units is None:  # no data at all
-        num_units = 0 if unit_ids is None else len(unit_ids)
-    unit_ids = np.arange(num_units) if unit_ids is None else np.asarray(unit_ids)
-    if unit_ids.shape != (num_units,):
-        raise ValueError(f"unit_ids must have {num_units} entries (rows of p); got shape {unit_ids.shape}")
-    counters["num_steps"] = int(stream.total or 0)
-    if stats is not None:
-        stats.update(counters)
-    if found_positions:
-        samples = np.concatenate(found_positions) + int(sample_offset)
-        units = np.concatenate(found_units).astype(np.int64)
-        scores = np.concatenate(found_scores).astype(np.float32)
-    else:
-        samples = np.zeros(0, np.int64)
-        units = np.zeros(0, np.int64)
-        scores = np.zeros(0, np.float32)
-    order = np.lexsort((units, samples))
-    sorting = Sorting(samples[order], units[order], unit_ids, sampling_frequency)
-    return (sorting, scores[order]) if return_scores else sorting
+    def spikes(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(trace indices, unit rows, scores) of every spike found, unordered."""
+        if not self.found:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+        positions, units, scores = zip(*self.found)
+        return (np.concatenate(positions), np.concatenate(units).astype(np.int64),
+                np.concatenate(scores).astype(np.float32))

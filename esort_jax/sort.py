@@ -14,19 +14,25 @@ window that peaked (window start + anchor), not the window start.
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
-from typing import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 
+from esort_jax.config import ConfigError
 from esort_jax.infer import InferenceConfig, InferenceParams, iter_probabilities
 from esort_jax.postprocess import PostprocessConfig, find_spikes
 from esort_jax.recording import Recording, Sorting
 
+if TYPE_CHECKING:
+    from esort_jax.checkpoint import CheckpointMetadata
+
 # File written next to a fine-tuned checkpoint with the threshold chosen on its training region.
 SORTING_DEFAULTS = "sorting_defaults.json"
 
-__all__ = ["SORTING_DEFAULTS", "SortResult", "sort_recording"]
+__all__ = ["SORTING_DEFAULTS", "SortResult", "check_recording_fits", "saved_threshold", "sort_recording"]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -56,6 +62,21 @@ class SortResult:
     @property
     def seconds(self) -> float:
         return self.inference_seconds + self.postprocess_seconds
+
+    def summary(self) -> dict:
+        """results.json entry: threshold, spikes and units found, the duration sorted and where
+        the time went (realtime_factor: seconds of data per second of sorting)."""
+        duration = (self.span[1] - self.span[0]) / self.sorting.sampling_frequency
+        return {
+            "threshold": self.threshold,
+            "num_spikes": self.sorting.num_spikes,
+            "num_units": int(self.sorting.num_units),
+            "duration_s": duration,
+            "sort_seconds": self.seconds,
+            "inference_seconds": self.inference_seconds,
+            "postprocess_seconds": self.postprocess_seconds,
+            "realtime_factor": duration / self.seconds if self.seconds else None,
+        }
 
 
 class _TimedChunks:
@@ -161,3 +182,32 @@ def _sort_split(params, recording, unit_ids, split, infer_config, postprocess_co
         postprocess_seconds=before.postprocess_seconds + rest.postprocess_seconds,
         stats={"before": before.stats, "rest": rest.stats}, parts=(before, rest),
     )
+
+
+def saved_threshold(checkpoint: str | Path) -> float | None:
+    """The threshold chosen on the training region and saved next to a fine-tuned network
+    (`SORTING_DEFAULTS` in the checkpoint folder); None when there is none."""
+    path = Path(checkpoint) / SORTING_DEFAULTS
+    return json.loads(path.read_text())["threshold"] if path.is_file() else None
+
+
+def check_recording_fits(meta: CheckpointMetadata, recording: Recording, where: str = "checkpoint") -> None:
+    """ConfigError unless `recording` can be sorted by the network `meta` describes: the same
+    channel count and sampling rate, and at least one window of samples. `where` names the
+    checkpoint in the messages (e.g. 'checkpoint: runs/ft/checkpoint')."""
+    if recording.num_channels != meta.num_channels:
+        raise ConfigError(
+            f"{where} was trained on {meta.num_channels} channels but the recording "
+            f"has {recording.num_channels}"
+        )
+    fs = meta.sampling_frequency
+    if fs is not None and abs(fs - recording.sampling_frequency) > 1e-6 * fs:
+        raise ConfigError(
+            f"{where} was trained at {fs:g} Hz but the recording is sampled at "
+            f"{recording.sampling_frequency:g} Hz"
+        )
+    if recording.num_samples < meta.model_config.window:
+        raise ConfigError(
+            f"recording: {recording.num_samples} samples is shorter than one window "
+            f"({meta.model_config.window} samples)"
+        )

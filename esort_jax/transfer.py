@@ -39,6 +39,7 @@ from esort_jax.model import ESortNet, ModelConfig
 from esort_jax.train import FREEZE_OPTIONS, freeze_labels, init_model
 
 __all__ = [
+    "INITS",
     "TransferConfig",
     "TransferReport",
     "check_compatible",
@@ -48,6 +49,10 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+# How a fine-tuned network starts: from a pretrained backbone or at random. An experiment's arm
+# (transfer.py, label_efficiency.py, baselines.py) is the init of its network.
+INITS = ("transfer", "scratch")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,15 +66,15 @@ class TransferConfig:
       exclude: layers never restored (dotted prefixes of parameter paths; default the head).
     """
 
-    init: Literal["transfer", "scratch"] = "transfer"
+    init: Literal["transfer", "scratch"] = "transfer"  # one of INITS (a Literal must spell its values)
     checkpoint: str | None = None
     freeze: Literal["none", "temporal", "backbone"] = "none"
     exclude: tuple[str, ...] = ("head",)
 
     def validate(self, where: str = "transfer") -> None:
         require(
-            self.init in ("transfer", "scratch"), f"{where}.init",
-            f"must be 'transfer' or 'scratch'; got {self.init!r}",
+            self.init in INITS, f"{where}.init",
+            f"must be {' or '.join(map(repr, INITS))}; got {self.init!r}",
         )
         require(
             self.init != "transfer" or bool(self.checkpoint), f"{where}.checkpoint",

@@ -1,5 +1,6 @@
 """Glue between the Hydra configs and the pipeline stages shared by the experiments: the
-pretrained network of `cfg.source` (cached), and one fine-tuning arm.
+pretraining and fine-tuning configs, the pretrained network (cached) of `cfg.source` or of a
+source synthesised on a real recording's geometry, and the fine-tuning arms.
 
 The work happens in the library (esort_jax.pipeline, esort_jax.runtime.artifacts); `run`
 (experiments._common.Run) supplies the config, stage timing, logging and the run folder.
@@ -9,14 +10,29 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Iterator, Sequence
 
-from esort_jax.config import ConfigError
+import numpy as np
+
+from data_gen import SynthesisConfig
+from esort_jax.config import ConfigError, to_dict
 from esort_jax.pipeline import Outcome, PipelineConfig, fit, sort_and_evaluate
+from esort_jax.realdata.preprocess import PreprocessConfig, as_recording
 from esort_jax.recording import Recording, Sorting
 from esort_jax.runtime.artifacts import pretrained_checkpoint, synthesis_key
+from experiments._common import pipeline_config
 from experiments._data import obtain_recording, source_synthesis
+from experiments._report import log_scalars
 
-__all__ = ["arm_config", "epoch_logger", "pretrained_on_source", "run_arm"]
+__all__ = ["arm_config", "arm_pipelines", "arms_at_ks", "epoch_logger", "pretrain_for_arms",
+           "pretrained_on_geometry", "pretrained_on_source", "run_arm"]
+
+
+def arm_pipelines(cfg) -> tuple[PipelineConfig, PipelineConfig]:
+    """(pretraining, fine-tuning) PipelineConfig of a transfer-style config: windows and training
+    from pretrain.* and finetune.*, the transfer settings from finetune.transfer."""
+    return (pipeline_config(cfg, windows="pretrain.windows", train="pretrain.train", transfer="finetune.transfer"),
+            pipeline_config(cfg, windows="finetune.windows", train="finetune.train", transfer="finetune.transfer"))
 
 
 def epoch_logger(run, prefix: str):
@@ -30,6 +46,18 @@ def epoch_logger(run, prefix: str):
     return callback
 
 
+def _pretrain(run, source: Recording, truth: Sorting, info: dict, data_key: dict, config: PipelineConfig,
+              seed: int) -> tuple[Path, dict]:
+    """The network pretrained on `source` (cached by `data_key` and the config) and its entry."""
+    with run.stage("pretrain"):
+        checkpoint, hit, summary = pretrained_checkpoint(
+            source, truth, config, seed=seed, cache_dir=run.cfg.cache_dir, data_key=data_key,
+            force=bool(run.cfg.get("force_rebuild", False)), callback=epoch_logger(run, "pretrain"),
+        )
+    return checkpoint, {"checkpoint": str(checkpoint), "cache_hit": hit, "source": info,
+                        "source_units": truth.num_units, **summary}
+
+
 def pretrained_on_source(run, target: Recording, target_info: dict, config: PipelineConfig, *,
                          seed: int, cfg=None) -> tuple[Path, dict]:
     """The source recording of `cfg.source` (loaded, or synthesised through the cache; on the
@@ -40,15 +68,39 @@ def pretrained_on_source(run, target: Recording, target_info: dict, config: Pipe
     if source_truth is None:
         raise ConfigError(f"source.path: {source_info.get('path')} has no ground truth to pretrain on")
     data_key = synthesis_key(source_data) if source_info["source"] == "synthesized" else {"path": source_info["path"]}
-    with run.stage("pretrain"):
-        checkpoint, hit, summary = pretrained_checkpoint(
-            source, source_truth, config, seed=seed, cache_dir=run.cfg.cache_dir, data_key=data_key,
-            force=bool(run.cfg.get("force_rebuild", False)), callback=epoch_logger(run, "pretrain"),
+    return _pretrain(run, source, source_truth, source_info, data_key, config, seed)
+
+
+def pretrained_on_geometry(run, recording: Recording, preprocess: PreprocessConfig, config: PipelineConfig, *,
+                           seed: int) -> tuple[Path, dict]:
+    """A network pretrained on a source synthesised (cfg.source.data) on `recording`'s probe
+    geometry and sampling rate, preprocessed like it (cached by data, preprocessing, model,
+    training, seed). Returns (checkpoint, the `pretrain` entry of results.json)."""
+    if not np.all(np.isfinite(recording.channel_positions)):
+        raise ConfigError(
+            "checkpoint: the recording has no channel positions (no probe attached), so no source can be "
+            "synthesised on its geometry; attach a probe (recording.probe), give a pretrained "
+            "checkpoint, or use init=scratch"
         )
-    return checkpoint, {
-        "checkpoint": str(checkpoint), "cache_hit": hit, "source": source_info,
-        "source_units": source_truth.num_units, **summary,
-    }
+    data = run.typed(SynthesisConfig, "source.data").on_geometry(recording.channel_positions,
+                                                                 recording.sampling_frequency)
+    print(f"[{run.experiment}] source synthesised on the recording's geometry ({recording.num_channels} sites)")
+    source, source_truth, source_info = obtain_recording(run, "source", data=data)
+    data_key = synthesis_key(data)
+    if preprocess.enabled:
+        data_key = {**data_key, "preprocess": to_dict(preprocess)}
+    return _pretrain(run, as_recording(source, preprocess), source_truth, source_info, data_key, config, seed)
+
+
+def pretrain_for_arms(run, arms: Sequence[str], target: Recording, target_info: dict, config: PipelineConfig, *,
+                      seed: int, cfg=None, into: dict | None = None) -> Path | None:
+    """The checkpoint the 'transfer' arm starts from (`pretrained_on_source`; its entry goes to
+    `into`['pretrain'], default results.json), or None when `arms` have no 'transfer'."""
+    if "transfer" not in arms:
+        return None
+    checkpoint, entry = pretrained_on_source(run, target, target_info, config, seed=seed, cfg=cfg)
+    (run.results if into is None else into)["pretrain"] = entry
+    return checkpoint
 
 
 def arm_config(config: PipelineConfig, arm: str, checkpoint: Path | None, k: int | None = None) -> PipelineConfig:
@@ -83,7 +135,19 @@ def run_arm(run, arm: str, recording: Recording, truth: Sorting, config: Pipelin
         short_units=fitted.windows.report.get("short_units"), training=fitted.summary(),
         threshold_curve=outcome.threshold_curve, per_unit=outcome.evaluation.per_unit(),
     )
-    run.logger.log({f"{arm}/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
+    log_scalars(run, {arm: metrics})
     arm_dir.mkdir(parents=True, exist_ok=True)
     write_sorting_npz(arm_dir / "sorting.npz", outcome.sort_result.sorting)
     return metrics, outcome
+
+
+def arms_at_ks(run, prefix: str, recording: Recording, truth: Sorting, finetune: PipelineConfig,
+               arms: Sequence[str], ks: Sequence[int], checkpoint: Path | None, *,
+               seed: int) -> Iterator[tuple[int, str, dict, Outcome]]:
+    """Every arm at every K (`run_arm` named `<prefix>k<K>/<arm>`): yields (K, arm, metrics,
+    outcome) as each finishes."""
+    for k in ks:
+        for arm in arms:
+            config = arm_config(finetune, arm, checkpoint, k)
+            metrics, outcome = run_arm(run, f"{prefix}k{k}/{arm}", recording, truth, config, seed=seed)
+            yield k, arm, metrics, outcome

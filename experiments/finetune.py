@@ -1,13 +1,19 @@
 """Fine-tune on a target with K labelled spikes per unit (transfer or scratch), sort its
-held-out part and score it.
+held-out part and score it against the target's ground truth.
 
     python experiments/finetune.py checkpoint=<pretrain run>/checkpoint k=5
     python experiments/finetune.py init=scratch k=5 seed=2
-    python experiments/finetune.py finetune... transfer.freeze=temporal
+    python experiments/finetune.py checkpoint=<pretrain run>/checkpoint transfer.freeze=temporal
+    python experiments/finetune.py target.path=rec.h5 labels=labels.npz checkpoint=...
 
-Writes <run folder>/checkpoint (the fine-tuned network), <run folder>/<init>/sorting.npz (the
-spikes found in the held-out part) and results.json (window metrics, and spike metrics when the
-target has ground truth).
+The network trains on the target's ground truth, or on `labels` (an .npz written by
+esort_jax.io.write_sorting_npz, or a SpikeInterface sorting folder); it is scored against the
+ground truth either way (to sort a recording without one, use sort.py).
+
+Writes into the run folder: checkpoint/ (the fine-tuned network, with the threshold chosen on
+the training region in sorting_defaults.json: sort.py's input), <init>/train/ (training
+checkpoints), <init>/sorting.npz (the spikes found in the held-out part) and results.json
+(target; under <init>, the arm's spike and window metrics, threshold and training summary).
 """
 
 from __future__ import annotations

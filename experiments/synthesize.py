@@ -4,7 +4,8 @@
     python experiments/synthesize.py --multirun data=small64 data.drift.mode=none,slow seed=0,1
 
 Writes <run folder>/recording/ (esort_jax recording folder: traces.npy, probe.json,
-ground_truth.npz, metadata.json) and <run folder>/results.json with a summary.
+channels.npz, ground_truth.npz, metadata.json; esort_jax.io.read_recording_folder reads it) and
+<run folder>/results.json (a summary: units, spikes, amplitudes, drift; the folder; the real-time factor).
 """
 
 from __future__ import annotations

@@ -56,13 +56,13 @@ def _recording(num_samples=4000, num_channels=4, seed=0):
 
 
 def test_unknown_sorter_in_the_config_names_the_key_and_the_known_sorters():
-    from experiments.baselines import plan_from_config
+    from experiments._plans import read_plan
 
     cfg = _compose("baselines", "sorters=[kilosort4,kilosort5]", "logger=disabled")
     with pytest.raises(ConfigError, match=r"^sorters\[1\]: unknown sorter 'kilosort5'; known sorters: "
                                           r"kilosort4, spykingcircus2, tridesclous2$"):
-        plan_from_config(cfg)
-    plan = plan_from_config(_compose("baselines", "logger=disabled"))
+        read_plan(BaselinesConfig, cfg)
+    plan = read_plan(BaselinesConfig, _compose("baselines", "logger=disabled"))
     assert plan.sorters == ("kilosort4", "spykingcircus2", "tridesclous2") and plan.span == "full"
     assert plan.overrides("kilosort4") == {"torch_device": "cpu"} and plan.overrides("tridesclous2") == {}
 
@@ -82,7 +82,7 @@ def test_bad_plans_fail_with_the_key(mapping, key):
 
 
 def test_esort_arms_validation_names_the_key():
-    from experiments.baselines import ESortArms
+    from experiments._plans import ESortArms
 
     assert from_dict(ESortArms, {"ks": []}, "esort").ks == ()
     with pytest.raises(ConfigError, match=r"^esort\.ks\[1\]: must be >= 1"):
@@ -130,7 +130,7 @@ def test_entry_point_rejects_an_unknown_sorter_before_any_work(tmp_path):
 def test_eval_span_is_the_one_transfer_scores():
     """baselines.yaml and transfer.yaml split a recording identically, and the split is the one
     make_windows uses; the scored span is the anchors of the windows inside it."""
-    from experiments.baselines import evaluation_spans
+    from esort_jax.realdata.baselines import evaluation_spans
 
     transfer = _compose("transfer", "logger=disabled", "k=3")
     ours = _compose("baselines", "logger=disabled")
@@ -465,9 +465,9 @@ def test_entry_point_compares_sorters_and_esort(baseline_stack, tmp_path):
 
 @pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")))
 def test_every_experiment_file_composes_with_the_baselines_config(experiment):
-    from experiments.baselines import ESortArms, plan_from_config
+    from experiments._plans import ESortArms, read_plan
 
     cfg = _compose("baselines", f"experiment={experiment}", "logger=disabled")
-    plan_from_config(cfg)
+    read_plan(BaselinesConfig, cfg)
     from_dict(ESortArms, OmegaConf.to_container(cfg.esort, resolve=True), "esort")
     from_dict(WindowConfig, OmegaConf.to_container(cfg.finetune.windows, resolve=True), "finetune.windows")

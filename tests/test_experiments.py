@@ -295,13 +295,14 @@ def test_label_efficiency_bad_ks_fail_early(tmp_path):
 
 
 def test_sort_refuses_recordings_that_do_not_fit_the_checkpoint():
-    """experiments/sort.py checks channel count, sampling rate and length before any work."""
+    """experiments/sort.py checks channel count, sampling rate and length before any work
+    (esort_jax.sort.check_recording_fits)."""
     import numpy as np
 
     from esort_jax import ArrayTraces, Recording
     from esort_jax.checkpoint import CheckpointMetadata
     from esort_jax.model import ModelConfig
-    from experiments.sort import check_fits
+    from esort_jax.sort import check_recording_fits
 
     meta = CheckpointMetadata(ModelConfig(window=20, anchor=9), num_channels=4, num_units=2,
                               unit_ids=np.arange(2), sampling_frequency=32000.0)
@@ -310,13 +311,13 @@ def test_sort_refuses_recordings_that_do_not_fit_the_checkpoint():
     def recording(samples=100, channels=4, fs=32000.0):
         return Recording(ArrayTraces(np.zeros((samples, channels), np.float32)), fs, positions[:channels])
 
-    check_fits(meta, recording(), Path("ckpt"))  # fits: no error
-    with pytest.raises(ConfigError, match="trained on 4 channels but the recording has 3"):
-        check_fits(meta, recording(channels=3), Path("ckpt"))
+    check_recording_fits(meta, recording(), "checkpoint: ckpt")  # fits: no error
+    with pytest.raises(ConfigError, match="^checkpoint: ckpt was trained on 4 channels but the recording has 3"):
+        check_recording_fits(meta, recording(channels=3), "checkpoint: ckpt")
     with pytest.raises(ConfigError, match="trained at 32000 Hz but the recording is sampled at 30000 Hz"):
-        check_fits(meta, recording(fs=30000.0), Path("ckpt"))
-    with pytest.raises(ConfigError, match="19 samples is shorter than one window"):
-        check_fits(meta, recording(samples=19), Path("ckpt"))
+        check_recording_fits(meta, recording(fs=30000.0), "checkpoint: ckpt")
+    with pytest.raises(ConfigError, match="^recording: 19 samples is shorter than one window"):
+        check_recording_fits(meta, recording(samples=19), "checkpoint: ckpt")
 
     # preprocessing recorded in the checkpoint: bad values name the file and key; bad modes the key
     from esort_jax.realdata.preprocess import preprocess_as_trained

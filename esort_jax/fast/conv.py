@@ -19,22 +19,15 @@ with a banded Toeplitz expansion of k1:
 Channels stay minor throughout: layer 2 is one product [F2, F1] × [F1, (L, J, C)], the only
 reordering is of whole channel rows ([F2, L, J, C] → [J, L, F2, C]), and the spatial weight
 rows are permuted to (g, c) to match, so layer 3 is a plain [block, F2·C] × [F2·C, S] GEMM —
-86% of the FLOPs and ~70% of the time. Measured alternatives (prototypes of the whole network
-per block, one 2-core AVX2 CPU, 384 channels, 100 units, best of 6 runs): this form 1.27× real
-time (149 GFLOP/s); rows (i, f) with layer 2 batched per position 1.25×; one batched GEMM per
-segment with the Toeplitz as LHS (time-major output, no reordering) 1.00×; channel-major
-Toeplitz GEMM + [C, B, F2] → [B, C, F2] transpose before layer 3 1.01×; im2col of each block
-0.58×; lax.conv_general_dilated with channels as batch 0.67×, as a (time × channel) image
-0.21×; layers 3–4 alone on a fake input 1.65× (the ceiling). benchmarks/bench_infer.py
-prints the current figures.
+86% of the FLOPs. The alternatives we measured (im2col, lax.conv_general_dilated, other
+Toeplitz layouts) and the current figures are in docs/performance.md (benchmarks/bench_infer.py).
 
 Native temporal layers (`kernel='native'`, what 'auto' picks on CPU in float32). On XLA:CPU the
-Toeplitz form above leaves ~35% of the time in the memory passes between the GEMMs
+Toeplitz form above spends a large share of its time in the memory passes between the GEMMs
 (BatchNorm/ReLU and the row reordering; XLA does not fuse elementwise work into dots there).
 esort_jax.fast.native computes layers 1–2 with their BatchNorms and ReLUs in one C++ kernel
 (through XLA's FFI) that writes the spatial layer's input rows [block, F2·C] directly; the
-spatial GEMM and the head stay in XLA. Measured in experiments/benchmark.py at 384 channels:
-88% of the matmul peak against 66% for the XLA path in the same run (README).
+spatial GEMM and the head stay in XLA (measured against the XLA path: docs/performance.md).
 
 """
 

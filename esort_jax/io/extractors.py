@@ -152,6 +152,19 @@ def _open_binary(path: Path, options: BinaryOptions) -> Any:
     options.check_complete("recording.binary")
     if not path.is_file():
         raise RecordingFormatError(f"{path}: format 'binary' needs a file (the raw samples); got a folder")
+    bytes_per_frame = options.num_channels * _itemsize(options.dtype)
+    size = path.stat().st_size - options.file_offset
+    if size <= 0:
+        raise RecordingFormatError(
+            f"{path}: holds no samples: {path.stat().st_size} bytes, recording.binary.file_offset is "
+            f"{options.file_offset}"
+        )
+    if size % bytes_per_frame:
+        raise RecordingFormatError(
+            f"{path}: {size} bytes after the {options.file_offset}-byte offset are not a whole number of "
+            f"frames of {options.num_channels} channels × {options.dtype} ({bytes_per_frame} bytes); "
+            "check recording.binary.num_channels / dtype / file_offset"
+        )
     from spikeinterface.core import read_binary
 
     recording = read_binary(
@@ -159,14 +172,6 @@ def _open_binary(path: Path, options: BinaryOptions) -> Any:
         num_channels=options.num_channels, file_offset=options.file_offset,
         gain_to_uV=options.gain_to_uv, offset_to_uV=options.offset_to_uv,
     )
-    bytes_per_frame = options.num_channels * _itemsize(options.dtype)
-    size = path.stat().st_size - options.file_offset
-    if size % bytes_per_frame:
-        raise RecordingFormatError(
-            f"{path}: {size} bytes after the {options.file_offset}-byte offset are not a whole number of "
-            f"frames of {options.num_channels} channels × {options.dtype} ({bytes_per_frame} bytes); "
-            "check recording.binary.num_channels / dtype / file_offset"
-        )
     if options.probe is not None:
         recording = attach_probe(recording, options.probe, "recording.binary.probe")
     return recording
@@ -194,19 +199,10 @@ def _itemsize(dtype: str) -> int:
 
 def _read_probe_file(path: Path, num_channels: int, key: str):
     import numpy as np
-    import probeinterface
 
-    if not path.is_file():
-        raise RecordingFormatError(f"{key}: {path} does not exist")
-    try:
-        if path.suffix.lower() == ".prb":
-            group = probeinterface.read_prb(path)
-        else:
-            group = probeinterface.read_probeinterface(path)
-    except Exception as error:
-        raise RecordingFormatError(
-            f"{key}: {path} is not a probeinterface JSON or .prb file: {error}"
-        ) from error
+    from esort_jax.io.probes import read_probe_file
+
+    group = read_probe_file(path, key)
     contacts = sum(p.get_contact_count() for p in group.probes)
     if contacts != num_channels:
         raise RecordingFormatError(

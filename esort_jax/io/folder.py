@@ -33,6 +33,7 @@ __all__ = [
     "write_sorting_npz",
     "read_sorting_npz",
     "RecordingFormatError",
+    "metadata_problem",
 ]
 
 FORMAT_NAME = "esort_jax.recording"
@@ -45,14 +46,30 @@ class RecordingFormatError(ValueError):
 
 
 def is_recording_folder(path: str | os.PathLike) -> bool:
-    path = Path(path)
-    meta = path / "metadata.json"
+    """Whether `path` holds a metadata.json tagged as an esort_jax recording folder."""
+    meta = Path(path) / "metadata.json"
     if not meta.is_file():
         return False
     try:
-        return json.loads(meta.read_text()).get("format") == FORMAT_NAME
-    except (json.JSONDecodeError, OSError):
+        data = json.loads(meta.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, OSError, UnicodeDecodeError):
         return False
+    return isinstance(data, dict) and data.get("format") == FORMAT_NAME
+
+
+def metadata_problem(path: str | os.PathLike) -> str | None:
+    """Why `path`/metadata.json cannot be read as JSON ("... is not valid JSON: <why> at line L,
+    column C"); None when it can, or when there is none."""
+    meta = Path(path) / "metadata.json"
+    if not meta.is_file():
+        return None
+    try:
+        json.loads(meta.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        return f"{meta} is not valid JSON: {error.msg} at line {error.lineno}, column {error.colno}"
+    except (OSError, UnicodeDecodeError) as error:
+        return f"{meta} cannot be read as JSON text: {error}"
+    return None
 
 
 def write_recording_folder(
@@ -152,46 +169,102 @@ def _write_npy_header(handle, dtype: np.dtype, shape: tuple[int, int]) -> None:
 
 
 def read_recording_folder(path: str | os.PathLike) -> tuple[Recording, GroundTruth | Sorting | None]:
-    """Open a recording folder lazily: traces are memory-mapped, nothing large is read."""
+    """Open a recording folder lazily: traces are memory-mapped, nothing large is read. Every
+    file is checked against metadata.json (sizes, dtype, channel count, spikes inside the
+    recording); RecordingFormatError names the file and field otherwise."""
     path = Path(path)
-    meta_path = path / "metadata.json"
-    if not meta_path.is_file():
-        raise RecordingFormatError(f"{path} is not an esort_jax recording folder: no metadata.json")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as error:
-        raise RecordingFormatError(f"{meta_path} is not valid JSON: {error}") from error
-    if meta.get("format") != FORMAT_NAME:
-        raise RecordingFormatError(
-            f"{meta_path}: field 'format' is {meta.get('format')!r}; expected {FORMAT_NAME!r}"
-        )
-    if meta.get("format_version", 0) > FORMAT_VERSION:
-        raise RecordingFormatError(
-            f"{meta_path}: format_version {meta['format_version']} is newer than this esort_jax "
-            f"reads ({FORMAT_VERSION}); update esort_jax"
-        )
+    meta = _read_metadata(path)
     traces = _open_traces(path / "traces.npy", meta)
     channels = _load_npz(path / "channels.npz", ("channel_positions", "channel_ids"))
-    probe = None
-    if (path / "probe.json").is_file():
-        import probeinterface
-
-        group = probeinterface.read_probeinterface(path / "probe.json")
-        probe = group.probes[0]
-    recording = Recording(
-        traces=ArrayTraces(traces, meta.get("gain_to_uv", 1.0), meta.get("offset_to_uv", 0.0)),
-        sampling_frequency=meta["sampling_frequency"],
-        channel_positions=channels["channel_positions"],
-        probe=probe,
-        channel_ids=channels["channel_ids"],
-        metadata={**meta.get("recording_metadata", {}), "source": str(path), "folder_metadata": meta},
-    )
+    probe = _read_probe(path / "probe.json", meta["num_channels"]) if (path / "probe.json").is_file() else None
+    try:
+        recording = Recording(
+            traces=ArrayTraces(traces, meta.get("gain_to_uv", 1.0), meta.get("offset_to_uv", 0.0)),
+            sampling_frequency=meta["sampling_frequency"],
+            channel_positions=channels["channel_positions"],
+            probe=probe,
+            channel_ids=channels["channel_ids"],
+            metadata={**meta.get("recording_metadata", {}), "source": str(path), "folder_metadata": meta},
+        )
+    except ValueError as error:
+        raise RecordingFormatError(f"{path / 'channels.npz'}: {error}") from error
     ground_truth = None
     if (path / "ground_truth.npz").is_file():
         ground_truth = read_sorting_npz(path / "ground_truth.npz")
+        _check_spikes_fit(path / "ground_truth.npz", ground_truth, meta)
     elif meta.get("has_ground_truth"):
         raise RecordingFormatError(f"{path}: metadata says it has ground truth but ground_truth.npz is missing")
     return recording, ground_truth
+
+
+def _read_metadata(path: Path) -> dict:
+    """metadata.json, checked: valid JSON, our format, a version we read, the sizes and rate."""
+    meta_path = path / "metadata.json"
+    if not meta_path.is_file():
+        raise RecordingFormatError(f"{path} is not an esort_jax recording folder: no metadata.json")
+    problem = metadata_problem(path)
+    if problem:
+        raise RecordingFormatError(problem)
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
+        found = meta.get("format") if isinstance(meta, dict) else f"a JSON {type(meta).__name__}"
+        raise RecordingFormatError(f"{meta_path}: field 'format' is {found!r}; expected {FORMAT_NAME!r}")
+    version = meta.get("format_version", 0)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise RecordingFormatError(
+            f"{meta_path}: format_version {version!r} is newer than this esort_jax reads ({FORMAT_VERSION}); "
+            "update esort_jax"
+        )
+    checks = {
+        "num_samples": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+        "num_channels": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+        "sampling_frequency": (lambda v: _is_number(v) and v > 0, "a number > 0 (Hz)"),
+        "gain_to_uv": (lambda v: _is_number(v) and v != 0, "a non-zero number"),
+        "offset_to_uv": (_is_number, "a number"),
+    }
+    for field, (ok, what) in checks.items():
+        if field not in meta and field in ("gain_to_uv", "offset_to_uv"):
+            continue
+        if field not in meta:
+            raise RecordingFormatError(f"{meta_path}: field {field!r} is missing")
+        if not ok(meta[field]):
+            raise RecordingFormatError(f"{meta_path}: field {field!r} must be {what}; got {meta[field]!r}")
+    return meta
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and bool(np.isfinite(value))
+
+
+def _read_probe(probe_path: Path, num_channels: int):
+    from esort_jax.io.probes import read_probe_file
+
+    group = read_probe_file(probe_path, key=str(probe_path.parent))
+    probe = group.probes[0]
+    if len(group.probes) != 1 or probe.get_contact_count() != num_channels:
+        raise RecordingFormatError(
+            f"{probe_path}: describes {len(group.probes)} probe(s) with "
+            f"{sum(p.get_contact_count() for p in group.probes)} contacts; metadata.json says {num_channels} channels"
+        )
+    return probe
+
+
+def _check_spikes_fit(npz_path: Path, sorting: Sorting, meta: dict) -> None:
+    """Spikes inside the recording, at its sampling rate."""
+    fs = meta["sampling_frequency"]
+    if abs(sorting.sampling_frequency - fs) > 1e-9 * fs:
+        raise RecordingFormatError(
+            f"{npz_path}: sampling_frequency {sorting.sampling_frequency:g} Hz differs from metadata.json's {fs:g} Hz"
+        )
+    if sorting.num_spikes and int(sorting.samples.max()) >= meta["num_samples"]:
+        raise RecordingFormatError(
+            f"{npz_path}: spike sample {int(sorting.samples.max())} is beyond the recording's "
+            f"{meta['num_samples']} samples"
+        )
 
 
 def _open_traces(npy_path: Path, meta: dict) -> np.memmap:
@@ -216,6 +289,10 @@ def _open_traces(npy_path: Path, meta: dict) -> np.memmap:
         )
     if fortran_order:
         raise RecordingFormatError(f"{npy_path}: traces must be C-ordered (time-major)")
+    if "dtype" in meta and str(meta["dtype"]) != dtype.name:
+        raise RecordingFormatError(
+            f"{npy_path}: holds {dtype.name} samples but metadata.json says dtype {meta['dtype']!r}"
+        )
     expected_bytes = header_bytes + int(np.prod(shape)) * dtype.itemsize
     actual_bytes = npy_path.stat().st_size
     if actual_bytes < expected_bytes:
@@ -229,11 +306,16 @@ def _open_traces(npy_path: Path, meta: dict) -> np.memmap:
 def _load_npz(path: Path, required: tuple[str, ...]) -> dict:
     if not path.is_file():
         raise RecordingFormatError(f"{path.parent}: {path.name} is missing")
-    with np.load(path, allow_pickle=False) as data:
-        missing = [k for k in required if k not in data.files]
-        if missing:
-            raise RecordingFormatError(f"{path}: missing array(s) {missing}; found {data.files}")
-        return {k: data[k] for k in data.files}
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            missing = [k for k in required if k not in data.files]
+            if missing:
+                raise RecordingFormatError(f"{path}: missing array(s) {missing}; found {data.files}")
+            return {k: data[k] for k in data.files}
+    except RecordingFormatError:
+        raise
+    except Exception as error:  # not a zip, truncated, or object arrays (pickles): never unpickled
+        raise RecordingFormatError(f"{path}: not a readable .npz file ({type(error).__name__}: {error})") from error
 
 
 def write_sorting_npz(path: str | os.PathLike, sorting: Sorting) -> None:
@@ -257,24 +339,26 @@ def write_sorting_npz(path: str | os.PathLike, sorting: Sorting) -> None:
 
 
 def read_sorting_npz(path: str | os.PathLike) -> Sorting | GroundTruth:
-    """Read what `write_sorting_npz` wrote."""
+    """Read what `write_sorting_npz` wrote; RecordingFormatError naming the file and array when
+    it does not hold a valid sorting."""
     path = Path(path)
     data = _load_npz(path, ("samples", "unit_indices", "unit_ids", "sampling_frequency"))
-    common = dict(
-        samples=data["samples"],
-        unit_indices=data["unit_indices"],
-        unit_ids=data["unit_ids"],
-        sampling_frequency=float(data["sampling_frequency"]),
-    )
-    if not bool(data.get("is_ground_truth", False)):
-        return Sorting(**common)
-    drift = None
-    if "drift_samples" in data:
-        drift = Drift(samples=data["drift_samples"], displacement_um=data["drift_displacement_um"])
-    table = {k[len(_TABLE_PREFIX):]: v for k, v in data.items() if k.startswith(_TABLE_PREFIX)}
-    return GroundTruth(
-        **common,
-        unit_table=table,
-        drift=drift,
-        spike_amplitude_scales=data.get("spike_amplitude_scales"),
-    )
+    samples = data["samples"]
+    if samples.ndim != 1 or samples.dtype.kind not in "iu" or (samples.size and samples.min() < 0):
+        raise RecordingFormatError(
+            f"{path}: 'samples' must be a 1-D array of sample indices >= 0; got shape {samples.shape}, "
+            f"dtype {samples.dtype}" + (f", min {samples.min()}" if samples.size and samples.dtype.kind in "iuf" else "")
+        )
+    try:
+        common = dict(samples=samples, unit_indices=data["unit_indices"], unit_ids=data["unit_ids"],
+                      sampling_frequency=float(data["sampling_frequency"]))
+        if not bool(data.get("is_ground_truth", False)):
+            return Sorting(**common)
+        drift = None
+        if "drift_samples" in data:
+            drift = Drift(samples=data["drift_samples"], displacement_um=data["drift_displacement_um"])
+        table = {k[len(_TABLE_PREFIX):]: v for k, v in data.items() if k.startswith(_TABLE_PREFIX)}
+        return GroundTruth(**common, unit_table=table, drift=drift,
+                           spike_amplitude_scales=data.get("spike_amplitude_scales"))
+    except (ValueError, TypeError, KeyError) as error:
+        raise RecordingFormatError(f"{path}: not a valid sorting: {type(error).__name__}: {error}") from error

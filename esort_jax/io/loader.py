@@ -5,13 +5,17 @@
     SpikeInterface folder       what `extractor.save(folder=...)` writes (si_folder.json,
                                 binary.json, provenance.json or cached.json); or a folder
                                 holding one such recording folder and at most one sorting folder,
-                                the sorting then being returned alongside the recording
+                                the sorting then being returned alongside the recording. Loaded
+                                without running code from the folder: pickles are refused unless
+                                `allow_pickle=True` (see esort_jax.io.untrusted)
     SpikeGLX / Open Ephys       acquisition folders (`*.meta` + `*.bin`; `structure.oebin` /
                                 `settings.xml`), an NWB file (`.nwb`): SpikeInterface's readers
     raw binary                  only with format='binary' and `BinaryOptions` (rate, channels,
                                 dtype, probe file): a raw file does not describe itself
 
 `format='auto'` (the default) recognises all but raw binary; `format=` forces a reader.
+`load_ground_truth` reads the spikes of any input that carries them (the formats above, a
+SpikeInterface sorting folder, a Phy/Kilosort folder, a .npz written by write_sorting_npz).
 `open_spikeinterface_recording` gives the same recordings as lazy SpikeInterface objects (for
 SpikeInterface's preprocessing, see esort_jax.realdata.preprocess).
 """
@@ -31,8 +35,15 @@ from esort_jax.io.extractors import (
     detect_extractor_format,
     open_extractor,
 )
-from esort_jax.io.folder import RecordingFormatError, is_recording_folder, read_recording_folder
+from esort_jax.io.folder import (
+    RecordingFormatError,
+    is_recording_folder,
+    metadata_problem,
+    read_recording_folder,
+    read_sorting_npz,
+)
 from esort_jax.io.mearec import missing_mearec_entries, read_mearec
+from esort_jax.io.untrusted import load_spikeinterface_folder
 from esort_jax.recording import GroundTruth, Recording, Sorting
 
 __all__ = [
@@ -42,10 +53,11 @@ __all__ = [
     "detect_format",
     "open_spikeinterface_recording",
     "is_spikeinterface_folder",
+    "load_ground_truth",
 ]
 
 RECORDING_FORMATS = ("auto", "esort_jax", "mearec", "spikeinterface", *EXTRACTOR_FORMATS)
-_SI_MARKERS = ("si_folder.json", "binary.json", "provenance.json", "cached.json")
+_SI_MARKERS = ("si_folder.json", "binary.json", "provenance.json", "cached.json", "cached.pkl", "cached.pickle")
 _EXPECTED = (
     "expected an esort_jax recording folder (metadata.json), a MEArec .h5 file, "
     "or a SpikeInterface-saved folder"
@@ -64,6 +76,8 @@ class RecordingSource:
       binary: rate, channel count, dtype and probe file of a raw binary file (format 'binary').
       probe: a probeinterface JSON / .prb file attached to the recording whatever its format,
         replacing the geometry its reader found (e.g. Open Ephys without probe settings).
+      allow_pickle: trust a SpikeInterface folder: load it with `spikeinterface.load` as it is,
+        pickles included (which run whatever code they hold); off by default.
     """
 
     path: str | None = None
@@ -71,6 +85,7 @@ class RecordingSource:
     stream_id: str | None = None
     binary: BinaryOptions = dataclasses.field(default_factory=BinaryOptions)
     probe: str | None = None
+    allow_pickle: bool = False
 
     def validate(self, where: str = "recording") -> None:
         require(bool(self.path), f"{where}.path", "required: the recording's file or folder")
@@ -91,7 +106,14 @@ class RecordingSource:
         `open_spikeinterface_recording`."""
         return open_spikeinterface_recording(
             Path(str(self.path)).expanduser(), self.format, stream_id=self.stream_id, binary=self.binary,
-            probe=self.probe,
+            probe=self.probe, allow_pickle=self.allow_pickle,
+        )
+
+    def load(self) -> tuple[Recording, GroundTruth | Sorting | None]:
+        """(recording, ground truth | sorting | None): see `load_recording`."""
+        return load_recording(
+            Path(str(self.path)).expanduser(), self.format, stream_id=self.stream_id, binary=self.binary,
+            probe=self.probe, allow_pickle=self.allow_pickle,
         )
 
 
@@ -102,38 +124,34 @@ def load_recording(
     stream_id: str | None = None,
     binary: BinaryOptions | None = None,
     probe: str | os.PathLike | None = None,
+    allow_pickle: bool = False,
 ) -> tuple[Recording, GroundTruth | Sorting | None]:
     """(recording, ground truth | sorting | None) from a folder or file of a supported format.
 
     `format` forces a reader (one of RECORDING_FORMATS); `stream_id` chooses a stream of a
     SpikeGLX / Open Ephys folder (or an NWB ElectricalSeries path); `binary` describes a raw
     binary file (format='binary'); `probe` (a probeinterface JSON / .prb file) replaces the
-    geometry the reader found.
+    geometry the reader found; `allow_pickle` trusts a SpikeInterface folder's pickles
+    (esort_jax.io.untrusted).
     """
     path = Path(path)
     if probe is not None:
         from esort_jax.io.spikeinterface import from_spikeinterface_recording
 
         si_recording, labels = open_spikeinterface_recording(path, format, stream_id=stream_id, binary=binary,
-                                                             probe=probe)
+                                                             probe=probe, allow_pickle=allow_pickle)
         return from_spikeinterface_recording(si_recording), labels
     fmt = _resolve(path, format)
     if fmt == "esort_jax":
         return read_recording_folder(path)
     if fmt == "mearec":
         return read_mearec(path)
-    if fmt == "spikeinterface":
-        if is_spikeinterface_folder(path):
-            return _load_spikeinterface_folder(path)
-        pair = _spikeinterface_pair(path)
-        if pair is None:
-            raise RecordingFormatError(
-                f"{path}: not a SpikeInterface-saved folder: a folder containing {_listing(path)}"
-                if path.is_dir() else f"{path}: not a SpikeInterface-saved folder: a file"
-            )
-        return pair
-    from esort_jax.io.spikeinterface import from_spikeinterface_recording
+    from esort_jax.io.spikeinterface import from_spikeinterface_recording, from_spikeinterface_sorting
 
+    if fmt == "spikeinterface":
+        si_recording, si_sorting = _spikeinterface_objects(path, allow_pickle)
+        sorting = None if si_sorting is None else from_spikeinterface_sorting(si_sorting)
+        return from_spikeinterface_recording(si_recording), sorting
     return from_spikeinterface_recording(open_extractor(path, fmt, stream_id=stream_id, binary=binary)), None
 
 
@@ -144,33 +162,65 @@ def open_spikeinterface_recording(
     stream_id: str | None = None,
     binary: BinaryOptions | None = None,
     probe: str | os.PathLike | None = None,
+    allow_pickle: bool = False,
 ) -> tuple[Any, GroundTruth | Sorting | None]:
     """(lazy SpikeInterface recording, ground truth | sorting | None) for any supported path.
 
-    Acquisition formats and SpikeInterface folders come as SpikeInterface loads them; our
-    folders and MEArec files through `to_spikeinterface_recording` (a memory-mapped binary
-    extractor for our folders). `probe` (a probeinterface JSON / .prb file) replaces the
-    geometry the reader found.
+    Acquisition formats and SpikeInterface folders come as SpikeInterface loads them (the latter
+    without running code from the folder unless `allow_pickle`); our folders and MEArec files
+    through `to_spikeinterface_recording` (a memory-mapped binary extractor for our folders).
+    `probe` (a probeinterface JSON / .prb file) replaces the geometry the reader found.
     """
-    si_recording, labels = _open_spikeinterface(Path(path), format, stream_id, binary)
+    si_recording, labels = _open_spikeinterface(Path(path), format, stream_id, binary, allow_pickle)
     if probe is not None:
         si_recording = attach_probe(si_recording, probe)
     return si_recording, labels
 
 
-def _open_spikeinterface(path: Path, format: str, stream_id, binary) -> tuple[Any, GroundTruth | Sorting | None]:
-    from esort_jax.io.spikeinterface import to_spikeinterface_recording
+def _open_spikeinterface(path: Path, format: str, stream_id, binary, allow_pickle: bool):
+    from esort_jax.io.spikeinterface import from_spikeinterface_sorting, to_spikeinterface_recording
 
     fmt = _resolve(path, format)
     if fmt in EXTRACTOR_FORMATS:
         return open_extractor(path, fmt, stream_id=stream_id, binary=binary), None
-    if fmt == "spikeinterface" and is_spikeinterface_folder(path):
-        obj = _si_load(path)
-        _require_recording(path, obj)
-        return obj, None
+    if fmt == "spikeinterface":
+        si_recording, si_sorting = _spikeinterface_objects(path, allow_pickle)
+        return si_recording, None if si_sorting is None else from_spikeinterface_sorting(si_sorting)
     recording, labels = load_recording(path, fmt)
-    si_recording = recording.traces.recording if recording.metadata.get("source") == "spikeinterface" else None
-    return (si_recording if si_recording is not None else to_spikeinterface_recording(recording)), labels
+    return to_spikeinterface_recording(recording), labels
+
+
+def load_ground_truth(path: str | os.PathLike, *, allow_pickle: bool = False) -> GroundTruth | Sorting:
+    """The spikes `path` carries: an esort_jax recording folder's ground truth, a MEArec file's,
+    a SpikeInterface sorting folder (or a folder pairing a recording with its sorting), a
+    Phy/Kilosort folder, or a .npz written by write_sorting_npz. Cheap (no traces are read), so a
+    run can check it before any heavy work; RecordingFormatError naming the path otherwise."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise RecordingFormatError(f"{path}: ground truth: does not exist")
+    if path.is_file() and path.suffix.lower() == ".npz":
+        return read_sorting_npz(path)
+    from esort_jax.io.phy import is_phy_folder, read_phy_folder
+
+    if is_phy_folder(path):
+        return read_phy_folder(path).sorting
+    if is_spikeinterface_folder(path):
+        from spikeinterface.core import BaseSorting
+
+        from esort_jax.io.spikeinterface import from_spikeinterface_sorting
+
+        obj = load_spikeinterface_folder(path, allow_pickle=allow_pickle)
+        if isinstance(obj, BaseSorting):
+            return from_spikeinterface_sorting(obj)
+    try:
+        fmt = detect_format(path)
+    except RecordingFormatError as error:
+        raise RecordingFormatError(f"ground truth: {error}; or a Phy/Kilosort folder, a .npz sorting") from error
+    truth = load_recording(path, fmt, allow_pickle=allow_pickle)[1] if fmt in ("esort_jax", "mearec", "spikeinterface") \
+        else None
+    if truth is None:
+        raise RecordingFormatError(f"{path}: ground truth: a recording ({fmt} format) that carries no spike times")
+    return truth
 
 
 def detect_format(path: str | os.PathLike) -> str:
@@ -180,16 +230,7 @@ def detect_format(path: str | os.PathLike) -> str:
     if not path.exists():
         raise RecordingFormatError(f"{path}: does not exist")
     if path.is_dir():
-        if is_recording_folder(path):
-            return "esort_jax"
-        if is_spikeinterface_folder(path) or any(is_spikeinterface_folder(p) for p in path.iterdir()):
-            return "spikeinterface"
-        detected = detect_extractor_format(path)
-        if detected is not None:
-            return detected
-        raise RecordingFormatError(
-            f"{path}: not a recognised recording: a folder containing {_listing(path)}; {_EXPECTED}"
-        )
+        return _detect_folder(path)
     if detect_extractor_format(path) == "nwb":
         return "nwb"
     if _is_hdf5(path):
@@ -215,6 +256,24 @@ def detect_format(path: str | os.PathLike) -> str:
     )
 
 
+def _detect_folder(path: Path) -> str:
+    if is_recording_folder(path):
+        return "esort_jax"
+    problem = metadata_problem(path)  # a metadata.json that does not parse: say so, not "unrecognised"
+    if problem and (path / "traces.npy").is_file():
+        raise RecordingFormatError(problem)
+    if is_spikeinterface_folder(path) or any(is_spikeinterface_folder(p) for p in path.iterdir()):
+        return "spikeinterface"
+    detected = detect_extractor_format(path)
+    if detected is not None:
+        return detected
+    if problem:
+        raise RecordingFormatError(problem)
+    raise RecordingFormatError(
+        f"{path}: not a recognised recording: a folder containing {_listing(path)}; {_EXPECTED}"
+    )
+
+
 def _resolve(path: Path, format: str) -> str:
     if format not in RECORDING_FORMATS:
         raise RecordingFormatError(f"{path}: unknown format {format!r}; expected one of {list(RECORDING_FORMATS)}")
@@ -226,36 +285,27 @@ def _resolve(path: Path, format: str) -> str:
 
 
 def is_spikeinterface_folder(path: str | os.PathLike) -> bool:
+    """Whether `path` is a folder SpikeInterface's save() wrote (by its marker files)."""
     path = Path(path)
     return path.is_dir() and any((path / marker).is_file() for marker in _SI_MARKERS)
 
 
-def _load_spikeinterface_folder(path: Path) -> tuple[Recording, None]:
-    obj = _si_load(path)
-    _require_recording(path, obj)
-    from esort_jax.io.spikeinterface import from_spikeinterface_recording
-
-    return from_spikeinterface_recording(obj), None
-
-
-def _require_recording(path: Path, obj: Any) -> None:
+def _spikeinterface_objects(path: Path, allow_pickle: bool) -> tuple[Any, Any]:
+    """(SpikeInterface recording, sorting or None) of a SpikeInterface recording folder, or of
+    a folder holding one recording folder and at most one sorting folder."""
     from spikeinterface.core import BaseRecording, BaseSorting
 
-    if isinstance(obj, BaseSorting):
-        raise RecordingFormatError(f"{path}: holds a SpikeInterface sorting, not a recording")
-    if not isinstance(obj, BaseRecording):
-        kind = type(obj).__name__
-        raise RecordingFormatError(f"{path}: holds a SpikeInterface {kind}, not a recording")
-
-
-def _spikeinterface_pair(path: Path) -> tuple[Recording, Sorting | None] | None:
-    """A folder holding one SpikeInterface recording folder and at most one sorting folder."""
-    candidates = [p for p in sorted(path.iterdir()) if is_spikeinterface_folder(p)]
+    if is_spikeinterface_folder(path):
+        obj = load_spikeinterface_folder(path, allow_pickle=allow_pickle)
+        if not isinstance(obj, BaseRecording):
+            kind = "sorting" if isinstance(obj, BaseSorting) else type(obj).__name__
+            raise RecordingFormatError(f"{path}: holds a SpikeInterface {kind}, not a recording")
+        return obj, None
+    candidates = [p for p in sorted(path.iterdir()) if is_spikeinterface_folder(p)] if path.is_dir() else []
     if not candidates:
-        return None
-    from spikeinterface.core import BaseRecording, BaseSorting
-
-    loaded = [(p, _si_load(p)) for p in candidates]
+        what = f"a folder containing {_listing(path)}" if path.is_dir() else "a file"
+        raise RecordingFormatError(f"{path}: not a SpikeInterface-saved folder: {what}")
+    loaded = [(p, load_spikeinterface_folder(p, allow_pickle=allow_pickle)) for p in candidates]
     recordings = [(p, o) for p, o in loaded if isinstance(o, BaseRecording)]
     sortings = [(p, o) for p, o in loaded if isinstance(o, BaseSorting)]
     if len(recordings) != 1 or len(sortings) > 1:
@@ -264,25 +314,7 @@ def _spikeinterface_pair(path: Path) -> tuple[Recording, Sorting | None] | None:
             f"{[p.name for p, _ in recordings]} and {len(sortings)} sorting folder(s) "
             f"{[p.name for p, _ in sortings]}; load one of them directly"
         )
-    from esort_jax.io.spikeinterface import (
-        from_spikeinterface_recording,
-        from_spikeinterface_sorting,
-    )
-
-    recording = from_spikeinterface_recording(recordings[0][1])
-    sorting = from_spikeinterface_sorting(sortings[0][1]) if sortings else None
-    return recording, sorting
-
-
-def _si_load(path: Path):
-    import spikeinterface
-
-    try:
-        return spikeinterface.load(path)
-    except Exception as error:
-        raise RecordingFormatError(
-            f"{path}: looks like a SpikeInterface folder but does not load: {error}"
-        ) from error
+    return recordings[0][1], (sortings[0][1] if sortings else None)
 
 
 def _is_hdf5(path: Path) -> bool:

@@ -194,7 +194,17 @@ def _read(f: Any, path: Path, time_to_sample: str) -> tuple[Recording, GroundTru
     )
     columns = (across, depth, normal)
     truth = _read_spikes(f, extras, path, fs, time_to_sample, gain, columns, num_channels)
+    _check_spikes_inside(path, truth, recording.num_samples)
     return recording, truth
+
+
+def _check_spikes_inside(path: Path, truth: Sorting, num_samples: int) -> None:
+    if truth.num_spikes and int(truth.samples.max()) >= num_samples:
+        late = int(np.argmax(truth.samples))
+        raise RecordingFormatError(
+            f"{path}: spike of unit {truth.unit_ids[truth.unit_indices[late]]} at sample {int(truth.samples[late])} "
+            f"is beyond the recording's {num_samples} samples (spiketrains/*/times vs 'recordings')"
+        )
 
 
 def _orient(dataset: Any, num_channels: int, version: str, path: Path) -> tuple[str, Any]:
@@ -222,6 +232,9 @@ def _read_spikes(f, extras, path, fs, time_to_sample, gain, columns, num_channel
         if times is None:
             raise RecordingFormatError(f"{path}: dataset 'spiketrains/{name}/times' is missing")
         times = np.asarray(times[()], dtype=np.float64).reshape(-1)
+        bad = times[~np.isfinite(times) | (times < 0)]
+        if bad.size:
+            raise RecordingFormatError(f"{path}: spiketrains/{name}/times holds {bad[0]} s; times must be finite and >= 0")
         samples.append(_times_to_samples(times, fs, time_to_sample))
         units.append(np.full(times.size, index, dtype=np.int64))
         ann = group[name].get("annotations")

@@ -1,6 +1,8 @@
 """Phy / Kilosort output folders: read a sorter's result as labels, write E-Sort's result.
 
-Reading (`read_phy_folder`): SpikeInterface's `read_phy` parses spike_times.npy,
+Reading (`read_phy_folder`): params.py is Python that Phy and SpikeInterface `exec`; we parse it
+without running it (`esort_jax.io.untrusted.read_python_literals`: literal assignments only,
+anything else refused naming the line) before SpikeInterface's `read_phy` parses spike_times.npy,
 spike_clusters.npy (else spike_templates.npy), params.py and the cluster_*.tsv tables; around it
 we check what it does not: which required files are missing (named, with what was found), that
 the arrays agree in length, and we build the unit table (label from Phy's `group` column,
@@ -28,6 +30,7 @@ import numpy as np
 from esort_jax.config import require
 from esort_jax.io.atomic import atomic_folder
 from esort_jax.io.folder import RecordingFormatError
+from esort_jax.io.untrusted import UnsafeFileError, read_python_literals
 from esort_jax.realdata.labeller import SorterLabels, make_unit_table, unit_label
 from esort_jax.recording import Recording, Sorting
 
@@ -170,14 +173,17 @@ def sorter_run_seconds(path: str | os.PathLike) -> float | None:
 
 
 def _read_params(path: Path) -> dict:
-    from spikeinterface.core import read_python
-
+    """params.py read without running it (esort_jax.io.untrusted.read_python_literals): Phy and
+    SpikeInterface `exec` it, so the folder is refused before SpikeInterface's read_phy sees a
+    params.py holding anything but literal assignments."""
     try:
-        params = read_python(str(path / "params.py"))
-    except Exception as error:
-        raise PhyFormatError(f"{path / 'params.py'}: cannot be parsed: {type(error).__name__}: {error}") from error
+        params = read_python_literals(path / "params.py")
+    except UnsafeFileError:
+        raise
+    except RecordingFormatError as error:
+        raise PhyFormatError(str(error)) from error
     rate = params.get("sample_rate")
-    if not isinstance(rate, (int, float)) or not rate > 0:
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not rate > 0:
         raise PhyFormatError(
             f"{path / 'params.py'}: sample_rate must be a positive number; got {rate!r} "
             f"(keys found: {', '.join(sorted(params)) or 'none'})"
@@ -348,10 +354,22 @@ def write_sorting_folder(sorting: Sorting, folder: str | os.PathLike, *, overwri
 
     si_sorting = to_spikeinterface_sorting(sorting)
     for key, values in (properties or {}).items():
-        si_sorting.set_property(key, np.asarray(values))
+        si_sorting.set_property(key, _plain_property(key, values))
     with atomic_folder(folder, overwrite=overwrite) as tmp:
         si_sorting.save(folder=tmp, overwrite=True)
     return Path(folder)
+
+
+def _plain_property(key: str, values) -> np.ndarray:
+    """A property as numbers or strings: SpikeInterface stores object arrays as pickles, which
+    esort_jax (rightly) refuses to load from a folder (esort_jax.io.untrusted)."""
+    array = np.asarray(values)
+    if array.dtype.hasobject:
+        if not all(isinstance(v, str) for v in array.ravel()):
+            raise ValueError(f"property {key!r}: holds Python objects (not only strings or numbers), which "
+                             "would be stored as a pickle; give numbers or strings")
+        array = array.astype(str)
+    return array
 
 
 def require_pca_backend() -> None:

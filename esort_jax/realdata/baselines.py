@@ -4,6 +4,7 @@
     result.sorting          # esort_jax Sorting, absolute sample indices of `recording`
     result.wall_seconds     # the run_sorter call, as a user waits for it
     result.version          # the sorter's version (SpikeInterface's for its own sorters)
+    metrics = run_and_score("kilosort4", recording, truth, "runs/ks4", spans)   # results.json entry
 
 The sorters themselves are never re-implemented: `spikeinterface.sorters.run_sorter` runs them
 with their own defaults; `DEFAULT_PARAMS` lists the only values we change (and why), and any
@@ -33,7 +34,10 @@ from typing import Any, Iterator, Literal, Mapping
 import numpy as np
 
 from esort_jax.config import ConfigError, require
+from esort_jax.evaluate import EvaluationResult, evaluate, scored_span
+from esort_jax.model import ModelConfig
 from esort_jax.recording import Recording, Sorting
+from esort_jax.windows import WindowConfig, split_spans
 
 __all__ = [
     "SORTERS",
@@ -52,6 +56,9 @@ __all__ = [
     "shift_sorting",
     "log_tail",
     "run_baseline",
+    "evaluation_spans",
+    "sorter_metrics",
+    "run_and_score",
 ]
 
 # The sorters this module knows, with the Python modules each needs beyond the core stack.
@@ -382,3 +389,63 @@ def run_baseline(
         sorter=name, version=version, sorting=sorting, span=(start, stop), wall_seconds=wall,
         sorter_seconds=sorter_seconds, folder=sorter_folder, params=params,
     )
+
+
+# ----------------------------------------------------------------------------------------------
+# A sorter beside E-Sort: the same spans, the same evaluator
+
+
+def evaluation_spans(num_samples: int, windows: WindowConfig, model: ModelConfig, mode: str) -> dict:
+    """The spans of a comparison, in samples:
+      eval_span: the held-out span, split as E-Sort's `make_windows` splits the recording;
+      scored_span: where everything is scored, the samples `sort_and_evaluate` scores E-Sort on;
+      sorted_span: what the sorters see ('eval': the held-out span, 'full': everything)."""
+    _, eval_span = split_spans(num_samples, windows)
+    return {
+        "span": mode,
+        "train_fraction": windows.train_fraction,
+        "eval_span": list(eval_span),
+        "scored_span": list(scored_span(eval_span, window=model.window, anchor=model.anchor)),
+        "sorted_span": list(sorted_span(mode, num_samples, eval_span)),
+    }
+
+
+def sorter_metrics(result: BaselineResult, evaluation: EvaluationResult) -> dict:
+    """results.json entry of one sorter: the keys of an E-Sort arm's where they apply."""
+    import spikeinterface
+
+    return {
+        "status": "ok",
+        **evaluation.to_dict(),
+        "sort_seconds": result.wall_seconds,
+        "sorter_run_seconds": result.sorter_seconds,
+        "sorted_duration_s": result.sorted_duration_s,
+        "sorted_span": list(result.span),
+        "num_units_found": result.num_units_found,
+        "num_spikes_found": result.sorting.num_spikes,
+        "sorter_version": result.version,
+        "spikeinterface_version": spikeinterface.__version__,
+        "params": result.params,
+        "folder": str(result.folder),
+        "per_unit": evaluation.per_unit(),
+    }
+
+
+def run_and_score(name: str, recording: Recording, truth: Sorting, folder: str | Path, spans: Mapping, *,
+                  params: Mapping[str, Any] | None = None, n_jobs: int = -1, keep_recording_copy: bool = False,
+                  tolerance_ms: float = 0.4) -> dict:
+    """Sorter `name` on spans['sorted_span'] (`run_baseline` into `folder`), its spikes written to
+    `folder`/sorting.npz and scored against `truth` on spans['scored_span'] (identities
+    unknown: units paired by Hungarian matching). Returns `sorter_metrics`, or {status 'failed',
+    error, params} when the sorter failed."""
+    from esort_jax.io import write_sorting_npz
+
+    try:
+        result = run_baseline(name, recording, folder, span=tuple(spans["sorted_span"]), params=params,
+                              n_jobs=n_jobs, keep_recording_copy=keep_recording_copy)
+    except SorterFailed as error:
+        return {"status": "failed", "error": str(error), "params": params}
+    scored = evaluate(result.sorting, truth, tolerance_ms=tolerance_ms, identities="unknown",
+                      span=tuple(spans["scored_span"]))
+    write_sorting_npz(Path(folder) / "sorting.npz", result.sorting)
+    return sorter_metrics(result, scored)

@@ -88,6 +88,12 @@ class SorterLabels:
         """True when at least one unit carries a curation label (good / mua / noise)."""
         return bool(np.isin(np.asarray(self.unit_table["label"]), ("good", "mua", "noise")).any())
 
+    def summary(self) -> dict:
+        """results.json entry: where the labels came from, their units and spikes, whether the
+        sorter labelled its units, its run time."""
+        return {**self.source, "num_units": self.sorting.num_units, "num_spikes": self.sorting.num_spikes,
+                "has_labels": self.has_labels, "sorter_seconds": self.sorter_seconds}
+
     def table_rows(self) -> list[dict]:
         """The unit table as a list of JSON-able dicts, one per unit."""
         columns = {k: np.asarray(v) for k, v in self.unit_table.items()}
@@ -184,25 +190,25 @@ def load_labels(
     *,
     duration_s: float | None = None,
     sorter_seconds: float | None = None,
+    allow_pickle: bool = False,
 ) -> SorterLabels:
     """SorterLabels from a path or object (see the module doc). `duration_s` is what firing
     rates are taken over (the recording's; default up to the last spike); `sorter_seconds`
-    overrides the recorded run time of the sorter."""
-    labels = _load(source, duration_s)
+    overrides the recorded run time of the sorter; `allow_pickle` trusts a SpikeInterface
+    folder's pickles (they run code: off by default, see esort_jax.io.untrusted)."""
+    labels = _load(source, duration_s, allow_pickle)
     if sorter_seconds is not None:
-        import dataclasses
-
         labels = dataclasses.replace(labels, sorter_seconds=float(sorter_seconds))
     return labels
 
 
-def _load(source: Any, duration_s: float | None) -> SorterLabels:
+def _load(source: Any, duration_s: float | None, allow_pickle: bool = False) -> SorterLabels:
     if isinstance(source, SorterLabels):
         return source
     if isinstance(source, Sorting):
         return labels_from_sorting(source, duration_s=duration_s)
     if isinstance(source, (str, os.PathLike)):
-        return _load_path(Path(source), duration_s)
+        return _load_path(Path(source), duration_s, allow_pickle)
     from spikeinterface.core import BaseSorting
 
     if isinstance(source, BaseSorting):
@@ -212,7 +218,7 @@ def _load(source: Any, duration_s: float | None) -> SorterLabels:
     )
 
 
-def _load_path(path: Path, duration_s: float | None) -> SorterLabels:
+def _load_path(path: Path, duration_s: float | None, allow_pickle: bool = False) -> SorterLabels:
     from esort_jax.io.folder import RecordingFormatError, is_recording_folder, read_recording_folder, read_sorting_npz
     from esort_jax.io.loader import is_spikeinterface_folder
     from esort_jax.io.phy import is_phy_folder, missing_phy_files, read_phy_folder
@@ -226,12 +232,15 @@ def _load_path(path: Path, duration_s: float | None) -> SorterLabels:
     if is_phy_folder(path):
         return read_phy_folder(path, duration_s=duration_s)
     if is_spikeinterface_folder(path):
-        import spikeinterface
         from spikeinterface.core import BaseSorting
 
-        try:
-            obj = spikeinterface.load(path)
-        except Exception as error:
+        from esort_jax.io.untrusted import UnsafeFileError, load_spikeinterface_folder
+
+        try:  # from its JSON description: no pickles, no class the folder names, unless allowed
+            obj = load_spikeinterface_folder(path, allow_pickle=allow_pickle)
+        except UnsafeFileError:
+            raise
+        except RecordingFormatError as error:
             raise RecordingFormatError(f"{path}: labels: a SpikeInterface folder that does not load: {error}") from error
         if not isinstance(obj, BaseSorting):
             raise RecordingFormatError(f"{path}: labels: holds a SpikeInterface {type(obj).__name__}, not a sorting")

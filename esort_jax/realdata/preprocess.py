@@ -24,7 +24,11 @@ from typing import Any, Literal
 from esort_jax.config import ConfigError, require, to_dict
 from esort_jax.recording import Recording
 
-__all__ = ["PreprocessConfig", "preprocess", "preprocessed_recording", "as_recording", "preprocess_as_trained", "describe"]
+__all__ = ["PreprocessConfig", "preprocess", "preprocessed_recording", "as_recording", "AS_TRAINED_MODES",
+           "check_as_trained_mode", "preprocess_as_trained", "describe"]
+
+# A recording sorted by a saved network: preprocessed as its training data was, or used as given.
+AS_TRAINED_MODES = ("checkpoint", "none")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,6 +167,12 @@ def as_recording(recording: Any, preprocess: PreprocessConfig | None = None) -> 
     return preprocessed_recording(recording, preprocess or PreprocessConfig(enabled=False))
 
 
+def check_as_trained_mode(mode: str, where: str = "preprocess") -> None:
+    """ConfigError naming `where` unless `mode` is one of AS_TRAINED_MODES."""
+    if mode not in AS_TRAINED_MODES:
+        raise ConfigError(f"{where}: must be {' or '.join(map(repr, AS_TRAINED_MODES))}; got {mode!r}")
+
+
 def preprocess_as_trained(recording: Any, recorded: dict | None, mode: str = "checkpoint",
                           where: str = "checkpoint metadata extra.preprocess") -> Any:
     """`recording` preprocessed as a network's training data was: mode 'checkpoint' applies the
@@ -170,8 +180,7 @@ def preprocess_as_trained(recording: Any, recorded: dict | None, mode: str = "ch
     were recorded, e.g. networks trained on synthesised traces); 'none' returns it as given."""
     from esort_jax.config import from_dict
 
-    if mode not in ("checkpoint", "none"):
-        raise ConfigError(f"preprocess: must be 'checkpoint' or 'none'; got {mode!r}")
+    check_as_trained_mode(mode)
     if mode == "none" or not recorded:
         return recording
     return as_recording(recording, from_dict(PreprocessConfig, recorded, where=where))

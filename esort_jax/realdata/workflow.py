@@ -139,6 +139,36 @@ class LabelledSort:
             out["speed_ratio_with_training"] = per_second_sorter / (total / rest_s)
         return out
 
+    def truth_scores(self, truth: Sorting, tolerance_ms: float = 0.4) -> dict:
+        """E-Sort, the labelling sorter's kept units and all its units against ground truth on
+        `rest_span`, identities unknown (units paired by agreement); each with per-unit rows."""
+        sortings = {"esort": self.sorting, "labeller_kept_units": self.selection.sorting,
+                    "labeller_all_units": self.labels.sorting}
+        return {name: _scores(evaluate(sorting, truth, tolerance_ms=tolerance_ms, identities="unknown",
+                                       span=self.rest_span))
+                for name, sorting in sortings.items()}
+
+    def summary(self, tolerance_ms: float = 0.4) -> dict:
+        """What a run reports (experiments/sort_real.py's results.json): the training span and
+        the rest, how the network started, the units kept, training, the threshold and its
+        sweep, the spikes found, the agreement with the labels on the rest, the timing."""
+        fitted = self.fitted
+        return {
+            "train_end": self.train_end,
+            "rest_span": list(self.rest_span),
+            "init": fitted.transfer_report.init,
+            "checkpoint": fitted.transfer_report.source,
+            "transfer_report": fitted.transfer_report.to_dict(),
+            "units": self.selection.report(),
+            # (the units kept are in `units`)
+            "training": {k: v for k, v in fitted.summary().items() if k != "num_units"},
+            "threshold": self.threshold,
+            "threshold_curve": self.threshold_curve,
+            "num_spikes": self.sorting.num_spikes,
+            "agreement": _scores(self.agreement(tolerance_ms)),
+            "timing": self.timing(),
+        }
+
     def to_spikeinterface(self) -> Any:
         """E-Sort's sorting as a SpikeInterface NumpySorting, with the labelling sorter's label
         of each unit as the property 'labeller_label'."""
@@ -152,6 +182,11 @@ class LabelledSort:
     def _labeller_labels(self) -> list[str]:
         by_id = {row["unit_id"]: row["label"] for row in self.selection.rows}
         return [str(by_id[u]) for u in self.sorting.unit_ids.tolist()]
+
+
+def _scores(result: EvaluationResult) -> dict:
+    """Pooled and per-unit summary plus the per-unit rows, for results.json."""
+    return {**result.to_dict(), "per_unit": result.per_unit()}
 
 
 def esort_from_labels(

@@ -10,6 +10,8 @@ Functions on plain dicts (no Hydra, no plotting; `write_comparison_csv` writes t
     rows = [method_row(...), ...]
     print(comparison_table(rows))
     write_comparison_csv("comparison.csv", rows)
+    results = comparison_summary(rows, sorters, "accuracy_pooled", "kilosort4")   # results.json entries
+    print(comparison_text(results))        # the table, speed ratios, K to reach each sorter
     speed_ratios(rows)                     # sorter seconds / E-Sort seconds per second of data
     k_to_reach_level(rows, 0.81)           # K transfer and scratch need, and their ratio
     label_reach(rows, sorters, "accuracy_pooled")   # the same at each sorter's accuracy
@@ -24,13 +26,14 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from esort_jax.report import curves
 from esort_jax.report.csv_writer import write_csv
 from esort_jax.report.tables import ACCURACY_COLUMNS, Column, table_lines
+from esort_jax.transfer import INITS
 
 __all__ = [
     "METRIC_KEYS",
@@ -43,6 +46,11 @@ __all__ = [
     "esort_seconds_per_data_second",
     "speed_ratios",
     "k_to_reach_level",
+    "ROW_COLUMNS",
+    "PAPER_REDUCTION",
+    "comparison_summary",
+    "comparison_header",
+    "comparison_text",
 ]
 
 # Scalar metrics every row carries (None when not applicable or not measured).
@@ -53,7 +61,9 @@ METRIC_KEYS = (
 )
 # Metrics a "K needed to reach" level may be taken from.
 REACH_METRICS = ("accuracy_pooled", "accuracy_mean", "accuracy_median")
-ESORT_ARMS = ("transfer", "scratch")
+# A row's columns (comparison.csv adds the sorters' speed ratio).
+ROW_COLUMNS = ("method", "kind", "arm", "k", "status", *METRIC_KEYS)
+PAPER_REDUCTION = 2.25  # the paper: transfer needs ~2.25x fewer labels to reach Kilosort4's accuracy
 
 
 def method_row(method: str, kind: str, metrics: dict, *, arm: str | None = None, k: int | None = None) -> dict:
@@ -131,7 +141,7 @@ def k_to_reach_level(rows: Sequence[dict], level: float, metric: str = "accuracy
         raise ValueError(f"level must be a finite number; got {level!r}")
     level = float(level)
     out: dict[str, Any] = {"level": level, "metric": metric}
-    curves_by_arm = {arm: _curve(rows, arm, metric) for arm in ESORT_ARMS}
+    curves_by_arm = {arm: _curve(rows, arm, metric) for arm in INITS}
     largest = max((max(ks) for ks, _ in curves_by_arm.values() if ks), default=None)
     for arm, (ks, values) in curves_by_arm.items():
         if not ks:
@@ -150,7 +160,7 @@ def k_to_reach_level(rows: Sequence[dict], level: float, metric: str = "accuracy
         if "ratio_lower_bound" in reduction:
             out["ratio_lower_bound"] = reduction["ratio_lower_bound"]
     parts = [f"{metric} {level:.3f}:"]
-    for arm in ESORT_ARMS:
+    for arm in INITS:
         if out[arm]["status"] != "missing":
             parts.append(f"{arm} needs K {_reach_text(out[arm], largest)}")
     if out["ratio"] is not None:
@@ -193,7 +203,7 @@ def comparison_table(rows: Sequence[dict]) -> str:
 def ordered_rows(rows: Sequence[dict]) -> list[dict]:
     """Sorters first (in run order), then E-Sort by arm (transfer, scratch) and K."""
     sorters = [r for r in rows if r["kind"] == "sorter"]
-    esort = sorted((r for r in rows if r["kind"] == "esort"), key=lambda r: (ESORT_ARMS.index(r["arm"]), r["k"]))
+    esort = sorted((r for r in rows if r["kind"] == "esort"), key=lambda r: (INITS.index(r["arm"]), r["k"]))
     return sorters + esort
 
 
@@ -209,7 +219,7 @@ def label_reach(rows: Sequence[dict], sorters: dict, metric: str) -> dict:
     return out
 
 
-CSV_COLUMNS = ("method", "kind", "arm", "k", "status", *METRIC_KEYS, "speed_ratio_vs_esort")
+CSV_COLUMNS = (*ROW_COLUMNS, "speed_ratio_vs_esort")
 
 
 def write_comparison_csv(path: str | os.PathLike, rows: Sequence[dict]) -> None:
@@ -217,3 +227,45 @@ def write_comparison_csv(path: str | os.PathLike, rows: Sequence[dict]) -> None:
     ratios = speed_ratios(rows)
     write_csv(path, [{**row, "speed_ratio_vs_esort": ratios.get(row["method"]) if row["kind"] == "sorter" else None}
                      for row in rows], CSV_COLUMNS)
+
+
+def comparison_summary(rows: Sequence[dict], sorters: dict, metric: str, reference_sorter: str | None) -> dict:
+    """The results.json entries of a comparison: rows (`ordered_rows`), speed_ratio,
+    esort_seconds_per_data_second, failed_sorters, k_to_reach (the K E-Sort needs to reach each
+    sorter's `metric`; {} without E-Sort rows), reference_sorter and label_reduction_vs_reference
+    (scratch / transfer K at the reference sorter's level, or None). `sorters`: name -> metrics."""
+    rows = ordered_rows(rows)
+    reach = label_reach(rows, sorters, metric) if any(r["kind"] == "esort" for r in rows) else {}
+    reference = reach.get(reference_sorter) if reference_sorter else None
+    return {
+        "rows": rows,
+        "speed_ratio": speed_ratios(rows),
+        "esort_seconds_per_data_second": esort_seconds_per_data_second(rows),
+        "failed_sorters": [name for name, m in sorters.items() if m.get("status") != "ok"],
+        "k_to_reach": reach,
+        "reference_sorter": reference_sorter,
+        "label_reduction_vs_reference": reference["ratio"] if reference else None,
+    }
+
+
+def comparison_header(results: Mapping, tolerance_ms: float) -> str:
+    """The line above a comparison's table: the target, the spans sorted and scored."""
+    target, spans = results["target"], results["spans"]
+    return (f"Sorters and E-Sort on the target's held-out span: {target['num_units']} units, "
+            f"{target['num_channels']} channels, sorters on span '{spans['span']}' "
+            f"{spans['sorted_span']}, scored on {spans['scored_span']}, tolerance {tolerance_ms} ms")
+
+
+def comparison_text(results: Mapping) -> str:
+    """The table of a comparison (`comparison_summary`'s entries), then how many times slower each
+    sorter is, the K E-Sort needs to reach each sorter and the label reduction at the reference."""
+    lines = [comparison_table(results["rows"]), ""]
+    for name, ratio in results["speed_ratio"].items():
+        if ratio is not None:
+            lines.append(f"{name} is {ratio:.1f}x slower than E-Sort's sorting per second of data")
+    for name, entry in results["k_to_reach"].items():
+        lines.append(f"K to reach {name}'s {entry['text']}")
+    if results["label_reduction_vs_reference"] is not None:
+        lines.append(f"label reduction at {results['reference_sorter']}'s accuracy: "
+                     f"{results['label_reduction_vs_reference']:.2f}x (paper: ~{PAPER_REDUCTION}x)")
+    return "\n".join(lines).rstrip()

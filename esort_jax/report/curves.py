@@ -11,7 +11,8 @@ Pure numpy on plain rows (dicts), no Hydra, no plotting. A row is one fine-tunin
     reduction_headline(reductions)["text"]        # "transfer needs 2.3x fewer labelled spikes ..."
 
 A label-efficiency run (experiments/label_efficiency.py) keeps one `result_row` per seed x K x
-arm and `summarise`s them into its results.json (summary, by_k, gain, label_reduction).
+arm and `summarise`s them into its results.json (summary, by_k, gain, label_reduction,
+label_reduction_ratio).
 
 K needed to reach an accuracy level is read off a curve by linear interpolation in log K
 between the measured K values, at the curve's FIRST crossing of the level. Two cases are
@@ -29,8 +30,9 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from esort_jax.transfer import INITS
+
 __all__ = [
-    "ARMS",
     "SUMMARY_METRICS",
     "LEADING_COLUMNS",
     "mean_std",
@@ -44,15 +46,20 @@ __all__ = [
     "reduction_headline",
     "result_row",
     "summarise",
+    "short_units_note",
+    "ROW_TABLE_COLUMNS",
+    "SUMMARY_TABLE_COLUMNS",
 ]
 
-ARMS = ("transfer", "scratch")
 # Aggregated over seeds (mean and std) per K and arm.
 SUMMARY_METRICS = (
     "accuracy_pooled", "accuracy_mean", "accuracy_median", "precision_pooled", "recall_pooled",
     "well_detected", "window_jaccard",
 )
 LEADING_COLUMNS = ("seed", "k", "arm")  # a row's identity, first in label_efficiency.csv
+# The columns of the run's logged tables: its rows, and the summary per K and arm.
+ROW_TABLE_COLUMNS = (*LEADING_COLUMNS, *SUMMARY_METRICS, "short_units")
+SUMMARY_TABLE_COLUMNS = ("k", "arm", "n_seeds", *(f"{m}_{s}" for m in SUMMARY_METRICS for s in ("mean", "std")))
 
 
 def _finite(values: Iterable[Any]) -> np.ndarray:
@@ -103,7 +110,7 @@ def curve(summary: Sequence[dict], arm: str, metric: str) -> tuple[np.ndarray, n
 
 
 def paired_gain(
-    rows: Sequence[dict], metric: str, arms: tuple[str, str] = ("transfer", "scratch")
+    rows: Sequence[dict], metric: str, arms: tuple[str, str] = INITS
 ) -> list[dict]:
     """Per K: the gain arms[0] - arms[1] in `metric`, paired by seed; mean, std (ddof=1), n."""
     by_key: dict[tuple, float] = {}
@@ -278,7 +285,8 @@ def result_row(seed: int, k: int, arm: str, metrics: dict) -> dict:
 
 
 def summarise(rows: Sequence[dict], arms: Sequence[str], metric: str, reference: float | None) -> dict:
-    """summary (per K and arm), by_k, gain and label reduction (at `reference` too) from the rows."""
+    """summary (per K and arm), by_k, gain and label reduction (at `reference` too; its headline
+    ratio also as label_reduction_ratio) from the rows."""
     out: dict[str, Any] = {"summary": aggregate(rows, SUMMARY_METRICS)}
     # The same numbers keyed for flattening (summarize.py: `by_k.k5.transfer.accuracy_pooled_mean`).
     out["by_k"] = {}
@@ -291,7 +299,18 @@ def summarise(rows: Sequence[dict], arms: Sequence[str], metric: str, reference:
             for g in gains:
                 out["by_k"][f"k{g['k']}"][f"gain_{m}"] = {"mean": g["mean"], "std": g["std"], "n": g["n"]}
         out["label_reduction"] = _label_reduction(out["summary"], metric, reference)
+        out["label_reduction_ratio"] = out["label_reduction"]["headline"]["ratio"]
     return out
+
+
+def short_units_note(policy: str) -> str:
+    """How a label-efficiency run treats units with fewer than K spikes (results.json)."""
+    return (
+        f"units with fewer than K spikes in the training span follow finetune.windows.short_units="
+        f"'{policy}' ('keep_all': they train on the spikes they have; 'drop': "
+        "they are left out of training and all their spikes count as missed); each row's "
+        "`short_units` counts them"
+    )
 
 
 def _label_reduction(summary: Sequence[dict], metric: str, reference: float | None) -> dict:

@@ -21,6 +21,7 @@ import numpy as np
 
 from esort_jax.report import curves
 from esort_jax.report.results import Pivot
+from esort_jax.transfer import INITS
 
 __all__ = [
     "plot_label_efficiency",
@@ -75,7 +76,7 @@ def plot_label_efficiency(results: dict, path: str | Path | None = None,
     fig = _figure(path, (5 * len(metrics), 4))
     axes = fig.subplots(1, len(metrics), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
-        for arm in curves.ARMS:
+        for arm in INITS:
             ks, mean, std = curves.curve(results["summary"], arm, metric)
             if ks.size == 0:
                 continue

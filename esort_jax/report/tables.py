@@ -12,10 +12,11 @@ None and non-finite floats print as '-'. Cells are separated by one space and th
 underlined by a rule as long as the header line.
 
 The tables: the arms of experiments/transfer.py (`arms_table`, the demo's table), scores
-against labels or ground truth (`scores_table`, experiments/sort_real.py), the label-efficiency
-summary (`label_efficiency_table`), a pivot of a sweep (`format_pivot`) and the per-unit
-evaluation (`evaluation_table`). `report.comparison.comparison_table` and
-`report.summary.unit_table_text` use the same writer.
+against labels or ground truth (`scores_table`; `labelled_sort_table` for
+experiments/sort_real.py), the label-efficiency summary (`label_efficiency_table`), a pivot of a
+sweep (`format_pivot`) and the per-unit evaluation (`evaluation_table`); with the lines the
+experiments print around them (`*_header`, `labelled_sort_footer`), from their results.
+`report.comparison.comparison_table` and `report.summary.unit_table_text` use the same writer.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import dataclasses
 import math
 import numbers
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+
+from esort_jax.transfer import INITS
 
 if TYPE_CHECKING:
     from esort_jax.evaluate import EvaluationResult
@@ -35,8 +38,13 @@ __all__ = [
     "table_lines",
     "ACCURACY_COLUMNS",
     "ARMS_COLUMNS",
+    "arms_header",
     "arms_table",
     "scores_table",
+    "labelled_sort_header",
+    "labelled_sort_table",
+    "labelled_sort_footer",
+    "label_efficiency_header",
     "label_efficiency_table",
     "format_pivot",
     "evaluation_table",
@@ -102,6 +110,13 @@ ARMS_COLUMNS = (
 )
 
 
+def arms_header(results: Mapping, tolerance_ms: float) -> str:
+    """The line above `arms_table`: K, the target's units and channels, the tolerance."""
+    target = results["target"]
+    return (f"E-Sort on the target's held-out half: K = {results['k']} labelled spikes per unit, "
+            f"{target['num_units']} units, {target['num_channels']} channels, tolerance {tolerance_ms} ms")
+
+
 def arms_table(results: Mapping, arms: Sequence[str]) -> str:
     """One line per arm of a transfer run's results (`results[arm]` holds the arm's metrics)."""
     return "\n".join(table_lines(ARMS_COLUMNS, [results[arm] for arm in arms]))
@@ -123,6 +138,51 @@ def scores_table(named_scores: Iterable[tuple[str, Mapping]]) -> str:
     return "\n".join(table_lines(SCORES_COLUMNS, [{**scores, "name": name} for name, scores in named_scores]))
 
 
+def labelled_sort_table(results: Mapping) -> str:
+    """E-Sort's agreement with the labels it was trained from and, when the run had ground truth,
+    E-Sort's, the labeller's kept units' and all its units' scores against it (a sort_real run's
+    results)."""
+    named = [("agreement with labels", results["agreement"])]
+    truth = results.get("ground_truth")
+    if truth:
+        named += [("E-Sort vs ground truth", truth["esort"]), ("labeller (kept units)", truth["labeller_kept_units"]),
+                  ("labeller (all units)", truth["labeller_all_units"])]
+    return scores_table(named)
+
+
+def _labeller(results: Mapping) -> str:
+    return results["labels"].get("sorter_name") or "the labelling sorter"
+
+
+def labelled_sort_header(results: Mapping, tolerance_ms: float) -> str:
+    """The line above `labelled_sort_table`: whose labels of which span, the units kept."""
+    kept, rest_s = results["units"], results["timing"]["rest_duration_s"]
+    return (f"E-Sort trained on {_labeller(results)}'s labels of the first {results['train_seconds']:g} s "
+            f"({kept['num_kept']} of {kept['num_units']} units kept: labels {kept['labels_kept']}), "
+            f"scored on the rest ({rest_s:.1f} s), tolerance {tolerance_ms} ms")
+
+
+def labelled_sort_footer(results: Mapping) -> str:
+    """The lines below `labelled_sort_table`: E-Sort's speed, the labelling sorter's when known,
+    the outputs written."""
+    timing = results["timing"]
+    lines = [f"E-Sort sorted the rest in {timing['sort_rest_seconds']:.2f} s "
+             f"({timing['sort_rest_realtime_factor']:.1f}x real time); fine-tuning took {timing['fit_seconds']:.1f} s"]
+    if timing["speed_ratio"] is not None:
+        lines.append(f"{_labeller(results)} took {timing['sorter_seconds']:.1f} s for "
+                     f"{timing['sorter_duration_s']:.1f} s of data: E-Sort sorts {timing['speed_ratio']:.1f}x "
+                     f"faster per second of data ({timing['speed_ratio_with_training']:.1f}x counting "
+                     "fine-tuning and the threshold sweep)")
+    lines.append(f"outputs: {', '.join(f'{k} {v}' for k, v in results['outputs'].items())}")
+    return "\n".join(lines)
+
+
+def label_efficiency_header(results: Mapping, tolerance_ms: float) -> str:
+    """The line above `label_efficiency_table`: K, seeds, tolerance and the short-unit policy."""
+    return (f"Label efficiency on the target's held-out half: K in {results['ks']}, seeds {results['seeds']}, "
+            f"tolerance {tolerance_ms} ms, short units: {results['short_units_policy']}")
+
+
 def _mean_std(mean: float | None, std: float | None, sign: str = "") -> str | None:
     return None if mean is None else f"{mean:>{sign}8.3f} ± {std:<6.3f}"
 
@@ -131,7 +191,7 @@ def label_efficiency_table(results: Mapping, metric: str) -> str:
     """Per K, mean ± std over seeds of `metric` for each arm and the paired gain, then the
     label reduction (from the `summary`, `gain` and `label_reduction` of a label-efficiency run)."""
     summary = results["summary"]
-    arms = [a for a in ("transfer", "scratch") if any(r["arm"] == a for r in summary)]
+    arms = [a for a in INITS if any(r["arm"] == a for r in summary)]
     gains = {g["k"]: g for g in results.get("gain", {}).get(metric, [])}
     columns = [Column("k", "K", 4)] + [Column(arm, arm, 17) for arm in arms]
     columns += [Column("gain", "gain", 17)] if gains else []

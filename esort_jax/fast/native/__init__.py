@@ -3,9 +3,8 @@
 - `temporal_layers` (temporal_layers.cc): the network's two temporal layers fused, for
   convolution-form inference on CPU (esort_jax.fast.conv, `InferenceConfig.kernel`). XLA:CPU
   computes those layers as two matrix products with the BatchNorm/ReLU passes between them
-  going through memory: ~35% of inference time at 384 channels on the 2-core CPU this
-  project is developed on; the fused kernel made inference 1.33× faster
-  (experiments/benchmark.py, README).
+  going through memory; the fused kernel removes those passes (measured: docs/performance.md,
+  experiments/benchmark.py).
 - `window_dense` (window_dense.cc): layer 1 in training, on windows given as row indices
   into the resident traces instead of a gathered [W, B, C] copy, with its weight gradient
   (a custom VJP), which the training step uses on CPU (esort_jax.fast.training,
