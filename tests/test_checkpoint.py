@@ -302,22 +302,28 @@ PLANS_HIDE_THE_REASON = pytest.mark.xfail(
     "is_checkpoint and says 'no metadata.json' for every problem; it should say ckpt.checkpoint_problem(path)")
 
 
-@pytest.mark.parametrize("damage", ["flipped", pytest.param("stateless", marks=PLANS_HIDE_THE_REASON)])
+@pytest.mark.parametrize("damage", ["flipped", pytest.param("stateless", marks=PLANS_HIDE_THE_REASON), "foreign-units"])
 def test_sort_entry_point_refuses_a_bad_checkpoint_before_any_work(tmp_path, damage):
     """experiments/sort.py: a corrupt checkpoint and a folder without state/ are refused with
-    the precise reason in results.json (status failed), before the recording is made; no
-    sorting is written."""
+    the precise reason in results.json (status failed) before the recording is made; a network
+    whose units are not units of the recording's ground truth before sorting. No sorting is
+    written."""
     import os
     import subprocess
     import sys
     from pathlib import Path
 
     repo = Path(__file__).resolve().parent.parent
-    _, checkpoint = _saved_with_optimiser(tmp_path / damage)
+    if damage == "foreign-units":  # sound, on the tiny synthetic recording's 16 channels, units 100-102
+        model = init_model(16, 3, TINY_MODEL, seed=0)
+        checkpoint = save_checkpoint(tmp_path / damage, model, make_metadata(model, unit_ids=[100, 101, 102]))
+        message = r"3 label unit id\(s\) are not units of the ground truth: 100, 101, 102"
+    else:
+        _, checkpoint = _saved_with_optimiser(tmp_path / damage)
     if damage == "flipped":
         _flip(_largest_data_file(checkpoint), _largest_data_file(checkpoint).stat().st_size // 2)
         message = rf"checkpoint {checkpoint} is corrupt: \S+ checksum mismatch"
-    else:
+    elif damage == "stateless":
         shutil.rmtree(checkpoint / "state")
         message = rf"{checkpoint} is not a valid checkpoint: the state/ folder is missing"
     out = tmp_path / "sort"
@@ -329,4 +335,5 @@ def test_sort_entry_point_refuses_a_bad_checkpoint_before_any_work(tmp_path, dam
     assert run.returncode != 0
     results = json.loads((out / "results.json").read_text())
     assert results["status"] == "failed" and re.search(message, results["error"]), results.get("error")
-    assert not (out / "sorting").exists() and not (tmp_path / "cache").exists()
+    assert not (out / "sorting").exists()
+    assert (tmp_path / "cache").exists() == (damage == "foreign-units")  # the recording was made only then

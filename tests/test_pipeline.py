@@ -12,7 +12,7 @@ import pytest
 
 from esort_jax.config import ConfigError
 from esort_jax.evaluate import EvaluationConfig, evaluate, scored_span
-from esort_jax.pipeline import PipelineConfig, fit, sort_and_evaluate
+from esort_jax.pipeline import PipelineConfig, fit, score, sort_and_evaluate
 from esort_jax.train import TrainConfig
 from esort_jax.transfer import TransferConfig
 from esort_jax.windows import LabelError, WindowConfig
@@ -92,6 +92,8 @@ def test_sort_and_evaluate_checks_the_ids_first_and_negative_ids_work_when_they_
         sort_and_evaluate(fitted, recording, truth, CONFIG)
     outcome = sort_and_evaluate(fitted, recording, negative, CONFIG)
     assert outcome.metrics()["accuracy_pooled"] > 0.8
+    with pytest.raises(LabelError, match=r"not units of the ground truth: -1, -2, -3"):  # stage 6 alone
+        score(outcome.sort_result, truth, CONFIG)
 
 
 def test_repeated_or_nan_label_ids_are_refused():
