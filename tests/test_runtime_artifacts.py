@@ -5,7 +5,6 @@ existing caches keep hitting; a stopped pretraining resumes from its work folder
 
 import dataclasses
 
-import pytest
 
 from data_gen import SynthesisConfig
 from data_gen.config import ProbeConfig, UnitsConfig
