@@ -5,7 +5,6 @@ existing caches keep hitting; a stopped pretraining resumes from its work folder
 
 import dataclasses
 
-
 from data_gen import SynthesisConfig
 from data_gen.config import ProbeConfig, UnitsConfig
 from data_gen.synthesize import GENERATOR, GENERATOR_VERSION
