@@ -19,6 +19,21 @@ def noise_recording(num_samples=1000, num_channels=8, seed=0, fs=FS):
     return Recording(ArrayTraces(traces), fs, positions), traces
 
 
+def failing_after_first_read(recording: Recording) -> Recording:
+    """`recording`'s geometry with traces whose reads fail ('disk on fire') after the first
+    chunk: a write that dies part-way."""
+
+    class Exploding:
+        shape = recording.traces.shape
+
+        def read(self, start, stop):
+            if start > 0:
+                raise RuntimeError("disk on fire")
+            return np.zeros((stop - start, recording.num_channels), np.float32)
+
+    return Recording(Exploding(), recording.sampling_frequency, recording.channel_positions)
+
+
 def small_data(samples=400, channels=4):
     """(Recording, GroundTruth): noise, and three spikes of units 5 and 6 at samples 10, 200, 390."""
     recording, _ = noise_recording(samples, channels)

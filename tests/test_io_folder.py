@@ -20,7 +20,7 @@ from esort_jax.io.folder import (
     write_sorting_npz,
 )
 from esort_jax.io.loader import load_ground_truth
-from tests._files import FS, noise_recording, recording_folder, unchanged
+from tests._files import FS, failing_after_first_read, noise_recording, recording_folder, unchanged
 
 _recording = noise_recording
 
@@ -31,7 +31,8 @@ def _truth():
     return GroundTruth(
         samples=[700, 5, 300], unit_indices=[0, 1, 1], unit_ids=[3, 4], sampling_frequency=FS,
         unit_table={"snr": np.array([2.0, 3.0]), "peak_channel": np.array([1, 6]),
-                    "cell_type": np.array(["exc", "inh"]), "position_um": np.array([[0.0, 10.0, 5.0], [0.0, 90.0, 7.0]])},
+                    "cell_type": np.array(["exc", "inh"]),
+                    "position_um": np.array([[0.0, 10.0, 5.0], [0.0, 90.0, 7.0]])},
         drift=Drift(samples=np.array([0, 500, 999]), displacement_um=np.array([[0.0, 0.0], [2.5, -1.0], [5.0, -2.0]])),
         spike_amplitude_scales=[1.25, 0.5, 0.75],
     )
@@ -90,7 +91,8 @@ def test_ground_truth_unit_table_drift_and_metadata_round_trip(tmp_path):
     assert loaded.sampling_frequency == FS and loaded.probe is None
     meta = loaded.metadata["folder_metadata"]
     assert (meta["format"], meta["format_version"]) == (FORMAT_NAME, FORMAT_VERSION)
-    assert (meta["num_samples"], meta["num_channels"], meta["dtype"], meta["has_ground_truth"]) == (1000, 8, "float32", True)
+    sizes = (meta["num_samples"], meta["num_channels"], meta["dtype"], meta["has_ground_truth"])
+    assert sizes == (1000, 8, "float32", True)
     assert meta["generator"] == "test" and meta["recording_metadata"] == {"kind": "noise", "seed": 0}
     assert set(meta["provenance"]) == {"created_utc", "git_commit", "packages"}
     assert loaded.metadata["kind"] == "noise" and loaded.metadata["source"] == str(path)
@@ -137,16 +139,7 @@ def test_bad_storage_options_are_refused_before_writing(tmp_path):
 
 def test_folder_write_is_atomic(tmp_path):
     recording, _ = _recording()
-
-    class Exploding:
-        shape = recording.traces.shape
-
-        def read(self, start, stop):
-            if start > 0:
-                raise RuntimeError("disk on fire")
-            return np.zeros((stop - start, 8), np.float32)
-
-    broken = Recording(Exploding(), 32e3, recording.channel_positions)
+    broken = failing_after_first_read(recording)
     with pytest.raises(RuntimeError, match="disk on fire"):
         write_recording_folder(tmp_path / "rec", broken, chunk_samples=100)
     assert list(tmp_path.iterdir()) == []  # nothing half-written left behind

@@ -35,7 +35,8 @@ def _sorting(cls=Sorting, **extra):
 
 
 def _plain(sorting) -> tuple:
-    return sorting.samples.tolist(), sorting.unit_indices.tolist(), sorting.unit_ids.tolist(), sorting.sampling_frequency
+    return (sorting.samples.tolist(), sorting.unit_indices.tolist(), sorting.unit_ids.tolist(),
+            sorting.sampling_frequency)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -108,8 +109,8 @@ def test_labels_from_our_sorting_and_ground_truth():
     assert type(from_truth.sorting) is Sorting and _plain(from_truth.sorting) == _plain(truth)  # no GroundTruth extras
     assert from_truth.source["kind"] == "ground_truth"
     assert from_truth.unit_table["peak_channel"].tolist() == [3, 1, 2] and "snr" not in from_truth.unit_table
-    with pytest.raises(TypeError, match=r"labels: expected a path, a SpikeInterface sorting, a Sorting or SorterLabels; "
-                                        r"got dict"):
+    with pytest.raises(TypeError, match=r"labels: expected a path, a SpikeInterface sorting, a Sorting or "
+                                        r"SorterLabels; got dict"):
         load_labels({"a": [1, 2]})
 
 
@@ -146,7 +147,8 @@ def test_labels_from_npz_files_and_a_recording_folder_with_ground_truth(tmp_path
     assert _plain(from_folder.sorting) == _plain(truth) and from_folder.source["kind"] == "ground_truth"
     assert from_folder.unit_table["peak_channel"].tolist() == [0, 1, 2]
     write_recording_folder(tmp_path / "no_truth", blank_recording(num_samples=1000))
-    with pytest.raises(RecordingFormatError, match=r"no_truth: labels: an esort_jax recording folder without ground truth"):
+    with pytest.raises(RecordingFormatError, match=r"no_truth: labels: an esort_jax recording folder without "
+                                                   r"ground truth"):
         load_labels(tmp_path / "no_truth")
 
 
