@@ -24,8 +24,16 @@ glibc_only = pytest.mark.skipif(not GLIBC, reason="the malloc settings are glibc
 # a 4 MiB block after a 16 MiB one was freed (glibc's dynamic threshold has then risen to
 # 16 MiB: heap by default), then a 64 MiB block (above any threshold: mmap by default).
 _PROBE = textwrap.dedent("""
-    import ctypes, json, sys
+    import ctypes, json, platform, sys
     from esort_jax.runtime import host_memory
+
+    setting = sys.argv[1]
+    result = {"returned": getattr(host_memory, setting)(*map(int, sys.argv[2:])) if setting != "none" else None}
+    if setting == "fix_mmap_threshold":
+        result["cached"] = host_memory.fix_mmap_threshold(*map(int, sys.argv[2:])) is result["returned"]
+    if platform.libc_ver()[0] != "glibc":
+        print(json.dumps(result))
+        sys.exit()
 
     class MallInfo2(ctypes.Structure):
         _fields_ = [(name, ctypes.c_size_t) for name in
@@ -36,10 +44,6 @@ _PROBE = textwrap.dedent("""
     libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
     libc.free.argtypes = [ctypes.c_void_p]
     libc.mallinfo2.restype = MallInfo2
-    setting = sys.argv[1]
-    result = {"returned": getattr(host_memory, setting)(*map(int, sys.argv[2:])) if setting != "none" else None}
-    if setting == "fix_mmap_threshold":
-        result["cached"] = host_memory.fix_mmap_threshold(*map(int, sys.argv[2:])) is result["returned"]
     libc.free(libc.malloc(16 << 20))
     before = libc.mallinfo2().hblks
     medium = libc.malloc(4 << 20)
