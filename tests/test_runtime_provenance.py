@@ -3,6 +3,7 @@ installed package versions and the UTC time, as recorded in metadata and results
 
 import datetime
 import importlib.metadata
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import esort_jax
 from esort_jax.runtime.provenance import git_commit, package_versions, provenance, utc_now
 
 REPO = Path(__file__).resolve().parents[1]
+needs_git = pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
 
 
 @pytest.fixture
@@ -28,6 +30,7 @@ def _git(repo: Path, *args: str) -> str:
                           text=True).stdout.strip()
 
 
+@needs_git
 def test_git_commit_of_a_repository_with_dirty_only_for_tracked_changes(outside_any_checkout):
     repo = outside_any_checkout / "repo"
     repo.mkdir()
@@ -45,6 +48,7 @@ def test_git_commit_of_a_repository_with_dirty_only_for_tracked_changes(outside_
     assert git_commit(repo) == _git(repo, "rev-parse", "HEAD") != head
 
 
+@needs_git
 def test_no_commit_outside_a_checkout_or_before_the_first_commit(outside_any_checkout):
     assert git_commit(outside_any_checkout) is None
     assert git_commit(outside_any_checkout / "missing") is None
