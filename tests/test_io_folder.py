@@ -381,11 +381,16 @@ def test_sorting_npz_errors_name_the_file_and_array(tmp_path, arrays, expected):
         read_sorting_npz(tmp_path / "s.npz")
 
 
-@pytest.mark.xfail(strict=True, reason="write_sorting_npz stores an object-dtype column (strings held as Python "
-                                       "objects) as a pickle, which read_sorting_npz then refuses: the writer writes "
-                                       "a file its own reader cannot read")
 def test_string_columns_held_as_objects_round_trip(tmp_path):
-    truth = GroundTruth(samples=[1, 2], unit_indices=[0, 1], unit_ids=[0, 1], sampling_frequency=FS,
-                        unit_table={"cell_type": np.array(["exc", "inh"], dtype=object)})
+    """Object arrays of strings are stored as strings (the reader never unpickles); objects that
+    are neither strings nor numbers are refused at write time, nothing written."""
+    truth = GroundTruth(samples=[1, 2], unit_indices=[0, 1], unit_ids=np.array(["a", "b"], dtype=object),
+                        sampling_frequency=FS, unit_table={"cell_type": np.array(["exc", "inh"], dtype=object)})
     write_sorting_npz(tmp_path / "t.npz", truth)
-    assert read_sorting_npz(tmp_path / "t.npz").unit_table["cell_type"].tolist() == ["exc", "inh"]
+    back = read_sorting_npz(tmp_path / "t.npz")
+    assert back.unit_table["cell_type"].tolist() == ["exc", "inh"] and back.unit_ids.tolist() == ["a", "b"]
+    odd = GroundTruth(samples=[1], unit_indices=[0], unit_ids=[0], sampling_frequency=FS,
+                      unit_table={"meta": np.array([{"x": 1}], dtype=object)})
+    with pytest.raises(ValueError, match=r"unit_table\['meta'\]: holds Python objects \(dict"):
+        write_sorting_npz(tmp_path / "odd.npz", odd)
+    assert not (tmp_path / "odd.npz").exists()
