@@ -1,7 +1,7 @@
 """Benchmark data_gen: synthesise a drifting Neuropixels recording into a recording folder.
 
     .venv/bin/python benchmarks/bench_synthesis.py [--durations 30 120] [--channels 384]
-        [--drift slow|nonrigid|fast|none] [--dtype float32|int16] [--mode write|read]
+        [--drift slow|nonrigid|fast|none] [--dtype float32|int16] [--modes write read]
         [--repeats 1] [--out results.json]
 
 Each (duration, mode) runs in a fresh subprocess (--repeats times, alternating over the

@@ -65,7 +65,8 @@ __all__ = [
     "tolerance_to_samples",
 ]
 
-# Keys older results.json files used for a metric that now has one name (report readers map them).
+# Keys older results.json files used for a metric that now has one name (report.results.load_rows
+# maps them when it reads a run folder).
 METRIC_ALIASES = {"precision": "precision_pooled", "recall": "recall_pooled"}
 
 

@@ -59,7 +59,7 @@ def _add(*values: Any) -> Any:
 def prepare_process() -> None:
     """Process-wide set-up every entry point calls first, before Hydra composes its config and
     before JAX computes anything: the config resolvers; glibc malloc keeping XLA's per-step
-    scratch memory mapped instead of page-faulting it afresh every step (30-40 % of a training
+    scratch memory mapped instead of page-faulting it afresh every step (a large share of a training
     step on CPU; see configure_host_allocator); JAX's and absl's INFO chatter off (Hydra's
     logging set-up would print JAX's plugin probing and orbax's every save step)."""
     register_resolvers()

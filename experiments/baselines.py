@@ -3,7 +3,7 @@
     python experiments/baselines.py                                     # 64-channel CPU default
     python experiments/baselines.py sorters=[kilosort4] esort.ks=[10]
     python experiments/baselines.py span=full                           # sorters see everything
-    python experiments/baselines.py target.path=/data/rec.h5            # a file with ground truth
+    python experiments/baselines.py target.path=<recording>.h5            # a file with ground truth
 
 Needs the optional stack (`make baselines-venv`). Stages: the target recording (synthesised
 through the cache or loaded; the same spec as transfer.py) → each sorter through SpikeInterface's

@@ -25,7 +25,7 @@ import hydra
 from omegaconf import DictConfig
 
 from esort_jax.config import ConfigError, to_dict
-from esort_jax.io import read_sorting_npz
+from esort_jax.realdata.labeller import load_labels
 from esort_jax.io.atomic import atomic_folder, write_json
 from esort_jax.sort import SORTING_DEFAULTS
 from esort_jax.report.tables import evaluation_table
@@ -35,15 +35,12 @@ from experiments._stages import run_arm
 
 
 def _labels(path: str):
+    """Spike labels from a .npz sorting, a SpikeInterface sorting folder (read from its JSON
+    description: no pickles), a Phy folder or a recording folder's ground truth."""
     path = Path(path).expanduser()
     if not path.exists():
         raise ConfigError(f"labels: {path} does not exist")
-    if path.suffix == ".npz":
-        return read_sorting_npz(path)
-    from esort_jax.io.spikeinterface import from_spikeinterface_sorting
-    import spikeinterface
-
-    return from_spikeinterface_sorting(spikeinterface.load(path))
+    return load_labels(path).sorting
 
 
 @hydra.main(version_base=None, config_path="../conf", config_name="finetune")

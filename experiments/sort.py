@@ -1,7 +1,7 @@
 """Sort a recording (folder, MEArec .h5, SpikeInterface folder, or synthesised) with a trained
 network, write the spikes, and score them when the recording has ground truth.
 
-    python experiments/sort.py recording.path=/data/rec.h5 checkpoint=<finetune run>/checkpoint
+    python experiments/sort.py recording.path=<recording>.h5 checkpoint=<finetune run>/checkpoint
     python experiments/sort.py recording.path=... checkpoint=... span=[10,70] threshold=1.2
 
 The recording must fit the network (channels, sampling rate, at least one window); it is

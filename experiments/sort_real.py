@@ -1,7 +1,7 @@
 """E-Sort on a real recording, trained from another sorter's output on its first seconds.
 
-    python experiments/sort_real.py recording.path=/data/rec_si labels.path=/data/ks4/sorter_output
-    python experiments/sort_real.py recording.path=/data/run_g0 labels.path=... train_seconds=300 init=scratch
+    python experiments/sort_real.py recording.path=<recording folder> labels.path=<kilosort folder>/sorter_output
+    python experiments/sort_real.py recording.path=<spikeglx run folder> labels.path=... train_seconds=300 init=scratch
 
 Stages: open the recording (any SpikeInterface-readable format) and preprocess it lazily →
 read the labels (Phy/Kilosort folder or SpikeInterface sorting) and check they fit → keep the

@@ -2,7 +2,7 @@
 
     python experiments/transfer.py                    # CPU default: 64-channel NP1 block, 30 s
     python experiments/transfer.py k=5 seed=1 finetune.transfer.freeze=temporal
-    python experiments/transfer.py target.path=/data/rec.h5   # MEArec file or recording folder
+    python experiments/transfer.py target.path=<recording>.h5   # MEArec file or recording folder
 
 Stages: target and source recordings (synthesised through the cache, or loaded) → pretrain on
 the source (cached by config hash) → per arm: fine-tune on the target's training half with K

@@ -1,4 +1,4 @@
-"""Shared test set-up: strict JAX numerics, no W&B, a temp folder per test."""
+"""Shared test set-up: strict JAX numerics, no W&B, the config resolvers every entry point registers."""
 
 import os
 

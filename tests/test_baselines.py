@@ -1,6 +1,6 @@
-"""Baseline sorters beside E-Sort: configuration, spans, shifting, the comparison maths (fast,
-no torch), and real runs of Kilosort4 / SpykingCircus2 / Tridesclous2 (`-m baselines`, which
-need `make baselines-venv` and FAIL, not skip, without it)."""
+"""Baseline sorters beside E-Sort: configuration, spans, shifting (fast, no torch), and real runs
+of Kilosort4 / SpykingCircus2 / Tridesclous2 (`-m baselines`, which need `make baselines-venv`
+and FAIL, not skip, without it). The comparison maths: test_report_comparison.py."""
 
 import json
 import math
@@ -15,7 +15,6 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from esort_jax.realdata import baselines
-from esort_jax.report import comparison
 from esort_jax.realdata.baselines import BaselinesConfig, SorterFailed, shift_sorting, sorted_span
 from esort_jax.config import ConfigError, from_dict
 from esort_jax.evaluate import evaluate
@@ -259,113 +258,6 @@ def test_run_baseline_rejects_a_span_outside_the_recording(monkeypatch, tmp_path
     _fake_sorter(monkeypatch, lambda *a, **k: pytest.fail("must not run"))
     with pytest.raises(ValueError, match=r"span \[3000, 5000\) does not lie within"):
         baselines.run_baseline("tridesclous2", _recording(num_samples=4000), tmp_path / "o", span=(3000, 5000))
-
-
-# ----------------------------------------------------------------------------------------------
-# The comparison on fake numbers
-
-
-def _esort_row(arm, k, acc, sort_seconds=2.0, duration=15.0):
-    return comparison.method_row(f"{arm} K={k}", "esort", {
-        "accuracy_pooled": acc, "accuracy_mean": acc - 0.05, "sort_seconds": sort_seconds,
-        "sorted_duration_s": duration, "train_seconds": 30.0, "well_detected": 40, "n_units": 51,
-    }, arm=arm, k=k)
-
-
-def _fake_rows():
-    return [
-        comparison.method_row("kilosort4", "sorter", {"accuracy_pooled": 0.8, "accuracy_mean": 0.75,
-                                                      "sort_seconds": 300.0, "sorted_duration_s": 15.0,
-                                                      "num_units_found": 60, "n_units": 51, "well_detected": 38,
-                                                      "sorter_version": "4.1.7"}),
-        comparison.method_row("tridesclous2", "sorter", {"accuracy_pooled": 0.9, "sort_seconds": 120.0,
-                                                         "sorted_duration_s": 30.0}),
-        comparison.method_row("spykingcircus2", "sorter", {"status": "failed", "error": "boom\nmore"}),
-        _esort_row("transfer", 5, 0.70, 1.5), _esort_row("transfer", 10, 0.85, 2.5), _esort_row("transfer", 15, 0.90),
-        _esort_row("scratch", 5, 0.50), _esort_row("scratch", 10, 0.70), _esort_row("scratch", 15, 0.85),
-    ]
-
-
-def test_k_to_reach_interpolates_in_log_k_and_gives_the_ratio():
-    rows = _fake_rows()
-    reach = comparison.k_to_reach_level(rows, 0.8)
-    k_transfer = 5 * 2 ** (2 / 3)          # 0.8 lies 2/3 of the way from 0.70 (K=5) to 0.85 (K=10)
-    k_scratch = 10 * 1.5 ** (2 / 3)        # and 2/3 of the way from 0.70 (K=10) to 0.85 (K=15)
-    assert reach["transfer"] == {"k": pytest.approx(k_transfer), "status": "interpolated"}
-    assert reach["scratch"] == {"k": pytest.approx(k_scratch), "status": "interpolated"}
-    assert reach["ratio"] == pytest.approx(k_scratch / k_transfer) and reach["bound"] == "exact"
-    assert "scratch / transfer = 1.65x" in reach["text"]
-
-    never = comparison.k_to_reach_level(rows, 0.88)  # scratch tops out at 0.85
-    assert never["scratch"]["status"] == "never" and never["ratio"] is None
-    assert never["ratio_lower_bound"] == pytest.approx(15 / never["transfer"]["k"])
-    assert "scratch needs K > 15 (never" in never["text"]
-    first = comparison.k_to_reach_level(rows, 0.6)   # transfer is there at K=5 already
-    assert first["transfer"]["status"] == "first" and first["bound"] == "lower"
-    assert "transfer needs K <= 5 (already at the smallest K)" in first["text"] and "scratch / transfer >= " in first["text"]
-    only_transfer = comparison.k_to_reach_level([r for r in rows if r["arm"] != "scratch"], 0.8)
-    assert only_transfer["scratch"] == {"k": None, "status": "missing"} and only_transfer["ratio"] is None
-    with pytest.raises(ValueError, match="metric must be one of"):
-        comparison.k_to_reach_level(rows, 0.8, metric="precision")
-
-
-def test_label_reach_for_each_sorter_that_scored():
-    rows = _fake_rows()
-    sorters = {"kilosort4": {"status": "ok", "accuracy_pooled": 0.8}, "spykingcircus2": {"status": "failed"},
-               "tridesclous2": {"status": "ok", "accuracy_pooled": float("nan")}}
-    reach = comparison.label_reach(rows, sorters, "accuracy_pooled")
-    assert list(reach) == ["kilosort4"] and reach["kilosort4"] == comparison.k_to_reach_level(rows, 0.8)
-    assert comparison.label_reach(rows, sorters, "accuracy_mean") == {}
-
-
-def test_speed_ratios_compare_seconds_per_second_of_data():
-    rows = _fake_rows()
-    assert comparison.esort_seconds_per_data_second(rows) == pytest.approx(2.0 / 15.0)  # median of 1.5, 2, 2.5, ...
-    ratios = comparison.speed_ratios(rows)
-    assert ratios["kilosort4"] == pytest.approx((300 / 15) / (2 / 15))     # 150x
-    assert ratios["tridesclous2"] == pytest.approx((120 / 30) / (2 / 15))  # full span: per second of data
-    assert ratios["spykingcircus2"] is None
-    assert comparison.speed_ratios([r for r in rows if r["kind"] == "sorter"])["kilosort4"] is None
-
-
-def test_comparison_table_lists_every_method_with_its_numbers():
-    rows = comparison.ordered_rows(list(reversed(_fake_rows())))
-    assert [r["method"] for r in rows][:3] == ["spykingcircus2", "tridesclous2", "kilosort4"]
-    assert [r["method"] for r in rows][3:] == [f"transfer K={k}" for k in (5, 10, 15)] + [f"scratch K={k}" for k in (5, 10, 15)]
-    table = comparison.comparison_table(rows)
-    lines = table.splitlines()
-    assert lines[0].split() == ["method", "acc_pool", "acc_mean", "acc_med", "prec", "recall", "well", "found",
-                                "units", "sort_s", "train_s", "x_esort"]
-    ks4 = next(line for line in lines if line.startswith("kilosort4"))
-    assert ks4.split() == ["kilosort4", "0.800", "0.750", "-", "-", "-", "38", "60", "51", "300.00", "-", "150.0"]
-    assert any(line.startswith("spykingcircus2") and "failed: boom" in line for line in lines)
-    transfer10 = next(line for line in lines if line.startswith("transfer K=10"))
-    assert transfer10.split()[2:5] == ["0.850", "0.800", "-"] and transfer10.split()[-1] == "-"
-
-
-def test_csv_and_figure_from_fake_results(tmp_path):
-    import csv
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from esort_jax.report.plots import plot_comparison
-
-    rows = comparison.ordered_rows(_fake_rows())
-    comparison.write_comparison_csv(tmp_path / "c.csv", rows)
-    with open(tmp_path / "c.csv") as handle:
-        read = list(csv.DictReader(handle))
-    assert [r["method"] for r in read] == [r["method"] for r in rows]
-    assert float(read[0]["speed_ratio_vs_esort"]) == pytest.approx(150.0) and read[0]["sorter_version"] == "4.1.7"
-    assert read[2]["status"] == "failed" and read[2]["accuracy_pooled"] == ""
-    fig = plot_comparison({"rows": rows, "target": {"num_channels": 64, "num_units": 51}, "spans": {"span": "eval"}},
-                          tmp_path / "c.png")
-    assert (tmp_path / "c.png").stat().st_size > 10_000
-    scatter = fig.axes[0]
-    assert scatter.get_xscale() == "log"
-    # one point per successful method, plus a hollow fine-tune + sort point per E-Sort row
-    offsets = np.concatenate([c.get_offsets() for c in scatter.collections if len(c.get_offsets())])
-    assert len(offsets) == 2 + 2 * 6
 
 
 # ----------------------------------------------------------------------------------------------

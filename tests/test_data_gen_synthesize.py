@@ -211,13 +211,3 @@ def test_pretraining_data_on_the_geometry_of_an_existing_recording(tmp_path):
     assert source.read(0, 100).shape == (100, 16)
     volume_mm3 = (32 + 60) * (105 + 60) * 70 * 1e-9  # 16 NP2 sites span 32 x 105 µm; 30 µm overhang
     assert truth.num_units == round(15000 * volume_mm3)
-
-
-def test_synthesis_fixes_the_mmap_threshold_where_glibc_allocates():
-    import platform
-
-    from esort_jax.runtime.host_memory import fix_mmap_threshold
-
-    # glibc: mallopt accepted (the threshold that keeps peak memory flat with duration);
-    # elsewhere a no-op that says so.
-    assert fix_mmap_threshold(8 << 20) is (platform.libc_ver()[0] == "glibc")

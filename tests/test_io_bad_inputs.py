@@ -1,5 +1,6 @@
 """Bad inputs to the readers get errors that name the file and what is wrong (no bare KeyError,
-no "not recognised" for a file that is recognised but broken), and reading never writes."""
+no "not recognised" for a file that is recognised but broken). Probe files and recording folders
+have their own test files (test_io_probes.py, test_io_folder.py)."""
 
 import contextlib
 import json
@@ -9,175 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from esort_jax import ArrayTraces, GroundTruth, Recording
+from esort_jax import GroundTruth
 from esort_jax.config import ConfigError
 from esort_jax.io import RecordingFormatError, load_recording, write_mearec, write_recording_folder, write_sorting_npz
 from esort_jax.io.extractors import BinaryOptions
 from esort_jax.io.loader import load_ground_truth
+from tests._files import FS, small_data
 
 pytestmark = [pytest.mark.filterwarnings("ignore:The extractor is not serializable"),
               pytest.mark.filterwarnings("ignore:BinaryRecordingExtractor. the recording has no probe")]
-FS = 32000.0
-
-
-def _data(samples=400, channels=4):
-    traces = np.random.default_rng(0).standard_normal((samples, channels)).astype(np.float32)
-    positions = np.stack([np.zeros(channels), 20.0 * np.arange(channels)], axis=1)
-    truth = GroundTruth(samples=[10, 200, 390], unit_indices=[0, 1, 0], unit_ids=[5, 6], sampling_frequency=FS)
-    return Recording(ArrayTraces(traces), FS, positions), truth
-
-
-def _snapshot(root: Path) -> dict:
-    return {p.relative_to(root).as_posix(): (p.stat().st_size, p.stat().st_mtime_ns, p.read_bytes() if p.is_file() else b"")
-            for p in sorted(root.rglob("*"))}
-
-
-@contextlib.contextmanager
-def _unchanged(root: Path):
-    """Assert the block writes, removes and changes nothing under `root`."""
-    before = _snapshot(root)
-    yield
-    assert _snapshot(root) == before
-
-
-def _folder(tmp_path, name="rec", truth=True) -> Path:
-    recording, ground_truth = _data()
-    return write_recording_folder(tmp_path / name, recording, ground_truth if truth else None)
-
-
-# ----------------------------------------------------------------------------------------------
-# probe files
-
-
-@pytest.mark.parametrize(
-    "content, expected",
-    [
-        ('{"specification": "probeinterface", "version": "0.2"}',
-         r"has no 'probes' key \(top-level keys: specification, version\); expected at least one probe"),
-        ('{"probes": []}', r"has 'probes' is \[\]"),
-        ("[1, 2]", r"holds a JSON list"),
-        ('{"probes": [{"ndim": 2}]}', r"probes\[0\] lacks si_units, contact_positions"),
-        ('{"probes": [\n  {"ndim": 2,}\n]}', r"is not valid JSON: .* at line 2, column 14"),
-    ],
-)
-def test_a_bad_probe_file_says_what_is_missing(tmp_path, content, expected):
-    folder = _folder(tmp_path)
-    probe = tmp_path / "probe.json"
-    probe.write_text(content)
-    raw = tmp_path / "raw.bin"
-    raw.write_bytes(b"\0" * 32)
-    with _unchanged(tmp_path):
-        with pytest.raises(RecordingFormatError, match=rf"^recording\.probe: {probe}:? {expected}"):
-            load_recording(folder, probe=probe)
-        with pytest.raises(RecordingFormatError, match=rf"^recording\.binary\.probe: {probe}:? {expected}"):
-            load_recording(raw, "binary", binary=BinaryOptions(sampling_frequency=FS, num_channels=4, probe=str(probe)))
-    (folder / "probe.json").write_text(content)  # the folder's own probe.json
-    with pytest.raises(RecordingFormatError, match=rf"{folder}: {folder / 'probe.json'}:? {expected}"):
-        load_recording(folder)
-
-
-def test_a_probe_of_another_size_is_refused(tmp_path):
-    import probeinterface
-
-    folder = _folder(tmp_path)
-    probe = probeinterface.generate_linear_probe(num_elec=3)
-    probeinterface.write_probeinterface(folder / "probe.json", probe)
-    with pytest.raises(RecordingFormatError, match=r"probe\.json: describes 1 probe\(s\) with 3 contacts; metadata"
-                                                   r"\.json says 4 channels"):
-        load_recording(folder)
-
-
-# ----------------------------------------------------------------------------------------------
-# recording folders
-
-
-def test_invalid_metadata_json_says_where(tmp_path):
-    folder = _folder(tmp_path)
-    text = (folder / "metadata.json").read_text().splitlines()
-    text[2] = text[2].rstrip(",")  # a missing comma on line 3
-    (folder / "metadata.json").write_text("\n".join(text))
-    with _unchanged(tmp_path):
-        for read in (load_recording, load_ground_truth):
-            with pytest.raises(RecordingFormatError, match=rf"{folder / 'metadata.json'} is not valid JSON: "
-                                                           r"Expecting ',' delimiter at line 4, column 3"):
-                read(folder)
-    (folder / "traces.npy").unlink()  # no traces: still our metadata.json that is broken, not "unrecognised"
-    with pytest.raises(RecordingFormatError, match=r"metadata\.json is not valid JSON"):
-        load_recording(folder)
-
-
-@pytest.mark.parametrize(
-    "change, expected",
-    [
-        (lambda m: m.pop("sampling_frequency"), r"field 'sampling_frequency' is missing"),
-        (lambda m: m.update(sampling_frequency=-1), r"field 'sampling_frequency' must be a number > 0 \(Hz\); got -1"),
-        (lambda m: m.update(num_channels="4"), r"field 'num_channels' must be an integer >= 1; got '4'"),
-        (lambda m: m.update(gain_to_uv=0), r"field 'gain_to_uv' must be a non-zero number; got 0"),
-        (lambda m: m.update(format_version=99), r"format_version 99 is newer"),
-        (lambda m: m.update(dtype="int16"), r"traces\.npy: holds float32 samples but metadata\.json says dtype 'int16'"),
-        (lambda m: m.update(num_samples=401), r"traces shape \(400, 4\) does not match metadata\.json \(401, 4\)"),
-    ],
-)
-def test_metadata_fields_are_checked(tmp_path, change, expected):
-    folder = _folder(tmp_path)
-    meta = json.loads((folder / "metadata.json").read_text())
-    change(meta)
-    (folder / "metadata.json").write_text(json.dumps(meta))
-    with _unchanged(tmp_path), pytest.raises(RecordingFormatError, match=expected):
-        load_recording(folder)
-
-
-def test_truncated_or_inconsistent_files_are_refused(tmp_path):
-    folder = _folder(tmp_path)
-    size = (folder / "traces.npy").stat().st_size
-    with open(folder / "traces.npy", "r+b") as handle:
-        handle.truncate(size - 4)
-    with pytest.raises(RecordingFormatError, match=r"traces\.npy is truncated: header says \(400, 4\) float32"):
-        load_recording(folder)
-
-    folder = _folder(tmp_path, "channels")
-    np.savez(folder / "channels.npz", channel_positions=np.zeros((3, 2)), channel_ids=np.arange(3))
-    with pytest.raises(RecordingFormatError, match=r"channels\.npz: traces have 4 channels but channel_positions has 3 rows"):
-        load_recording(folder)
-
-    folder = _folder(tmp_path, "late")
-    write_sorting_npz(folder / "ground_truth.npz",
-                      GroundTruth(samples=[10, 400], unit_indices=[0, 0], unit_ids=[1], sampling_frequency=FS))
-    with pytest.raises(RecordingFormatError, match=r"ground_truth\.npz: spike sample 400 is beyond the recording's "
-                                                   r"400 samples"):
-        load_recording(folder)
-
-    folder = _folder(tmp_path, "rate")
-    write_sorting_npz(folder / "ground_truth.npz",
-                      GroundTruth(samples=[10], unit_indices=[0], unit_ids=[1], sampling_frequency=30000.0))
-    with pytest.raises(RecordingFormatError, match=r"sampling_frequency 30000 Hz differs from metadata\.json's 32000 Hz"):
-        load_recording(folder)
-
-
-class _Payload:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f"touch {self.marker}",)
-
-
-def test_npz_files_are_never_unpickled(tmp_path):
-    folder = _folder(tmp_path)
-    marker = tmp_path / "RAN"
-    np.savez(folder / "ground_truth.npz", samples=np.array([_Payload(marker)], dtype=object), unit_indices=[0],
-             unit_ids=[1], sampling_frequency=FS)
-    with pytest.raises(RecordingFormatError, match=r"ground_truth\.npz: not a readable \.npz file .*allow_pickle"):
-        load_recording(folder)
-    (tmp_path / "bad.npz").write_bytes(b"PK\x03\x04 not really a zip")
-    with pytest.raises(RecordingFormatError, match=r"bad\.npz: not a readable \.npz file"):
-        load_ground_truth(tmp_path / "bad.npz")
-    np.savez(tmp_path / "negative.npz", samples=np.array([-5, 3]), unit_indices=[0, 0], unit_ids=[1],
-             sampling_frequency=FS)
-    with pytest.raises(RecordingFormatError, match=r"negative\.npz: 'samples' must be a 1-D array of sample indices "
-                                                   r">= 0.*min -5"):
-        load_ground_truth(tmp_path / "negative.npz")
-    assert not marker.exists()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -204,7 +45,7 @@ def test_ground_truth_from_every_input_that_carries_it(tmp_path):
     from esort_jax.io import to_spikeinterface_sorting
     from esort_jax.io.phy import write_sorting_folder
 
-    recording, truth = _data()
+    recording, truth = small_data()
     write_recording_folder(tmp_path / "ours", recording, truth)
     write_mearec(tmp_path / "sim.h5", recording, truth)
     write_sorting_npz(tmp_path / "truth.npz", truth)
@@ -224,7 +65,7 @@ def test_ground_truth_from_every_input_that_carries_it(tmp_path):
 
 
 def test_ground_truth_errors_say_what_the_path_holds(tmp_path):
-    write_recording_folder(tmp_path / "no_truth", _data()[0])
+    write_recording_folder(tmp_path / "no_truth", small_data()[0])
     with pytest.raises(RecordingFormatError, match=r"no_truth: ground truth: a recording \(esort_jax format\) that carries no spike times"):
         load_ground_truth(tmp_path / "no_truth")
     with pytest.raises(RecordingFormatError, match=r"nope: ground truth: does not exist"):
@@ -234,7 +75,7 @@ def test_ground_truth_errors_say_what_the_path_holds(tmp_path):
         load_ground_truth(tmp_path / "notes.txt")
     from esort_jax.io import to_spikeinterface_recording
 
-    to_spikeinterface_recording(_data()[0]).save(folder=tmp_path / "si_recording", n_jobs=1, progress_bar=False)
+    to_spikeinterface_recording(small_data()[0]).save(folder=tmp_path / "si_recording", n_jobs=1, progress_bar=False)
     with pytest.raises(RecordingFormatError, match=r"si_recording: ground truth: a recording \(spikeinterface "
                                                    r"format\) that carries no spike times"):
         load_ground_truth(tmp_path / "si_recording")
@@ -264,7 +105,7 @@ def _sort_config(*overrides):
 def test_sort_config_passes_the_binary_options(tmp_path):
     from experiments._data import obtain_recording
 
-    recording, _ = _data()
+    recording, _ = small_data()
     raw = tmp_path / "raw.bin"
     raw.write_bytes(np.rint(recording.read() * 10).astype(np.int16).tobytes())
     binary = ["recording.format=binary", "recording.binary.sampling_frequency=32000",
@@ -291,7 +132,7 @@ def test_sort_py_sorts_a_raw_binary_recording(tmp_path):
     from esort_jax import checkpoint as ckpt
     from esort_jax.model import ESortNet, ModelConfig
 
-    recording, _ = _data(samples=3200, channels=4)
+    recording, _ = small_data(samples=3200, channels=4)
     model = ESortNet(4, 2, ModelConfig(window=20, anchor=9, temporal_features=(4, 8), spatial_features=16),
                      rngs=nnx.Rngs(0))
     ckpt.save_checkpoint(tmp_path / "checkpoint", model, ckpt.make_metadata(model, unit_ids=[5, 6], recording=recording))
@@ -316,7 +157,7 @@ def test_truncated_spikeinterface_and_mearec_files_are_refused(tmp_path):
 
     from esort_jax.io import to_spikeinterface_recording
 
-    recording, truth = _data()
+    recording, truth = small_data()
     folder = tmp_path / "si"
     to_spikeinterface_recording(recording).save(folder=folder, n_jobs=1, progress_bar=False)
     raw = folder / "traces_cached_seg0.raw"

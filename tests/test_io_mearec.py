@@ -7,6 +7,7 @@ import pytest
 from esort_jax import ArrayTraces, Drift, GroundTruth, Recording, Sorting
 from esort_jax.io import RecordingFormatError, read_mearec, write_mearec
 from esort_jax.io.mearec import _samples_to_times
+from tests._files import failing_after_first_read
 
 FS = 32000.0
 eq = np.testing.assert_array_equal
@@ -227,17 +228,8 @@ def test_not_hdf5_and_missing_files_are_explained(tmp_path):
 
 def test_write_is_atomic_and_sorting_stays_a_sorting(tmp_path):
     recording, _ = _recording()
-
-    class Exploding:
-        shape = recording.traces.shape
-
-        def read(self, start, stop):
-            if start > 0:
-                raise RuntimeError("disk on fire")
-            return np.zeros((stop - start, 6), np.float32)
-
     with pytest.raises(RuntimeError, match="disk on fire"):
-        broken = Recording(Exploding(), FS, recording.channel_positions)
+        broken = failing_after_first_read(recording)
         write_mearec(tmp_path / "rec.h5", broken, chunk_samples=100)
     assert list(tmp_path.iterdir()) == []
     sorting = Sorting([4, 9], [1, 0], unit_ids=["a", "b"], sampling_frequency=FS)

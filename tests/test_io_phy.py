@@ -1,5 +1,6 @@
 """esort_jax.io.phy: Phy/Kilosort folders in (spikes, labels, template columns, clear errors)
-and out (sorting folders, Phy export)."""
+and out (sorting folders, Phy export). Phy labels that do not fit a recording:
+test_realdata_labeller.py."""
 
 from pathlib import Path
 
@@ -8,7 +9,7 @@ import pytest
 
 from esort_jax.realdata.labeller import load_labels
 from esort_jax.io.phy import PhyFormatError, read_phy_folder, template_similarity, write_phy_folder
-from esort_jax.realdata.labeller import LabelFitError, check_labels_fit
+from esort_jax.realdata.labeller import check_labels_fit
 from tests._tiny import FS, fast_compile, tiny_recording  # noqa: F401  (fixture)
 from tests._phy import blank_recording, write_phy
 
@@ -55,24 +56,6 @@ def test_phy_errors_name_the_file_and_field(tmp_path):
         load_labels(tmp_path / "partial")
     with pytest.raises(PhyFormatError, match=r"missing spike_times\.npy"):
         read_phy_folder(tmp_path)
-    # a sampling rate other than the recording's: both values and params.py: sample_rate
-    write_phy(tmp_path / "rate", sample_rate=30000.0)
-    with pytest.raises(LabelFitError, match=r"params\.py: sample_rate is 30000 Hz but the recording is sampled at 32000 Hz"):
-        check_labels_fit(load_labels(tmp_path / "rate"), blank_recording())
-    # spike times beyond the recording: the file, the first offending spike, its unit, the length
-    trains = write_phy(tmp_path / "long")
-    last = max(int(t.max()) for c, t in trains.items() if c != 9)
-    unit = [c for c, t in trains.items() if c != 9 and t.max() == last][0]
-    with pytest.raises(LabelFitError) as caught:
-        check_labels_fit(load_labels(tmp_path / "long"), blank_recording(num_samples=last))
-    message = str(caught.value)
-    assert "spike_times.npy: spike time(s) outside the recording" in message
-    assert f"(unit {unit}), is at sample {last} but the recording has {last} samples" in message
-    # templates / channel_map referring to channels the recording does not have
-    write_phy(tmp_path / "chan", channel_map=[0, 1, 2, 3, 4, 11])
-    with pytest.raises(LabelFitError, match=r"channel_map\.npy: refers to 12 channels \(highest index 11\) but the "
-                                            r"recording has 8 channels"):
-        check_labels_fit(load_labels(tmp_path / "chan"), blank_recording())
     # malformed folders
     write_phy(tmp_path / "lengths")
     np.save(tmp_path / "lengths" / "spike_clusters.npy", np.zeros(3, np.int32))

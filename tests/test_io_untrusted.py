@@ -1,6 +1,7 @@
 """Files from others do not run code: Phy params.py and .prb files are parsed, not executed;
 SpikeInterface folders are loaded from their JSON description, pickles refused unless the user
-opts in. Each refusal names the file (and line) and runs nothing (a marker file stays absent)."""
+opts in. Each refusal names the file (and line) and runs nothing (a marker file stays absent).
+(.prb files, read through esort_jax.io.probes: test_io_probes.py.)"""
 
 import json
 import os
@@ -15,7 +16,6 @@ from esort_jax.io import load_recording, open_spikeinterface_recording
 from esort_jax.io.folder import RecordingFormatError
 from esort_jax.io.loader import load_ground_truth
 from esort_jax.io.phy import PhyFormatError, read_phy_folder
-from esort_jax.io.probes import read_probe_file
 from esort_jax.io.untrusted import UnsafeFileError, load_spikeinterface_folder, read_python_literals
 
 pytestmark = pytest.mark.filterwarnings("ignore:The extractor is not serializable")
@@ -102,24 +102,6 @@ def test_a_safe_params_py_still_reads(tmp_path):
     labels = read_phy_folder(folder)
     assert labels.sorting.sampling_frequency == 30000.0 and labels.sorting.num_spikes == 3
     assert labels.source["params"]["dtype"] == "int16"
-
-
-def test_prb_files_are_parsed_not_run(tmp_path):
-    good = tmp_path / "good.prb"
-    good.write_text("channel_groups = {0: {'channels': list(range(3)), 'geometry': {0: (0, 0), 1: (0, 20), 2: (0, 40)}}}\n")
-    group = read_probe_file(good, key="recording.probe")
-    assert group.probes[0].get_contact_count() == 3
-    np.testing.assert_array_equal(group.probes[0].contact_positions[:, 1], [0, 20, 40])
-    marker = tmp_path / "RAN"
-    bad = tmp_path / "bad.prb"
-    bad.write_text(f"import os\nos.system('touch {marker}')\nchannel_groups = {{}}\n")
-    with pytest.raises(UnsafeFileError, match=r"bad\.prb, line 1: an Import statement"):
-        read_probe_file(bad, key="recording.probe")
-    computed = tmp_path / "computed.prb"
-    computed.write_text("channel_groups = {0: {'channels': [0, 1], 'geometry': {i: (0, 20 * i) for i in range(2)}}}\n")
-    with pytest.raises(UnsafeFileError, match=r"computed\.prb, line 1: a computed value"):
-        read_probe_file(computed)
-    assert not marker.exists()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from esort_jax.report.plots import (  # noqa: E402
     plot_label_reduction,
 )
 from esort_jax.report.results import Pivot  # noqa: E402
+from tests._comparison import fake_rows  # noqa: E402
 
 KS = (1, 2, 5, 10)
 
@@ -130,6 +131,18 @@ def test_comparison_panels(tmp_path, no_open_figures):
     assert [t.get_text() for t in accuracy.get_xticklabels()] == ["kilosort4", "transfer K=5", "transfer K=10",
                                                                  "scratch K=5"]
     assert [p.get_height() for p in well.patches] == [38, 40, 40, 40]
+
+
+def test_comparison_scatter_has_a_point_per_method_that_ran(tmp_path, no_open_figures):
+    rows = comparison.ordered_rows(fake_rows())
+    fig = plot_comparison({"rows": rows, "target": {"num_channels": 64, "num_units": 51}, "spans": {"span": "eval"}},
+                          tmp_path / "c.png")
+    assert (tmp_path / "c.png").stat().st_size > 10_000
+    scatter = fig.axes[0]
+    assert scatter.get_xscale() == "log"
+    # one point per successful method, plus a hollow fine-tune + sort point per E-Sort row
+    offsets = np.concatenate([c.get_offsets() for c in scatter.collections if len(c.get_offsets())])
+    assert len(offsets) == 2 + 2 * 6
 
 
 def test_without_a_path_the_figure_is_shown_through_pyplot():

@@ -88,3 +88,21 @@ def test_pivot_sorts_numeric_axes_and_skips_non_numbers():
         "rows": "k", "cols": None, "metric": "m", "row_values": [2, 10], "col_values": ["m"],
         "values": [[0.25], [pytest.approx(0.6)]], "counts": [[1], [2]],
     }
+
+
+def test_older_metric_names_are_read_as_todays(tmp_path):
+    import json
+
+    from esort_jax.report.results import current_metric_names, load_rows
+
+    old = {"experiment": "transfer", "status": "ok",
+           "transfer": {"accuracy_pooled": 0.9, "precision": 0.95, "recall": 0.94, "window_precision": 0.5},
+           "other": {"precision": 1.0}}  # not a spike-level metrics dict: left alone
+    new = current_metric_names(old)
+    assert new["transfer"] == {"accuracy_pooled": 0.9, "precision_pooled": 0.95, "recall_pooled": 0.94,
+                               "window_precision": 0.5}
+    assert new["other"] == {"precision": 1.0}
+    (tmp_path / "0").mkdir()
+    (tmp_path / "0" / "results.json").write_text(json.dumps(old))
+    row = load_rows(tmp_path)[0]
+    assert row["transfer.precision_pooled"] == 0.95 and "transfer.precision" not in row

@@ -9,7 +9,6 @@ from esort_jax.evaluate import evaluate
 from esort_jax.recording import Sorting
 from esort_jax.report.curves import summarise
 from esort_jax.report.results import Pivot
-from esort_jax.report.summary import unit_table_text
 from esort_jax.report.tables import (
     Column,
     arms_table,
@@ -133,16 +132,6 @@ def test_evaluation_table_per_unit_and_pooled():
     assert spanned[2].split()[:2] == ["0", "7"]
     assert spanned[-1] == "tolerance 0.4 ms = 12 samples; identities unknown; span [0, 10000)"
     assert spanned[-3].endswith("(TP 3, FP 2, FN 3, incl. 1 FP from 1 unpaired predicted units)")
-
-
-def test_unit_table_text_without_a_unit_table_and_with_more_units_than_rows():
-    truth = Sorting.from_unit_dict({3: [1, 2, 3], 7: [5], 9: [6, 8]}, FS)
-    lines = unit_table_text(truth, max_rows=2).splitlines()
-    assert lines[0] == " unit type depth_um peak_ch  amp_uV    snr rate_Hz  spikes"
-    assert lines[2] == "    3    -        -       -       -      -       -       3"
-    assert lines[3].split() == ["7", "-", "-", "-", "-", "-", "-", "1"]
-    assert lines[-1] == "... 1 more units" and len(lines) == 5
-    assert len(unit_table_text(truth).splitlines()) == 5
 
 
 @pytest.mark.parametrize("value", [None, float("nan"), np.float64("inf")])

@@ -1,7 +1,7 @@
 """Acquisition formats read through SpikeInterface's extractors: SpikeGLX, Open Ephys, NWB, and
 raw binary files with a probe file.
 
-    si_recording = open_extractor("/data/run_g0", "spikeglx")                 # lazy
+    si_recording = open_extractor("<spikeglx run folder>", "spikeglx")                 # lazy
     si_recording = open_extractor("rec.dat", "binary", binary=BinaryOptions(
         sampling_frequency=30000, num_channels=384, dtype="int16", probe="probe.json"))
 

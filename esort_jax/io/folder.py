@@ -323,19 +323,32 @@ def write_sorting_npz(path: str | os.PathLike, sorting: Sorting) -> None:
     arrays = {
         "samples": sorting.samples,
         "unit_indices": sorting.unit_indices,
-        "unit_ids": sorting.unit_ids,
+        "unit_ids": _without_objects(sorting.unit_ids, "unit_ids"),
         "sampling_frequency": np.float64(sorting.sampling_frequency),
     }
     if isinstance(sorting, GroundTruth):
         arrays["is_ground_truth"] = np.bool_(True)
         for name, column in sorting.unit_table.items():
-            arrays[_TABLE_PREFIX + name] = np.asarray(column)
+            arrays[_TABLE_PREFIX + name] = _without_objects(column, f"unit_table[{name!r}]")
         if sorting.drift is not None:
             arrays["drift_samples"] = sorting.drift.samples
             arrays["drift_displacement_um"] = sorting.drift.displacement_um
         if sorting.spike_amplitude_scales is not None:
             arrays["spike_amplitude_scales"] = sorting.spike_amplitude_scales
     write_npz(path, **arrays)
+
+
+def _without_objects(values, name: str) -> np.ndarray:
+    """`values` as an array numpy stores without pickling: an object array of strings or numbers
+    becomes a str / numeric array; anything else is refused (the reader never unpickles)."""
+    array = np.asarray(values)
+    if array.dtype != object:
+        return array
+    converted = np.asarray(array.tolist())
+    if converted.dtype == object or converted.shape != array.shape:
+        raise ValueError(f"{name}: holds Python objects ({type(array.flat[0]).__name__}, ...) that an .npz "
+                         "cannot store without pickling; give strings or numbers")
+    return converted
 
 
 def read_sorting_npz(path: str | os.PathLike) -> Sorting | GroundTruth:

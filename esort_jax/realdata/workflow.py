@@ -3,8 +3,8 @@
     import spikeinterface.extractors as se
     from esort_jax.realdata.workflow import run_esort
 
-    recording = se.read_spikeglx("/data/run_g0")                  # any SpikeInterface recording
-    sorting = run_esort(recording, "/data/ks4/sorter_output",      # labels: Phy/Kilosort folder,
+    recording = se.read_spikeglx("<spikeglx run folder>")                  # any SpikeInterface recording
+    sorting = run_esort(recording, "<kilosort folder>/sorter_output",      # labels: Phy/Kilosort folder,
                         train_seconds=300, folder="esort_out")     # SI sorting, or our Sorting
 
 The workflow: a conventional sorter (the labeller) labels the first `train_seconds` of the

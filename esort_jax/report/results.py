@@ -20,7 +20,7 @@ from typing import Any, Iterable, Sequence
 
 from esort_jax.report.csv_writer import csv_columns
 
-__all__ = ["find_results", "flatten", "load_rows", "lookup", "columns_of", "Pivot", "pivot"]
+__all__ = ["find_results", "flatten", "current_metric_names", "load_rows", "lookup", "columns_of", "Pivot", "pivot"]
 
 MAX_LIST = 16  # lists of scalars up to this length are kept (as JSON text); longer ones dropped
 
@@ -78,9 +78,27 @@ def load_rows(root: str | Path) -> list[dict]:
             rows.append({"job": _job(root, path), "status": f"unreadable: {error}"})
             continue
         row = {"job": _job(root, path), "overrides": " ".join(_overrides(path.parent))}
-        row.update(flatten(data))
+        row.update(flatten(current_metric_names(data)))
         rows.append(row)
     return rows
+
+
+def current_metric_names(data: Any) -> Any:
+    """`data` (a loaded results.json) with the metric keys of older runs renamed to today's
+    (esort_jax.evaluate.METRIC_ALIASES, e.g. `precision` -> `precision_pooled`) in every
+    spike-level metrics dict (one holding `accuracy_pooled`); other keys are left alone."""
+    from esort_jax.evaluate import METRIC_ALIASES
+
+    if isinstance(data, list):
+        return [current_metric_names(v) for v in data]
+    if not isinstance(data, dict):
+        return data
+    out = {k: current_metric_names(v) for k, v in data.items()}
+    if "accuracy_pooled" in out:
+        for old, new in METRIC_ALIASES.items():
+            if old in out and new not in out:
+                out[new] = out.pop(old)
+    return out
 
 
 def _job(root: Path, path: Path) -> str:

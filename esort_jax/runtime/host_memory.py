@@ -4,7 +4,8 @@ the work starts (nothing happens at import). Both are no-ops where glibc is not 
 `configure_host_allocator` (XLA on CPU: training, inference). XLA on CPU allocates each step's
 temporaries (~240 MB for a paper-sized training batch) afresh; glibc serves allocations that
 large with mmap and returns them with munmap, so every step page-faults all of it again
-(~60 000 faults per step, 30-40 % of the step time; benchmarks/bench_train.py). With one arena,
+(tens of thousands of faults per step, a large share of the step time: docs/performance.md,
+benchmarks/bench_train.py --no-tune-malloc). With one arena,
 no mmap and no trimming the memory stays mapped and is reused: zero faults per step, at the cost
 of keeping the peak heap (fine for a training run).
 

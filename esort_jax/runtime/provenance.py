@@ -33,10 +33,11 @@ def package_versions(names=_PACKAGES) -> dict[str, str | None]:
 
 
 def git_commit(repo: Path = _REPO) -> str | None:
-    """The repository's HEAD commit, with '-dirty' when the work tree has changes."""
+    """The repository's HEAD commit, with '-dirty' when the work tree has changes (None outside a
+    checkout and before its first commit)."""
     try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10
+        commit = subprocess.run(  # check: before the first commit it fails, printing 'HEAD'
+            ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10, check=True
         ).stdout.strip()
         if not commit:
             return None

@@ -1,0 +1,142 @@
+"""esort_jax.runtime.artifacts: synthesised recordings and pretrained checkpoints are made once
+and then found in the cache; their keys are the keys the code before the reorganisation
+(170ba88, experiments/_data.synthesis_key and experiments/_stages.cached_pretrain) computed, so
+existing caches keep hitting; a stopped pretraining resumes from its work folder."""
+
+import dataclasses
+
+from data_gen import SynthesisConfig
+from data_gen.config import ProbeConfig, UnitsConfig
+from data_gen.synthesize import GENERATOR, GENERATOR_VERSION
+from esort_jax import checkpoint as ckpt
+from esort_jax.config import to_dict
+from esort_jax.io import read_recording_folder
+from esort_jax.model import ModelConfig
+from esort_jax.pipeline import PipelineConfig, fit
+from esort_jax.runtime.artifacts import pretrain_key, pretrained_checkpoint, synthesis_key, synthesised_recording
+from esort_jax.runtime.cache import config_hash
+from esort_jax.train import TrainConfig
+from esort_jax.transfer import TransferConfig
+from esort_jax.windows import WindowConfig
+from tests._tiny import TINY_MODEL, fast_compile, tiny_recording  # noqa: F401  (fixture)
+
+TINY_DATA = SynthesisConfig(duration_s=0.2, seed=1, probe=ProbeConfig(n_channels=8), units=UnitsConfig(n_units=3))
+CONFIG = PipelineConfig(model=TINY_MODEL, train=TrainConfig(epochs=1, batch_size=64, progress=False, kernel="xla"))
+DATA_KEY = {"path": "recordings/source.h5"}
+
+
+# ----------------------------------------------------------------------------------------------
+# Keys: the pre-reorganisation ones
+
+
+def _old_pretrain_key(model, windows, train, seed, data_key):
+    """experiments/_stages.cached_pretrain's key at 170ba88, written out."""
+    return {
+        "role": "pretrain",
+        "checkpoint_format": ckpt.FORMAT_VERSION,
+        "data": data_key,
+        "model": to_dict(model),
+        "windows": to_dict(windows),
+        "train": {k: v for k, v in to_dict(train).items() if k not in ("progress", "log_every_steps")},
+        "seed": seed,
+    }
+
+
+def test_pretrain_key_is_the_pre_reorganisation_key():
+    model = ModelConfig(window=20, anchor=9, temporal_features=(4, 8), spatial_features=16)
+    windows = WindowConfig(spikes_per_unit=5)
+    train = TrainConfig(epochs=1, batch_size=64, progress=False, log_every_steps=5)
+    config = PipelineConfig(model=model, windows=windows, train=train)
+    key = pretrain_key(config, seed=2, data_key=DATA_KEY)
+    assert key == _old_pretrain_key(model, windows, train, 2, DATA_KEY)
+    assert key["train"]["stop_after_epochs"] is None and "progress" not in key["train"]
+    # The hashes 170ba88 computed for these configs (its cache folders' names):
+    assert config_hash(key) == "6523724401a74fe1"
+    data_key = synthesis_key(SynthesisConfig(duration_s=0.5, seed=3, probe=ProbeConfig(n_channels=16)))
+    assert config_hash(data_key) == "76635a0a74fa09e7"
+    assert config_hash(pretrain_key(PipelineConfig(), seed=0, data_key=data_key)) == "ce33ac9a83d636fc"
+
+
+def test_pretrain_key_ignores_only_settings_that_change_no_number():
+    key = config_hash(pretrain_key(CONFIG, seed=0, data_key=DATA_KEY))
+
+    def changed(**train):
+        config = CONFIG.replace(train=dataclasses.replace(CONFIG.train, **train))
+        return config_hash(pretrain_key(config, seed=0, data_key=DATA_KEY)) != key
+
+    assert not changed(progress=True) and not changed(log_every_steps=1)
+    assert changed(epochs=2) and changed(learning_rate=1e-3)
+    assert config_hash(pretrain_key(CONFIG, seed=1, data_key=DATA_KEY)) != key
+    assert config_hash(pretrain_key(CONFIG, seed=0, data_key={"path": "other.h5"})) != key
+    assert config_hash(pretrain_key(CONFIG.replace(windows=WindowConfig(jitter=4)), seed=0, data_key=DATA_KEY)) != key
+    # the transfer and downstream settings are not the pretrained network's
+    other = CONFIG.replace(transfer=TransferConfig(init="scratch", freeze="temporal"))
+    assert pretrain_key(other, seed=0, data_key=DATA_KEY) == pretrain_key(CONFIG, seed=0, data_key=DATA_KEY)
+
+
+def test_synthesis_key_is_the_generator_and_the_whole_config():
+    assert synthesis_key(TINY_DATA) == {"generator": GENERATOR, "generator_version": GENERATOR_VERSION,
+                                        "config": to_dict(TINY_DATA)}
+
+
+# ----------------------------------------------------------------------------------------------
+# Built once, then found
+
+
+def test_synthesised_recording_is_built_once_then_found(tmp_path):
+    folder, hit = synthesised_recording(TINY_DATA, tmp_path / "cache")
+    assert not hit and folder == tmp_path / "cache" / "recordings" / config_hash(synthesis_key(TINY_DATA))
+    recording, truth = read_recording_folder(folder)
+    assert (recording.num_channels, recording.num_samples) == (8, round(0.2 * TINY_DATA.sampling_frequency))
+    assert truth.num_units == 3
+    written = (folder / "traces.npy").stat().st_mtime_ns
+    again, hit = synthesised_recording(TINY_DATA, tmp_path / "cache")
+    assert hit and again == folder and (folder / "traces.npy").stat().st_mtime_ns == written
+    other, hit = synthesised_recording(dataclasses.replace(TINY_DATA, seed=2), tmp_path / "cache")
+    assert not hit and other != folder
+    rebuilt, hit = synthesised_recording(TINY_DATA, tmp_path / "cache", force=True)
+    assert not hit and rebuilt == folder
+    assert read_recording_folder(rebuilt)[0].read().tobytes() == recording.read().tobytes()  # same seed, same bytes
+
+
+def _record_epochs():
+    epochs = []
+    return epochs, lambda epoch, metrics: epochs.append(epoch)
+
+
+def test_pretrained_checkpoint_is_trained_once_then_found(tmp_path):
+    source, truth = tiny_recording(duration_s=1.0)
+    cache = tmp_path / "cache"
+    epochs, callback = _record_epochs()
+    # a transfer config is replaced: pretraining starts from scratch
+    config = CONFIG.replace(transfer=TransferConfig(init="transfer", checkpoint="unused"))
+    path, hit, summary = pretrained_checkpoint(source, truth, config, seed=0, cache_dir=cache, data_key=DATA_KEY,
+                                               callback=callback)
+    digest = config_hash(pretrain_key(CONFIG, seed=0, data_key=DATA_KEY))
+    assert not hit and path == cache / "checkpoints" / digest and epochs == [0]
+    assert summary["epochs"] == 1 and summary["num_units"] == 3 and summary["train_windows"] > 0
+    metadata = ckpt.read_metadata(path)
+    assert metadata.epoch == 1 and metadata.num_units == 3 and metadata.transfer["init"] == "scratch"
+    assert metadata.extra["role"] == "pretrain" and metadata.extra["data"] == DATA_KEY
+    model, _ = ckpt.load_model(path)
+    assert model.num_units == 3
+    assert not (cache / "pretrain_work" / digest).exists()  # the work folder is removed once copied
+    again, hit, summary = pretrained_checkpoint(source, truth, config, seed=0, cache_dir=cache, data_key=DATA_KEY,
+                                                callback=callback)
+    assert hit and again == path and summary == {} and epochs == [0]  # nothing trained
+
+
+def test_a_stopped_pretraining_resumes_from_its_work_folder(tmp_path):
+    source, truth = tiny_recording(duration_s=1.0)
+    cache = tmp_path / "cache"
+    config = CONFIG.replace(train=dataclasses.replace(CONFIG.train, epochs=2))
+    work = cache.resolve() / "pretrain_work" / config_hash(pretrain_key(config, seed=0, data_key=DATA_KEY))
+    stopped = fit(source, truth, config.replace(train=dataclasses.replace(config.train, stop_after_epochs=1)),
+                  seed=0, run_dir=work)  # as a killed pretraining leaves it: one epoch in the work folder
+    assert not stopped.train_result.finished and ckpt.latest_checkpoint(work) is not None
+    epochs, callback = _record_epochs()
+    path, hit, summary = pretrained_checkpoint(source, truth, config, seed=0, cache_dir=cache, data_key=DATA_KEY,
+                                               callback=callback)
+    assert not hit and epochs == [1]  # only the second epoch was trained
+    assert summary["epochs"] == 2 and ckpt.read_metadata(path).epoch == 2
+    assert not work.exists()
