@@ -297,12 +297,7 @@ def test_format_version_2_without_checksums_is_read_with_a_warning(tmp_path, cap
     np.testing.assert_array_equal(np.asarray(loaded.head.kernel.get_value()), np.asarray(model.head.kernel.get_value()))
 
 
-PLANS_HIDE_THE_REASON = pytest.mark.xfail(
-    strict=True, reason="experiments/_plans.py (_is_checkpoint_folder, SortPlan) checks the folder with "
-    "is_checkpoint and says 'no metadata.json' for every problem; it should say ckpt.checkpoint_problem(path)")
-
-
-@pytest.mark.parametrize("damage", ["flipped", pytest.param("stateless", marks=PLANS_HIDE_THE_REASON), "foreign-units"])
+@pytest.mark.parametrize("damage", ["flipped", "stateless", "foreign-units"])
 def test_sort_entry_point_refuses_a_bad_checkpoint_before_any_work(tmp_path, damage):
     """experiments/sort.py: a corrupt checkpoint and a folder without state/ are refused with
     the precise reason in results.json (status failed) before the recording is made; a network
