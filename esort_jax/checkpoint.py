@@ -318,7 +318,7 @@ def save_checkpoint(
         raise CheckpointError(f"refusing to save checkpoint {path}: {bad}; a network with NaN or inf is never saved")
     checksums: dict[str, Any] = {"arrays": {name: array_checksum(a) for name, a in arrays.items()}}
     with atomic_folder(path, overwrite=overwrite) as tmp:
-        ocp.PyTreeCheckpointer().save(tmp / "state", tree)
+        ocp.PyTreeCheckpointer().save((tmp / "state").resolve(), tree)  # orbax wants absolute paths
         checksums["files"] = _file_checksums(tmp / "state")
         write_json(tmp / "metadata.json", {
             **metadata.to_json(), "checksums": checksums, "provenance": metadata.provenance or provenance(),
@@ -432,7 +432,7 @@ def _read_arrays(path: Path, items: tuple[str, ...]) -> dict:
     import orbax.checkpoint as ocp
 
     checkpointer = ocp.PyTreeCheckpointer()
-    state_dir = path / "state"
+    state_dir = (path / "state").resolve()  # orbax wants absolute paths
     tree = checkpointer.metadata(state_dir).item_metadata.tree
     absent = [item for item in items if item not in tree]
     if absent:
