@@ -97,37 +97,8 @@ def write_recording_folder(
         raise ValueError("gain_to_uv applies to int16 storage only")
     num_samples, num_channels = recording.num_samples, recording.num_channels
     with atomic_folder(path, overwrite=overwrite) as tmp:
-        # Sequential writes, not a memory map: a mapped output's pages count as resident
-        # memory (peak RSS = file size) and page-faulting them in is slower than write().
-        # After each chunk, POSIX_FADV_DONTNEED starts its writeback in the background (and
-        # drops it from the page cache once on disk), so the final fsync has little left.
-        advise = getattr(os, "posix_fadvise", None)
-        with open(tmp / "traces.npy", "wb") as handle:
-            _write_npy_header(handle, dtype, (num_samples, num_channels))
-            flushed = 0
-            chunks = recording.iter_chunks(chunk_samples)
-            if progress:
-                from tqdm.auto import tqdm
-
-                chunks = tqdm(
-                    chunks, total=-(-num_samples // chunk_samples), desc=f"writing {path.name}", unit="chunk"
-                )
-            for start, block in chunks:
-                expected = (min(chunk_samples, num_samples - start), num_channels)
-                if block.shape != expected:
-                    raise ValueError(
-                        f"recording.read({start}, {start + expected[0]}) returned shape {block.shape}; expected {expected}"
-                    )
-                if dtype == np.int16:
-                    block = np.clip(np.rint(block / gain_to_uv), -32768, 32767)
-                handle.write(np.ascontiguousarray(block, dtype=dtype).data)
-                if advise is not None:
-                    handle.flush()
-                    written = handle.tell()
-                    advise(handle.fileno(), flushed, written - flushed, os.POSIX_FADV_DONTNEED)
-                    flushed = written
-            handle.flush()
-            os.fsync(handle.fileno())
+        _write_traces(tmp / "traces.npy", recording, chunk_samples, dtype, gain_to_uv,
+                      desc=f"writing {path.name}" if progress else None)
         np.savez(
             tmp / "channels.npz",
             channel_positions=recording.channel_positions,
@@ -157,6 +128,43 @@ def write_recording_folder(
             },
         )
     return path
+
+
+def _write_traces(npy: Path, recording: Recording, chunk_samples: int, dtype: np.dtype, gain_to_uv: float,
+                  desc: str | None) -> None:
+    """Stream the traces into an .npy file chunk by chunk (a progress bar when `desc`), fsynced.
+
+    Sequential writes, not a memory map: a mapped output's pages count as resident memory (peak
+    RSS = file size) and page-faulting them in is slower than write(). After each chunk,
+    POSIX_FADV_DONTNEED starts its writeback in the background (and drops it from the page cache
+    once on disk), so the final fsync has little left.
+    """
+    num_samples, num_channels = recording.num_samples, recording.num_channels
+    advise = getattr(os, "posix_fadvise", None)
+    with open(npy, "wb") as handle:
+        _write_npy_header(handle, dtype, (num_samples, num_channels))
+        flushed = 0
+        chunks = recording.iter_chunks(chunk_samples)
+        if desc is not None:
+            from tqdm.auto import tqdm
+
+            chunks = tqdm(chunks, total=-(-num_samples // chunk_samples), desc=desc, unit="chunk")
+        for start, block in chunks:
+            expected = (min(chunk_samples, num_samples - start), num_channels)
+            if block.shape != expected:
+                raise ValueError(
+                    f"recording.read({start}, {start + expected[0]}) returned shape {block.shape}; expected {expected}"
+                )
+            if dtype == np.int16:
+                block = np.clip(np.rint(block / gain_to_uv), -32768, 32767)
+            handle.write(np.ascontiguousarray(block, dtype=dtype).data)
+            if advise is not None:
+                handle.flush()
+                written = handle.tell()
+                advise(handle.fileno(), flushed, written - flushed, os.POSIX_FADV_DONTNEED)
+                flushed = written
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def _write_npy_header(handle, dtype: np.dtype, shape: tuple[int, int]) -> None:

@@ -307,6 +307,47 @@ def log_tail(folder: Path, lines: int = 40) -> str:
     return "\n".join(parts) if parts else f"(no log found in {folder})"
 
 
+def _sorter_input(recording: Recording, start: int, stop: int, output_folder: Path):
+    """(SpikeInterface recording of [start, stop), the binary copy made for the sorter or None):
+    a recording SpikeInterface cannot serialise is written to `<output_folder>/recording_binary/`."""
+    from esort_jax.io import to_spikeinterface_recording
+
+    si_recording = to_spikeinterface_recording(recording).frame_slice(start_frame=start, end_frame=stop)
+    if _serialisable(si_recording):
+        return si_recording, None
+    copy_folder = output_folder / "recording_binary"
+    with warnings.catch_warnings():  # "not serializable ... provenance": expected, that is why we copy
+        warnings.filterwarnings("ignore", message="The extractor is not serializable")
+        return si_recording.save(folder=copy_folder, format="binary", n_jobs=1, progress_bar=False), copy_folder
+
+
+def _run_sorter(name, version, si_recording, sorter_folder: Path, params: dict, span, n_jobs: int,
+                verbose: bool) -> tuple[Sorting, float]:
+    """(the sorter's spikes in absolute samples, wall seconds) of SpikeInterface's run_sorter;
+    SorterFailed with the log's tail when the sorter raises."""
+    from spikeinterface.sorters import run_sorter
+
+    from esort_jax.io import from_spikeinterface_sorting
+
+    start, stop = span
+    # Threads, not forked processes: the caller may already run JAX (forking it is unsafe).
+    with _global_job_kwargs(n_jobs=n_jobs, pool_engine="thread", progress_bar=False):
+        started = time.perf_counter()
+        try:
+            si_sorting = run_sorter(
+                name, si_recording, folder=str(sorter_folder), remove_existing_folder=True,
+                verbose=verbose, raise_error=True, **params,
+            )
+        except Exception as error:  # the sorter's own exception types vary
+            raise SorterFailed(
+                f"{name} {version} failed on samples [{start}, {stop}) with parameters {params}: "
+                f"{type(error).__name__}: {str(error).strip().splitlines()[-1] if str(error).strip() else ''}\n"
+                f"{log_tail(sorter_folder)}"
+            ) from error
+        sorting = shift_sorting(from_spikeinterface_sorting(si_sorting), start)
+        return sorting, time.perf_counter() - started
+
+
 def run_baseline(
     name: str,
     recording: Recording,
@@ -336,10 +377,6 @@ def run_baseline(
     Returns a BaselineResult whose sorting is in absolute samples.
     Raises SorterNotInstalled, ConfigError (a bad parameter), SorterFailed (with the log tail).
     """
-    from spikeinterface.sorters import run_sorter
-
-    from esort_jax.io import from_spikeinterface_sorting, to_spikeinterface_recording
-
     params = sorter_params(name, params)
     version = sorter_version(name)
     start, stop = (0, recording.num_samples) if span is None else (int(span[0]), int(span[1]))
@@ -351,31 +388,9 @@ def run_baseline(
     output_folder.mkdir(parents=True)
     sorter_folder = output_folder / "sorter"
 
-    si_recording = to_spikeinterface_recording(recording).frame_slice(start_frame=start, end_frame=stop)
-    copy_folder = None
-    if not _serialisable(si_recording):
-        copy_folder = output_folder / "recording_binary"
-        with warnings.catch_warnings():  # "not serializable ... provenance": expected, that is why we copy
-            warnings.filterwarnings("ignore", message="The extractor is not serializable")
-            si_recording = si_recording.save(folder=copy_folder, format="binary", n_jobs=1, progress_bar=False)
-
+    si_recording, copy_folder = _sorter_input(recording, start, stop, output_folder)
     try:
-        # Threads, not forked processes: the caller may already run JAX (forking it is unsafe).
-        with _global_job_kwargs(n_jobs=n_jobs, pool_engine="thread", progress_bar=False):
-            started = time.perf_counter()
-            try:
-                si_sorting = run_sorter(
-                    name, si_recording, folder=str(sorter_folder), remove_existing_folder=True,
-                    verbose=verbose, raise_error=True, **params,
-                )
-            except Exception as error:  # the sorter's own exception types vary
-                raise SorterFailed(
-                    f"{name} {version} failed on samples [{start}, {stop}) with parameters {params}: "
-                    f"{type(error).__name__}: {str(error).strip().splitlines()[-1] if str(error).strip() else ''}\n"
-                    f"{log_tail(sorter_folder)}"
-                ) from error
-            sorting = shift_sorting(from_spikeinterface_sorting(si_sorting), start)
-            wall = time.perf_counter() - started
+        sorting, wall = _run_sorter(name, version, si_recording, sorter_folder, params, (start, stop), n_jobs, verbose)
     finally:
         if copy_folder is not None and not keep_recording_copy:
             shutil.rmtree(copy_folder, ignore_errors=True)
