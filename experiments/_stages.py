@@ -16,7 +16,7 @@ import numpy as np
 
 from data_gen import SynthesisConfig
 from esort_jax.config import ConfigError, to_dict
-from esort_jax.pipeline import Outcome, PipelineConfig, fit, sort_and_evaluate
+from esort_jax.pipeline import Outcome, PipelineConfig, fit, label_accounting, sort_and_evaluate
 from esort_jax.realdata.preprocess import PreprocessConfig, as_recording
 from esort_jax.recording import Recording, Sorting
 from esort_jax.runtime.artifacts import pretrained_checkpoint, synthesis_key
@@ -134,6 +134,7 @@ def run_arm(run, arm: str, recording: Recording, truth: Sorting, config: Pipelin
         checkpoint=str(fitted.train_result.checkpoint), transfer_report=fitted.transfer_report.to_dict(),
         short_units=fitted.windows.report.get("short_units"), training=fitted.summary(),
         threshold_curve=outcome.threshold_curve, per_unit=outcome.evaluation.per_unit(),
+        **label_accounting(fitted, outcome.threshold_curve, config),
     )
     log_scalars(run, {arm: metrics})
     arm_dir.mkdir(parents=True, exist_ok=True)

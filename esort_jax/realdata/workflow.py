@@ -74,6 +74,7 @@ class LabelledSort:
         and [train_end, end).
       recording: the (preprocessed) recording E-Sort ran on.
       seconds: wall time per stage (fit, threshold, sort_before, sort_rest).
+      config: the pipeline settings it ran with.
     """
 
     sorting: Sorting
@@ -87,6 +88,7 @@ class LabelledSort:
     sorted: SortResult
     recording: Recording
     seconds: dict
+    config: PipelineConfig = dataclasses.field(default_factory=PipelineConfig)
 
     @property
     def rest_span(self) -> tuple[int, int]:
@@ -164,6 +166,7 @@ class LabelledSort:
             "training": {k: v for k, v in fitted.summary().items() if k != "num_units"},
             "threshold": self.threshold,
             "threshold_curve": self.threshold_curve,
+            **pipeline.label_accounting(fitted, self.threshold_curve, self.config),
             "num_spikes": self.sorting.num_spikes,
             "agreement": _scores(self.agreement(tolerance_ms)),
             "timing": self.timing(),
@@ -274,7 +277,7 @@ def _fit_and_sort(recording, labels, selection, config, *, train_end, seed, trai
     )
     seconds["fit"] = time.perf_counter() - started
     started = time.perf_counter()
-    threshold, curve = pipeline.choose(fitted, recording, selection.sorting, config)
+    threshold, curve = pipeline.choose(fitted, recording, selection.sorting, config, seed=seed)
     seconds["threshold"] = time.perf_counter() - started
     result = pipeline.sort(fitted, recording, config, threshold=threshold, span=(0, recording.num_samples),
                            split=train_end)
@@ -282,7 +285,7 @@ def _fit_and_sort(recording, labels, selection, config, *, train_end, seed, trai
     return LabelledSort(
         sorting=result.sorting, scores=result.scores, labels=labels, selection=selection, fitted=fitted,
         threshold=threshold, threshold_curve=curve, train_end=train_end, sorted=result,
-        recording=recording, seconds=seconds,
+        recording=recording, seconds=seconds, config=config,
     )
 
 
