@@ -239,12 +239,14 @@ def choose_by_folds(fitted: Fitted, recording: Recording, config: PipelineConfig
         _, curve = sweep_thresholds(p_NxT, span[0] + fold.params.anchor, held_out, config.evaluation.thresholds,
                                     tolerance_ms=config.evaluation.tolerance_ms, config=config.postprocess,
                                     unit_ids=fitted.unit_ids, metric="recall_pooled")
-        curve["heldout_spikes"] = held_out.num_spikes
+        curve["heldout_spikes"], curve["train_steps"] = held_out.num_spikes, fold.train_result.steps
         curves.append(curve)
     if not curves:
         raise LabelError("label_mode 'k_only' needs at least 2 labelled spikes of some unit to choose a threshold "
                          "(or set evaluation.threshold)")
-    return heldout_recall_threshold(curves, config.evaluation.heldout_recall_fraction)
+    threshold, curve = heldout_recall_threshold(curves, config.evaluation.heldout_recall_fraction)
+    curve["fold_train_steps"] = [c["train_steps"] for c in curves]  # the folds' extra training
+    return threshold, curve
 
 
 def label_accounting(fitted: Fitted, threshold_curve: dict, config: PipelineConfig) -> dict:

@@ -174,10 +174,6 @@ class WindowConfig:
             self.label_mode in LABEL_MODES, f"{where}.label_mode",
             f"must be one of {list(LABEL_MODES)}; got {self.label_mode!r}",
         )
-        require(
-            self.label_mode == "complete_span" or self.spikes_per_unit is not None, f"{where}.label_mode",
-            "'k_only' needs K (spikes_per_unit): with every spike labelled the labels are complete",
-        )
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -490,6 +486,9 @@ def make_windows(
       eval_span: explicit evaluation span (default: the rest of the recording after the region).
     """
     config.validate()
+    if config.label_mode == "k_only" and config.spikes_per_unit is None:
+        raise ConfigError("windows.label_mode: 'k_only' needs K (spikes_per_unit); with every spike "
+                          "labelled the labels are complete")
     _check_window(window, anchor, config.jitter)
     check_labels(recording, sorting)
     spans = _Spans.of(recording.num_samples, config, window, train_span, eval_span)

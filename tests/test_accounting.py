@@ -133,3 +133,25 @@ def test_max_steps_sets_the_epochs_and_early_stopping_ends_the_run(data):
     result = train(model, recording, windows, config)
     assert result.stopped_early and result.finished and result.epochs_completed == 3
     assert result.steps == 3 * each == result.history[-1]["step"]
+
+
+def test_label_reduction_is_also_read_against_the_labels_used(tmp_path):
+    from esort_jax.report.curves import reduction_by_axis, summarise
+    from esort_jax.report.plots import label_efficiency_figures
+
+    rows = []
+    for seed in (0, 1):
+        for k, used, t, s in ((2, 300, 0.70, 0.40), (5, 600, 0.85, 0.70), (10, 1000, 0.92, 0.85)):
+            for arm, acc in (("transfer", t), ("scratch", s)):
+                rows.append({"seed": seed, "k": k, "arm": arm, "accuracy_pooled": acc, "labels_used_spikes": used,
+                             "labelled_seconds": used / 100, "train_steps": 10 * k})
+    out = summarise(rows, ("transfer", "scratch"), "accuracy_pooled", None)
+    by_labels = out["label_reduction_by"]["labels_used_spikes"]
+    # transfer reaches 0.85 at K=5 (600 labels); scratch at K=10 (1000 labels): 1000/600, not 10/5
+    level = next(e for e in by_labels["levels"] if e["at_k"] == 5)
+    assert level["ratio"] == pytest.approx(1000 / 600)
+    assert out["label_reduction"]["levels"][1]["ratio"] == pytest.approx(2.0)
+    flat = [dict(r, labelled_seconds_mean=0.0) for r in out["summary"]]  # k_only: no span labelled
+    assert reduction_by_axis(flat, "accuracy_pooled", "labelled_seconds")["levels"] == []
+    figures = label_efficiency_figures({**out, "seeds": [0, 1], "metric": "accuracy_pooled"}, tmp_path)
+    assert {"label_efficiency_labels", "label_reduction_labels_used_spikes"} <= set(figures)
