@@ -52,17 +52,27 @@ def pretrain_key(config, *, seed: int, data_key: dict) -> dict:
     `data_key` describes. `train.kernel` is keyed as resolved on this machine ('xla' or
     'native', as `train` will run it): the two compute different float roundings, so a machine
     without a compiler ('auto' → 'xla') never reuses another's native-kernel network."""
-    train_key = {k: v for k, v in to_dict(config.train).items() if k not in _UNKEYED_TRAIN}
+    train_key = _unless_default({k: v for k, v in to_dict(config.train).items() if k not in _UNKEYED_TRAIN})
     train_key["kernel"] = _train_kernel(config)
     return {
         "role": "pretrain",
         "checkpoint_format": ckpt.FORMAT_VERSION,  # a layout change must not reuse old checkpoints
         "data": data_key,
         "model": to_dict(config.model),
-        "windows": to_dict(config.windows),
+        "windows": _unless_default(to_dict(config.windows)),
         "train": train_key,
         "seed": seed,
     }
+
+
+# Settings added after checkpoints were first cached, keyed only away from their defaults so that
+# those entries (made with the default behaviour) stay valid.
+_ADDED_DEFAULTS = {"label_mode": "complete_span", "max_steps": None, "early_stopping_patience_steps": 0,
+                   "early_stopping_min_delta": 0.0}
+
+
+def _unless_default(settings: dict) -> dict:
+    return {k: v for k, v in settings.items() if k not in _ADDED_DEFAULTS or v != _ADDED_DEFAULTS[k]}
 
 
 def _train_kernel(config) -> str:
