@@ -211,6 +211,7 @@ def esort_from_labels(
     sorter_seconds: float | None = None,
     seed: int = 0,
     train_dir: str | Path | None = None,
+    clear_dropped_units: bool = True,
 ) -> LabelledSort:
     """Train on the labels of the first `train_seconds`, sort the whole recording (module doc).
 
@@ -230,6 +231,10 @@ def esort_from_labels(
       evaluation: the threshold sweep (default EvaluationConfig()).
       sorter_seconds: the labelling sorter's run time, when not recorded with its output.
       train_dir: folder for training checkpoints (None: no checkpoints).
+      clear_dropped_units: the training negatives avoid the spikes of every labelled unit, the
+        ones the quality filter dropped too (True, default: those spikes are real spikes, and a
+        negative window on one teaches the network that a spike there is noise). False trains
+        on the kept units' spikes alone, as before issue 17 (measured in docs/claims.md).
     """
     init = init or ("transfer" if checkpoint is not None else "scratch")
     config = PipelineConfig(
@@ -259,16 +264,32 @@ def esort_from_labels(
             f"[0, {train_seconds:g} s): {selection.report()['dropped_by_reason']} (label, spikes, rate, isi: "
             "the tests that failed); loosen labels.filter or lengthen train_seconds"
         )
-    return _fit_and_sort(recording, labels, selection, config, train_end=train_end, seed=seed, train_dir=train_dir)
+    return _fit_and_sort(recording, labels, selection, config, train_end=train_end, seed=seed, train_dir=train_dir,
+                         clear_dropped_units=clear_dropped_units)
 
 
-def _fit_and_sort(recording, labels, selection, config, *, train_end, seed, train_dir) -> LabelledSort:
+def _training_labels(labels: SorterLabels, selection: UnitSelection, config: PipelineConfig,
+                     clear_dropped_units: bool) -> tuple[Sorting, PipelineConfig]:
+    """(labels, config) to fit on: every unit's spikes with the label columns restricted to the
+    kept units (the negatives avoid the dropped units' spikes too), or the kept units alone."""
+    if not clear_dropped_units:
+        return selection.sorting, config
+    kept = selection.kept_ids
+    if config.windows.units is not None:
+        wanted = {str(u) for u in config.windows.units}
+        kept = [u for u in kept if str(u) in wanted]
+    return labels.sorting, config.replace(windows=dataclasses.replace(config.windows, units=tuple(kept)))
+
+
+def _fit_and_sort(recording, labels, selection, config, *, train_end, seed, train_dir,
+                  clear_dropped_units=True) -> LabelledSort:
     """The pipeline on the kept units: fit on [0, train_end), threshold on its validation tail
     against the same labels, sort the whole recording split at train_end."""
     seconds = {}
     started = time.perf_counter()
+    fit_labels, config = _training_labels(labels, selection, config, clear_dropped_units)
     fitted = pipeline.fit(
-        recording, selection.sorting, config, seed=seed, run_dir=train_dir, train_span=(0, train_end),
+        recording, fit_labels, config, seed=seed, run_dir=train_dir, train_span=(0, train_end),
         metadata_extra={
             "role": "esort_from_labels", "labels": labels.source.get("path"),
             # how the traces were preprocessed: experiments/sort.py applies the same to new recordings

@@ -1,0 +1,44 @@
+"""Issue 17, item 0: the real-data workflow's training labels (dropped units' spikes are never
+negatives) and the SNR-binned scores (SpikeForest's convention)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from esort_jax.pipeline import PipelineConfig
+from esort_jax.realdata.labeller import load_labels
+from esort_jax.realdata.quality import QualityFilter, select_units
+from esort_jax.realdata.workflow import _training_labels
+from esort_jax.recording import Sorting
+from esort_jax.windows import WindowConfig, make_windows
+from tests._tiny import TINY_MODEL, tiny_recording
+
+J = 3
+
+
+def _labels_with_a_sparse_unit():
+    recording, truth = tiny_recording(duration_s=1.5, rate_hz=60.0, seed=4)
+    sparse = truth.unit_indices == 2
+    keep = ~sparse | (np.cumsum(sparse) <= 8)  # unit 2: 8 spikes, under min_spikes
+    sorting = Sorting(truth.samples[keep], truth.unit_indices[keep], truth.unit_ids, truth.sampling_frequency)
+    return recording, load_labels(sorting, duration_s=recording.duration_s)
+
+
+@pytest.mark.parametrize("clear", [True, False])
+def test_dropped_units_spikes_are_never_negatives_unless_asked(clear):
+    recording, labels = _labels_with_a_sparse_unit()
+    end = recording.num_samples // 2
+    selection = select_units(labels, (0, end), QualityFilter(min_spikes=20))
+    assert selection.kept_ids == [0, 1]
+    config = PipelineConfig(model=TINY_MODEL, windows=WindowConfig(jitter=J))
+    fit_labels, fit_config = _training_labels(labels, selection, config, clear)
+    windows = make_windows(recording, fit_labels, fit_config.windows, window=TINY_MODEL.window,
+                           anchor=TINY_MODEL.anchor, seed=0, train_span=(0, end))
+    assert windows.unit_ids.tolist() == [0, 1]  # the network learns the kept units only
+    negatives = windows.train.starts[~windows.train.labels.any(axis=1)] + TINY_MODEL.anchor
+    dropped = labels.sorting.unit_samples(2)
+    hits = sum(bool(np.any(np.abs(negatives - s) <= J)) for s in dropped)
+    # With clear=True no negative window holds a dropped unit's spike; before (clear=False)
+    # nothing kept them out (8 spikes x 7 windows among the negatives of this stretch).
+    assert (hits == 0) if clear else (fit_labels.num_units == 2)
