@@ -42,3 +42,19 @@ def test_dropped_units_spikes_are_never_negatives_unless_asked(clear):
     # With clear=True no negative window holds a dropped unit's spike; before (clear=False)
     # nothing kept them out (8 spikes x 7 windows among the negatives of this stretch).
     assert (hits == 0) if clear else (fit_labels.num_units == 2)
+
+
+def test_snr_is_the_mean_waveform_peak_over_the_mad_noise():
+    from esort_jax.report.snr import snr_summary, unit_snr
+
+    recording, truth = tiny_recording(duration_s=1.5, rate_hz=20.0, amplitude=8.0, seed=1)
+    snr = unit_snr(recording, truth, noise_seconds=1.0)
+    # unit-variance noise plus waveforms of peak 8 on the main channel: SNR close to 8
+    assert snr.shape == (3,) and np.all((snr > 6.5) & (snr < 10.0)), snr
+    per_unit = {"unit_ids": [2, 0, 1], "accuracy": [0.9, 0.5, None]}
+    summary = snr_summary(per_unit, np.array([9.0, 3.0, 20.0]), [0, 1, 2])
+    # units 2 (SNR 20, acc 0.9) and 0 (SNR 9, acc 0.5) are above the cut; unit 1 is silent (None)
+    assert summary["accuracy_mean_snr_above"] == pytest.approx(0.7) and summary["n_units_snr_above"] == 2
+    assert summary["well_detected_snr_above"] == 1
+    low = summary["snr_bins"][0]
+    assert (low["snr_min"], low["snr_max"], low["n_units"]) == (0.0, 5.0, 0)

@@ -143,12 +143,20 @@ class LabelledSort:
 
     def truth_scores(self, truth: Sorting, tolerance_ms: float = 0.4) -> dict:
         """E-Sort, the labelling sorter's kept units and all its units against ground truth on
-        `rest_span`, identities unknown (units paired by agreement); each with per-unit rows."""
+        `rest_span`, identities unknown (units paired by agreement); each with per-unit rows and
+        SpikeForest's SNR-binned summary (esort_jax.report.snr, SNR on the traces E-Sort ran on)."""
+        from esort_jax.report.snr import snr_summary, unit_snr
+
         sortings = {"esort": self.sorting, "labeller_kept_units": self.selection.sorting,
                     "labeller_all_units": self.labels.sorting}
-        return {name: _scores(evaluate(sorting, truth, tolerance_ms=tolerance_ms, identities="unknown",
-                                       span=self.rest_span))
-                for name, sorting in sortings.items()}
+        snr = unit_snr(self.recording, truth)
+        out = {}
+        for name, sorting in sortings.items():
+            scores = _scores(evaluate(sorting, truth, tolerance_ms=tolerance_ms, identities="unknown",
+                                      span=self.rest_span))
+            out[name] = {**scores, **snr_summary(scores["per_unit"], snr, truth.unit_ids)}
+        out["unit_snr"] = {"unit_ids": truth.unit_ids.tolist(), "snr": [None if v != v else v for v in snr.tolist()]}
+        return out
 
     def summary(self, tolerance_ms: float = 0.4) -> dict:
         """What a run reports (experiments/sort_real.py's results.json): the training span and
