@@ -58,3 +58,21 @@ def test_snr_is_the_mean_waveform_peak_over_the_mad_noise():
     assert summary["well_detected_snr_above"] == 1
     low = summary["snr_bins"][0]
     assert (low["snr_min"], low["snr_max"], low["n_units"]) == (0.0, 5.0, 0)
+
+
+def test_label_flags_find_oversplit_dropped_and_missed_units():
+    from esort_jax.realdata.diagnose import label_flags, oracle_threshold
+
+    fs = 32000.0
+    t0, t1, t2 = np.arange(10, 100) * 1000, np.arange(10, 100) * 1000 + 333, np.arange(10, 100) * 1000 + 666
+    truth = Sorting.from_unit_dict({"a": t0, "b": t1, "c": t2}, fs)
+    # labeller: truth a split in two (alternate spikes), truth b as one unit (dropped by the filter),
+    # truth c not found
+    labels = Sorting.from_unit_dict({10: t0[::2] + 1, 11: t0[1::2], 12: t1 - 2}, fs)
+    flags = label_flags(labels, np.array([True, True, False]), truth, (0, 200_000))
+    assert flags["oversplit"] == [True, False, False] and flags["labeller_units"][0] == [10, 11]
+    assert flags["paired_unit"][1] == 12 and flags["paired_dropped"] == [False, True, False]
+    assert flags["missed"] == [False, False, True]
+    scores = np.where(np.arange(labels.num_spikes) % 3 == 0, 0.6, 2.0).astype(np.float32)
+    best = oracle_threshold(labels, scores, truth, (0, 200_000), [0.5, 1.0])
+    assert [c["threshold"] for c in best["curve"]] == [0.5, 1.0] and best["threshold"] == 0.5
