@@ -106,8 +106,15 @@ def test_pretrain_key_ignores_only_settings_that_change_no_number():
 
 
 def test_synthesis_key_is_the_generator_and_the_whole_config():
+    from esort_jax.runtime.artifacts import _ADDED_SYNTHESIS_DEFAULTS
+
+    config = to_dict(TINY_DATA)  # less the settings added later at their defaults (issue 17's harder preset)
+    for section, added in _ADDED_SYNTHESIS_DEFAULTS.items():
+        config[section] = {k: v for k, v in config[section].items() if k not in added}
     assert synthesis_key(TINY_DATA) == {"generator": GENERATOR, "generator_version": GENERATOR_VERSION,
-                                        "config": to_dict(TINY_DATA)}
+                                        "config": config}
+    harder = dataclasses.replace(TINY_DATA, firing=dataclasses.replace(TINY_DATA.firing, burst_fraction=0.3))
+    assert synthesis_key(harder)["config"]["firing"]["burst_fraction"] == 0.3
 
 
 # ----------------------------------------------------------------------------------------------

@@ -34,7 +34,23 @@ def synthesis_key(data: Any) -> dict:
     """What identifies a synthesised recording: the generator version and the full config."""
     from data_gen.synthesize import GENERATOR, GENERATOR_VERSION
 
-    return {"generator": GENERATOR, "generator_version": GENERATOR_VERSION, "config": to_dict(data)}
+    config = to_dict(data)
+    for section, defaults in _ADDED_SYNTHESIS_DEFAULTS.items():  # see the constant
+        if isinstance(config.get(section), dict):
+            config[section] = {k: v for k, v in config[section].items() if k not in defaults or v != defaults[k]}
+    return {"generator": GENERATOR, "generator_version": GENERATOR_VERSION, "config": config}
+
+
+# Synthesis settings added after recordings were first cached (issue 17's harder preset), keyed
+# only away from their defaults, which reproduce the earlier recordings bit for bit.
+_ADDED_SYNTHESIS_DEFAULTS = {
+    "units": {"background_density_per_mm3": 0.0, "background_amplitude_uv": [5.0, 25.0]},
+    "templates": {"amplitude_distribution": "uniform", "amplitude_median_uv": 100.0, "amplitude_log_sd": 0.6,
+                  "positive_fraction": 0.0, "triphasic_fraction": 0.0, "triphasic_ratio": [0.2, 0.5],
+                  "triphasic_lead_ms": 0.3},
+    "firing": {"burst_fraction": 0.0, "burst_probability": 0.3, "burst_max_spikes": 4, "burst_isi_ms": [3.0, 8.0],
+               "burst_attenuation": 0.15},
+}
 
 
 def synthesised_recording(data: Any, cache_dir: str | Path, *, force: bool = False) -> tuple[Path, bool]:
