@@ -76,3 +76,21 @@ def test_label_flags_find_oversplit_dropped_and_missed_units():
     scores = np.where(np.arange(labels.num_spikes) % 3 == 0, 0.6, 2.0).astype(np.float32)
     best = oracle_threshold(labels, scores, truth, (0, 200_000), [0.5, 1.0])
     assert [c["threshold"] for c in best["curve"]] == [0.5, 1.0] and best["threshold"] == 0.5
+
+
+def test_break_even_length_solves_the_two_lines(tmp_path):
+    from esort_jax.report.breakeven import PipelineTimes, break_even_s, fit_linear, plot_break_even
+
+    labeller = fit_linear([(60.0, 320.0), (180.0, 920.0)])  # 5 s per s of data, 20 s start-up
+    assert (labeller.intercept_s, labeller.slope) == pytest.approx((20.0, 5.0))
+    times = PipelineTimes(labeller=labeller, train_span_s=30.0, pretrain_s=0.0, finetune_s=60.0, threshold_s=5.0,
+                          sort_s_per_s=0.25)
+    star = break_even_s(times)
+    assert star == pytest.approx(30.0 + 65.0 / 4.75)
+    assert times.total(star) == pytest.approx(labeller.at(star))  # equal there, E-Sort ahead beyond
+    assert times.total(2 * star) < labeller.at(2 * star)
+    slow = PipelineTimes(labeller=fit_linear([(60.0, 6.0)]), train_span_s=30.0, pretrain_s=0.0, finetune_s=1.0,
+                         threshold_s=0.0, sort_s_per_s=0.25)
+    assert break_even_s(slow) is None  # a labeller faster per second than E-Sort: never
+    plot_break_even({"sorter": times}, tmp_path / "b.png", measured=[{"length_s": 60, "seconds": 320}])
+    assert (tmp_path / "b.png").stat().st_size > 0
