@@ -109,6 +109,9 @@ class UnitsConfig:
     The count is round(density_per_mm3 x slab volume) unless `n_units` is given.
     `min_distance_um`: minimum soma-to-soma distance (MEArec's default 25 µm), enforced by
     rejection sampling so two units never sit on top of each other.
+    `background_density_per_mm3`: neurons whose spikes are in the traces but NOT in the ground
+    truth (0: none): distant cells below detection, placed in the same slab with peak amplitudes
+    uniform in `background_amplitude_uv` (so small that no sorter can isolate them).
     """
 
     density_per_mm3: float = 10000.0
@@ -117,9 +120,13 @@ class UnitsConfig:
     overhang_um: float = 30.0
     inhibitory_fraction: float = 0.2
     min_distance_um: float = 25.0
+    background_density_per_mm3: float = 0.0
+    background_amplitude_uv: tuple[float, float] = (5.0, 25.0)
 
     def validate(self, where: str = "") -> None:
         _positive(where, "density_per_mm3", self.density_per_mm3)
+        _positive(where, "background_density_per_mm3", self.background_density_per_mm3, allow_zero=True)
+        _range(where, "background_amplitude_uv", self.background_amplitude_uv, low=0.0)
         if self.n_units is not None:
             require(self.n_units > 0, _key(where, "n_units"), f"must be > 0; got {self.n_units}")
         _range(where, "z_range_um", self.z_range_um, low=1.0)
@@ -156,6 +163,13 @@ class TemplatesConfig:
     displacement_step_um: templates are precomputed on a grid of this step over each unit's
       displacement range and interpolated linearly.
     amplitude_jitter_sd: per-spike amplitude factor exp(sd * N(0, 1)) (median 1).
+    amplitude_distribution: 'uniform' (above) or 'lognormal': peak amplitude
+      amplitude_median_uv x exp(amplitude_log_sd x N(0, 1)), clipped to [min, max] amplitude.
+    positive_fraction: share of units whose waveform is sign-flipped (a large positive phase
+      first: the "positive spikes" of dendrites and axons seen on dense probes).
+    triphasic_fraction: share of units with a positive phase before the trough (axonal,
+      triphasic spikes), of relative size uniform in `triphasic_ratio`, `triphasic_lead_ms`
+      before the trough.
     """
 
     model: Literal["point", "line"] = "point"
@@ -174,9 +188,27 @@ class TemplatesConfig:
     support_fraction: float = 0.02
     displacement_step_um: float = 2.0
     amplitude_jitter_sd: float = 0.1
+    amplitude_distribution: Literal["uniform", "lognormal"] = "uniform"
+    amplitude_median_uv: float = 100.0
+    amplitude_log_sd: float = 0.6
+    positive_fraction: float = 0.0
+    triphasic_fraction: float = 0.0
+    triphasic_ratio: tuple[float, float] = (0.2, 0.5)
+    triphasic_lead_ms: float = 0.3
 
     def validate(self, where: str = "") -> None:
         _positive(where, "min_amplitude_uv", self.min_amplitude_uv)
+        require(self.amplitude_distribution in ("uniform", "lognormal"), _key(where, "amplitude_distribution"),
+                f"must be 'uniform' or 'lognormal'; got {self.amplitude_distribution!r}")
+        _positive(where, "amplitude_median_uv", self.amplitude_median_uv)
+        _positive(where, "amplitude_log_sd", self.amplitude_log_sd, allow_zero=True)
+        for name in ("positive_fraction", "triphasic_fraction"):
+            value = getattr(self, name)
+            require(_finite(value) and 0.0 <= value <= 1.0, _key(where, name), f"must be in [0, 1]; got {value!r}")
+        require(self.positive_fraction + self.triphasic_fraction <= 1.0, _key(where, "triphasic_fraction"),
+                "positive_fraction + triphasic_fraction must be <= 1")
+        _range(where, "triphasic_ratio", self.triphasic_ratio, low=0.0)
+        _positive(where, "triphasic_lead_ms", self.triphasic_lead_ms)
         _positive(where, "max_amplitude_uv", self.max_amplitude_uv)
         require(
             self.min_amplitude_uv <= self.max_amplitude_uv,
@@ -220,6 +252,9 @@ class FiringConfig:
     variation `rate_cv`, clipped to [min_rate_hz, max_rate_hz]. Inter-spike intervals are
     refractory_ms + Exponential(mean 1/rate - refractory), so the mean rate is the drawn rate
     and no interval is shorter than the refractory period.
+    Bursts (data_gen/bursts.py): a `burst_fraction` of the excitatory units turn each spike, with
+    probability `burst_probability`, into a burst of 2..`burst_max_spikes` spikes at intervals
+    uniform in `burst_isi_ms`, the k-th spike's amplitude scaled by (1 - burst_attenuation)^k.
     """
 
     exc_rate_hz: float = 5.0
@@ -228,8 +263,18 @@ class FiringConfig:
     min_rate_hz: float = 0.5
     max_rate_hz: float = 100.0
     refractory_ms: float = 2.0
+    burst_fraction: float = 0.0
+    burst_probability: float = 0.3
+    burst_max_spikes: int = 4
+    burst_isi_ms: tuple[float, float] = (3.0, 8.0)
+    burst_attenuation: float = 0.15
 
     def validate(self, where: str = "") -> None:
+        for name in ("burst_fraction", "burst_probability", "burst_attenuation"):
+            value = getattr(self, name)
+            require(_finite(value) and 0.0 <= value <= 1.0, _key(where, name), f"must be in [0, 1]; got {value!r}")
+        require(self.burst_max_spikes >= 2, _key(where, "burst_max_spikes"), f"must be >= 2; got {self.burst_max_spikes}")
+        _range(where, "burst_isi_ms", self.burst_isi_ms, low=self.refractory_ms)
         for name in ("exc_rate_hz", "inh_rate_hz", "min_rate_hz", "max_rate_hz", "refractory_ms"):
             _positive(where, name, getattr(self, name))
         _positive(where, "rate_cv", self.rate_cv, allow_zero=True)

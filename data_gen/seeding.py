@@ -19,6 +19,9 @@ STREAMS = {
     "drift": 4,
     "noise": 5,
     "jitter": 6,
+    "families": 7,  # waveform families (templates.positive_fraction / triphasic_fraction)
+    "bursts": 8,  # FiringConfig.burst_*
+    "background": 9,  # background cells' amplitudes (UnitsConfig.background_*)
 }
 
 

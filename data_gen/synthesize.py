@@ -12,6 +12,7 @@ be read first, and memory is bounded by the span, not the duration.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import os
 import threading
 from collections.abc import Mapping
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from data_gen.bursts import add_bursts
 from data_gen.config import SynthesisConfig
 from data_gen.drift import displacement_ranges, make_drift
 from data_gen.firing import draw_rates, refractory_samples, spike_trains
@@ -26,10 +28,10 @@ from data_gen.noise import NoiseSource
 from data_gen.probes import probe_from_config
 from data_gen.seeding import stream_rng
 from data_gen.templates import TemplateBank, build_templates, draw_shapes
-from data_gen.units import place_units
+from data_gen.units import Units, place_units
 from esort_jax.config import from_dict, to_dict
 from esort_jax.runtime.host_memory import fix_mmap_threshold
-from esort_jax.recording import GroundTruth, Recording
+from esort_jax.recording import Drift, GroundTruth, Recording
 
 __all__ = ["SyntheticTraces", "synthesize", "write_synthetic", "resolve_config", "amplitude_jitter", "spikes_by_unit"]
 
@@ -213,10 +215,13 @@ def synthesize(config: SynthesisConfig | Mapping | None = None) -> tuple[Recordi
     probe = probe_from_config(config.probe, "data.probe")
     positions = np.asarray(probe.contact_positions, dtype=np.float64)
 
-    units = place_units(config.units, positions, seed, where="data.units")
-    shapes = draw_shapes(config.templates, units.cell_type, seed)
-    rates = draw_rates(config.firing, units.cell_type, seed)
+    units, num_truth = _units_and_background(config, positions, seed)
+    shapes = _shapes(config, units, num_truth, seed)
+    rates = _rates(config, units.cell_type, num_truth, seed)
     samples, unit_indices = spike_trains(rates, num_samples, fs, config.firing.refractory_ms, seed)
+    samples, unit_indices, burst_factor = add_bursts(
+        samples, unit_indices, units.cell_type[:num_truth], config.firing, fs,
+        refractory_samples(config.firing.refractory_ms, fs), num_samples, seed)
     drift = make_drift(
         config.drift,
         units.positions_um[:, 1],
@@ -230,8 +235,13 @@ def synthesize(config: SynthesisConfig | Mapping | None = None) -> tuple[Recordi
     )
     displacement = np.zeros(samples.size) if drift is None else drift.at(samples, unit_indices)
     jitter = amplitude_jitter(config.templates.amplitude_jitter_sd, unit_indices, units.num_units, seed)
+    if burst_factor.size and np.any(burst_factor != 1.0):
+        jitter = (jitter * burst_factor).astype(np.float32)
     noise = NoiseSource(config.noise, positions, fs, seed)
     traces = SyntheticTraces(num_samples, noise, bank, samples, unit_indices, displacement, jitter)
+    if num_truth < units.num_units:  # background cells: in the traces, not in the ground truth
+        samples, unit_indices, jitter, units, bank, rates, drift = _truth_only(
+            num_truth, samples, unit_indices, jitter, units, bank, rates, drift)
 
     std = float(config.noise.std_uv)
     unit_table = {
@@ -241,9 +251,11 @@ def synthesize(config: SynthesisConfig | Mapping | None = None) -> tuple[Recordi
         "peak_amplitude_uv": bank.peak_amplitude_uv,
         "snr": bank.peak_amplitude_uv / std if std > 0 else np.full(units.num_units, np.inf),
         "firing_rate_hz": rates,
-        "trough_to_peak_ms": shapes.trough_to_peak_ms,
-        "trough_sigma_ms": shapes.trough_sigma_ms,
+        "trough_to_peak_ms": shapes.trough_to_peak_ms[:num_truth],
+        "trough_sigma_ms": shapes.trough_sigma_ms[:num_truth],
     }
+    if shapes.family is not None:
+        unit_table["waveform_family"] = shapes.family[:num_truth]
     metadata = {
         "generator": GENERATOR,
         "generator_version": GENERATOR_VERSION,
@@ -272,6 +284,59 @@ def synthesize(config: SynthesisConfig | Mapping | None = None) -> tuple[Recordi
         spike_amplitude_scales=jitter,
     )
     return recording, truth
+
+
+def _units_and_background(config: SynthesisConfig, positions: np.ndarray, seed: int) -> tuple[Units, int]:
+    """(every simulated cell, how many are ground truth): the units, then the background cells
+    (UnitsConfig.background_density_per_mm3, placed like the units from the seed + 1 stream
+    family, so the units do not depend on them)."""
+    units = place_units(config.units, positions, seed, where="data.units")
+    if config.units.background_density_per_mm3 <= 0:
+        return units, units.num_units
+    spec = dataclasses.replace(config.units, density_per_mm3=config.units.background_density_per_mm3,
+                               n_units=None, min_distance_um=0.0)
+    extra = place_units(spec, positions, seed + 1_000_003, where="data.units.background")
+    both = Units(np.concatenate([units.positions_um, extra.positions_um]),
+                 np.concatenate([units.cell_type, extra.cell_type]))
+    return both, units.num_units
+
+
+def _shapes(config: SynthesisConfig, units: Units, num_truth: int, seed: int):
+    """Waveform shapes of every cell; background cells' peak amplitudes uniform in
+    background_amplitude_uv (stream 'background'/0)."""
+    shapes = draw_shapes(config.templates, units.cell_type, seed)
+    if num_truth < units.num_units:
+        low, high = config.units.background_amplitude_uv
+        u = stream_rng(seed, "background", 0).random(units.num_units - num_truth)
+        shapes.amplitude_uv[num_truth:] = low + u * (high - low)
+    return shapes
+
+
+def _rates(config: SynthesisConfig, cell_type: np.ndarray, num_truth: int, seed: int) -> np.ndarray:
+    """Firing rates of the units (draw_rates), then of the background cells (stream 'background'/1)."""
+    rates = draw_rates(config.firing, cell_type[:num_truth], seed)
+    if num_truth == len(cell_type):
+        return rates
+    background = draw_rates(config.firing, cell_type[num_truth:], seed + 1_000_003)
+    return np.concatenate([rates, background])
+
+
+def _truth_only(num_truth, samples, unit_indices, jitter, units, bank, rates, drift):
+    """The spikes, units, templates, rates and drift of the ground-truth units only."""
+    keep = unit_indices < num_truth
+    units = Units(units.positions_um[:num_truth], units.cell_type[:num_truth])
+    drift = None if drift is None else Drift(drift.samples, drift.displacement_um[:, :num_truth])
+    return (samples[keep], unit_indices[keep], jitter[keep], units, _truth_bank(bank, num_truth),
+            rates[:num_truth], drift)
+
+
+def _truth_bank(bank: TemplateBank, num_truth: int) -> TemplateBank:
+    """The template bank of the ground-truth units only (the background cells' left out)."""
+    cut = slice(0, num_truth)
+    return dataclasses.replace(
+        bank, waveforms=bank.waveforms[cut], grid_start_um=bank.grid_start_um[cut], channel_start=bank.channel_start[cut],
+        channel_stop=bank.channel_stop[cut], peak_channel=bank.peak_channel[cut],
+        peak_amplitude_uv=bank.peak_amplitude_uv[cut], scale=bank.scale[cut], time_offset_ms=bank.time_offset_ms[cut])
 
 
 def write_synthetic(

@@ -27,6 +27,10 @@ Time course at a site (t in ms, relative to the spike):
   d = delay_ms_per_100um x r / 100. A cosine taper brings both ends of the window to 0.
   Types: 'exc' broad (trough-to-peak 0.6-0.9 ms, sigma 0.10-0.14 ms, a 0.2-0.35),
   'inh' narrow (0.3-0.45 ms, 0.05-0.075 ms, a 0.35-0.55), drawn uniformly per unit.
+  Families beyond this one (off by default; stream 'families'): 'positive' units have w
+  sign-flipped (polarity -1: the large phase is positive); 'triphasic' units add
+  p (st / st') exp(-(t - d + lead)² / 2 st'²) before the trough (p uniform in
+  `triphasic_ratio`). The ground-truth sample is the large phase's extremum either way.
 
 Template(site, t) = scale x f(site) x w_site(t). `scale` makes the largest |value| over
 channels and samples at zero drift equal to the unit's drawn peak amplitude (uniform in
@@ -78,6 +82,9 @@ class WaveformShapes:
     trough_sigma_ms: np.ndarray
     trough_to_peak_ms: np.ndarray
     repol_ratio: np.ndarray
+    polarity: np.ndarray | None = None  # [N] +1 or -1 (None: all +1)
+    prephase_ratio: np.ndarray | None = None  # [N] triphasic pre-trough phase (None: all 0)
+    family: np.ndarray | None = None  # [N] 'biphasic' | 'positive' | 'triphasic'
 
     @property
     def repol_sigma_ms(self) -> np.ndarray:
@@ -93,11 +100,38 @@ def draw_shapes(config: TemplatesConfig, cell_type: np.ndarray, seed: int) -> Wa
         sigma = config.exc_trough_sigma_ms if kind == "exc" else config.inh_trough_sigma_ms
         t2p = config.exc_trough_to_peak_ms if kind == "exc" else config.inh_trough_to_peak_ms
         ratio = _REPOL_RATIO[kind]
-        out["amplitude_uv"][i] = config.min_amplitude_uv + u[0] * (config.max_amplitude_uv - config.min_amplitude_uv)
+        out["amplitude_uv"][i] = _amplitude(config, u[0])
         out["trough_sigma_ms"][i] = sigma[0] + u[1] * (sigma[1] - sigma[0])
         out["trough_to_peak_ms"][i] = t2p[0] + u[2] * (t2p[1] - t2p[0])
         out["repol_ratio"][i] = ratio[0] + u[3] * (ratio[1] - ratio[0])
+    if config.positive_fraction or config.triphasic_fraction:
+        out.update(_families(config, n, seed))
     return WaveformShapes(**out)
+
+
+def _amplitude(config: TemplatesConfig, u: float) -> float:
+    """A unit's peak amplitude from its uniform draw `u`: uniform in [min, max], or lognormal
+    (its inverse CDF at u) clipped to [min, max]."""
+    low, high = config.min_amplitude_uv, config.max_amplitude_uv
+    if config.amplitude_distribution == "uniform":
+        return low + u * (high - low)
+    from scipy.special import ndtri
+
+    z = float(ndtri(min(max(u, 1e-12), 1 - 1e-12)))
+    return float(np.clip(config.amplitude_median_uv * np.exp(config.amplitude_log_sd * z), low, high))
+
+
+def _families(config: TemplatesConfig, n: int, seed: int) -> dict:
+    """polarity, prephase_ratio and family per unit (stream 'families'/unit: two uniforms)."""
+    polarity, prephase, family = np.ones(n), np.zeros(n), np.full(n, "biphasic", dtype=object)
+    low, high = config.triphasic_ratio
+    for i in range(n):
+        u = stream_rng(seed, "families", i).random(2)
+        if u[0] < config.positive_fraction:
+            polarity[i], family[i] = -1.0, "positive"
+        elif u[0] < config.positive_fraction + config.triphasic_fraction:
+            prephase[i], family[i] = low + u[1] * (high - low), "triphasic"
+    return {"polarity": polarity, "prephase_ratio": prephase, "family": family.astype(str)}
 
 
 def template_time_ms(config: TemplatesConfig, fs: float) -> tuple[np.ndarray, int]:
@@ -160,6 +194,11 @@ def site_waveforms(
     trough = np.sqrt(st**2 / st2) * np.exp(-(tt**2) / (2.0 * st2))
     repol = shapes.repol_ratio[unit] * np.sqrt(sr**2 / sr2) * np.exp(-((tt - m) ** 2) / (2.0 * sr2))
     w = repol - trough
+    if shapes.prephase_ratio is not None and shapes.prephase_ratio[unit]:
+        w = w + shapes.prephase_ratio[unit] * np.sqrt(st**2 / st2) * np.exp(
+            -((tt + config.triphasic_lead_ms) ** 2) / (2.0 * st2))
+    if shapes.polarity is not None:
+        w = shapes.polarity[unit] * w
     return w * _taper(np.asarray(t_ms, dtype=np.float64))[:, None] if taper else w
 
 
@@ -170,7 +209,8 @@ def _trough_offset_ms(config, shapes, unit, r_peak) -> float:
     """
     fine = np.arange(-0.5, 1.0, 5e-4)
     w = site_waveforms(config, shapes, unit, np.array([r_peak]), fine, taper=False)[:, 0]
-    return float(fine[np.argmin(w)])
+    polarity = 1.0 if shapes.polarity is None else float(shapes.polarity[unit])
+    return float(fine[np.argmin(polarity * w)])  # the large phase: the trough, or the flipped one
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

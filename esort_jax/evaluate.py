@@ -82,6 +82,9 @@ class EvaluationConfig:
       thresholds: the sweep (paper: 0.5 … 2.9 with the peak-normalised 17-tap kernel).
       threshold_metric: what the sweep maximises.
       window_metrics_max: windows of the evaluation span scored at window level (0: skip).
+      heldout_recall_fraction: label_mode 'k_only' (no complete labels to sweep against): the
+        threshold is the largest of `thresholds` keeping this fraction of the held-out recall of
+        a 2-fold cross-validation over the K labelled spikes (threshold.heldout_recall_threshold).
     """
 
     tolerance_ms: float = 0.4
@@ -89,6 +92,7 @@ class EvaluationConfig:
     thresholds: tuple[float, ...] = tuple(round(0.5 + 0.2 * i, 2) for i in range(13))
     threshold_metric: str = "accuracy_pooled"
     window_metrics_max: int = 16384
+    heldout_recall_fraction: float = 0.9
 
     def validate(self, where: str = "evaluation") -> None:
         require(self.tolerance_ms > 0, f"{where}.tolerance_ms", f"must be > 0; got {self.tolerance_ms}")
@@ -97,6 +101,8 @@ class EvaluationConfig:
             all(t > 0 for t in self.thresholds), f"{where}.thresholds", f"must be > 0; got {list(self.thresholds)}"
         )
         require(self.window_metrics_max >= 0, f"{where}.window_metrics_max", "must be >= 0")
+        require(0 < self.heldout_recall_fraction <= 1, f"{where}.heldout_recall_fraction",
+                f"must lie in (0, 1]; got {self.heldout_recall_fraction}")
 
 
 def scored_span(span: tuple[int, int], *, window: int, anchor: int) -> tuple[int, int]:

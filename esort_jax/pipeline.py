@@ -9,6 +9,7 @@
   2. network    fresh, or the backbone of a pretrained checkpoint     transfer.finetune_model
   3. train      BCE + Adam on the training windows                    train.train
   4. threshold  swept on the validation part of the training region   threshold.choose_threshold
+                (label_mode 'k_only': 2-fold CV over the K labels)     choose_by_folds
   5. sort       streamed inference into peak picking                  sort.sort_recording
   6. evaluate   matching against the truth on the scored span         evaluate.evaluate
 
@@ -28,13 +29,15 @@ from typing import Callable
 
 import numpy as np
 
+from esort_jax.accounting import accounting, label_noise, training_labels
+from esort_jax.config import ConfigError
 from esort_jax.evaluate import EvaluationConfig, EvaluationResult, evaluate, scored_span
-from esort_jax.infer import InferenceConfig, InferenceParams, fold_batchnorm
+from esort_jax.infer import InferenceConfig, InferenceParams, fold_batchnorm, predict_probabilities
 from esort_jax.model import ModelConfig, ESortNet
 from esort_jax.postprocess import PostprocessConfig
 from esort_jax.recording import Recording, Sorting
 from esort_jax.sort import SortResult, sort_recording
-from esort_jax.threshold import choose_threshold
+from esort_jax.threshold import choose_threshold, fold_split, heldout_recall_threshold, sweep_thresholds
 from esort_jax.train import TrainConfig, TrainResult, evaluate_windows, train
 from esort_jax.transfer import TransferConfig, TransferReport, finetune_model
 from esort_jax.windows import (
@@ -43,7 +46,8 @@ from esort_jax.windows import (
 
 __all__ = [
     "PipelineConfig", "Fitted", "Outcome",
-    "fit", "check_unit_ids", "choose", "sort", "score", "window_scores", "sort_and_evaluate",
+    "fit", "check_unit_ids", "choose", "choose_by_folds", "label_accounting", "sort", "score", "window_scores",
+    "sort_and_evaluate",
 ]
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +65,11 @@ class PipelineConfig:
     def validate(self, where: str = "") -> None:
         for field in dataclasses.fields(self):
             getattr(self, field.name).validate(f"{where}{field.name}")
+        if self.windows.label_mode == "k_only" and self.train.early_stopping_patience_steps:
+            raise ConfigError(
+                f"{where}train.early_stopping_patience_steps: early stopping watches the validation part's "
+                "complete labels, which label_mode 'k_only' does not have; turn one of them off"
+            )
 
     def replace(self, **changes) -> "PipelineConfig":
         return dataclasses.replace(self, **changes)
@@ -74,6 +83,7 @@ class Fitted:
     windows: WindowSets
     train_result: TrainResult
     transfer_report: TransferReport
+    label_facts: dict = dataclasses.field(default_factory=dict)  # esort_jax.accounting.training_labels
 
     @property
     def unit_ids(self) -> np.ndarray:
@@ -96,6 +106,8 @@ class Fitted:
             "validation_windows": len(self.windows.validation),
             "num_units": self.windows.num_units,
             "batch_size": self.train_result.batch_size,
+            "steps": self.train_result.steps,
+            "stopped_early": self.train_result.stopped_early,
             "final": {k: v for k, v in last.items() if isinstance(v, (int, float))},
         }
         if self.train_result.batch_note:
@@ -147,13 +159,16 @@ def fit(
     trained (checkpoints in `run_dir`, resumed from there). Pretraining is this with
     `config.transfer.init == 'scratch'` on a source recording. With `truth` (what the network
     will be scored against), the network's unit ids are checked against it before any
-    training (`check_unit_ids`)."""
+    training (`check_unit_ids`) and the training labels measured against it
+    (`accounting.label_noise`, into `Fitted.label_facts`)."""
     windows = make_windows(
         recording, labels, config.windows, window=config.model.window, anchor=config.model.anchor,
         seed=seed, train_span=train_span, eval_span=eval_span,
     )
+    facts = training_labels(windows, labels)
     if truth is not None:
         check_unit_ids(windows.unit_ids, truth)
+        facts.update(label_noise(windows, truth))
     model, report = finetune_model(
         recording.num_channels, windows.num_units, config.model, config.transfer,
         seed=seed, channel_positions=recording.channel_positions,
@@ -163,7 +178,7 @@ def fit(
         run_dir=run_dir, freeze=config.transfer.freeze, callback=callback,
         transfer=report.to_dict(), metadata_extra=metadata_extra,
     )
-    return Fitted(model=result.model, windows=windows, train_result=result, transfer_report=report)
+    return Fitted(model=result.model, windows=windows, train_result=result, transfer_report=report, label_facts=facts)
 
 
 def check_unit_ids(unit_ids, truth: Sorting) -> None:
@@ -189,13 +204,56 @@ def check_unit_ids(unit_ids, truth: Sorting) -> None:
     )
 
 
-def choose(fitted: Fitted, recording: Recording, labels: Sorting, config: PipelineConfig) -> tuple[float, dict]:
+def choose(fitted: Fitted, recording: Recording, labels: Sorting, config: PipelineConfig, *,
+           seed: int = 0) -> tuple[float, dict]:
     """Stage 4: (threshold, sweep curve) on the validation part of the training region,
-    against `labels` (the labels the network was trained from)."""
+    against `labels` (the labels the network was trained from); with label_mode 'k_only' from
+    the K labelled spikes alone (`choose_by_folds`)."""
+    if config.evaluation.threshold is None and fitted.windows.config.label_mode == "k_only":
+        return choose_by_folds(fitted, recording, config, seed=seed)
     return choose_threshold(
         fitted.params, recording, labels, fitted.windows.validation_span, config.evaluation,
         unit_ids=fitted.unit_ids, infer_config=config.infer, postprocess_config=config.postprocess,
     )
+
+
+def choose_by_folds(fitted: Fitted, recording: Recording, config: PipelineConfig, *, seed: int) -> tuple[float, dict]:
+    """label_mode 'k_only': (threshold, curve) from the K labelled spikes alone. The kept
+    spikes are split in two folds (`threshold.fold_split`); for each, a network is fitted with
+    the same settings on the other fold (K/2 per unit, same training region), the training span
+    is sorted, and the held-out labelled spikes' recall is measured at every swept threshold;
+    `threshold.heldout_recall_threshold` picks the threshold (evaluation.heldout_recall_fraction).
+    Costs two more fine-tunings."""
+    windows = fitted.windows
+    kept = windows.kept_spikes.select_units(windows.kept_spikes.unit_index_of(fitted.unit_ids))
+    half = -(-windows.config.spikes_per_unit // 2)
+    fold_config = config.replace(windows=dataclasses.replace(windows.config, spikes_per_unit=half,
+                                                             short_units="keep_all", units=None))
+    region, span = tuple(windows.report["training_region"]), windows.train_span
+    curves = []
+    for trained_on, held_out in fold_split(kept):
+        if not held_out.num_spikes or not trained_on.num_spikes:
+            continue
+        fold = fit(recording, trained_on, fold_config, seed=seed, train_span=region, eval_span=windows.eval_span)
+        p_NxT = predict_probabilities(fold.params, recording, config.infer, start=span[0], stop=span[1])
+        _, curve = sweep_thresholds(p_NxT, span[0] + fold.params.anchor, held_out, config.evaluation.thresholds,
+                                    tolerance_ms=config.evaluation.tolerance_ms, config=config.postprocess,
+                                    unit_ids=fitted.unit_ids, metric="recall_pooled")
+        curve["heldout_spikes"], curve["train_steps"] = held_out.num_spikes, fold.train_result.steps
+        curves.append(curve)
+    if not curves:
+        raise LabelError("label_mode 'k_only' needs at least 2 labelled spikes of some unit to choose a threshold "
+                         "(or set evaluation.threshold)")
+    threshold, curve = heldout_recall_threshold(curves, config.evaluation.heldout_recall_fraction)
+    curve["fold_train_steps"] = [c["train_steps"] for c in curves]  # the folds' extra training
+    return threshold, curve
+
+
+def label_accounting(fitted: Fitted, threshold_curve: dict, config: PipelineConfig) -> dict:
+    """The labels a fitted and thresholded network used (esort_jax.accounting: the four
+    ACCOUNTING_KEYS and `label_accounting`, the breakdown), for every results.json arm."""
+    return accounting(fitted.label_facts, threshold_curve, train_steps=fitted.train_result.steps,
+                      early_stopping=config.train.early_stopping_patience_steps > 0)
 
 
 def sort(
@@ -263,7 +321,7 @@ def sort_and_evaluate(
     `truth` (spike level and window level). LabelError first if a network unit is not a unit
     of `truth` (`check_unit_ids`)."""
     check_unit_ids(fitted.unit_ids, truth)
-    threshold, curve = choose(fitted, recording, truth if labels is None else labels, config)
+    threshold, curve = choose(fitted, recording, truth if labels is None else labels, config, seed=seed)
     result = sort(fitted, recording, config, threshold=threshold)
     return Outcome(
         sort_result=result, evaluation=score(result, truth, config), threshold=threshold,

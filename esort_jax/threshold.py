@@ -21,7 +21,7 @@ from esort_jax.infer import InferenceConfig, InferenceParams, predict_probabilit
 from esort_jax.postprocess import PostprocessConfig, find_spikes
 from esort_jax.recording import Recording, Sorting
 
-__all__ = ["SWEEP_METRICS", "choose_threshold", "sweep_thresholds"]
+__all__ = ["SWEEP_METRICS", "choose_threshold", "sweep_thresholds", "fold_split", "heldout_recall_threshold"]
 
 # What a sweep can maximise (EvaluationResult.to_dict() keys).
 SWEEP_METRICS = ("accuracy_pooled", "precision_pooled", "recall_pooled", "accuracy_mean",
@@ -63,6 +63,9 @@ def choose_threshold(
     )
     curve["span"] = [int(span[0]), int(span[1])]
     curve["metric"] = config.threshold_metric
+    curve["rule"] = "validation_sweep"
+    scored = known.in_span(span[0] + params.anchor, span[1] - params.window + 1 + params.anchor)
+    curve["labels"] = scored.num_spikes  # the labelled spikes the choice saw (esort_jax.accounting)
     return best, curve
 
 
@@ -122,3 +125,38 @@ def sweep_thresholds(
     score = np.asarray(curve[metric], dtype=np.float64)
     best = int(np.argmax(np.where(np.isnan(score), -np.inf, score)))
     return values[best], curve
+
+
+# ----------------------------------------------------------------------------------------------
+# label_mode='k_only': the threshold from the K labelled spikes alone (pipeline.choose_by_folds)
+
+
+def fold_split(spikes: Sorting, folds: int = 2) -> list[tuple[Sorting, Sorting]]:
+    """(trained on, held out) per fold: each unit's spikes in time order, its r-th spike held
+    out in fold r % folds (K = 2: one spike each way)."""
+    rank = np.zeros(spikes.num_spikes, dtype=np.int64)
+    for u in range(spikes.num_units):
+        where = np.flatnonzero(spikes.unit_indices == u)
+        rank[where] = np.arange(where.size)
+    return [(spikes.select_spikes(rank % folds != f), spikes.select_spikes(rank % folds == f))
+            for f in range(folds)]
+
+
+def heldout_recall_threshold(curves: Sequence[dict], fraction: float) -> tuple[float, dict]:
+    """The k_only rule: (threshold, curve). Per fold, `curves` hold `threshold`, the held-out
+    labelled spikes' `recall_pooled` at each threshold and their count `heldout_spikes`; the
+    recall is pooled over folds, and the threshold is the LARGEST one whose pooled held-out
+    recall is at least `fraction` of the pooled recall at the lowest threshold (the lowest
+    threshold when no held-out spike is found at all). Precision cannot be measured without
+    complete labels: raising the threshold until recall starts to drop is what the K spikes can
+    tell."""
+    thresholds = [float(t) for t in curves[0]["threshold"]]
+    counts = np.asarray([c["heldout_spikes"] for c in curves], dtype=np.float64)
+    found = sum(np.asarray(c["recall_pooled"], dtype=np.float64) * n for c, n in zip(curves, counts))
+    recall = found / max(counts.sum(), 1.0)
+    target = fraction * recall[0]
+    best = thresholds[int(np.flatnonzero(recall >= target).max())] if recall[0] > 0 else thresholds[0]
+    curve = {"rule": "k_only_cv", "threshold": thresholds, "heldout_recall": recall.tolist(),
+             "fraction": float(fraction), "folds": len(curves), "labels": int(counts.sum()),
+             "num_spikes": [sum(c["num_spikes"][i] for c in curves) for i in range(len(thresholds))]}
+    return best, curve

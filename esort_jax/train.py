@@ -90,6 +90,7 @@ __all__ = [
     "make_eval_step",
     "evaluate_windows",
     "window_metrics",
+    "early_stop",
     "train",
 ]
 
@@ -132,6 +133,13 @@ class TrainConfig:
         matrix products (any backend, any device count); 'native': the C++ kernel of
         esort_jax.fast.native reads the windows in place from the traces (one CPU device, float32;
         an error if it cannot be used); 'auto' (default): 'native' where it can be used.
+      max_steps: a budget in optimiser steps instead of epochs: the run gets
+        ceil(max_steps / steps per epoch) epochs (replacing `epochs`), so arms with different
+        training-set sizes get the same budget. None: `epochs` decides.
+      early_stopping_patience_steps: stop once the validation loss (`val_loss`, checked after
+        each epoch) has not improved by more than `early_stopping_min_delta` for this many
+        optimiser steps; the last state is kept (0: off; needs validation windows).
+      early_stopping_min_delta: the improvement that counts.
     """
 
     epochs: int = 50
@@ -152,6 +160,9 @@ class TrainConfig:
     stop_after_epochs: int | None = None
     progress: bool = True
     kernel: Literal["auto", "xla", "native"] = "auto"
+    max_steps: int | None = None
+    early_stopping_patience_steps: int = 0
+    early_stopping_min_delta: float = 0.0
 
     def validate(self, where: str = "train") -> None:
         require(self.epochs >= 1, f"{where}.epochs", f"must be >= 1; got {self.epochs}")
@@ -195,6 +206,9 @@ class TrainConfig:
             self.kernel in ("auto", "xla", "native"), f"{where}.kernel",
             f"must be 'auto', 'xla' or 'native'; got {self.kernel!r}",
         )
+        require(self.max_steps is None or self.max_steps >= 1, f"{where}.max_steps", "must be >= 1 or null")
+        require(self.early_stopping_patience_steps >= 0, f"{where}.early_stopping_patience_steps", "must be >= 0")
+        require(self.early_stopping_min_delta >= 0, f"{where}.early_stopping_min_delta", "must be >= 0")
 
 
 @dataclasses.dataclass(eq=False)
@@ -212,6 +226,8 @@ class TrainResult:
       batch_size: the batch the run used (`config.batch_size`, or the training set's size when
         that is smaller; see `batch_note`).
       batch_note: why the batch differs from `config.batch_size` (None when it does not).
+      steps: optimiser steps taken in all (including those of a resumed run).
+      stopped_early: True when early stopping ended the run (`finished` is then True too).
     """
 
     model: ESortNet
@@ -222,6 +238,8 @@ class TrainResult:
     finished: bool
     batch_size: int = 0
     batch_note: str | None = None
+    steps: int = 0
+    stopped_early: bool = False
 
 
 # ----------------------------------------------------------------------------------------------
@@ -591,11 +609,14 @@ def train(
     _check_inputs(model, recording, windows, config, mesh)
     config, batch_note = _fit_batch(config, len(windows.train), mesh)
     steps = steps_per_epoch(len(windows.train), config.batch_size)
+    config = _step_budget(config, steps, len(windows.validation))
     tx = make_optimizer(config, nnx.to_pure_dict(nnx.state(model, nnx.Param)), steps, freeze)
     state = create_train_state(model, tx)
     signature = ckpt.resume_signature(_resume_settings(config), model, windows, freeze)
     state, start_epoch, resumed_from, history = _resume(run_dir, model, tx, state, signature)
     last_epoch = config.epochs if config.stop_after_epochs is None else min(config.epochs, config.stop_after_epochs)
+    if early_stop(history, config):  # a resumed run that had already stopped
+        last_epoch = start_epoch
     written = None
     if start_epoch < last_epoch:
         save = None
@@ -607,17 +628,45 @@ def train(
         )
     _write_state_into(model, state)
     model.eval()
-    completed = max(start_epoch, last_epoch)
+    stopped = early_stop(history, config)
+    completed = max(start_epoch, len(history) if stopped else last_epoch)
     return TrainResult(
         model=model,
         history=history,
         epochs_completed=completed,
         resumed_from=resumed_from,
         checkpoint=written or resumed_from,
-        finished=completed >= config.epochs,
+        finished=completed >= config.epochs or stopped,
         batch_size=config.batch_size,
         batch_note=batch_note,
+        steps=int(state.step),
+        stopped_early=stopped,
     )
+
+
+def _step_budget(config: TrainConfig, steps_each_epoch: int, validation_windows: int) -> TrainConfig:
+    """`config` with `max_steps` turned into epochs (ceil(max_steps / steps per epoch)); a
+    ValueError when early stopping has no validation windows to watch."""
+    if config.early_stopping_patience_steps and not validation_windows:
+        raise ValueError("train.early_stopping_patience_steps needs validation windows "
+                         "(windows.validation_fraction > 0 and max_validation_windows > 0)")
+    if config.max_steps is None:
+        return config
+    return dataclasses.replace(config, epochs=max(1, -(-config.max_steps // steps_each_epoch)))
+
+
+def early_stop(history: list[dict], config: TrainConfig) -> bool:
+    """Whether early stopping ends the run after the epochs of `history`: the validation loss
+    has not improved by more than `early_stopping_min_delta` for at least
+    `early_stopping_patience_steps` optimiser steps (False when early stopping is off)."""
+    losses = [h.get("val_loss") for h in history]
+    if not config.early_stopping_patience_steps or not losses or None in losses:
+        return False
+    best = 0
+    for i, loss in enumerate(losses):
+        if loss < losses[best] - config.early_stopping_min_delta:
+            best = i
+    return history[-1]["step"] - history[best]["step"] >= config.early_stopping_patience_steps
 
 
 def _resume(run_dir, model: ESortNet, tx, state: TrainState, signature: dict):
@@ -672,11 +721,15 @@ def _run_epochs(model, recording, windows, config, mesh, tx, state, epochs: rang
             metrics["windows_per_second"] = train_feed.steps * config.batch_size / metrics["epoch_seconds"]
             history.append(metrics)
             _report_epoch(progress, metrics, last=epoch + 1 == epochs.stop)
-            completed = epoch + 1
-            if save is not None and (completed % config.checkpoint_every_epochs == 0 or completed == epochs.stop):
+            completed, stop = epoch + 1, early_stop(history, config)
+            if save is not None and (completed % config.checkpoint_every_epochs == 0 or completed == epochs.stop or stop):
                 written = save(state, completed, history)
             if callback is not None:
                 callback(epoch, metrics)
+            if stop:
+                log.info("early stopping after epoch %d (step %d): no val_loss improvement for %d steps",
+                         epoch, int(state.step), config.early_stopping_patience_steps)
+                break
     return state, history, written
 
 

@@ -32,6 +32,11 @@ Training set (`make_windows`):
   unkept spike of another unit is labelled positive for that unit too, because it is (the label
   source, ground truth or a sorter's output over the stretch, is complete there). The report
   lists, per unit, its kept spikes and its positive (window, unit) entries.
+- these two rules hold for `label_mode='complete_span'` (default), where the labels are complete
+  over the prefix. With `label_mode='k_only'` only the kept spikes are known (as when a person
+  marks K spikes of each unit by hand): negatives avoid only them and label vectors see only
+  them, so some negatives hold an unlabelled spike (label noise: esort_jax.accounting measures
+  it against complete labels when there are any).
 - units with fewer than K eligible spikes in the fit part are never silent
   (`short_units`): 'error' (default) raises `LabelError` listing them with their counts;
   'drop' removes them from the label columns (the model gets fewer outputs, `unit_ids` says
@@ -44,7 +49,8 @@ all-negative windows in the same ratio) from the validation part, at most
 `max_validation_windows`, drawn once with a fixed seed. It lies after the fit part, so no sample
 of a validation window is in any training window; it does not depend on K, so window-level
 metrics are comparable across K. It uses labels beyond the first K spikes: it is for monitoring,
-not for training.
+not for training (unless early stopping or the threshold sweep use it: esort_jax.accounting counts
+those labels).
 
 Windows are never materialised here: a batch is gathered from the traces by start sample when a
 step needs it (esort_jax.batches).
@@ -67,6 +73,7 @@ __all__ = [
     "WindowSet",
     "WindowSets",
     "LabelError",
+    "LABEL_MODES",
     "check_labels",
     "check_distinct_ids",
     "window_labels",
@@ -83,6 +90,8 @@ log = logging.getLogger(__name__)
 STREAMS = {"negatives": 0, "validation": 1, "balanced": 2, "held_out": 7}
 
 ShortUnitPolicy = Literal["error", "drop", "keep_all"]
+LabelMode = Literal["complete_span", "k_only"]
+LABEL_MODES = ("complete_span", "k_only")
 
 
 class LabelError(ValueError):
@@ -106,6 +115,12 @@ class WindowConfig:
       max_validation_windows: cap on the validation set (0 disables validation).
       units: restrict the label columns to these unit ids (None: every unit of the sorting).
         Ids are matched by value, or by their string form (config files give strings or ints).
+      label_mode: what the labels are assumed to be (K mode only). 'complete_span' (default:
+        the paper's protocol, and what a sorter's output over a span is): every spike of the
+        training prefix is labelled, so negatives avoid all of them and label vectors see all of
+        them. 'k_only': only the K kept spikes per unit are known (a person marked K spikes by
+        hand): negatives avoid only those, label vectors see only those (negatives may contain
+        unlabelled spikes: label noise, measured by esort_jax.accounting).
     """
 
     jitter: int = 5
@@ -116,6 +131,7 @@ class WindowConfig:
     validation_fraction: float = 0.1
     max_validation_windows: int = 8192
     units: tuple[Any, ...] | None = None
+    label_mode: LabelMode = "complete_span"
 
     def validate(self, where: str = "windows") -> None:
         require(self.jitter >= 0, f"{where}.jitter", f"must be >= 0; got {self.jitter}")
@@ -153,6 +169,10 @@ class WindowConfig:
             self.units is None or len(self.units) > 0,
             f"{where}.units",
             "must list at least one unit id (or be null for all units)",
+        )
+        require(
+            self.label_mode in LABEL_MODES, f"{where}.label_mode",
+            f"must be one of {list(LABEL_MODES)}; got {self.label_mode!r}",
         )
 
 
@@ -466,6 +486,9 @@ def make_windows(
       eval_span: explicit evaluation span (default: the rest of the recording after the region).
     """
     config.validate()
+    if config.label_mode == "k_only" and config.spikes_per_unit is None:
+        raise ConfigError("windows.label_mode: 'k_only' needs K (spikes_per_unit); with every spike "
+                          "labelled the labels are complete")
     _check_window(window, anchor, config.jitter)
     check_labels(recording, sorting)
     spans = _Spans.of(recording.num_samples, config, window, train_span, eval_span)
@@ -615,7 +638,9 @@ def _training_set(sorting: Sorting, kept: _Kept, spans: _Spans, config: WindowCo
         prefix_stop = int(kept.spikes[defining].max()) - anchor + jitter + window if defining.any() else fit[1]
     pos = positive_starts(kept.spikes[kept.keep], anchor, jitter)
     negative_starts = spans.fit_starts.restrict(prefix_stop, window)
-    candidates = negative_starts.allowed & ~negative_starts.near(sorting.samples, anchor, jitter)
+    # complete_span: every spike of the sorting is known; k_only: only the kept ones are.
+    known = sorting if config.label_mode == "complete_span" else kept.sorting
+    candidates = negative_starts.allowed & ~negative_starts.near(known.samples, anchor, jitter)
     candidates = negative_starts.first + np.flatnonzero(candidates)
     wanted = int(round(config.negatives_per_positive * pos.size))
     rng = np.random.default_rng((seed, STREAMS["negatives"]))
@@ -626,9 +651,10 @@ def _training_set(sorting: Sorting, kept: _Kept, spans: _Spans, config: WindowCo
         )
     neg = np.sort(rng.choice(candidates, size=min(wanted, candidates.size), replace=False))
     starts = np.union1d(pos, neg)
-    train = WindowSet(starts, window_labels(starts, sorting, anchor, jitter, kept.columns), window, anchor, jitter)
+    train = WindowSet(starts, window_labels(starts, known, anchor, jitter, kept.columns), window, anchor, jitter)
     negatives = {"span": [fit[0], int(prefix_stop)], "positives": int(pos.size), "negatives": int(neg.size),
-                 "shortfall": int(max(wanted - candidates.size, 0))}
+                 "shortfall": int(max(wanted - candidates.size, 0)),
+                 "negative_starts": [negative_starts.first, negative_starts.first + negative_starts.allowed.size]}
     return train, negatives
 
 
@@ -639,6 +665,7 @@ def _report(spans: _Spans, kept: _Kept, train: WindowSet, validation: WindowSet,
     kept_counts = np.array([np.count_nonzero(kept.sorting.unit_indices == u) for u in kept.columns])
     return {
         "mode": "all_spikes" if k is None else "k_spikes",
+        "label_mode": config.label_mode,
         "spikes_per_unit": k,
         "window": window,
         "anchor": anchor,
@@ -647,6 +674,7 @@ def _report(spans: _Spans, kept: _Kept, train: WindowSet, validation: WindowSet,
         "training_region": list(spans.region),
         "fit_span": list(spans.fit),
         "negative_span": negatives["span"],
+        "negative_starts": negatives["negative_starts"],
         "train_span": list(train_span),
         "validation_span": list(spans.validation),
         "eval_span": list(spans.evaluation),

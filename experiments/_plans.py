@@ -145,6 +145,7 @@ class LabelsSpec:
     path: str | None = None
     sorter_seconds: float | None = None
     filter: QualityFilter = QualityFilter()
+    clear_dropped_units: bool = True
 
     def validate(self, where: str = "labels") -> None:
         require(bool(self.path), f"{where}.path",

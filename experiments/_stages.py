@@ -16,16 +16,19 @@ import numpy as np
 
 from data_gen import SynthesisConfig
 from esort_jax.config import ConfigError, to_dict
-from esort_jax.pipeline import Outcome, PipelineConfig, fit, sort_and_evaluate
+from esort_jax.pipeline import Outcome, PipelineConfig, fit, label_accounting, sort_and_evaluate
 from esort_jax.realdata.preprocess import PreprocessConfig, as_recording
+from esort_jax.report.snr import snr_summary, unit_snr
 from esort_jax.recording import Recording, Sorting
 from esort_jax.runtime.artifacts import pretrained_checkpoint, synthesis_key
 from experiments._common import pipeline_config
 from experiments._data import obtain_recording, source_synthesis
 from experiments._report import log_scalars
 
+_SNR: dict = {}  # per (recording, truth) object pair: every arm of a run scores the same units
+
 __all__ = ["arm_config", "arm_pipelines", "arms_at_ks", "epoch_logger", "pretrain_for_arms",
-           "pretrained_on_geometry", "pretrained_on_source", "run_arm"]
+           "pretrained_on_geometry", "pretrained_on_source", "run_arm", "target_snr"]
 
 
 def arm_pipelines(cfg) -> tuple[PipelineConfig, PipelineConfig]:
@@ -134,11 +137,21 @@ def run_arm(run, arm: str, recording: Recording, truth: Sorting, config: Pipelin
         checkpoint=str(fitted.train_result.checkpoint), transfer_report=fitted.transfer_report.to_dict(),
         short_units=fitted.windows.report.get("short_units"), training=fitted.summary(),
         threshold_curve=outcome.threshold_curve, per_unit=outcome.evaluation.per_unit(),
+        **label_accounting(fitted, outcome.threshold_curve, config),
+        **snr_summary(outcome.evaluation.per_unit(), target_snr(recording, truth), truth.unit_ids),
     )
     log_scalars(run, {arm: metrics})
     arm_dir.mkdir(parents=True, exist_ok=True)
     write_sorting_npz(arm_dir / "sorting.npz", outcome.sort_result.sorting)
     return metrics, outcome
+
+
+def target_snr(recording: Recording, truth: Sorting) -> np.ndarray:
+    """[N] SNR of the truth's units on `recording` (esort_jax.report.snr), computed once per pair."""
+    key = (id(recording), id(truth))
+    if key not in _SNR:
+        _SNR[key] = (recording, truth, unit_snr(recording, truth))  # the objects keep their ids alive
+    return _SNR[key][2]
 
 
 def arms_at_ks(run, prefix: str, recording: Recording, truth: Sorting, finetune: PipelineConfig,

@@ -33,7 +33,8 @@ from experiments._common import Run, prepare_process
 from experiments._data import check_synthesis, target_with_truth
 from experiments._plans import BaselinesPlan, check_ks, read_plan
 from experiments._report import log_figures, log_scalars, log_table, show
-from experiments._stages import arm_pipelines, arms_at_ks, pretrain_for_arms
+from esort_jax.report.snr import snr_summary
+from experiments._stages import arm_pipelines, arms_at_ks, pretrain_for_arms, target_snr
 
 
 def _run_sorter(run, name: str, recording, truth, spans: dict, params: dict, sorters: BaselinesConfig,
@@ -46,6 +47,7 @@ def _run_sorter(run, name: str, recording, truth, spans: dict, params: dict, sor
         if metrics["status"] != "ok":
             print(f"[baselines] {name} FAILED:\n{metrics['error']}", flush=True)
             return metrics
+        metrics.update(snr_summary(metrics["per_unit"], target_snr(recording, truth), truth.unit_ids))
         log_scalars(run, {name: metrics})
         print(f"[baselines] {name} {metrics['sorter_version']}: accuracy_pooled {metrics['accuracy_pooled']:.3f}, "
               f"{metrics['num_units_found']} units found, {metrics['sort_seconds']:.1f} s", flush=True)

@@ -76,7 +76,7 @@ def main(cfg: DictConfig) -> dict:
                 checkpoint=str(checkpoint) if checkpoint else None, freeze=config.transfer.freeze,
                 model=config.model, windows=config.windows, train=config.train, quality=plan.labels.filter,
                 evaluation=config.evaluation, infer=config.infer, postprocess=config.postprocess, seed=seed,
-                train_dir=run.dir / "train",
+                train_dir=run.dir / "train", clear_dropped_units=plan.labels.clear_dropped_units,
             )
         run.seconds.update(result.seconds)
         with run.stage("write outputs"):

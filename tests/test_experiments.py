@@ -10,6 +10,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from data_gen import SynthesisConfig
+from esort_jax.accounting import ACCOUNTING_KEYS
 from esort_jax.config import ConfigError, from_dict
 from esort_jax.io import read_recording_folder
 
@@ -86,8 +87,9 @@ def test_transfer_runs_both_arms_and_reuses_cache(tmp_path):
     for arm in ("transfer", "scratch"):
         row = results[arm]
         for key in ("accuracy_pooled", "accuracy_mean", "accuracy_median", "precision_pooled", "recall_pooled",
-                    "well_detected", "n_units", "sort_seconds"):
+                    "well_detected", "n_units", "sort_seconds", *ACCOUNTING_KEYS, "accuracy_mean_snr_above"):
             assert key in row, (arm, key)
+        assert row["labels_used_spikes"] > 3 * 5 and row["train_steps"] == row["training"]["steps"] > 0
         assert row["n_units"] == 5 and row["k"] == 3
         assert row["threshold_curve"]["span"][1] <= results["config"]["target"]["data"]["duration_s"] * 32000 / 2
     assert results["transfer"]["transfer_report"]["init"] == "transfer"
@@ -256,6 +258,7 @@ def test_label_efficiency_writes_csv_curves_and_figures(tmp_path):
         (s, k, a) for s in (0, 1) for k in (1, 3) for a in ("transfer", "scratch"))
     for row in rows:
         assert row["n_units"] == 5 and row["short_units_policy"] == "keep_all"
+        assert all(row[key] is not None for key in ACCOUNTING_KEYS), row
         assert (run / f"seed{row['seed']}" / f"k{row['k']}" / row["arm"] / "sorting.npz").is_file()
     import csv
 

@@ -36,6 +36,8 @@ def test_baselines_entry_point_with_fake_sorters(tmp_path):
     for arm in ("transfer", "scratch"):
         entry = results["esort"]["k2"][arm]
         assert entry["status"] == "ok" and entry["sorter_version"] == "esort_jax" and entry["train_seconds"] > 0
+        assert all(entry[key] is not None for key in ("labels_used_spikes", "labelled_seconds", "threshold_labels",
+                                                       "train_steps")), entry
     assert [r["method"] for r in results["rows"]] == ["tridesclous2", "spykingcircus2", "transfer K=2", "scratch K=2"]
     assert set(results["k_to_reach"]) == {"tridesclous2"} and results["reference_sorter"] == "tridesclous2"
     assert results["speed_ratio"]["spykingcircus2"] is None and results["speed_ratio"]["tridesclous2"] > 0

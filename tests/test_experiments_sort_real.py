@@ -46,6 +46,9 @@ def test_sort_real_end_to_end(tmp_path):
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["status"] == "ok" and results["init"] == "transfer"
     assert results["pretrain"]["cache_hit"] is False and results["transfer_report"]["init"] == "transfer"
+    # every labelled spike of the span (the labeller's output is complete there) and the threshold's
+    assert results["labels_used_spikes"] > 0 and results["labelled_seconds"] > 0
+    assert results["threshold_labels"] > 0 and results["train_steps"] == results["training"]["steps"]
     assert results["recording"]["preprocess"] == ["bandpass_filter 300-6000 Hz", "common_reference global median"]
     units = results["units"]
     assert units["kept_unit_ids"] == [0, 1] and units["dropped"] == [

@@ -41,8 +41,10 @@ def _old_pretrain_key(model, windows, train, seed, data_key):
         "checkpoint_format": ckpt.FORMAT_VERSION,
         "data": data_key,
         "model": to_dict(model),
-        "windows": to_dict(windows),
-        "train": {k: v for k, v in to_dict(train).items() if k not in ("progress", "log_every_steps")},
+        # (settings added later, at their defaults, are not in the key: issue 17's label_mode, max_steps, ...)
+        "windows": {k: v for k, v in to_dict(windows).items() if k != "label_mode"},
+        "train": {k: v for k, v in to_dict(train).items() if k not in (
+            "progress", "log_every_steps", "max_steps", "early_stopping_patience_steps", "early_stopping_min_delta")},
         "seed": seed,
     }
 
@@ -104,8 +106,15 @@ def test_pretrain_key_ignores_only_settings_that_change_no_number():
 
 
 def test_synthesis_key_is_the_generator_and_the_whole_config():
+    from esort_jax.runtime.artifacts import _ADDED_SYNTHESIS_DEFAULTS
+
+    config = to_dict(TINY_DATA)  # less the settings added later at their defaults (issue 17's harder preset)
+    for section, added in _ADDED_SYNTHESIS_DEFAULTS.items():
+        config[section] = {k: v for k, v in config[section].items() if k not in added}
     assert synthesis_key(TINY_DATA) == {"generator": GENERATOR, "generator_version": GENERATOR_VERSION,
-                                        "config": to_dict(TINY_DATA)}
+                                        "config": config}
+    harder = dataclasses.replace(TINY_DATA, firing=dataclasses.replace(TINY_DATA.firing, burst_fraction=0.3))
+    assert synthesis_key(harder)["config"]["firing"]["burst_fraction"] == 0.3
 
 
 # ----------------------------------------------------------------------------------------------

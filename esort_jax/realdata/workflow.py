@@ -74,6 +74,7 @@ class LabelledSort:
         and [train_end, end).
       recording: the (preprocessed) recording E-Sort ran on.
       seconds: wall time per stage (fit, threshold, sort_before, sort_rest).
+      config: the pipeline settings it ran with.
     """
 
     sorting: Sorting
@@ -87,6 +88,7 @@ class LabelledSort:
     sorted: SortResult
     recording: Recording
     seconds: dict
+    config: PipelineConfig = dataclasses.field(default_factory=PipelineConfig)
 
     @property
     def rest_span(self) -> tuple[int, int]:
@@ -141,12 +143,20 @@ class LabelledSort:
 
     def truth_scores(self, truth: Sorting, tolerance_ms: float = 0.4) -> dict:
         """E-Sort, the labelling sorter's kept units and all its units against ground truth on
-        `rest_span`, identities unknown (units paired by agreement); each with per-unit rows."""
+        `rest_span`, identities unknown (units paired by agreement); each with per-unit rows and
+        SpikeForest's SNR-binned summary (esort_jax.report.snr, SNR on the traces E-Sort ran on)."""
+        from esort_jax.report.snr import snr_summary, unit_snr
+
         sortings = {"esort": self.sorting, "labeller_kept_units": self.selection.sorting,
                     "labeller_all_units": self.labels.sorting}
-        return {name: _scores(evaluate(sorting, truth, tolerance_ms=tolerance_ms, identities="unknown",
-                                       span=self.rest_span))
-                for name, sorting in sortings.items()}
+        snr = unit_snr(self.recording, truth)
+        out = {}
+        for name, sorting in sortings.items():
+            scores = _scores(evaluate(sorting, truth, tolerance_ms=tolerance_ms, identities="unknown",
+                                      span=self.rest_span))
+            out[name] = {**scores, **snr_summary(scores["per_unit"], snr, truth.unit_ids)}
+        out["unit_snr"] = {"unit_ids": truth.unit_ids.tolist(), "snr": [None if v != v else v for v in snr.tolist()]}
+        return out
 
     def summary(self, tolerance_ms: float = 0.4) -> dict:
         """What a run reports (experiments/sort_real.py's results.json): the training span and
@@ -164,6 +174,7 @@ class LabelledSort:
             "training": {k: v for k, v in fitted.summary().items() if k != "num_units"},
             "threshold": self.threshold,
             "threshold_curve": self.threshold_curve,
+            **pipeline.label_accounting(fitted, self.threshold_curve, self.config),
             "num_spikes": self.sorting.num_spikes,
             "agreement": _scores(self.agreement(tolerance_ms)),
             "timing": self.timing(),
@@ -208,6 +219,7 @@ def esort_from_labels(
     sorter_seconds: float | None = None,
     seed: int = 0,
     train_dir: str | Path | None = None,
+    clear_dropped_units: bool = True,
 ) -> LabelledSort:
     """Train on the labels of the first `train_seconds`, sort the whole recording (module doc).
 
@@ -227,6 +239,10 @@ def esort_from_labels(
       evaluation: the threshold sweep (default EvaluationConfig()).
       sorter_seconds: the labelling sorter's run time, when not recorded with its output.
       train_dir: folder for training checkpoints (None: no checkpoints).
+      clear_dropped_units: the training negatives avoid the spikes of every labelled unit, the
+        ones the quality filter dropped too (True, default: those spikes are real spikes, and a
+        negative window on one teaches the network that a spike there is noise). False trains
+        on the kept units' spikes alone, as before issue 17 (measured in docs/claims.md).
     """
     init = init or ("transfer" if checkpoint is not None else "scratch")
     config = PipelineConfig(
@@ -256,16 +272,32 @@ def esort_from_labels(
             f"[0, {train_seconds:g} s): {selection.report()['dropped_by_reason']} (label, spikes, rate, isi: "
             "the tests that failed); loosen labels.filter or lengthen train_seconds"
         )
-    return _fit_and_sort(recording, labels, selection, config, train_end=train_end, seed=seed, train_dir=train_dir)
+    return _fit_and_sort(recording, labels, selection, config, train_end=train_end, seed=seed, train_dir=train_dir,
+                         clear_dropped_units=clear_dropped_units)
 
 
-def _fit_and_sort(recording, labels, selection, config, *, train_end, seed, train_dir) -> LabelledSort:
+def _training_labels(labels: SorterLabels, selection: UnitSelection, config: PipelineConfig,
+                     clear_dropped_units: bool) -> tuple[Sorting, PipelineConfig]:
+    """(labels, config) to fit on: every unit's spikes with the label columns restricted to the
+    kept units (the negatives avoid the dropped units' spikes too), or the kept units alone."""
+    if not clear_dropped_units:
+        return selection.sorting, config
+    kept = selection.kept_ids
+    if config.windows.units is not None:
+        wanted = {str(u) for u in config.windows.units}
+        kept = [u for u in kept if str(u) in wanted]
+    return labels.sorting, config.replace(windows=dataclasses.replace(config.windows, units=tuple(kept)))
+
+
+def _fit_and_sort(recording, labels, selection, config, *, train_end, seed, train_dir,
+                  clear_dropped_units=True) -> LabelledSort:
     """The pipeline on the kept units: fit on [0, train_end), threshold on its validation tail
     against the same labels, sort the whole recording split at train_end."""
     seconds = {}
     started = time.perf_counter()
+    fit_labels, config = _training_labels(labels, selection, config, clear_dropped_units)
     fitted = pipeline.fit(
-        recording, selection.sorting, config, seed=seed, run_dir=train_dir, train_span=(0, train_end),
+        recording, fit_labels, config, seed=seed, run_dir=train_dir, train_span=(0, train_end),
         metadata_extra={
             "role": "esort_from_labels", "labels": labels.source.get("path"),
             # how the traces were preprocessed: experiments/sort.py applies the same to new recordings
@@ -274,7 +306,7 @@ def _fit_and_sort(recording, labels, selection, config, *, train_end, seed, trai
     )
     seconds["fit"] = time.perf_counter() - started
     started = time.perf_counter()
-    threshold, curve = pipeline.choose(fitted, recording, selection.sorting, config)
+    threshold, curve = pipeline.choose(fitted, recording, selection.sorting, config, seed=seed)
     seconds["threshold"] = time.perf_counter() - started
     result = pipeline.sort(fitted, recording, config, threshold=threshold, span=(0, recording.num_samples),
                            split=train_end)
@@ -282,7 +314,7 @@ def _fit_and_sort(recording, labels, selection, config, *, train_end, seed, trai
     return LabelledSort(
         sorting=result.sorting, scores=result.scores, labels=labels, selection=selection, fitted=fitted,
         threshold=threshold, threshold_curve=curve, train_end=train_end, sorted=result,
-        recording=recording, seconds=seconds,
+        recording=recording, seconds=seconds, config=config,
     )
 
 

@@ -58,6 +58,8 @@ METRIC_KEYS = (
     "accuracy_pooled", "accuracy_mean", "accuracy_median", "precision_pooled", "recall_pooled",
     "well_detected", "n_units", "num_units_found", "sort_seconds", "sorted_duration_s",
     "train_seconds", "sorter_version",
+    # SpikeForest's summary (esort_jax.report.snr) and the labels an E-Sort arm used (esort_jax.accounting)
+    "accuracy_mean_snr_above", "well_detected_snr_above", "labels_used_spikes", "labelled_seconds", "train_steps",
 )
 # Metrics a "K needed to reach" level may be taken from.
 REACH_METRICS = ("accuracy_pooled", "accuracy_mean", "accuracy_median")

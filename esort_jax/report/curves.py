@@ -34,6 +34,8 @@ from esort_jax.transfer import INITS
 
 __all__ = [
     "SUMMARY_METRICS",
+    "ACCOUNTING_METRICS",
+    "LABEL_AXES",
     "LEADING_COLUMNS",
     "mean_std",
     "aggregate",
@@ -46,6 +48,7 @@ __all__ = [
     "reduction_headline",
     "result_row",
     "summarise",
+    "reduction_by_axis",
     "short_units_note",
     "ROW_TABLE_COLUMNS",
     "SUMMARY_TABLE_COLUMNS",
@@ -56,6 +59,11 @@ SUMMARY_METRICS = (
     "accuracy_pooled", "accuracy_mean", "accuracy_median", "precision_pooled", "recall_pooled",
     "well_detected", "window_jaccard",
 )
+# The labels and steps each run used (esort_jax.accounting), aggregated beside the scores.
+ACCOUNTING_METRICS = ("labels_used_spikes", "labelled_seconds", "threshold_labels", "train_steps",
+                      "negative_label_noise")
+# The x axes besides K that curves and label reduction are read against.
+LABEL_AXES = ("labels_used_spikes", "labelled_seconds")
 LEADING_COLUMNS = ("seed", "k", "arm")  # a row's identity, first in label_efficiency.csv
 # The columns of the run's logged tables: its rows, and the summary per K and arm.
 ROW_TABLE_COLUMNS = (*LEADING_COLUMNS, *SUMMARY_METRICS, "short_units")
@@ -281,13 +289,19 @@ def result_row(seed: int, k: int, arm: str, metrics: dict) -> dict:
     training = metrics.get("training") or {}
     row["train_windows"] = training.get("train_windows")
     row["epochs"] = training.get("epochs")
+    if "stopped_early" in training:
+        row["stopped_early"] = training["stopped_early"]
+    accounting = metrics.get("label_accounting") or {}
+    for key in ("label_mode", "negative_label_noise", "positive_spikes", "clearance_spikes"):
+        if key in accounting:
+            row[key] = accounting[key]
     return row
 
 
 def summarise(rows: Sequence[dict], arms: Sequence[str], metric: str, reference: float | None) -> dict:
     """summary (per K and arm), by_k, gain and label reduction (at `reference` too; its headline
     ratio also as label_reduction_ratio) from the rows."""
-    out: dict[str, Any] = {"summary": aggregate(rows, SUMMARY_METRICS)}
+    out: dict[str, Any] = {"summary": aggregate(rows, SUMMARY_METRICS + ACCOUNTING_METRICS)}
     # The same numbers keyed for flattening (summarize.py: `by_k.k5.transfer.accuracy_pooled_mean`).
     out["by_k"] = {}
     for entry in out["summary"]:
@@ -300,7 +314,40 @@ def summarise(rows: Sequence[dict], arms: Sequence[str], metric: str, reference:
                 out["by_k"][f"k{g['k']}"][f"gain_{m}"] = {"mean": g["mean"], "std": g["std"], "n": g["n"]}
         out["label_reduction"] = _label_reduction(out["summary"], metric, reference)
         out["label_reduction_ratio"] = out["label_reduction"]["headline"]["ratio"]
+        out["label_reduction_by"] = {axis: reduction_by_axis(out["summary"], metric, axis) for axis in LABEL_AXES}
     return out
+
+
+def axis_values(summary: Sequence[dict], axis: str) -> tuple[list[int], np.ndarray]:
+    """(K, mean of `axis` per K over both arms' seeds): the labels each K used (the arms at one K
+    train on the same windows, so their labels agree; early stopping adds the same validation
+    labels to both)."""
+    ks = sorted({r["k"] for r in summary})
+    values = []
+    for k in ks:
+        cells = [r.get(f"{axis}_mean") for r in summary if r["k"] == k]
+        cells = [c for c in cells if c is not None]
+        values.append(float(np.mean(cells)) if cells else float("nan"))
+    return ks, np.asarray(values, dtype=np.float64)
+
+
+def reduction_by_axis(summary: Sequence[dict], metric: str, axis: str) -> dict:
+    """Label reduction read against `axis` (labelled spikes used, labelled seconds) instead of
+    K: at each level transfer reaches, axis_scratch / axis_transfer, interpolated in log axis.
+    None (with the reason) when the axis is not positive and increasing in K (k_only's 0 s)."""
+    ks, x = axis_values(summary, axis)
+    if not (np.all(np.isfinite(x)) and np.all(x > 0) and np.all(np.diff(x) > 0)):
+        return {"metric": metric, "axis": axis, "levels": [], "headline": {
+            "ratio": None, "text": f"{axis} is not positive and increasing in K: no reduction to read"}}
+    _, transfer, _ = curve(summary, "transfer", metric)
+    _, scratch, _ = curve(summary, "scratch", metric)
+    reductions = label_reduction(x.tolist(), transfer.tolist(), scratch.tolist())
+    for entry, k in zip(reductions, [k for k, v in zip(ks, transfer) if v == v]):
+        entry["at_k"] = k
+    headline = reduction_headline(reductions)
+    unit = {"labels_used_spikes": "labelled spikes (all those used, not K)", "labelled_seconds": "labelled seconds"}
+    headline["text"] = headline["text"].replace("labelled spikes", unit.get(axis, axis))
+    return {"metric": metric, "axis": axis, "x": x.tolist(), "levels": reductions, "headline": headline}
 
 
 def short_units_note(policy: str) -> str:

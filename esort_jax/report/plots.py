@@ -27,6 +27,7 @@ __all__ = [
     "plot_label_efficiency",
     "plot_accuracy_gain",
     "plot_label_reduction",
+    "plot_label_efficiency_by_labels",
     "label_efficiency_figures",
     "plot_heatmap",
     "plot_comparison",
@@ -139,10 +140,13 @@ def _reduction_bar(ax, i: int, entry: dict) -> None:
     ax.text(i, -0.02, label, transform=ax.get_xaxis_transform(), ha="center", va="top", fontsize=8)
 
 
-def plot_label_reduction(results: dict, path: str | Path | None = None):
+def plot_label_reduction(results: dict, path: str | Path | None = None, axis: str = "k"):
     """Bars: K_scratch / K_transfer at each accuracy level transfer reaches (hatched: scratch
-    never reaches the level within the largest K; the bar is the lower bound)."""
-    reduction = results.get("label_reduction") or {"levels": [], "headline": {"text": "no transfer/scratch pair"}}
+    never reaches the level within the largest K; the bar is the lower bound). `axis`
+    'labels_used_spikes' or 'labelled_seconds' reads the ratio on that axis instead of K."""
+    empty = {"levels": [], "headline": {"text": "no transfer/scratch pair"}}
+    reduction = (results.get("label_reduction") if axis == "k"
+                 else results.get("label_reduction_by", {}).get(axis)) or empty
     fig = _figure(path, (7, 4))
     ax = fig.subplots()
     for i, entry in enumerate(reduction["levels"]):
@@ -150,19 +154,55 @@ def plot_label_reduction(results: dict, path: str | Path | None = None):
     ax.set_xticks([])
     ax.set_ylim(0, max(ax.get_ylim()[1], 1.0) * 1.2)  # room for the annotations
     ax.axhline(1.0, color="k", lw=0.8, ls="--")
-    ax.set_ylabel("K_scratch / K_transfer")
+    name = "K" if axis == "k" else axis
+    ax.set_ylabel(f"{name}: scratch / transfer")
     ax.set_xlabel(f"\n\naccuracy level reached by transfer at K ({reduction.get('metric', '')})")
     ax.set_title(textwrap.fill("Label reduction: " + reduction["headline"]["text"], 100), fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     return _finish(fig, path)
 
 
+def plot_label_efficiency_by_labels(results: dict, path: str | Path | None = None, metric: str | None = None):
+    """Accuracy (mean ± std over seeds) against the labels each K actually used: labelled spikes
+    (positives and the spikes negatives avoided, esort_jax.accounting) and labelled seconds
+    (a panel is left out when its axis is 0, as in label_mode 'k_only'); K beside each point."""
+    metric = metric or results.get("metric", "accuracy_pooled")
+    axes_used = [a for a in curves.LABEL_AXES if np.all(curves.axis_values(results["summary"], a)[1] > 0)]
+    fig = _figure(path, (5 * max(len(axes_used), 1), 4))
+    panels = fig.subplots(1, max(len(axes_used), 1), squeeze=False)[0]
+    for ax, axis in zip(panels, axes_used):
+        ks, x = curves.axis_values(results["summary"], axis)
+        for arm in INITS:
+            arm_ks, mean, std = curves.curve(results["summary"], arm, metric)
+            if arm_ks.size:
+                color, marker = ARM_STYLE[arm]
+                ax.errorbar(x, mean, yerr=std, color=color, marker=marker, capsize=3, label=arm)
+        for k, value in zip(ks, x):
+            ax.annotate(f"K={k}", (value, 0.02), ha="center", fontsize=7, xycoords=("data", "axes fraction"))
+        ax.set_xscale("log")
+        ax.set_xlabel(axis.replace("_", " ") + (" (s)" if axis == "labelled_seconds" else ""))
+        ax.set_ylabel(metric.replace("_", " "))
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle("Accuracy against the labels actually used (mean ± std over seeds)")
+    return _finish(fig, path)
+
+
 def label_efficiency_figures(results: dict, folder: str | Path) -> dict[str, str]:
-    """The PNGs of a label-efficiency run into `folder`: label_efficiency.png, and with both
-    arms accuracy_gain.png and label_reduction.png. Returns {name: path}."""
+    """The PNGs of a label-efficiency run into `folder`: label_efficiency.png and
+    label_efficiency_labels.png (against labelled spikes and seconds), and with both arms
+    accuracy_gain.png and label_reduction.png (plus label_reduction_<axis>.png for each axis
+    that has a reduction). Returns {name: path}."""
     figures = [("label_efficiency", plot_label_efficiency)]
+    if any(r.get(f"{curves.LABEL_AXES[0]}_mean") for r in results.get("summary", [])):
+        figures.append(("label_efficiency_labels", plot_label_efficiency_by_labels))
     if "gain" in results:
         figures += [("accuracy_gain", plot_accuracy_gain), ("label_reduction", plot_label_reduction)]
+        for axis, reduction in results.get("label_reduction_by", {}).items():
+            if reduction["levels"]:
+                figures.append((f"label_reduction_{axis}",
+                                lambda r, p, axis=axis: plot_label_reduction(r, p, axis=axis)))
     written = {}
     for name, plot in figures:
         path = Path(folder) / f"{name}.png"

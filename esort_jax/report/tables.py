@@ -26,6 +26,8 @@ import math
 import numbers
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
+import numpy as np
+
 from esort_jax.transfer import INITS
 
 if TYPE_CHECKING:
@@ -195,9 +197,15 @@ def label_efficiency_table(results: Mapping, metric: str) -> str:
     gains = {g["k"]: g for g in results.get("gain", {}).get(metric, [])}
     columns = [Column("k", "K", 4)] + [Column(arm, arm, 17) for arm in arms]
     columns += [Column("gain", "gain", 17)] if gains else []
+    accounted = any(r.get("labels_used_spikes_mean") for r in summary)
+    if accounted:
+        columns += [Column("labels", "labels used", 12), Column("seconds", "labelled s", 11),
+                    Column("thr", "thr labels", 11)] + [Column(f"steps_{a}", f"steps {a}", 15) for a in arms]
     rows = []
     for k in sorted({r["k"] for r in summary}):
         row: dict[str, Any] = {"k": k}
+        if accounted:
+            row.update(_accounting_cells(summary, k, arms))
         for arm in arms:
             entry = next((r for r in summary if r["k"] == k and r["arm"] == arm), {})
             row[arm] = _mean_std(entry.get(f"{metric}_mean"), entry.get(f"{metric}_std"))
@@ -211,7 +219,23 @@ def label_efficiency_table(results: Mapping, metric: str) -> str:
         ref = reduction.get("reference")
         if ref:
             lines.append(f"  at the reference accuracy {ref['level']:.3f}: {_reduction_text(ref)}")
+        for axis, by in results.get("label_reduction_by", {}).items():
+            lines.append(f"label reduction against {axis.replace('_', ' ')}: {by['headline']['text']}")
     return "\n".join(lines)
+
+
+def _accounting_cells(summary, k, arms) -> dict:
+    """A label-efficiency row's accounting cells at K: labelled spikes used, labelled seconds and
+    threshold labels (mean over seeds and arms, which share them) and each arm's training steps."""
+    cells = [r for r in summary if r["k"] == k]
+    mean = lambda key: np.mean([r[f"{key}_mean"] for r in cells if r.get(f"{key}_mean") is not None] or [np.nan])  # noqa: E731
+    out = {"labels": f"{mean('labels_used_spikes'):.0f}", "seconds": f"{mean('labelled_seconds'):.2f}",
+           "thr": f"{mean('threshold_labels'):.0f}"}
+    for arm in arms:
+        entry = next((r for r in cells if r["arm"] == arm), {})
+        steps, spread = entry.get("train_steps_mean"), entry.get("train_steps_std")
+        out[f"steps_{arm}"] = None if steps is None else f"{steps:.0f} ± {spread:.0f}"
+    return out
 
 
 def _reduction_text(entry: Mapping) -> str:

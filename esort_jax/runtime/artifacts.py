@@ -34,7 +34,23 @@ def synthesis_key(data: Any) -> dict:
     """What identifies a synthesised recording: the generator version and the full config."""
     from data_gen.synthesize import GENERATOR, GENERATOR_VERSION
 
-    return {"generator": GENERATOR, "generator_version": GENERATOR_VERSION, "config": to_dict(data)}
+    config = to_dict(data)
+    for section, defaults in _ADDED_SYNTHESIS_DEFAULTS.items():  # see the constant
+        if isinstance(config.get(section), dict):
+            config[section] = {k: v for k, v in config[section].items() if k not in defaults or v != defaults[k]}
+    return {"generator": GENERATOR, "generator_version": GENERATOR_VERSION, "config": config}
+
+
+# Synthesis settings added after recordings were first cached (issue 17's harder preset), keyed
+# only away from their defaults, which reproduce the earlier recordings bit for bit.
+_ADDED_SYNTHESIS_DEFAULTS = {
+    "units": {"background_density_per_mm3": 0.0, "background_amplitude_uv": [5.0, 25.0]},
+    "templates": {"amplitude_distribution": "uniform", "amplitude_median_uv": 100.0, "amplitude_log_sd": 0.6,
+                  "positive_fraction": 0.0, "triphasic_fraction": 0.0, "triphasic_ratio": [0.2, 0.5],
+                  "triphasic_lead_ms": 0.3},
+    "firing": {"burst_fraction": 0.0, "burst_probability": 0.3, "burst_max_spikes": 4, "burst_isi_ms": [3.0, 8.0],
+               "burst_attenuation": 0.15},
+}
 
 
 def synthesised_recording(data: Any, cache_dir: str | Path, *, force: bool = False) -> tuple[Path, bool]:
@@ -52,17 +68,27 @@ def pretrain_key(config, *, seed: int, data_key: dict) -> dict:
     `data_key` describes. `train.kernel` is keyed as resolved on this machine ('xla' or
     'native', as `train` will run it): the two compute different float roundings, so a machine
     without a compiler ('auto' → 'xla') never reuses another's native-kernel network."""
-    train_key = {k: v for k, v in to_dict(config.train).items() if k not in _UNKEYED_TRAIN}
+    train_key = _unless_default({k: v for k, v in to_dict(config.train).items() if k not in _UNKEYED_TRAIN})
     train_key["kernel"] = _train_kernel(config)
     return {
         "role": "pretrain",
         "checkpoint_format": ckpt.FORMAT_VERSION,  # a layout change must not reuse old checkpoints
         "data": data_key,
         "model": to_dict(config.model),
-        "windows": to_dict(config.windows),
+        "windows": _unless_default(to_dict(config.windows)),
         "train": train_key,
         "seed": seed,
     }
+
+
+# Settings added after checkpoints were first cached, keyed only away from their defaults so that
+# those entries (made with the default behaviour) stay valid.
+_ADDED_DEFAULTS = {"label_mode": "complete_span", "max_steps": None, "early_stopping_patience_steps": 0,
+                   "early_stopping_min_delta": 0.0}
+
+
+def _unless_default(settings: dict) -> dict:
+    return {k: v for k, v in settings.items() if k not in _ADDED_DEFAULTS or v != _ADDED_DEFAULTS[k]}
 
 
 def _train_kernel(config) -> str:

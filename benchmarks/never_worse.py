@@ -1,0 +1,302 @@
+"""Is E-Sort never worse than its labeller? Each candidate cause measured on its own (issue 17,
+item 0; the tables of docs/claims.md).
+
+    python benchmarks/never_worse.py --work /tmp/nw --out nw.jsonl             # the measurement
+    python benchmarks/never_worse.py --seeds 0 --kinds drifting --arms before fixed --out quick.jsonl
+    python benchmarks/never_worse.py --table nw.jsonl                           # tables only
+
+Recordings: SpikeInterface's `generate_drifting_recording` (one sorting, a static and a drifting
+recording), 48 units on 96 channels of a Neuropixels-1.0-like layout (4 staggered columns, 20 µm
+rows), 40 s at 32 kHz; drift: rigid zigzag 30 µm peak to peak with a 40 s period from t = 0, so
+the training span (first 20 s) sees 0..+15 µm and the scored span (last 20 s) 0..-15 µm: the
+drift the network must handle is never in its labels. Labeller: Tridesclous2 (with motion
+correction on the drifting recording) on the first 20 s; its run on the whole recording is the
+reference scored on the same last 20 s. E-Sort (`esort_from_labels`, preprocessing as sort_real's
+default, transfer from a backbone pretrained on a source synthesised on the same geometry) in arms
+that each change one thing:
+
+  before      the workflow as it was: negatives ignore the quality filter's dropped units, 10 epochs
+  fixed       negatives avoid every labelled spike (clear_dropped_units, today's default)
+  converged   fixed, trained to convergence (early stopping on the validation loss, <= 3000 steps)
+  truth       fixed, trained on the ground truth of the first span (no labeller errors: a bound)
+  motion      fixed, on the recording motion-corrected by SpikeInterface (drifting only)
+
+Every arm is scored against the ground truth on the last 20 s (units paired by agreement, 0.4 ms)
+with SpikeForest's SNR summary, and `oracle_threshold` says what a threshold tuned on that span
+would add (a diagnosis, never a result). `label_flags` marks each unit as oversplit by the
+labeller, paired with a dropped unit, or missed, so losses can be attributed per unit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+ARMS = ("before", "fixed", "converged", "truth", "motion")
+TRAIN_S, DURATION_S, FS = 20.0, 40.0, 32000.0
+
+
+def np1_probe(num_channels: int):
+    """A Neuropixels-1.0-like block: 4 columns 16 µm apart, 40 µm pitch, staggered by 20 µm."""
+    from spikeinterface.core.generate import generate_multi_columns_probe
+
+    probe = generate_multi_columns_probe(num_columns=4, num_contact_per_column=num_channels // 4, xpitch=16,
+                                         ypitch=40, y_shift_per_column=[0, 20, 0, 20], contact_shapes="square",
+                                         contact_shape_params={"width": 12})
+    probe.set_device_channel_indices(np.arange(probe.get_contact_count()))
+    return probe
+
+
+def make_recordings(seed: int, args, folder: Path) -> tuple[dict, object, dict]:
+    """({'static', 'drifting': saved SpikeInterface recordings}, truth sorting, drift facts)."""
+    from spikeinterface.core import load
+    from spikeinterface.generation import generate_drifting_recording
+
+    if (folder / "truth").exists():
+        return ({k: load(folder / k) for k in ("static", "drifting")}, load(folder / "truth"),
+                json.loads((folder / "drift.json").read_text()))
+    static, drifting, sorting, extra = generate_drifting_recording(
+        num_units=args.units, duration=DURATION_S, sampling_frequency=FS, probe=np1_probe(args.channels),
+        generate_displacement_vector_kwargs=dict(
+            displacement_sampling_frequency=5.0, drift_start_um=[0, 15], drift_stop_um=[0, -15], drift_step_um=1,
+            motion_list=[dict(drift_mode="zigzag", amplitude_factor=1.0, non_rigid_gradient=None,
+                              t_start_drift=0.0, t_end_drift=None, period_s=40.0)]),
+        extra_outputs=True, seed=seed)
+    disp = np.asarray(extra["displacement_vectors"])[:, 1, 0]
+    cut = int(TRAIN_S * extra["displacement_sampling_frequency"])
+    drift = {"train_um": [float(disp[:cut].min()), float(disp[:cut].max())],
+             "rest_um": [float(disp[cut:].min()), float(disp[cut:].max())]}
+    saved = {k: r.save(folder=folder / k, overwrite=True, n_jobs=1, progress_bar=False)
+             for k, r in (("static", static), ("drifting", drifting))}
+    truth = sorting.save(folder=folder / "truth", overwrite=True)
+    (folder / "drift.json").write_text(json.dumps(drift))
+    return saved, truth, drift
+
+
+def run_labeller(si_recording, kind: str, stop_s: float | None, folder: Path) -> tuple[object, float]:
+    """Tridesclous2 (motion correction on drifting data) on [0, stop_s): (our Sorting, seconds)."""
+    from esort_jax.io import read_sorting_npz, write_sorting_npz
+    from esort_jax.io.spikeinterface import from_spikeinterface_recording
+    from esort_jax.realdata.baselines import run_baseline
+
+    cached = folder / "sorting.npz"
+    if cached.exists():
+        return read_sorting_npz(cached), json.loads((folder / "seconds.json").read_text())["seconds"]
+    recording = from_spikeinterface_recording(si_recording)
+    stop = recording.num_samples if stop_s is None else int(stop_s * FS)
+    result = run_baseline("tridesclous2", recording, folder, span=(0, stop), n_jobs=2,
+                          params={"apply_motion_correction": kind == "drifting"})
+    write_sorting_npz(cached, result.sorting)
+    (folder / "seconds.json").write_text(json.dumps({"seconds": result.wall_seconds}))
+    return result.sorting, result.wall_seconds
+
+
+def backbone(si_recording, cache_dir: Path) -> Path:
+    """A network pretrained (8 epochs, cached) on a data_gen source synthesised on the recording's
+    geometry (30 s, 15 000 neurons/mm³, seed 1000), preprocessed as E-Sort's input is."""
+    from data_gen import SynthesisConfig
+    from data_gen.config import UnitsConfig
+    from esort_jax.config import to_dict
+    from esort_jax.io import read_recording_folder
+    from esort_jax.pipeline import PipelineConfig
+    from esort_jax.realdata.preprocess import PreprocessConfig, as_recording
+    from esort_jax.runtime.artifacts import pretrained_checkpoint, synthesis_key, synthesised_recording
+    from esort_jax.train import TrainConfig
+    from esort_jax.windows import WindowConfig
+
+    data = SynthesisConfig(duration_s=30.0, seed=1000, units=UnitsConfig(density_per_mm3=15000.0)).on_geometry(
+        si_recording.get_channel_locations(), FS)
+    folder, _ = synthesised_recording(data, cache_dir)
+    source, truth = read_recording_folder(folder)
+    config = PipelineConfig(windows=WindowConfig(train_fraction=1.0), train=TrainConfig(epochs=8, progress=False))
+    key = {**synthesis_key(data), "preprocess": to_dict(PreprocessConfig())}
+    checkpoint, _, _ = pretrained_checkpoint(as_recording(source, PreprocessConfig()), truth, config, seed=0,
+                                             cache_dir=cache_dir, data_key=key)
+    return checkpoint
+
+
+def arm_options(arm: str, si_recording, truth, labels, seed: int) -> tuple[object, object, dict]:
+    """(recording, labels, esort_from_labels options) of an arm (module doc)."""
+    from esort_jax.realdata.preprocess import PreprocessConfig, preprocess
+    from esort_jax.realdata.workflow import CPU_TRAIN
+    from esort_jax.train import TrainConfig
+
+    options = {"train": CPU_TRAIN, "clear_dropped_units": arm != "before", "seed": seed,
+               "preprocess": PreprocessConfig()}
+    if arm == "converged":
+        options["train"] = TrainConfig(progress=False, max_steps=3000, early_stopping_patience_steps=300)
+    if arm == "truth":
+        labels = truth
+    if arm == "motion":
+        from spikeinterface.preprocessing import correct_motion
+
+        si_recording = correct_motion(preprocess(si_recording, PreprocessConfig()), preset="dredge_fast",
+                                      n_jobs=2, progress_bar=False)
+        options["preprocess"] = None
+    return si_recording, labels, options
+
+
+def esort_arm(arm: str, si_recording, truth, labels, checkpoint: Path, seed: int) -> dict:
+    """One E-Sort arm trained on `labels` of the first 20 s, scored on the rest (module doc)."""
+    from esort_jax import pipeline
+    from esort_jax.evaluate import evaluate
+    from esort_jax.realdata.diagnose import oracle_threshold
+    from esort_jax.realdata.workflow import esort_from_labels
+
+    recording, labels, options = arm_options(arm, si_recording, truth, labels, seed)
+    started = time.perf_counter()
+    result = esort_from_labels(recording, labels, train_seconds=TRAIN_S, checkpoint=checkpoint, **options)
+    wall = time.perf_counter() - started
+    rest = result.rest_span
+    scores = evaluate(result.sorting, truth, identities="unknown", span=rest)
+    low = pipeline.sort(result.fitted, result.recording, result.config, threshold=min(result.config.evaluation.thresholds),
+                        span=(result.train_end, result.recording.num_samples))
+    oracle = oracle_threshold(low.sorting, low.scores, truth, rest, result.config.evaluation.thresholds)
+    accounting = pipeline.label_accounting(result.fitted, result.threshold_curve, result.config)
+    return {"scores": scores, "threshold": result.threshold, "oracle": oracle, "seconds": {**result.seconds, "wall": wall},
+            "units_kept": result.selection.report()["num_kept"], "units_labelled": len(result.selection.rows),
+            "training": result.fitted.summary(), **{k: v for k, v in accounting.items() if k != "label_accounting"}}
+
+
+def scored(result, truth, snr) -> dict:
+    """The JSON row's scores: summary, SpikeForest's SNR summary, per-unit accuracy."""
+    from esort_jax.report.snr import snr_summary
+
+    per_unit = result.per_unit()
+    keys = ("accuracy_pooled", "accuracy_mean", "accuracy_median", "precision_pooled", "recall_pooled",
+            "well_detected", "n_units")
+    return {**{k: result.to_dict()[k] for k in keys}, **snr_summary(per_unit, snr, truth.unit_ids),
+            "per_unit_accuracy": per_unit["accuracy"]}
+
+
+def recording_rows(seed: int, kind: str, si_recording, truth, args, work: Path, done: set):
+    """Yields the labeller's row and every arm's for one recording (skipping those in `done`)."""
+    from esort_jax.evaluate import evaluate
+    from esort_jax.io.spikeinterface import from_spikeinterface_sorting
+    from esort_jax.realdata.diagnose import label_flags
+    from esort_jax.realdata.labeller import load_labels
+    from esort_jax.realdata.preprocess import PreprocessConfig, preprocessed_recording
+    from esort_jax.realdata.quality import QualityFilter, select_units
+    from esort_jax.report.snr import unit_snr
+
+    folder = work / f"seed{seed}" / kind
+    truth = from_spikeinterface_sorting(truth)
+    train_end = int(TRAIN_S * FS)
+    rest = (train_end, si_recording.get_num_samples() - 60 + 1 + 29)
+    snr = unit_snr(preprocessed_recording(si_recording, PreprocessConfig()), truth)
+    first, first_s = run_labeller(si_recording, kind, TRAIN_S, folder / "labeller_first")
+    whole, whole_s = run_labeller(si_recording, kind, None, folder / "labeller_whole")
+    kept = select_units(load_labels(first), (0, train_end), QualityFilter()).kept
+    base = {"seed": seed, "kind": kind}
+    if (seed, kind, "labeller") not in done:
+        yield {**base, "arm": "labeller", **scored(evaluate(whole, truth, identities="unknown", span=rest), truth, snr),
+               "seconds": {"labeller_first": first_s, "labeller_whole": whole_s},
+               "units_labelled": int(first.num_units), "units_kept": int(kept.sum()),
+               "flags": label_flags(first, kept, truth, (0, train_end)), "snr": snr.tolist()}
+    checkpoint = backbone(si_recording, Path(args.cache))
+    for arm in args.arms:
+        if (seed, kind, arm) in done or (arm == "motion" and kind == "static"):
+            continue
+        out = esort_arm(arm, si_recording, truth, first, checkpoint, seed)
+        row = {**base, "arm": arm, **scored(out.pop("scores"), truth, snr), **out}
+        print(f"[never_worse] seed {seed} {kind} {arm}: accuracy_mean {row['accuracy_mean']:.3f}", flush=True)
+        yield row
+
+
+def _mean_std(values) -> str:
+    values = [v for v in values if v is not None and np.isfinite(v)]
+    if not values:
+        return "-"
+    return f"{np.mean(values):.3f} ± {np.std(values, ddof=1) if len(values) > 1 else 0.0:.3f}"
+
+
+def summary_table(rows: list[dict], kind: str) -> str:
+    """Markdown: per method, mean ± std over seeds of the scores, and the paired difference in
+    per-unit mean accuracy from the labeller (same seed)."""
+    mine = [r for r in rows if r["kind"] == kind]
+    labeller = {r["seed"]: r for r in mine if r["arm"] == "labeller"}
+    head = ("| method | seeds | acc. mean per unit | − labeller (paired) | acc. pooled | well detected | "
+            "acc. mean, SNR ≥ 8 | oracle threshold acc. mean | units kept / labelled |")
+    lines = [head, "|" + "---|" * 9]
+    for arm in ("labeller", *ARMS):
+        cells = [r for r in mine if r["arm"] == arm]
+        if not cells:
+            continue
+        diff = [r["accuracy_mean"] - labeller[r["seed"]]["accuracy_mean"] for r in cells if r["seed"] in labeller]
+        oracle = [r["oracle"]["accuracy_mean"] for r in cells if "oracle" in r]
+        units = "-" if arm == "labeller" else f"{np.mean([r['units_kept'] for r in cells]):.0f} / " \
+                                              f"{np.mean([r['units_labelled'] for r in cells]):.0f}"
+        lines.append(f"| {arm} | {len(cells)} | {_mean_std([r['accuracy_mean'] for r in cells])} | "
+                     f"{'-' if arm == 'labeller' else _mean_std(diff)} | {_mean_std([r['accuracy_pooled'] for r in cells])} | "
+                     f"{_mean_std([r['well_detected'] for r in cells])} | "
+                     f"{_mean_std([r['accuracy_mean_snr_above'] for r in cells])} | {_mean_std(oracle)} | {units} |")
+    return "\n".join(lines)
+
+
+def cause_table(rows: list[dict], kind: str, arms=("before", "fixed", "converged", "motion")) -> str:
+    """Markdown: per-unit accuracy of each arm minus the labeller's, pooled over seeds, by what
+    the labeller's first-span labels did with the unit (label_flags)."""
+    groups = {"oversplit by the labeller": "oversplit", "paired labeller unit dropped": "paired_dropped",
+              "missed by the labeller": "missed", "none of these": None}
+    lines = ["| units | n | " + " | ".join(f"{a} − labeller" for a in arms) + " |", "|" + "---|" * (2 + len(arms))]
+    ref = {r["seed"]: r for r in rows if r["kind"] == kind and r["arm"] == "labeller"}
+    for name, flag in groups.items():
+        cells, count = [], 0
+        for arm in arms:
+            diffs = []
+            for r in (r for r in rows if r["kind"] == kind and r["arm"] == arm and r["seed"] in ref):
+                flags, base = ref[r["seed"]]["flags"], ref[r["seed"]]["per_unit_accuracy"]
+                for u, (a, b) in enumerate(zip(r["per_unit_accuracy"], base)):
+                    hit = (not any(flags[f][u] for f in ("oversplit", "paired_dropped", "missed"))) if flag is None \
+                        else flags[flag][u]
+                    if hit and a is not None and b is not None and np.isfinite(a) and np.isfinite(b):
+                        diffs.append(a - b)
+            count = max(count, len(diffs))
+            cells.append(f"{np.mean(diffs):+.3f}" if diffs else "-")
+        lines.append(f"| {name} | {count} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--kinds", nargs="+", default=["static", "drifting"], choices=["static", "drifting"])
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument("--channels", type=int, default=96)
+    parser.add_argument("--units", type=int, default=48)
+    parser.add_argument("--work", default="never_worse_work")
+    parser.add_argument("--cache", default="cache")
+    parser.add_argument("--out", default="never_worse.jsonl")
+    parser.add_argument("--table", help="only print the tables of this JSONL file")
+    args = parser.parse_args()
+    if args.table:
+        rows = [json.loads(line) for line in Path(args.table).read_text().splitlines() if line.strip()]
+        for kind in ("static", "drifting"):
+            print(f"\\n{kind}\\n{summary_table(rows, kind)}\\n\\n{cause_table(rows, kind)}")
+        return
+    from esort_jax.runtime.host_memory import configure_host_allocator
+
+    configure_host_allocator()
+    out = Path(args.out)
+    done = {(r["seed"], r["kind"], r["arm"]) for r in
+            (json.loads(line) for line in (out.read_text().splitlines() if out.exists() else []) if line.strip())}
+    for seed in args.seeds:
+        recordings, truth, drift = make_recordings(seed, args, Path(args.work) / f"seed{seed}" / "data")
+        for kind in args.kinds:
+            for row in recording_rows(seed, kind, recordings[kind], truth, args, Path(args.work), done):
+                row["drift"] = drift if kind == "drifting" else None
+                with out.open("a") as handle:
+                    handle.write(json.dumps(row, default=float) + "\\n")
+
+
+if __name__ == "__main__":
+    main()

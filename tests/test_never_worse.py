@@ -1,0 +1,96 @@
+"""Issue 17, item 0: the real-data workflow's training labels (dropped units' spikes are never
+negatives) and the SNR-binned scores (SpikeForest's convention)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from esort_jax.pipeline import PipelineConfig
+from esort_jax.realdata.labeller import load_labels
+from esort_jax.realdata.quality import QualityFilter, select_units
+from esort_jax.realdata.workflow import _training_labels
+from esort_jax.recording import Sorting
+from esort_jax.windows import WindowConfig, make_windows
+from tests._tiny import TINY_MODEL, tiny_recording
+
+J = 3
+
+
+def _labels_with_a_sparse_unit():
+    recording, truth = tiny_recording(duration_s=1.5, rate_hz=60.0, seed=4)
+    sparse = truth.unit_indices == 2
+    keep = ~sparse | (np.cumsum(sparse) <= 8)  # unit 2: 8 spikes, under min_spikes
+    sorting = Sorting(truth.samples[keep], truth.unit_indices[keep], truth.unit_ids, truth.sampling_frequency)
+    return recording, load_labels(sorting, duration_s=recording.duration_s)
+
+
+@pytest.mark.parametrize("clear", [True, False])
+def test_dropped_units_spikes_are_never_negatives_unless_asked(clear):
+    recording, labels = _labels_with_a_sparse_unit()
+    end = recording.num_samples // 2
+    selection = select_units(labels, (0, end), QualityFilter(min_spikes=20))
+    assert selection.kept_ids == [0, 1]
+    config = PipelineConfig(model=TINY_MODEL, windows=WindowConfig(jitter=J))
+    fit_labels, fit_config = _training_labels(labels, selection, config, clear)
+    windows = make_windows(recording, fit_labels, fit_config.windows, window=TINY_MODEL.window,
+                           anchor=TINY_MODEL.anchor, seed=0, train_span=(0, end))
+    assert windows.unit_ids.tolist() == [0, 1]  # the network learns the kept units only
+    negatives = windows.train.starts[~windows.train.labels.any(axis=1)] + TINY_MODEL.anchor
+    dropped = labels.sorting.unit_samples(2)
+    hits = sum(bool(np.any(np.abs(negatives - s) <= J)) for s in dropped)
+    # With clear=True no negative window holds a dropped unit's spike; before (clear=False)
+    # nothing kept them out (8 spikes x 7 windows among the negatives of this stretch).
+    assert (hits == 0) if clear else (fit_labels.num_units == 2)
+
+
+def test_snr_is_the_mean_waveform_peak_over_the_mad_noise():
+    from esort_jax.report.snr import snr_summary, unit_snr
+
+    recording, truth = tiny_recording(duration_s=1.5, rate_hz=20.0, amplitude=8.0, seed=1)
+    snr = unit_snr(recording, truth, noise_seconds=1.0)
+    # unit-variance noise plus waveforms of peak 8 on the main channel: SNR close to 8
+    assert snr.shape == (3,) and np.all((snr > 6.5) & (snr < 10.0)), snr
+    per_unit = {"unit_ids": [2, 0, 1], "accuracy": [0.9, 0.5, None]}
+    summary = snr_summary(per_unit, np.array([9.0, 3.0, 20.0]), [0, 1, 2])
+    # units 2 (SNR 20, acc 0.9) and 0 (SNR 9, acc 0.5) are above the cut; unit 1 is silent (None)
+    assert summary["accuracy_mean_snr_above"] == pytest.approx(0.7) and summary["n_units_snr_above"] == 2
+    assert summary["well_detected_snr_above"] == 1
+    low = summary["snr_bins"][0]
+    assert (low["snr_min"], low["snr_max"], low["n_units"]) == (0.0, 5.0, 0)
+
+
+def test_label_flags_find_oversplit_dropped_and_missed_units():
+    from esort_jax.realdata.diagnose import label_flags, oracle_threshold
+
+    fs = 32000.0
+    t0, t1, t2 = np.arange(10, 100) * 1000, np.arange(10, 100) * 1000 + 333, np.arange(10, 100) * 1000 + 666
+    truth = Sorting.from_unit_dict({"a": t0, "b": t1, "c": t2}, fs)
+    # labeller: truth a split in two (alternate spikes), truth b as one unit (dropped by the filter),
+    # truth c not found
+    labels = Sorting.from_unit_dict({10: t0[::2] + 1, 11: t0[1::2], 12: t1 - 2}, fs)
+    flags = label_flags(labels, np.array([True, True, False]), truth, (0, 200_000))
+    assert flags["oversplit"] == [True, False, False] and flags["labeller_units"][0] == [10, 11]
+    assert flags["paired_unit"][1] == 12 and flags["paired_dropped"] == [False, True, False]
+    assert flags["missed"] == [False, False, True]
+    scores = np.where(np.arange(labels.num_spikes) % 3 == 0, 0.6, 2.0).astype(np.float32)
+    best = oracle_threshold(labels, scores, truth, (0, 200_000), [0.5, 1.0])
+    assert [c["threshold"] for c in best["curve"]] == [0.5, 1.0] and best["threshold"] == 0.5
+
+
+def test_break_even_length_solves_the_two_lines(tmp_path):
+    from esort_jax.report.breakeven import PipelineTimes, break_even_s, fit_linear, plot_break_even
+
+    labeller = fit_linear([(60.0, 320.0), (180.0, 920.0)])  # 5 s per s of data, 20 s start-up
+    assert (labeller.intercept_s, labeller.slope) == pytest.approx((20.0, 5.0))
+    times = PipelineTimes(labeller=labeller, train_span_s=30.0, pretrain_s=0.0, finetune_s=60.0, threshold_s=5.0,
+                          sort_s_per_s=0.25)
+    star = break_even_s(times)
+    assert star == pytest.approx(30.0 + 65.0 / 4.75)
+    assert times.total(star) == pytest.approx(labeller.at(star))  # equal there, E-Sort ahead beyond
+    assert times.total(2 * star) < labeller.at(2 * star)
+    slow = PipelineTimes(labeller=fit_linear([(60.0, 6.0)]), train_span_s=30.0, pretrain_s=0.0, finetune_s=1.0,
+                         threshold_s=0.0, sort_s_per_s=0.25)
+    assert break_even_s(slow) is None  # a labeller faster per second than E-Sort: never
+    plot_break_even({"sorter": times}, tmp_path / "b.png", measured=[{"length_s": 60, "seconds": 320}])
+    assert (tmp_path / "b.png").stat().st_size > 0
