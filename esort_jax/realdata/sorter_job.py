@@ -73,7 +73,8 @@ def run_job(si_recording: Any, params: dict, folder: str | Path, *, verbose: boo
         train_seconds = job.train_seconds_for(recording.duration_s)
         labeller_input = si_preprocessed if job.labeller_input == "preprocessed" else si_recording
         labels, labeller = obtain_labels(job, labeller_input, recording.duration_s, train_seconds, folder)
-        labels = group_units(labels, si_recording, job.labels_group_property, verbose=verbose)
+        if labeller is None:  # a labeller sorted this very recording: its units are all here
+            labels = group_units(labels, si_recording, job.labels_group_property, verbose=verbose)
         checkpoint, init, backbone = resolve_checkpoint(job, recording)
         result = esort_from_labels(
             recording, labels, train_seconds=train_seconds, checkpoint=checkpoint, init=init, freeze=job.freeze,
