@@ -1,0 +1,230 @@
+"""The E-Sort pipeline: the method's stages in order, each one named call.
+
+    config  = PipelineConfig(windows=WindowConfig(spikes_per_unit=10), train=TrainConfig(epochs=40),
+                             transfer=TransferConfig(init="transfer", checkpoint="runs/pre/checkpoint"))
+    fitted  = fit(recording, labels, config, seed=0, run_dir="runs/ft")    # stages 1-3
+    outcome = sort_and_evaluate(fitted, recording, truth, config)           # stages 4-6
+
+  1. windows    training and validation windows from the labels       windows.make_windows
+  2. network    fresh, or the backbone of a pretrained checkpoint     transfer.finetune_model
+  3. train      BCE + Adam on the training windows                    train.train
+  4. threshold  swept on the validation part of the training region   threshold.choose_threshold
+  5. sort       streamed inference into peak picking                  sort.sort_recording
+  6. evaluate   matching against the truth on the scored span         evaluate.evaluate
+
+Every caller goes through these functions: the experiments' arms (transfer, label efficiency,
+baselines), pretraining (`fit` with `init='scratch'` on a source), the real-data workflow
+(`esort_jax.realdata.workflow`: `fit`, `choose`, `sort` of the whole recording) and sorting
+with a saved network (`sort`). The threshold is only ever chosen on labelled training data;
+the evaluation span is only ever sorted and scored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from functools import cached_property
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from esort_jax.evaluate import EvaluationConfig, EvaluationResult, evaluate, scored_span
+from esort_jax.infer import InferenceConfig, InferenceParams, fold_batchnorm
+from esort_jax.model import ModelConfig, ESortNet
+from esort_jax.postprocess import PostprocessConfig
+from esort_jax.recording import Recording, Sorting
+from esort_jax.sort import SortResult, sort_recording
+from esort_jax.threshold import choose_threshold
+from esort_jax.train import TrainConfig, TrainResult, evaluate_windows, train
+from esort_jax.transfer import TransferConfig, TransferReport, finetune_model
+from esort_jax.windows import WindowConfig, WindowSets, balanced_windows, make_windows
+
+__all__ = [
+    "PipelineConfig", "Fitted", "Outcome",
+    "fit", "choose", "sort", "score", "window_scores", "sort_and_evaluate",
+]
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+    """Every stage's settings (each validated by its own `validate`)."""
+
+    model: ModelConfig = ModelConfig()
+    windows: WindowConfig = WindowConfig()
+    train: TrainConfig = TrainConfig()
+    transfer: TransferConfig = TransferConfig(init="scratch")
+    evaluation: EvaluationConfig = EvaluationConfig()
+    infer: InferenceConfig = InferenceConfig()
+    postprocess: PostprocessConfig = PostprocessConfig()
+
+    def validate(self, where: str = "") -> None:
+        for field in dataclasses.fields(self):
+            getattr(self, field.name).validate(f"{where}{field.name}")
+
+    def replace(self, **changes) -> "PipelineConfig":
+        return dataclasses.replace(self, **changes)
+
+
+@dataclasses.dataclass(eq=False)
+class Fitted:
+    """A trained network, the windows it was trained on and how it was trained."""
+
+    model: ESortNet
+    windows: WindowSets
+    train_result: TrainResult
+    transfer_report: TransferReport
+
+    @property
+    def unit_ids(self) -> np.ndarray:
+        return self.windows.unit_ids
+
+    @cached_property
+    def params(self) -> InferenceParams:
+        """The network in eval mode with BatchNorm folded into the weights (for inference)."""
+        self.model.eval()
+        return fold_batchnorm(self.model)
+
+    def summary(self) -> dict:
+        """Training summary for results.json: epochs, window counts, last epoch's metrics."""
+        history = self.train_result.history
+        last = history[-1] if history else {}
+        return {
+            "epochs": self.train_result.epochs_completed,
+            "train_windows": len(self.windows.train),
+            "validation_windows": len(self.windows.validation),
+            "num_units": self.windows.num_units,
+            "final": {k: v for k, v in last.items() if isinstance(v, (int, float))},
+        }
+
+
+@dataclasses.dataclass(eq=False)
+class Outcome:
+    """The sorted evaluation span, its scores, and the threshold that sorted it."""
+
+    sort_result: SortResult
+    evaluation: EvaluationResult
+    threshold: float
+    threshold_curve: dict
+    window_metrics: dict
+
+    def metrics(self) -> dict:
+        """Flat summary for results.json / W&B: spike-level scores (one key per metric, as
+        EvaluationResult.to_dict), threshold, timing, and window-level scores (`window_*`)."""
+        result = self.sort_result
+        out = {
+            **self.evaluation.to_dict(),
+            "threshold": self.threshold,
+            "sort_seconds": result.seconds,
+            "inference_seconds": result.inference_seconds,
+            "postprocess_seconds": result.postprocess_seconds,
+            "sorted_duration_s": (result.span[1] - result.span[0]) / result.sorting.sampling_frequency,
+            "num_spikes_found": result.sorting.num_spikes,
+        }
+        out.update({f"window_{k}": v for k, v in self.window_metrics.items()})
+        return out
+
+
+def fit(
+    recording: Recording,
+    labels: Sorting,
+    config: PipelineConfig,
+    *,
+    seed: int,
+    run_dir: str | Path | None = None,
+    train_span: tuple[int, int] | None = None,
+    eval_span: tuple[int, int] | None = None,
+    callback: Callable[[int, dict], None] | None = None,
+    metadata_extra: dict | None = None,
+) -> Fitted:
+    """Stages 1-3: windows from `labels` → network (fresh, or transferred from a checkpoint) →
+    trained (checkpoints in `run_dir`, resumed from there). Pretraining is this with
+    `config.transfer.init == 'scratch'` on a source recording."""
+    windows = make_windows(
+        recording, labels, config.windows, window=config.model.window, anchor=config.model.anchor,
+        seed=seed, train_span=train_span, eval_span=eval_span,
+    )
+    model, report = finetune_model(
+        recording.num_channels, windows.num_units, config.model, config.transfer,
+        seed=seed, channel_positions=recording.channel_positions,
+    )
+    result = train(
+        model, recording, windows, dataclasses.replace(config.train, seed=seed),
+        run_dir=run_dir, freeze=config.transfer.freeze, callback=callback,
+        transfer=report.to_dict(), metadata_extra=metadata_extra,
+    )
+    return Fitted(model=result.model, windows=windows, train_result=result, transfer_report=report)
+
+
+def choose(fitted: Fitted, recording: Recording, labels: Sorting, config: PipelineConfig) -> tuple[float, dict]:
+    """Stage 4: (threshold, sweep curve) on the validation part of the training region,
+    against `labels` (the labels the network was trained from)."""
+    return choose_threshold(
+        fitted.params, recording, labels, fitted.windows.validation_span, config.evaluation,
+        unit_ids=fitted.unit_ids, infer_config=config.infer, postprocess_config=config.postprocess,
+    )
+
+
+def sort(
+    fitted: Fitted,
+    recording: Recording,
+    config: PipelineConfig,
+    *,
+    threshold: float,
+    span: tuple[int, int] | None = None,
+    split: int | None = None,
+) -> SortResult:
+    """Stage 5: the spikes of `span` (default: the evaluation span), optionally in two calls
+    meeting at `split` (see sort.sort_recording)."""
+    start, stop = fitted.windows.eval_span if span is None else span
+    return sort_recording(
+        fitted.params, recording, fitted.unit_ids, threshold=threshold, infer_config=config.infer,
+        postprocess_config=config.postprocess, start=start, stop=stop, split=split,
+    )
+
+
+def score(
+    result: SortResult,
+    truth: Sorting,
+    config: PipelineConfig,
+    *,
+    identities: str = "known",
+    span: tuple[int, int] | None = None,
+) -> EvaluationResult:
+    """Stage 6: `result` against `truth` on `span` (default: the scored span of what was sorted,
+    `evaluate.scored_span`). Units of `truth` the network lacks count all their spikes as missed."""
+    if span is None:
+        span = scored_span(result.span, window=config.model.window, anchor=config.model.anchor)
+    return evaluate(result.sorting, truth, tolerance_ms=config.evaluation.tolerance_ms,
+                    identities=identities, span=span)
+
+
+def window_scores(fitted: Fitted, recording: Recording, truth: Sorting, config: PipelineConfig, *, seed: int) -> dict:
+    """Window-level precision / recall / accuracy / Jaccard of the network on balanced windows
+    of the evaluation span (at most `evaluation.window_metrics_max`; {} when 0)."""
+    if not config.evaluation.window_metrics_max:
+        return {}
+    held_out = balanced_windows(
+        truth, fitted.windows.eval_span, window=config.model.window, anchor=config.model.anchor,
+        jitter=fitted.windows.train.jitter, seed=seed, stream="held_out",
+        unit_indices=truth.unit_index_of(fitted.unit_ids), max_windows=config.evaluation.window_metrics_max,
+    )
+    if not len(held_out):
+        return {}
+    metrics = evaluate_windows(fitted.model, recording, held_out)
+    precision, recall = metrics.get("precision", 0.0), metrics.get("recall", 0.0)
+    metrics["jaccard"] = 1.0 / (1.0 / precision + 1.0 / recall - 1.0) if precision > 0 and recall > 0 else 0.0
+    return metrics
+
+
+def sort_and_evaluate(
+    fitted: Fitted, recording: Recording, truth: Sorting, config: PipelineConfig, *, seed: int = 0,
+    labels: Sorting | None = None,
+) -> Outcome:
+    """Stages 4-6: choose the threshold on the validation span against `labels` (those the
+    network was trained from; default `truth`), sort the evaluation span, score it against
+    `truth` (spike level and window level)."""
+    threshold, curve = choose(fitted, recording, truth if labels is None else labels, config)
+    result = sort(fitted, recording, config, threshold=threshold)
+    return Outcome(
+        sort_result=result, evaluation=score(result, truth, config), threshold=threshold,
+        threshold_curve=curve, window_metrics=window_scores(fitted, recording, truth, config, seed=seed),
+    )

@@ -1,0 +1,396 @@
+"""Conventional spike sorters as baselines: run one through SpikeInterface on a span of a Recording.
+
+    result = run_baseline("kilosort4", recording, "runs/ks4", span=(480_000, 960_000))
+    result.sorting          # esort_jax Sorting, absolute sample indices of `recording`
+    result.wall_seconds     # the run_sorter call, as a user waits for it
+    result.version          # the sorter's version (SpikeInterface's for its own sorters)
+
+The sorters themselves are never re-implemented: `spikeinterface.sorters.run_sorter` runs them
+with their own defaults; `DEFAULT_PARAMS` lists the only values we change (and why), and any
+parameter can be overridden. The optional stack (torch, kilosort, hdbscan, ...) is pinned in
+`requirements-baselines.txt` and installed by `make baselines-venv`.
+
+Spans: the recording is cut with SpikeInterface's `frame_slice(start, stop)`, so the sorter sees
+exactly [start, stop) and numbers its spikes from 0; `shift_sorting` moves them back to absolute
+samples. Recordings SpikeInterface cannot serialise (in-memory traces, e.g. a lazily
+synthesised recording or an HDF5 file) are first written to a binary folder next to the sorter's
+output, because every sorter re-loads its recording from its folder; that copy is not timed and
+is deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib.util
+import json
+import shutil
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Iterator, Literal, Mapping
+
+import numpy as np
+
+from esort_jax.config import ConfigError, require
+from esort_jax.recording import Recording, Sorting
+
+__all__ = [
+    "SORTERS",
+    "DEFAULT_PARAMS",
+    "INSTALL_TARGET",
+    "BaselinesConfig",
+    "BaselineResult",
+    "SorterNotInstalled",
+    "SorterFailed",
+    "check_sorter_name",
+    "missing_modules",
+    "require_installed",
+    "sorter_params",
+    "sorter_version",
+    "sorted_span",
+    "shift_sorting",
+    "log_tail",
+    "run_baseline",
+]
+
+# The sorters this module knows, with the Python modules each needs beyond the core stack.
+SORTER_MODULES: dict[str, tuple[str, ...]] = {
+    "kilosort4": ("torch", "kilosort"),
+    "spykingcircus2": ("numba", "hdbscan", "sklearn"),
+    "tridesclous2": ("numba", "hdbscan", "sklearn"),
+}
+SORTERS: tuple[str, ...] = tuple(SORTER_MODULES)
+INSTALL_TARGET = "make baselines-venv"
+
+# The only parameters we set away from each sorter's own defaults.
+DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
+    # SpikeInterface's 'auto' picks CUDA when torch sees a GPU; the comparison here runs on CPU.
+    # Override with torch_device='cuda' (or 'auto') on a GPU host.
+    "kilosort4": {"torch_device": "cpu"},
+    "spykingcircus2": {},
+    "tridesclous2": {},
+}
+
+
+class SorterNotInstalled(RuntimeError):
+    """A baseline sorter's Python packages are missing (the message names the make target)."""
+
+
+class SorterFailed(RuntimeError):
+    """A baseline sorter raised while sorting (the message ends with the tail of its log)."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Configuration
+
+
+@dataclasses.dataclass(frozen=True)
+class BaselinesConfig:
+    """Which sorters run, on what, with which parameter overrides.
+
+    Attributes:
+      sorters: names from SORTERS, run in this order.
+      span: 'full' (default) sorts the whole recording, as a user runs a sorter; 'eval' sorts
+        exactly the evaluation span (the held-out part E-Sort is scored on). Either way only the
+        evaluation span is scored. Kilosort4 needs minutes of data (>= 1000 spikes per 40 µm
+        depth bin), so 'eval' on short recordings cripples it.
+      sorter_params: per sorter, parameters passed to run_sorter on top of DEFAULT_PARAMS.
+      n_jobs: worker count for SpikeInterface's chunked steps (-1: every core).
+      keep_recording_copy: keep the binary copy of a recording SpikeInterface cannot
+        serialise (see run_baseline), e.g. to open a sorter's Phy output with waveforms.
+      reference_sorter: the sorter whose accuracy E-Sort's label curve is measured against
+        (None: none); must be one of `sorters`.
+    """
+
+    sorters: tuple[str, ...] = SORTERS
+    span: Literal["eval", "full"] = "full"
+    sorter_params: dict = dataclasses.field(default_factory=dict)
+    n_jobs: int = -1
+    keep_recording_copy: bool = False
+    reference_sorter: str | None = "kilosort4"
+
+    def validate(self, where: str = "") -> None:
+        key = (lambda name: f"{where}.{name}" if where else name)
+        require(len(self.sorters) > 0, key("sorters"), f"must name at least one of {list(SORTERS)}")
+        for i, name in enumerate(self.sorters):
+            check_sorter_name(name, f"{key('sorters')}[{i}]")
+        require(
+            len(set(self.sorters)) == len(self.sorters), key("sorters"),
+            f"entries must be distinct; got {list(self.sorters)}",
+        )
+        for name, params in self.sorter_params.items():
+            check_sorter_name(name, f"{key('sorter_params')}.{name}")
+            require(
+                params is None or isinstance(params, Mapping), f"{key('sorter_params')}.{name}",
+                f"must be a mapping of parameter overrides; got {params!r}",
+            )
+        require(self.n_jobs != 0, key("n_jobs"), "must be -1 (every core) or >= 1; got 0")
+        require(self.n_jobs >= -1, key("n_jobs"), f"must be -1 (every core) or >= 1; got {self.n_jobs}")
+        if self.reference_sorter is not None:
+            require(
+                self.reference_sorter in self.sorters, key("reference_sorter"),
+                f"must be one of sorters {list(self.sorters)} or null; got {self.reference_sorter!r}",
+            )
+
+    def overrides(self, name: str) -> dict:
+        return dict(self.sorter_params.get(name) or {})
+
+
+def check_sorter_name(name: Any, key: str = "sorter") -> str:
+    """`name` if it is a known sorter; ConfigError naming `key` and the known sorters otherwise."""
+    if name not in SORTER_MODULES:
+        raise ConfigError(f"{key}: unknown sorter {name!r}; known sorters: {', '.join(SORTERS)}")
+    return name
+
+
+def check_spikeinterface_sorter(name: Any, key: str = "sorter") -> str:
+    """`name` if SpikeInterface knows the sorter (run_baseline runs any, e.g. as a labeller);
+    ConfigError naming `key` and the known sorters otherwise."""
+    from spikeinterface.sorters import sorter_dict
+
+    if name not in SORTER_MODULES and name not in sorter_dict:
+        raise ConfigError(f"{key}: unknown sorter {name!r}; SpikeInterface's sorters: {', '.join(sorted(sorter_dict))}")
+    return name
+
+
+def missing_modules(name: str) -> list[str]:
+    """The Python modules `name` needs that cannot be imported here."""
+    check_spikeinterface_sorter(name)
+    return [m for m in SORTER_MODULES.get(name, ()) if importlib.util.find_spec(m) is None]
+
+
+def require_installed(name: str) -> None:
+    """Raise SorterNotInstalled (naming the missing modules and the make target) unless the
+    sorter can run here."""
+    missing = missing_modules(name)
+    if missing:
+        raise SorterNotInstalled(
+            f"sorter {name!r} is not installed: missing Python module(s) {', '.join(missing)}; "
+            f"install the baseline stack with `{INSTALL_TARGET}` (requirements-baselines.txt)"
+        )
+    from spikeinterface.sorters import sorter_dict
+
+    if not sorter_dict[name].is_installed():
+        raise SorterNotInstalled(
+            f"SpikeInterface reports sorter {name!r} as not installed; run `{INSTALL_TARGET}`"
+        )
+
+
+def sorter_params(name: str, overrides: Mapping[str, Any] | None = None, where: str = "sorter_params") -> dict:
+    """DEFAULT_PARAMS[name] updated by `overrides`, each key checked against the sorter's own
+    parameters (ConfigError naming `where.<name>.<key>` and the known ones). Needs the sorter
+    installed (Kilosort4 lists its parameters only then)."""
+    check_spikeinterface_sorter(name, where)
+    require_installed(name)
+    from spikeinterface.sorters import get_default_sorter_params
+
+    known = get_default_sorter_params(name)
+    params = {**DEFAULT_PARAMS.get(name, {}), **dict(overrides or {})}
+    for key in params:
+        if key not in known:
+            raise ConfigError(
+                f"{where}.{name}.{key}: not a parameter of {name} (known: {', '.join(sorted(known))})"
+            )
+    return params
+
+
+def sorter_version(name: str) -> str:
+    """The sorter's version as SpikeInterface reports it."""
+    require_installed(name)
+    from spikeinterface.sorters import sorter_dict
+
+    return str(sorter_dict[name].get_sorter_version())
+
+
+# ----------------------------------------------------------------------------------------------
+# Spans and spikes
+
+
+def sorted_span(mode: str, num_samples: int, eval_span: tuple[int, int]) -> tuple[int, int]:
+    """The samples a baseline sorts: the evaluation span ('eval') or everything ('full')."""
+    if mode == "eval":
+        return (int(eval_span[0]), int(eval_span[1]))
+    if mode == "full":
+        return (0, int(num_samples))
+    raise ConfigError(f"span: must be 'eval' or 'full'; got {mode!r}")
+
+
+def shift_sorting(sorting: Sorting, offset: int) -> Sorting:
+    """The same spikes with `offset` added to every sample (span-relative → absolute)."""
+    return dataclasses.replace(sorting, samples=sorting.samples + np.int64(offset))
+
+
+# ----------------------------------------------------------------------------------------------
+# Running a sorter
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class BaselineResult:
+    """One sorter's output on one span.
+
+    Attributes:
+      sorter, version: name and version (SpikeInterface's own sorters report a date version).
+      sorting: spikes in absolute samples of the recording, units as the sorter numbered them.
+      span: [start, stop) that was sorted.
+      wall_seconds: the run_sorter call (folder set-up, binary copy the sorter makes, sorting,
+        reading the result): what a user waits for.
+      sorter_seconds: the sorter's own run as SpikeInterface logs it (without the set-up).
+      folder: the sorter's output folder.
+      params: the parameters we passed (DEFAULT_PARAMS + overrides); the rest are the sorter's.
+    """
+
+    sorter: str
+    version: str
+    sorting: Sorting
+    span: tuple[int, int]
+    wall_seconds: float
+    sorter_seconds: float | None
+    folder: Path
+    params: dict
+
+    @property
+    def sorted_duration_s(self) -> float:
+        return (self.span[1] - self.span[0]) / self.sorting.sampling_frequency
+
+    @property
+    def num_units_found(self) -> int:
+        """Units with at least one spike."""
+        return int(np.count_nonzero(self.sorting.spike_counts()))
+
+
+@contextlib.contextmanager
+def _global_job_kwargs(**kwargs) -> Iterator[None]:
+    """SpikeInterface's global job kwargs set for the block, restored afterwards."""
+    from spikeinterface.core import get_global_job_kwargs, set_global_job_kwargs
+
+    saved = dict(get_global_job_kwargs())
+    set_global_job_kwargs(**kwargs)
+    try:
+        yield
+    finally:
+        set_global_job_kwargs(**saved)
+
+
+def _serialisable(si_recording) -> bool:
+    return bool(si_recording.check_serializability("json") or si_recording.check_serializability("pickle"))
+
+
+def _warn_dangling_phy_params(sorter_folder: Path, removed: Path) -> None:
+    """Warn about Phy params.py files whose dat_path points into the removed recording copy."""
+    for params_file in sorted(sorter_folder.rglob("params.py")):
+        try:
+            text = params_file.read_text()
+        except OSError:
+            continue
+        if str(removed.resolve()) in text or str(removed) in text:
+            warnings.warn(
+                f"{params_file}: dat_path points to {removed}, the binary copy of the recording made for the "
+                "sorter and removed after it (Phy will open without waveforms); run_baseline(..., "
+                "keep_recording_copy=True) keeps it",
+                stacklevel=3,
+            )
+
+
+def log_tail(folder: Path, lines: int = 40) -> str:
+    """The end of what a sorter left in its folder: SpikeInterface's error trace and the
+    sorter's own log files."""
+    parts = []
+    si_log = folder / "spikeinterface_log.json"
+    if si_log.is_file():
+        try:
+            trace = json.loads(si_log.read_text()).get("error_trace") or []
+        except (OSError, ValueError):
+            trace = []
+        if trace:
+            parts.append(f"--- {si_log} (error_trace, last {lines} lines)\n" + "\n".join(trace[-lines:]))
+    for path in sorted((folder / "sorter_output").glob("*.log")) if (folder / "sorter_output").is_dir() else []:
+        text = path.read_text(errors="replace").splitlines()
+        parts.append(f"--- {path} (last {lines} lines)\n" + "\n".join(text[-lines:]))
+    return "\n".join(parts) if parts else f"(no log found in {folder})"
+
+
+def run_baseline(
+    name: str,
+    recording: Recording,
+    output_folder: str | Path,
+    *,
+    span: tuple[int, int] | None = None,
+    params: Mapping[str, Any] | None = None,
+    n_jobs: int = -1,
+    verbose: bool = False,
+    keep_recording_copy: bool = False,
+) -> BaselineResult:
+    """Run sorter `name` on recording[start:stop] with SpikeInterface's `run_sorter`.
+
+    Args:
+      name: one of SORTERS.
+      recording: an esort_jax Recording (with channel positions), or a SpikeInterface recording.
+      output_folder: created (replaced when it exists); the sorter's files go to
+        `<output_folder>/sorter/`.
+      span: [start, stop) to sort (default: the whole recording).
+      params: parameter overrides on top of DEFAULT_PARAMS[name] (checked against the sorter's).
+      n_jobs: workers for SpikeInterface's chunked steps (-1: every core).
+      keep_recording_copy: a recording SpikeInterface cannot serialise (e.g. in memory) is
+        first written as a binary folder `<output_folder>/recording_binary/` for the sorter;
+        keep it (it is what a sorter's Phy output, e.g. Kilosort's params.py, points to) or
+        remove it after sorting (default: it is as large as the span in float32; a warning
+        names any params.py left pointing to it).
+    Returns a BaselineResult whose sorting is in absolute samples.
+    Raises SorterNotInstalled, ConfigError (a bad parameter), SorterFailed (with the log tail).
+    """
+    from spikeinterface.sorters import run_sorter
+
+    from esort_jax.io import from_spikeinterface_sorting, to_spikeinterface_recording
+
+    params = sorter_params(name, params)
+    version = sorter_version(name)
+    num_samples = recording.num_samples if isinstance(recording, Recording) else recording.get_num_samples()
+    start, stop = (0, num_samples) if span is None else (int(span[0]), int(span[1]))
+    if not 0 <= start < stop <= num_samples:
+        raise ValueError(f"span [{start}, {stop}) does not lie within the recording's [0, {num_samples})")
+    output_folder = Path(output_folder)
+    if output_folder.exists():
+        shutil.rmtree(output_folder)
+    output_folder.mkdir(parents=True)
+    sorter_folder = output_folder / "sorter"
+
+    si_recording = recording if not isinstance(recording, Recording) else to_spikeinterface_recording(recording)
+    si_recording = si_recording.frame_slice(start_frame=start, end_frame=stop)
+    copy_folder = None
+    if not _serialisable(si_recording):
+        copy_folder = output_folder / "recording_binary"
+        with warnings.catch_warnings():  # "not serializable ... provenance": expected, that is why we copy
+            warnings.filterwarnings("ignore", message="The extractor is not serializable")
+            si_recording = si_recording.save(folder=copy_folder, format="binary", n_jobs=1, progress_bar=False)
+
+    try:
+        # Threads, not forked processes: the caller may already run JAX (forking it is unsafe).
+        with _global_job_kwargs(n_jobs=n_jobs, pool_engine="thread", progress_bar=False):
+            started = time.perf_counter()
+            try:
+                si_sorting = run_sorter(
+                    name, si_recording, folder=str(sorter_folder), remove_existing_folder=True,
+                    verbose=verbose, raise_error=True, **params,
+                )
+            except Exception as error:  # the sorter's own exception types vary
+                raise SorterFailed(
+                    f"{name} {version} failed on samples [{start}, {stop}) with parameters {params}: "
+                    f"{type(error).__name__}: {str(error).strip().splitlines()[-1] if str(error).strip() else ''}\n"
+                    f"{log_tail(sorter_folder)}"
+                ) from error
+            sorting = shift_sorting(from_spikeinterface_sorting(si_sorting), start)
+            wall = time.perf_counter() - started
+    finally:
+        if copy_folder is not None and not keep_recording_copy:
+            shutil.rmtree(copy_folder, ignore_errors=True)
+            _warn_dangling_phy_params(sorter_folder, copy_folder)
+
+    sorter_seconds = None
+    si_log = sorter_folder / "spikeinterface_log.json"
+    if si_log.is_file():
+        sorter_seconds = json.loads(si_log.read_text()).get("run_time")
+    return BaselineResult(
+        sorter=name, version=version, sorting=sorting, span=(start, stop), wall_seconds=wall,
+        sorter_seconds=sorter_seconds, folder=sorter_folder, params=params,
+    )

@@ -1,0 +1,96 @@
+"""Expensive artefacts made once and shared through the content-addressed cache: synthesised
+recordings and pretrained checkpoints.
+
+    folder, hit = synthesised_recording(SynthesisConfig(seed=1), cache_dir="cache")
+    path, hit, summary = pretrained_checkpoint(source, source_truth, config, seed=0,
+                                               cache_dir="cache", data_key=synthesis_key(data))
+
+A pretrained checkpoint is keyed by what makes its numbers: the source data, the model, window
+and training configs (minus settings that change no number) and the seed. Training runs in
+`<cache>/pretrain_work/<hash>` (a killed run resumes there); the final checkpoint is then copied
+atomically to `<cache>/checkpoints/<hash>`, so concurrent jobs never see a partial one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+from esort_jax import checkpoint as ckpt
+from esort_jax.config import to_dict
+from esort_jax.io.atomic import atomic_folder
+from esort_jax.recording import Recording, Sorting
+from esort_jax.runtime.cache import cached
+
+__all__ = ["synthesis_key", "synthesised_recording", "pretrain_key", "pretrained_checkpoint"]
+
+# Training settings that change no number a run computes (not part of the cache key).
+_UNKEYED_TRAIN = ("progress", "log_every_steps")
+
+
+def synthesis_key(data: Any) -> dict:
+    """What identifies a synthesised recording: the generator version and the full config."""
+    from data_gen.synthesize import GENERATOR, GENERATOR_VERSION
+
+    return {"generator": GENERATOR, "generator_version": GENERATOR_VERSION, "config": to_dict(data)}
+
+
+def synthesised_recording(data: Any, cache_dir: str | Path, *, force: bool = False) -> tuple[Path, bool]:
+    """(folder, cache hit): the recording folder `data_gen.write_synthetic(data)` makes, cached."""
+    from data_gen import write_synthetic
+
+    return cached(
+        cache_dir, "recordings", synthesis_key(data),
+        lambda target: write_synthetic(data, target, progress=True), force=force,
+    )
+
+
+def pretrain_key(config, *, seed: int, data_key: dict) -> dict:
+    """The cache key of a network pretrained with `config` (a PipelineConfig) on the data
+    `data_key` describes."""
+    train_key = {k: v for k, v in to_dict(config.train).items() if k not in _UNKEYED_TRAIN}
+    return {
+        "role": "pretrain",
+        "checkpoint_format": ckpt.FORMAT_VERSION,  # a layout change must not reuse old checkpoints
+        "data": data_key,
+        "model": to_dict(config.model),
+        "windows": to_dict(config.windows),
+        "train": train_key,
+        "seed": seed,
+    }
+
+
+def pretrained_checkpoint(
+    source: Recording,
+    truth: Sorting,
+    config,
+    *,
+    seed: int,
+    cache_dir: str | Path,
+    data_key: dict,
+    force: bool = False,
+    callback: Callable[[int, dict], None] | None = None,
+) -> tuple[Path, bool, dict]:
+    """(checkpoint path, cache hit, training summary) of the network pretrained from scratch on
+    `source` labelled by `truth` (`esort_jax.pipeline.fit`), reused across runs when cached.
+    The summary is empty on a cache hit."""
+    from esort_jax.pipeline import fit
+    from esort_jax.transfer import TransferConfig
+
+    config = dataclasses.replace(config, transfer=TransferConfig(init="scratch"))
+    summary: dict = {}
+
+    def build(path: Path) -> None:
+        work = Path(cache_dir).expanduser().resolve() / "pretrain_work" / path.name
+        fitted = fit(source, truth, config, seed=seed, run_dir=work, callback=callback,
+                     metadata_extra={"role": "pretrain", "data": data_key})
+        summary.update(fitted.summary())
+        with atomic_folder(path) as tmp:
+            shutil.copytree(fitted.train_result.checkpoint, tmp, dirs_exist_ok=True)
+        shutil.rmtree(work, ignore_errors=True)
+
+    path, hit = cached(cache_dir, "checkpoints", pretrain_key(config, seed=seed, data_key=data_key), build,
+                       force=force)
+    return path, hit, summary

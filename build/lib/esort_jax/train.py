@@ -1,0 +1,753 @@
+"""Training: BCE on logits with optax, in the shape of the Flax examples.
+
+    model = init_model(C, N, model_config, seed)            # or transfer.finetune_model(...)
+    result = train(model, recording, windows, train_config, run_dir="runs/x",
+                   freeze="none", callback=lambda epoch, metrics: ...)
+
+The pieces: `create_train_state` (a `TrainState` of params, BatchNorm statistics, optimiser
+state and step: pytrees of arrays with the module's names, see `nnx.to_pure_dict`);
+`train_step`, one optimiser step, and `eval_step`, window-level counts, both pure functions
+that `make_train_step` / `make_eval_step` jit for a data path (the state is donated); `train`,
+the loop. Per epoch: a fresh order of the training windows from fold_in(shuffle key, epoch);
+one jitted step per batch; the mean BCE loss; window-level metrics on the validation windows
+(eval mode, threshold 0.5 on the sigmoid); a checkpoint every `checkpoint_every_epochs`; then
+`callback(epoch, metrics)`.
+
+The steps compute the network of esort_jax.model in the training formulation of
+esort_jax.fast.training (same numbers, laid out for the step's cost on CPU); `kernel` picks its
+layer 1 (esort_jax.fast.choose_kernel). Batches come from esort_jax.batches: windows cut inside
+the jitted step from traces resident on device, or gathered on the host by a background thread.
+
+Data parallel: a 1-D mesh over the devices ('data'); batches are sharded on 'data', parameters,
+optimiser state and resident traces are replicated. Everything is one jit program over global
+arrays, so BatchNorm's batch mean/variance are GLOBAL batch statistics (XLA inserts the
+all-reduce): 1 device and 4 devices compute the same step up to float rounding.
+
+Speed on CPU (benchmarks/bench_train.py): call
+`esort_jax.runtime.host_memory.configure_host_allocator()` at program start, before JAX
+computes anything; without it XLA page-faults its per-step temporaries again every step.
+
+Resuming (esort_jax.checkpoint): with a `run_dir`, each checkpoint holds parameters, BatchNorm
+statistics, the optimiser state, the epoch/step and the run's rng info. `train` called again
+with the same configuration and an identically initialised model continues from the latest
+checkpoint and ends with the same parameters as an uninterrupted run (the data order depends
+only on (seed, epoch)).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import logging
+import time
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx, struct
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from esort_jax import checkpoint as ckpt
+from esort_jax.batches import (
+    WindowFeeder, batch_indices, epoch_order, plan_residency, span_bytes, steps_per_epoch, take_batch,
+)
+from esort_jax.config import ConfigError, require, to_dict
+from esort_jax.fast import choose_kernel
+from esort_jax.fast import training as fast_training
+from esort_jax.model import ESortNet, ModelConfig
+from esort_jax.recording import Recording
+from esort_jax.windows import WindowSet, WindowSets
+
+__all__ = [
+    "TrainConfig",
+    "TrainResult",
+    "TrainState",
+    "FREEZE_OPTIONS",
+    "rng_streams",
+    "init_model",
+    "freeze_labels",
+    "make_optimizer",
+    "create_train_state",
+    "make_mesh",
+    "train_step",
+    "eval_step",
+    "make_train_step",
+    "make_eval_step",
+    "evaluate_windows",
+    "window_metrics",
+    "train",
+]
+
+log = logging.getLogger(__name__)
+
+FREEZE_OPTIONS = ("none", "temporal", "backbone")
+# Keys of TrainConfig that do not change the numbers a run computes: a run may be resumed with
+# other values for these.
+_RESUME_IGNORED = (
+    "log_every_steps", "checkpoint_every_epochs", "keep_checkpoints", "data_on_device",
+    "device_bytes_budget", "prefetch_batches", "stop_after_epochs", "progress", "kernel",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation and loop settings.
+
+    Attributes:
+      epochs: passes over the training windows (paper: 50).
+      batch_size: global batch (paper: 1024); must divide by the number of devices.
+      learning_rate: peak learning rate (paper: 5e-3).
+      optimizer: 'adam' or 'adamw' (decoupled weight decay on Dense kernels only).
+      weight_decay: AdamW's decay (requires optimizer='adamw').
+      schedule: 'constant' or 'cosine' (decay to final_lr_fraction · lr at the last step).
+      warmup_epochs: linear warm-up from 0 over this many epochs (fractions allowed).
+      final_lr_fraction: the cosine schedule's end value relative to learning_rate.
+      seed: root of the run's key streams (shuffling; `init_model` uses the 'init' stream).
+      log_every_steps: fetch the loss (one device sync) every this many steps.
+      checkpoint_every_epochs: checkpoint cadence when a run folder is given (the last epoch
+        is always saved).
+      keep_checkpoints: how many of the newest checkpoints to keep (0: all).
+      data_on_device: 'auto', 'always' or 'never' keep the training span resident on device.
+      device_bytes_budget: resident traces allowed per device in 'auto' mode.
+      prefetch_batches: host path: batches prepared ahead by the background thread.
+      stop_after_epochs: stop once this many epochs are complete (the run can be resumed).
+      progress: show a tqdm progress bar.
+      kernel: how the train step computes layer 1. 'xla': gather the batch's windows, then
+        matrix products (any backend, any device count); 'native': the C++ kernel of
+        esort_jax.fast.native reads the windows in place from the traces (one CPU device, float32;
+        an error if it cannot be used); 'auto' (default): 'native' where it can be used.
+    """
+
+    epochs: int = 50
+    batch_size: int = 1024
+    learning_rate: float = 5e-3
+    optimizer: Literal["adam", "adamw"] = "adam"
+    weight_decay: float = 0.0
+    schedule: Literal["constant", "cosine"] = "constant"
+    warmup_epochs: float = 0.0
+    final_lr_fraction: float = 0.0
+    seed: int = 0
+    log_every_steps: int = 20
+    checkpoint_every_epochs: int = 1
+    keep_checkpoints: int = 2
+    data_on_device: Literal["auto", "always", "never"] = "auto"
+    device_bytes_budget: int = 2 * 1024**3
+    prefetch_batches: int = 2
+    stop_after_epochs: int | None = None
+    progress: bool = True
+    kernel: Literal["auto", "xla", "native"] = "auto"
+
+    def validate(self, where: str = "train") -> None:
+        require(self.epochs >= 1, f"{where}.epochs", f"must be >= 1; got {self.epochs}")
+        require(self.batch_size >= 1, f"{where}.batch_size", f"must be >= 1; got {self.batch_size}")
+        require(self.learning_rate > 0, f"{where}.learning_rate", f"must be > 0; got {self.learning_rate}")
+        require(
+            self.optimizer in ("adam", "adamw"), f"{where}.optimizer",
+            f"must be 'adam' or 'adamw'; got {self.optimizer!r}",
+        )
+        require(self.weight_decay >= 0, f"{where}.weight_decay", f"must be >= 0; got {self.weight_decay}")
+        require(
+            self.weight_decay == 0 or self.optimizer == "adamw", f"{where}.weight_decay",
+            "needs optimizer 'adamw' (Adam with L2 in the loss is not offered)",
+        )
+        require(
+            self.schedule in ("constant", "cosine"), f"{where}.schedule",
+            f"must be 'constant' or 'cosine'; got {self.schedule!r}",
+        )
+        require(
+            0 <= self.warmup_epochs < self.epochs, f"{where}.warmup_epochs",
+            f"must lie in [0, epochs={self.epochs}); got {self.warmup_epochs}",
+        )
+        require(
+            0 <= self.final_lr_fraction <= 1, f"{where}.final_lr_fraction",
+            f"must lie in [0, 1]; got {self.final_lr_fraction}",
+        )
+        require(self.log_every_steps >= 1, f"{where}.log_every_steps", "must be >= 1")
+        require(self.checkpoint_every_epochs >= 1, f"{where}.checkpoint_every_epochs", "must be >= 1")
+        require(self.keep_checkpoints >= 0, f"{where}.keep_checkpoints", "must be >= 0 (0 keeps all)")
+        require(
+            self.data_on_device in ("auto", "always", "never"), f"{where}.data_on_device",
+            f"must be 'auto', 'always' or 'never'; got {self.data_on_device!r}",
+        )
+        require(self.device_bytes_budget >= 0, f"{where}.device_bytes_budget", "must be >= 0")
+        require(self.prefetch_batches >= 1, f"{where}.prefetch_batches", "must be >= 1")
+        require(
+            self.stop_after_epochs is None or self.stop_after_epochs >= 1, f"{where}.stop_after_epochs",
+            f"must be >= 1 or null; got {self.stop_after_epochs}",
+        )
+        require(
+            self.kernel in ("auto", "xla", "native"), f"{where}.kernel",
+            f"must be 'auto', 'xla' or 'native'; got {self.kernel!r}",
+        )
+
+
+@dataclasses.dataclass(eq=False)
+class TrainResult:
+    """What `train` returns.
+
+    Attributes:
+      model: the trained network (the object passed in, updated; left in eval mode).
+      history: per-epoch metrics dicts of the epochs run in this call.
+      epochs_completed: total completed epochs (including those of a resumed run).
+      resumed_from: the checkpoint the run continued from (None for a fresh start).
+      checkpoint: the newest checkpoint written (None without a run folder).
+      finished: True when all `epochs` are complete (False after `stop_after_epochs`).
+    """
+
+    model: ESortNet
+    history: list[dict]
+    epochs_completed: int
+    resumed_from: Path | None
+    checkpoint: Path | None
+    finished: bool
+
+
+# ----------------------------------------------------------------------------------------------
+# Keys, model, optimiser
+
+
+def rng_streams(seed: int) -> dict[str, jax.Array]:
+    """Named key streams derived from one root key: 'init' (parameters) and 'shuffle'."""
+    root = jax.random.key(seed)
+    return {"init": jax.random.fold_in(root, 0), "shuffle": jax.random.fold_in(root, 1)}
+
+
+def init_model(num_channels: int, num_units: int, config: ModelConfig, seed: int) -> ESortNet:
+    """A freshly initialised network from the seed's 'init' stream."""
+    config.validate()
+    return ESortNet(num_channels, num_units, config, rngs=nnx.Rngs(params=rng_streams(seed)["init"]))
+
+
+def freeze_labels(params: dict, freeze: str) -> dict:
+    """'trainable' / 'frozen' for every parameter (same tree as `params`).
+
+    'none' trains everything; 'temporal' freezes backbone.temporal1 and backbone.temporal2
+    (Dense and normalisation scale/shift); 'backbone' freezes all of backbone. The head always
+    trains. BatchNorm layers still normalise with batch statistics and update their running
+    averages in training mode (as in PyTorch with requires_grad=False).
+    """
+    if freeze not in FREEZE_OPTIONS:
+        raise ConfigError(f"transfer.freeze: must be one of {list(FREEZE_OPTIONS)}; got {freeze!r}")
+    frozen_prefixes = {
+        "none": (),
+        "temporal": (("backbone", "temporal1"), ("backbone", "temporal2")),
+        "backbone": (("backbone",),),
+    }[freeze]
+
+    def label(path, _):
+        names = tuple(getattr(p, "key", getattr(p, "name", None)) for p in path)
+        return "frozen" if any(names[: len(q)] == q for q in frozen_prefixes) else "trainable"
+
+    return jax.tree_util.tree_map_with_path(label, params)
+
+
+def _decay_mask(params: dict) -> dict:
+    return jax.tree_util.tree_map_with_path(lambda path, _: getattr(path[-1], "key", None) == "kernel", params)
+
+
+def learning_rate_schedule(config: TrainConfig, steps_each_epoch: int) -> optax.Schedule:
+    total = config.epochs * steps_each_epoch
+    warmup = int(round(config.warmup_epochs * steps_each_epoch))
+    peak = config.learning_rate
+    if config.schedule == "cosine":
+        if warmup:
+            return optax.warmup_cosine_decay_schedule(
+                0.0, peak, warmup, total, end_value=peak * config.final_lr_fraction
+            )
+        return optax.cosine_decay_schedule(peak, total, alpha=config.final_lr_fraction)
+    if warmup:
+        return optax.join_schedules(
+            [optax.linear_schedule(0.0, peak, warmup), optax.constant_schedule(peak)], [warmup]
+        )
+    return optax.constant_schedule(peak)
+
+
+def make_optimizer(config: TrainConfig, params: dict, steps_each_epoch: int, freeze: str = "none"):
+    """Adam / AdamW with the configured schedule; frozen parameters get zero updates.
+
+    Equal settings return the same transformation object, so `make_train_step` can reuse a
+    compiled step across `train` calls (sweeps, tests)."""
+    settings = tuple(
+        getattr(config, name)
+        for name in ("epochs", "learning_rate", "optimizer", "weight_decay", "schedule", "warmup_epochs", "final_lr_fraction")
+    )
+    return _optimizer(settings, steps_each_epoch, freeze, jax.tree.structure(params))
+
+
+@functools.lru_cache(maxsize=64)
+def _optimizer(settings: tuple, steps_each_epoch: int, freeze: str, treedef):
+    config = TrainConfig(**dict(zip(
+        ("epochs", "learning_rate", "optimizer", "weight_decay", "schedule", "warmup_epochs", "final_lr_fraction"),
+        settings,
+    )))
+    params = jax.tree.unflatten(treedef, [0] * treedef.num_leaves)
+    schedule = learning_rate_schedule(config, steps_each_epoch)
+    if config.optimizer == "adamw":
+        tx = optax.adamw(schedule, weight_decay=config.weight_decay, mask=_decay_mask(params))
+    else:
+        tx = optax.adam(schedule)
+    labels = freeze_labels(params, freeze)
+    if freeze != "none":
+        tx = optax.multi_transform({"trainable": tx, "frozen": optax.set_to_zero()}, labels)
+    return tx
+
+
+@struct.dataclass
+class TrainState:
+    """What a training step updates: pytrees of arrays (pure dicts with the module's names).
+    Fields in alphabetical order, as a dict state flattens: the jitted step's arguments, and so
+    its compiled program, stay those of the dict state this replaced."""
+
+    batch_stats: dict
+    opt_state: Any
+    params: dict
+    step: jax.Array
+
+
+def create_train_state(model: ESortNet, tx: optax.GradientTransformation) -> TrainState:
+    """The model's parameters and BatchNorm statistics, a fresh optimiser state, step 0."""
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    batch_stats = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
+    return TrainState(
+        batch_stats=batch_stats, opt_state=tx.init(params), params=params, step=jnp.zeros((), jnp.int32)
+    )
+
+
+def make_mesh(devices=None) -> Mesh:
+    """A 1-D mesh ('data',) over `devices` (default: all devices)."""
+    devices = jax.devices() if devices is None else list(devices)
+    return Mesh(np.asarray(devices), ("data",))
+
+
+# ----------------------------------------------------------------------------------------------
+# Steps
+
+
+def train_step(graphdef, tx, state: TrainState, windows, labels_BxN) -> tuple[TrainState, jax.Array]:
+    """One optimiser step on the mean BCE of a batch; returns (new state, loss).
+
+    `graphdef`: the model's graph in train mode; `windows`: [W, B, C] (time-major), or
+    esort_jax.fast.training.WindowRows for the native layer-1 kernel."""
+
+    def loss_fn(params, batch_stats):
+        model = nnx.merge(graphdef, params, batch_stats)
+        logits_BxN = fast_training.logits(model, windows)
+        loss = optax.sigmoid_binary_cross_entropy(logits_BxN, labels_BxN.astype(jnp.float32)).mean()
+        return loss, nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
+
+    (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, state.batch_stats)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    new_state = TrainState(
+        params=optax.apply_updates(state.params, updates),
+        batch_stats=batch_stats,
+        opt_state=opt_state,
+        step=state.step + 1,
+    )
+    return new_state, loss
+
+
+def eval_step(graphdef, params, batch_stats, windows_WxBxC, labels_BxN, valid_B):
+    """Eval-mode counts of a batch: ([tp, fp, fn, tn, exact, n] over valid windows, loss sum).
+
+    `graphdef`: the model's graph in eval mode; `windows_WxBxC` time-major; `valid_B` masks
+    the padding of the last batch."""
+    model = nnx.merge(graphdef, params, batch_stats)
+    logits = fast_training.logits(model, windows_WxBxC)
+    truth = labels_BxN.astype(bool)
+    pred = logits > 0.0  # sigmoid(logit) > 0.5
+    valid = valid_B[:, None]
+    loss = optax.sigmoid_binary_cross_entropy(logits, labels_BxN.astype(jnp.float32)).mean(axis=1)
+    return jnp.stack(
+        [
+            jnp.sum(pred & truth & valid),
+            jnp.sum(pred & ~truth & valid),
+            jnp.sum(~pred & truth & valid),
+            jnp.sum(~pred & ~truth & valid),
+            jnp.sum(jnp.all(pred == truth, axis=1) & valid_B),
+            jnp.sum(valid_B),
+        ]
+    ).astype(jnp.float32), jnp.sum(jnp.where(valid_B, loss, 0.0))
+
+
+def _graphdefs(model: ESortNet):
+    model.train()
+    train_graph = nnx.graphdef(model)
+    model.eval()
+    eval_graph = nnx.graphdef(model)
+    model.train()
+    return train_graph, eval_graph
+
+
+def _train_kernel(kernel: str, model: ESortNet, mesh: Mesh) -> str:
+    """'xla' or 'native': what `kernel` (TrainConfig.kernel) means for this model on this mesh."""
+    return choose_kernel(
+        kernel, purpose="train", devices=list(mesh.devices.flat), compute_dtype=model.config.compute_dtype,
+        temporal_features=model.config.temporal_features,
+    )
+
+
+def make_train_step(model: ESortNet, tx, mesh: Mesh, *, batch_size: int, resident: bool, kernel: str = "auto"):
+    """`train_step` jitted for a data path. Resident: step(state, data, order, i) cuts batch i
+    of `order` from data = {"traces" [T, C], "starts" [M] (relative to traces), "labels" [M, N]}
+    (esort_jax.batches.WindowFeeder.data). Host: step(state, x [W, B, C], y [B, N]). Both return
+    (new state, loss); `state` is donated. `kernel`: see `TrainConfig.kernel`."""
+    graphdef, _ = _graphdefs(model)
+    kernel = _train_kernel(kernel, model, mesh)
+    return _jitted_train_step(graphdef, tx, mesh, batch_size, resident, model.config.window, kernel)
+
+
+@functools.lru_cache(maxsize=32)
+def _jitted_train_step(graphdef, tx, mesh, batch_size, resident, window, kernel):
+    replicated = NamedSharding(mesh, PartitionSpec())
+    step = functools.partial(train_step, graphdef, tx)
+
+    if resident and kernel == "native":
+        def fn(state, data, order, i):
+            idx_B = batch_indices(order, i, batch_size, mesh)
+            windows = fast_training.WindowRows(data["traces"], data["starts"][idx_B], 1)
+            return step(state, windows, data["labels"][idx_B])
+    elif resident:
+        def fn(state, data, order, i):
+            x, y = take_batch(data, order, i, batch_size, window, mesh)
+            return step(state, x, y)
+    elif kernel == "native":
+        def fn(state, x, y):
+            w, b, c = x.shape  # windows [W, B, C] as rows [W·B, C]: sample w of window b is row w·B + b
+            return step(state, fast_training.WindowRows(x.reshape(w * b, c), jnp.arange(b, dtype=jnp.int32), b), y)
+    else:
+        fn = step
+
+    return jax.jit(fn, donate_argnums=0, out_shardings=(replicated, replicated))
+
+
+def make_eval_step(model: ESortNet, mesh: Mesh, *, batch_size: int, resident: bool):
+    """`eval_step` jitted for a data path: fn(params, batch_stats, data, order, i, valid_B)
+    (resident) or fn(params, batch_stats, x [W, B, C], y, valid_B) (host)."""
+    _, graphdef = _graphdefs(model)
+    return _jitted_eval_step(graphdef, mesh, batch_size, resident, model.config.window)
+
+
+@functools.lru_cache(maxsize=32)
+def _jitted_eval_step(graphdef, mesh, batch_size, resident, window):
+    replicated = NamedSharding(mesh, PartitionSpec())
+    step = functools.partial(eval_step, graphdef)
+
+    if resident:
+        def fn(params, batch_stats, data, order, i, valid_B):
+            x, y = take_batch(data, order, i, batch_size, window, mesh)
+            return step(params, batch_stats, x, y, valid_B)
+    else:
+        fn = step
+
+    return jax.jit(fn, out_shardings=(replicated, replicated))
+
+
+# ----------------------------------------------------------------------------------------------
+# Window-level metrics
+
+
+def window_metrics(counts: np.ndarray, loss_sum: float) -> dict[str, float]:
+    """Window-level metrics from [tp, fp, fn, tn, exact, n] (entries are (window, unit) pairs).
+
+    precision = tp / (tp + fp), recall = tp / (tp + fn) (0 when undefined), accuracy = correct
+    (window, unit) entries / all entries (dominated by negatives when N is large), exact_match =
+    windows whose whole label vector is right, loss = mean BCE.
+    """
+    tp, fp, fn, tn, exact, n = (float(c) for c in counts)
+    return {
+        "precision": tp / (tp + fp) if tp + fp else 0.0,
+        "recall": tp / (tp + fn) if tp + fn else 0.0,
+        "accuracy": (tp + tn) / (tp + fp + fn + tn) if n else 0.0,
+        "exact_match": exact / n if n else 0.0,
+        "loss": loss_sum / n if n else 0.0,
+        "windows": int(n),
+    }
+
+
+
+def _evaluate(eval_fn, feeder: WindowFeeder, params, batch_stats) -> dict[str, float]:
+    """Window metrics over a feeder's windows (sequential order, last batch padded)."""
+    if not len(feeder.windows):
+        return {}
+    M, B = len(feeder.windows), feeder.batch_size
+    positions = np.arange(feeder.steps * B)
+    order_np = (positions % M).astype(np.int32)
+    valid_np = positions < M
+    counts = jnp.zeros(6, jnp.float32)
+    loss_sum = jnp.zeros((), jnp.float32)
+    if feeder.resident:
+        order = jax.device_put(order_np, feeder.replicated)
+        for i in range(feeder.steps):
+            valid = jax.device_put(valid_np[i * B : (i + 1) * B], feeder.batch_sharding)
+            c, l = eval_fn(params, batch_stats, feeder.data, order, i, valid)
+            counts, loss_sum = counts + c, loss_sum + l
+    else:
+        with feeder.host_batches(order_np) as batches:
+            for i, (x, y) in enumerate(batches):
+                valid = jax.device_put(valid_np[i * B : (i + 1) * B], feeder.batch_sharding)
+                c, l = eval_fn(params, batch_stats, x, y, valid)
+                loss_sum.block_until_ready()  # at most two batches in flight
+                counts, loss_sum = counts + c, loss_sum + l
+    return window_metrics(np.asarray(counts), float(loss_sum))
+
+
+def evaluate_windows(
+    model: ESortNet,
+    recording: Recording,
+    windows: WindowSet,
+    *,
+    batch_size: int = 1024,
+    devices=None,
+    data_on_device: bool | None = None,
+    device_bytes_budget: int = 2 * 1024**3,
+) -> dict[str, float]:
+    """Window-level precision / recall / accuracy / exact match of `model` (eval mode) on
+    `windows` (e.g. `WindowSets.validation`, or `balanced_windows` on the evaluation span)."""
+    mesh = make_mesh(devices)
+    _check_batch(batch_size, mesh)
+    if windows.window != model.config.window or windows.num_units != model.num_units:
+        raise ValueError(
+            f"windows are W={windows.window}, N={windows.num_units}; the model is "
+            f"W={model.config.window}, N={model.num_units}"
+        )
+    if data_on_device is None:
+        data_on_device = span_bytes(windows.span(), recording.num_channels) <= device_bytes_budget
+    feeder = WindowFeeder(recording, windows, mesh, batch_size=batch_size, resident=data_on_device, prefetch=2)
+    params, batch_stats = jax.device_put(
+        (nnx.to_pure_dict(nnx.state(model, nnx.Param)), nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))),
+        NamedSharding(mesh, PartitionSpec()),
+    )
+    eval_fn = make_eval_step(model, mesh, batch_size=batch_size, resident=data_on_device)
+    metrics = _evaluate(eval_fn, feeder, params, batch_stats)
+    model.eval()
+    return metrics
+
+
+def _check_batch(batch_size: int, mesh: Mesh) -> None:
+    devices = mesh.devices.size
+    if batch_size % devices:
+        raise ConfigError(
+            f"train.batch_size: {batch_size} does not divide by the {devices} devices of the data "
+            f"mesh; use a multiple of {devices}"
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop
+
+
+def train(
+    model: ESortNet,
+    recording: Recording,
+    windows: WindowSets,
+    config: TrainConfig,
+    *,
+    run_dir: str | Path | None = None,
+    freeze: str = "none",
+    callback: Callable[[int, dict], None] | None = None,
+    devices=None,
+    transfer: dict | None = None,
+    metadata_extra: dict | None = None,
+) -> TrainResult:
+    """Train `model` on `windows` of `recording` (see the module doc).
+
+    Args:
+      model: an initialised ESortNet (C = recording channels, N = windows.num_units); trained
+        in place.
+      recording: the traces the windows are cut from.
+      windows: from `esort_jax.windows.make_windows`.
+      config: TrainConfig.
+      run_dir: folder for checkpoints; an existing run there is resumed (same config required).
+      freeze: 'none' | 'temporal' | 'backbone' (see `freeze_labels`).
+      callback: called as callback(epoch, metrics) after each epoch (epoch counts from 0).
+      devices: devices of the data-parallel mesh (default: all).
+      transfer: how the model was initialised (`TransferReport.to_dict()`), kept in checkpoints.
+      metadata_extra: merged into the checkpoints' metadata `extra` (e.g. the resolved config).
+    """
+    config.validate()
+    mesh = make_mesh(devices)
+    _check_inputs(model, recording, windows, config, mesh)
+    steps = steps_per_epoch(len(windows.train), config.batch_size)
+    tx = make_optimizer(config, nnx.to_pure_dict(nnx.state(model, nnx.Param)), steps, freeze)
+    state = create_train_state(model, tx)
+    signature = ckpt.resume_signature(_resume_settings(config), model, windows, freeze)
+    resumed = ckpt.restore_training(run_dir, model, state.opt_state, signature) if run_dir is not None else None
+    start_epoch, resumed_from = (resumed.epoch, resumed.path) if resumed is not None else (0, None)
+    if resumed is not None:  # the model now holds the checkpoint's arrays
+        state = create_train_state(model, tx).replace(
+            opt_state=resumed.opt_state, step=jnp.asarray(resumed.step, jnp.int32)
+        )
+    last_epoch = config.epochs if config.stop_after_epochs is None else min(config.epochs, config.stop_after_epochs)
+    history, written = [], None
+    if start_epoch < last_epoch:
+        save = None
+        if run_dir is not None:
+            save = _epoch_saver(run_dir, model, recording, windows, config, signature, freeze, transfer, metadata_extra)
+        state, history, written = _run_epochs(
+            model, recording, windows, config, mesh, tx, state, range(start_epoch, last_epoch), save, callback
+        )
+    _write_state_into(model, state)
+    model.eval()
+    completed = max(start_epoch, last_epoch)
+    return TrainResult(
+        model=model,
+        history=history,
+        epochs_completed=completed,
+        resumed_from=resumed_from,
+        checkpoint=written or resumed_from,
+        finished=completed >= config.epochs,
+    )
+
+
+def _run_epochs(model, recording, windows, config, mesh, tx, state, epochs: range, save, callback):
+    """The epochs of a run: returns (state, per-epoch metrics, newest checkpoint written)."""
+    train_feed, val_feed, step_fn, eval_fn = _feeds_and_steps(model, recording, windows, config, mesh, tx)
+    state = jax.device_put(state, NamedSharding(mesh, PartitionSpec()))
+    shuffle_key = rng_streams(config.seed)["shuffle"]
+    history, written = [], None
+    with _progress_bar(config.progress, len(epochs) * train_feed.steps) as progress:
+        for epoch in epochs:
+            started = time.perf_counter()
+            order = epoch_order(shuffle_key, epoch, len(windows.train), config.batch_size)
+            state, train_loss = _train_epoch(
+                step_fn, state, train_feed, order, progress, epoch, config.log_every_steps
+            )
+            metrics = {"epoch": epoch, "step": int(state.step), "train_loss": train_loss}
+            val = _evaluate(eval_fn, val_feed, state.params, state.batch_stats)
+            metrics.update({f"val_{k}": v for k, v in val.items()})
+            metrics["epoch_seconds"] = time.perf_counter() - started
+            metrics["windows_per_second"] = train_feed.steps * config.batch_size / metrics["epoch_seconds"]
+            history.append(metrics)
+            _report_epoch(progress, metrics, last=epoch + 1 == epochs.stop)
+            completed = epoch + 1
+            if save is not None and (completed % config.checkpoint_every_epochs == 0 or completed == epochs.stop):
+                written = save(state, completed, metrics)
+            if callback is not None:
+                callback(epoch, metrics)
+    return state, history, written
+
+
+def _train_epoch(step_fn, state, feed: WindowFeeder, order, progress, epoch: int, log_every: int):
+    """One pass over the epoch order: (state, mean loss)."""
+    losses = []
+
+    def after_step(i, loss):
+        losses.append(loss)
+        if progress is not None:
+            progress.update(1)
+            if (i + 1) % log_every == 0:
+                progress.set_postfix(epoch=epoch, loss=f"{float(loss):.4f}")
+
+    if feed.resident:
+        order = jax.device_put(order, feed.replicated)
+        for i in range(feed.steps):
+            state, loss = step_fn(state, feed.data, order, i)
+            after_step(i, loss)
+    else:
+        with feed.host_batches(np.asarray(order)) as batches:
+            for i, (x, y) in enumerate(batches):
+                state, loss = step_fn(state, x, y)
+                if losses:  # at most two steps in flight: bounds the batches held in memory
+                    losses[-1].block_until_ready()
+                after_step(i, loss)
+    return state, float(jnp.mean(jnp.stack(losses)))
+
+
+def _feeds_and_steps(model, recording, windows, config, mesh, tx):
+    """Window feeders (training, validation) and jitted steps for a run's data paths."""
+    train_resident, val_resident = plan_residency(
+        [windows.train, windows.validation], recording.num_channels,
+        data_on_device=config.data_on_device, budget_bytes=config.device_bytes_budget,
+    )
+    feeds = [
+        WindowFeeder(recording, ws, mesh, batch_size=config.batch_size, resident=resident,
+                     prefetch=config.prefetch_batches)
+        for ws, resident in ((windows.train, train_resident), (windows.validation, val_resident))
+    ]
+    kernel = _train_kernel(config.kernel, model, mesh)
+    where = {True: "resident on device", False: "gathered on the host"}
+    log.info(
+        "training %d windows (%d steps/epoch, batch %d on %d device(s)); training data %s, validation %s; "
+        "layer 1: %s",
+        len(windows.train), feeds[0].steps, config.batch_size, mesh.devices.size, where[train_resident],
+        where[val_resident],
+        "native kernel (windows read in place)" if kernel == "native" else "XLA (windows gathered)",
+    )
+    step_fn = make_train_step(
+        model, tx, mesh, batch_size=config.batch_size, resident=train_resident, kernel=kernel
+    )
+    eval_fn = make_eval_step(model, mesh, batch_size=config.batch_size, resident=val_resident)
+    return feeds[0], feeds[1], step_fn, eval_fn
+
+
+def _epoch_saver(run_dir, model, recording, windows, config, signature, freeze, transfer, metadata_extra):
+    """save(state, completed_epochs, metrics) → the epoch checkpoint written (esort_jax.checkpoint)."""
+    fingerprint = ckpt.data_fingerprint(recording)
+    shuffle_key = rng_streams(config.seed)["shuffle"]
+    rng = {
+        "seed": config.seed,
+        "streams": "fold_in(key(seed), 0: init, 1: shuffle); epoch order = fold_in(shuffle, epoch)",
+        "shuffle_key_data": np.asarray(jax.random.key_data(shuffle_key)).tolist(),
+    }
+
+    def save(state: TrainState, completed: int, metrics: dict) -> Path:
+        _write_state_into(model, state)
+        return ckpt.save_epoch_checkpoint(
+            run_dir, model, state.opt_state, epoch=completed, step=int(state.step), signature=signature,
+            keep=config.keep_checkpoints, recording=recording, fingerprint=fingerprint, windows=windows,
+            train_config=to_dict(config), transfer=transfer or {}, rng=rng,
+            extra={**(metadata_extra or {}), "freeze": freeze, "last_metrics": metrics},
+        )
+
+    return save
+
+
+def _progress_bar(enabled: bool, total: int):
+    """A tqdm bar over the run's steps (a null context when disabled)."""
+    if not enabled:
+        return contextlib.nullcontext()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="train", unit="step", leave=False)
+
+
+def _report_epoch(progress, metrics: dict, *, last: bool) -> None:
+    """The epoch's metrics in the bar's postfix, and one log line per epoch without a bar (with
+    a bar only the last; all are in the history)."""
+    epoch = metrics["epoch"]
+    if progress is not None:
+        progress.set_postfix(
+            epoch=epoch, loss=f"{metrics['train_loss']:.4f}", val_recall=f"{metrics['val_recall']:.3f}"
+        )
+    level = logging.INFO if progress is None or last else logging.DEBUG
+    log.log(level, "epoch %d: %s", epoch, {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()})
+
+
+def _check_inputs(model: ESortNet, recording: Recording, windows: WindowSets, config: TrainConfig, mesh: Mesh) -> None:
+    _check_batch(config.batch_size, mesh)
+    if model.num_channels != recording.num_channels:
+        raise ValueError(f"model has {model.num_channels} channels; the recording has {recording.num_channels}")
+    if model.num_units != windows.num_units:
+        raise ValueError(f"model has {model.num_units} outputs; the windows label {windows.num_units} units")
+    if (model.config.window, model.config.anchor) != (windows.window, windows.anchor):
+        raise ValueError(
+            f"windows were cut with W={windows.window}, A={windows.anchor}; the model has "
+            f"W={model.config.window}, A={model.config.anchor}"
+        )
+    if not len(windows.train):
+        raise ValueError("no training windows")
+
+
+def _resume_settings(config: TrainConfig) -> dict:
+    """The TrainConfig values that change the numbers a run computes (a resumed run must match)."""
+    return {k: v for k, v in to_dict(config).items() if k not in _RESUME_IGNORED}
+
+
+def _write_state_into(model: ESortNet, state: TrainState) -> None:
+    """Copy the (possibly replicated) training state into the module, on the default device."""
+    params, batch_stats = jax.device_get((state.params, state.batch_stats))
+    nnx.update(model, jax.tree.map(jnp.asarray, params), jax.tree.map(jnp.asarray, batch_stats))
