@@ -162,12 +162,14 @@ def resolve_checkpoint(job: SorterJob, recording) -> tuple[str | None, str, dict
         return job.checkpoint, "transfer", {"choice": "given", "checkpoint": job.checkpoint}
     from esort_jax.backbones import pick_backbone
 
-    pick = pick_backbone(recording.channel_positions, job.stages["model"])
+    pick = pick_backbone(recording.channel_positions, job.stages["model"],
+                         sampling_frequency=recording.sampling_frequency)
     if pick is None:
         if job.init == "transfer":
             raise ConfigError("checkpoint: 'auto' found no built backbone for this probe and init='transfer'; "
                               "build one (python -m esort_jax.backbones build) or give a checkpoint folder")
         return None, "scratch", {"choice": "scratch", "message": "no built backbone fits this probe: scratch"}
+    print(f"esort: {pick.message}")
     return str(pick.checkpoint), "transfer", pick.to_dict()
 
 
