@@ -18,8 +18,9 @@ float32) and manifest.json: format, version, the configs that made it (data, mod
 training, seed), the source's sites, the sha256 and size of backbone.npz, the build time.
 `load_backbone` verifies the checksum; a mismatch is an error, never a silent use.
 
-Picking (`pick_backbone`): among the backbones found (ESORT_BACKBONES_DIR, then the user cache
-~/.cache/esort_jax/backbones) whose network sizes fit, one whose sites contain every channel of
+Picking (`pick_backbone`): among the backbones found (ESORT_BACKBONES_DIR, the user cache
+~/.cache/esort_jax/backbones, then those shipped in esort_jax/backbones_data) whose network
+sizes fit, one whose sites contain every channel of
 the recording (positions equal up to a translation: any bank or block of a known probe) gives
 its temporal layers and the spatial weights of exactly those sites; otherwise the temporal
 layers alone. The result is materialised as a checkpoint folder holding only what transfers
@@ -116,11 +117,19 @@ class BackbonePick:
                                          for k, v in dataclasses.asdict(self).items()}}
 
 
+SHIPPED = Path(__file__).resolve().parent / "backbones_data"
+
+
 def backbone_dirs() -> list[Path]:
-    """Where backbones are looked for, in order: $ESORT_BACKBONES_DIR, then the user cache."""
+    """Where backbones are looked for, in order: $ESORT_BACKBONES_DIR, the user cache (where
+    `esort-backbones build` writes), then those shipped with the package."""
     dirs = [Path(os.environ["ESORT_BACKBONES_DIR"]).expanduser()] if os.environ.get("ESORT_BACKBONES_DIR") else []
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")).expanduser()
-    return dirs + [cache / "esort_jax" / "backbones"]
+    return dirs + [user_cache(), SHIPPED]
+
+
+def user_cache() -> Path:
+    """~/.cache/esort_jax/backbones (honours XDG_CACHE_HOME)."""
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")).expanduser() / "esort_jax" / "backbones"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -316,20 +325,23 @@ def _best_match(backbones: list[Backbone], positions: np.ndarray):
 
 
 def pick_backbone(positions_um: np.ndarray, model: ModelConfig, *, sampling_frequency: float | None = None,
-                  dirs: list[Path] | None = None) -> BackbonePick | None:
+                  dirs: list[Path] | None = None, spatial_only: bool = False) -> BackbonePick | None:
     """The transfer checkpoint from the best backbone for a recording with these channel
-    positions (module doc), or None when no backbone fits the network sizes."""
+    positions (module doc), or None when no backbone fits the network sizes (or, with
+    `spatial_only`, when none holds every channel's site)."""
     positions = np.asarray(positions_um, dtype=np.float64)
     backbones = [b for b in (load_backbone(f) for f in find_backbones(dirs)) if _fits(b, model)]
     if not backbones:
         return None
     match = _best_match(backbones, positions) if np.all(np.isfinite(positions)) else None
+    if match is None and spatial_only:
+        return None
     temporal = next((b for b in backbones if b.positions is None), backbones[0])
     backbone, sites, offset = match if match else (temporal, None, (0.0, 0.0))
     arrays = target_arrays(backbone, len(positions), sites)
     key = hashlib.sha256(json.dumps([backbone.manifest["sha256"], None if sites is None else sites.tolist(),
                                      len(positions)]).encode()).hexdigest()[:16]
-    folder = write_transfer_checkpoint(arrays, backbone, positions, backbone_dirs()[-1] / "_targets" / key)
+    folder = write_transfer_checkpoint(arrays, backbone, positions, user_cache() / "_targets" / key)
     what = (f"temporal layers and the spatial weights of the {len(positions)} matching sites (offset "
             f"{offset[0]:g}, {offset[1]:g} µm)" if sites is not None else
             "the temporal layers only (no backbone holds every channel's site; the spatial filter starts fresh)")
@@ -352,7 +364,7 @@ def main(argv: list[str] | None = None) -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     build = commands.add_parser("build", help="pretrain and store backbones (fixed seed)")
     build.add_argument("names", nargs="*", default=list(BACKBONE_SPECS), choices=list(BACKBONE_SPECS))
-    build.add_argument("--out", type=Path, default=backbone_dirs()[0], help="where to store them (default: %(default)s)")
+    build.add_argument("--out", type=Path, default=user_cache(), help="where to store them (default: %(default)s)")
     build.add_argument("--cache-dir", type=Path, default=Path(os.environ.get("ESORT_CACHE_DIR", "cache")),
                        help="pretraining cache: source recordings, resumable training (default: %(default)s)")
     build.add_argument("--epochs", type=int, default=None, help="override the spec's epochs (recorded)")

@@ -23,6 +23,7 @@ from omegaconf import DictConfig
 
 from data_gen import SynthesisConfig
 from esort_jax.config import ConfigError, from_dict, to_dict
+from esort_jax.backbones import pick_backbone
 from esort_jax.evaluate import EvaluationResult, evaluate
 from esort_jax.infer import InferenceConfig
 from esort_jax.realdata.labeller import load_labels
@@ -128,7 +129,7 @@ def main(cfg: DictConfig) -> dict:
 
         with run.stage("open recording"):
             si_recording, own_truth = spec.open()
-            recording = preprocessed_recording(si_recording, preprocess)
+            recording = preprocessed_recording(si_recording, preprocess, motion_folder=run.dir / "motion")
         run.results["recording"] = {
             "path": str(Path(str(spec.path)).expanduser().resolve()), "format": spec.format,
             "num_channels": recording.num_channels, "sampling_frequency": recording.sampling_frequency,
@@ -143,7 +144,12 @@ def main(cfg: DictConfig) -> dict:
             "has_labels": labels.has_labels, "sorter_seconds": labels.sorter_seconds,
         }
 
-        if init == "transfer" and not checkpoint:
+        pick = pick_backbone(recording.channel_positions, model, sampling_frequency=recording.sampling_frequency,
+                             spatial_only=True) if init == "transfer" and not checkpoint else None
+        if pick is not None:  # a built backbone (esort-backbones build) of this probe: no pretraining
+            checkpoint, run.results["backbone"] = pick.checkpoint, pick.to_dict()
+            print(f"[sort_real] {pick.message}")
+        elif init == "transfer" and not checkpoint:
             pretrain = run.pipeline_config(windows="pretrain.windows", train="pretrain.train")
             checkpoint, run.results["pretrain"] = pretrained_checkpoint(run, recording, preprocess, pretrain, seed)
         with run.stage("fine-tune + sort"):
