@@ -219,8 +219,14 @@ def write_results(result: LabelledSort, job: SorterJob, folder: Path, labeller: 
         "configs": {name: to_dict(config) for name, config in job.stages.items()},
     })
     write_json(folder / TIMING_FILE, log)
-    if job.analyzer or job.export_nwb:
+    if (job.analyzer or job.export_nwb) and not si_preprocessed.has_probe():
+        log["analyzer"] = "skipped: the recording has no probe (channel positions), which the analyzer needs"
+        write_json(folder / TIMING_FILE, log)
+    elif job.analyzer or job.export_nwb:
         from esort_jax.report.quality_report import after_sorting
 
-        after_sorting(folder, si_preprocessed, analyzer=job.analyzer, nwb=job.export_nwb, n_jobs=job.n_jobs,
-                      verbose=verbose)
+        started = time.perf_counter()
+        log["outputs"] = after_sorting(folder, si_preprocessed, analyzer=job.analyzer, nwb=job.export_nwb,
+                                       n_jobs=job.n_jobs, verbose=verbose)
+        log["esort"]["seconds"]["analyzer"] = time.perf_counter() - started
+        write_json(folder / TIMING_FILE, log)

@@ -13,6 +13,7 @@ the keys it names, the rest keep the sorter's defaults below.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 from esort_jax.config import ConfigError, from_dict, require, to_dict
@@ -196,6 +197,13 @@ class SorterJob:
                 + ("both" if self.labels is not None else "neither"))
         require(self.labels is None or isinstance(self.labels, str), "labels",
                 f"must be a path (a sorting object is saved to the output folder first); got {self.labels!r}")
+        require(self.labels is None or Path(self.labels).expanduser().exists(), "labels",
+                f"{self.labels} does not exist")
+        if self.labeller is not None:
+            from esort_jax.realdata.baselines import check_spikeinterface_sorter, require_installed
+
+            check_spikeinterface_sorter(self.labeller, "labeller")
+            require_installed(self.labeller)
         require(self.labeller_input in LABELLER_INPUTS, "labeller_input",
                 f"must be one of {list(LABELLER_INPUTS)}; got {self.labeller_input!r}")
         require(self.train_seconds is None or float(self.train_seconds) > 0, "train_seconds",
