@@ -197,18 +197,22 @@ def test_labeller_tridesclous2(tmp_path):
     assert comparison.count_well_detected_units(well_detected_score=0.8) >= 3, comparison.get_performance()
 
 
-def test_partial_stage_dicts_keep_the_other_defaults_and_devices_are_checked():
+def test_partial_stage_dicts_keep_the_other_defaults_and_devices_are_checked(tmp_path):
     from esort_jax.realdata.sorter_job import jax_device
     from esort_jax.realdata.sorter_params import SorterJob, default_params
 
-    job = SorterJob.from_params({**default_params(), "labels": "x", "preprocess": {"motion": {"enabled": True}},
-                                 "train": {"epochs": 3}})
+    with pytest.raises(ConfigError, match="^labels: .*missing does not exist"):
+        SorterJob.from_params({**default_params(), "labels": str(tmp_path / "missing")})
+    with pytest.raises(ConfigError, match="^labeller: unknown sorter 'ks5'"):
+        SorterJob.from_params({**default_params(), "labeller": "ks5"})
+    job = SorterJob.from_params({**default_params(), "labels": str(tmp_path), "train": {"epochs": 3},
+                                 "preprocess": {"motion": {"enabled": True}}})
     preprocess = job.stages["preprocess"]
     assert preprocess.motion.enabled and preprocess.motion.preset == "rigid_fast" and preprocess.bandpass
     assert job.stages["train"].epochs == 3 and not job.stages["train"].progress  # the sorter's CPU default kept
     assert job.train_seconds_for(100.0) == 50.0 and job.train_seconds_for(3600.0) == 300.0
     with pytest.raises(ConfigError, match="^device: must be one of"):
-        SorterJob.from_params({**default_params(), "labels": "x", "device": "cuda"})
+        SorterJob.from_params({**default_params(), "labels": str(tmp_path), "device": "cuda"})
     with pytest.raises(ConfigError, match="^device: no 'tpu' device here"):
         with jax_device("tpu"):
             pass
