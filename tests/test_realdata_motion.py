@@ -37,6 +37,24 @@ def test_online_compatibility_is_stated_and_enforced():
     assert PreprocessConfig(enabled=False, motion=MotionConfig(enabled=True)).online_problems() == []
 
 
+def test_auto_corrects_long_recordings_with_depth_only():
+    from spikeinterface.core import generate_recording
+
+    short = generate_recording(num_channels=4, durations=[2.0], sampling_frequency=32000.0)
+    config = PreprocessConfig(motion=MotionConfig(enabled="auto"))
+    assert config.motion.applies_to(short) == (False, "auto: off, the recording lasts 2 s < min_duration_s 120")
+    recording = preprocessed_recording(short, config)
+    assert recording.metadata["motion"]["applied"] is False and "correct_motion" not in " ".join(
+        recording.metadata["preprocess"])
+    assert MotionConfig(enabled="auto", min_duration_s=1.0).applies_to(short)[0]
+    flat = generate_recording(num_channels=4, durations=[2.0], sampling_frequency=32000.0, set_probe=False)
+    assert MotionConfig(enabled="auto", min_duration_s=1.0).applies_to(flat) == (
+        False, "auto: off, the channels lie at fewer than two depths (or have no positions)")
+    with pytest.raises(ConfigError, match=r"^preprocess\.motion\.enabled: expected true/false; got 'yes'"):
+        from_dict(PreprocessConfig, {"motion": {"enabled": "yes"}}, where="preprocess")
+    assert PreprocessConfig(motion=MotionConfig(enabled="auto")).online_problems()
+
+
 def test_motion_correction_needs_channel_positions():
     from spikeinterface.core import NumpyRecording
 

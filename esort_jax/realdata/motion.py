@@ -35,7 +35,7 @@ import dataclasses
 import importlib.util
 import json
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Literal
 
 import numpy as np
 
@@ -57,8 +57,13 @@ class MotionConfig:
     """Motion correction settings (module doc).
 
     Attributes:
-      enabled: estimate the probe's motion and interpolate the traces back (off by default).
+      enabled: true: estimate the probe's motion and interpolate the traces back; false (the
+        library default): no correction; 'auto' (the entry points' default, see
+        docs/motion_correction.md): on for recordings of at least `min_duration_s` whose
+        channels lie at two or more depths, off otherwise (said in the summary).
       preset: one of MOTION_PRESETS.
+      min_duration_s: the shortest recording 'auto' corrects (drift builds up over minutes;
+        the estimate needs a few time bins of spikes).
       keep_all_channels: interpolate every channel, extrapolating at the probe's ends
         ('force_extrapolate'); false: the preset's border mode (rigid_fast and the
         nonrigid_* presets then drop the channels the drift can move out of the probe, so the
@@ -67,8 +72,9 @@ class MotionConfig:
       chunk_duration_s: chunk length of that pass.
     """
 
-    enabled: bool = False
+    enabled: bool | Literal["auto"] = False
     preset: str = "rigid_fast"
+    min_duration_s: float = 120.0
     keep_all_channels: bool = True
     n_jobs: int = 1
     chunk_duration_s: float = 1.0
@@ -78,16 +84,30 @@ class MotionConfig:
                 f"must be one of {list(MOTION_PRESETS)}; got {self.preset!r}")
         require(self.n_jobs == -1 or self.n_jobs >= 1, f"{where}.n_jobs", f"must be -1 or >= 1; got {self.n_jobs}")
         require(self.chunk_duration_s > 0, f"{where}.chunk_duration_s", f"must be > 0; got {self.chunk_duration_s}")
+        require(self.enabled in (True, False, "auto"), f"{where}.enabled",
+                f"must be true, false or 'auto'; got {self.enabled!r}")
+        require(self.min_duration_s >= 0, f"{where}.min_duration_s", f"must be >= 0; got {self.min_duration_s}")
         missing = [m for m in _PRESET_MODULES.get(self.preset, ()) if importlib.util.find_spec(m) is None]
-        require(not (self.enabled and missing), f"{where}.preset",
+        require(not (self.enabled is not False and missing), f"{where}.preset",
                 f"{self.preset!r} needs the Python module(s) {', '.join(missing)}, not installed here")
 
     def online_problems(self) -> list[str]:
         """Why this step cannot run on a stream (empty when it can)."""
-        if not self.enabled:
+        if self.enabled is False:
             return []
-        return [f"motion correction (preset {self.preset!r}) estimates the displacement at each time from the "
-                "spikes of the whole recording (later ones included): no preset is causal"]
+        return [f"motion correction (enabled={self.enabled!r}, preset {self.preset!r}) estimates the displacement "
+                "at each time from the spikes of the whole recording (later ones included): no preset is causal"]
+
+    def applies_to(self, si_recording: Any) -> tuple[bool, str]:
+        """(correct this recording?, why): `enabled`, or for 'auto' its duration and depths."""
+        if self.enabled != "auto":
+            return bool(self.enabled), f"enabled={self.enabled}"
+        duration = si_recording.get_total_duration()
+        if duration < self.min_duration_s:
+            return False, f"auto: off, the recording lasts {duration:.4g} s < min_duration_s {self.min_duration_s:g}"
+        if not si_recording.has_probe() or np.unique(si_recording.get_channel_locations()[:, 1]).size < 2:
+            return False, "auto: off, the channels lie at fewer than two depths (or have no positions)"
+        return True, f"auto: on ({duration:.4g} s >= min_duration_s {self.min_duration_s:g})"
 
 
 def correct_motion(si_recording: Any, config: MotionConfig, *, folder: str | Path | None = None,
@@ -137,6 +157,7 @@ def motion_summary(motion: Any, info: dict, config: MotionConfig) -> dict:
     range (µm) and, per spatial window, its centre depth and displacement range."""
     displacement = np.concatenate([np.asarray(d, dtype=np.float64).reshape(-1) for d in motion.displacement])
     return {
+        "applied": True,
         "preset": config.preset,
         "rigid": bool(motion.displacement[0].shape[1] == 1),
         "num_peaks": int(len(info["peaks"])),

@@ -159,12 +159,14 @@ def preprocess(si_recording: Any, config: PreprocessConfig, where: str = "prepro
             recording, reference=config.common_reference, operator=config.reference_operator,
             local_radius=tuple(config.local_radius_um),
         )
-    if config.motion.enabled:
+    correct, why = config.motion.applies_to(recording)
+    if correct:
         recording, motion = correct_motion(recording, config.motion, folder=motion_folder, where=f"{where}.motion")
+        motion["why"] = why
     if config.whiten:
         recording = spre.whiten(recording, dtype="float32", mode="global")
-    if config.motion.enabled:
-        recording.annotate(esort_motion=motion)
+    if config.motion.enabled is not False:
+        recording.annotate(esort_motion=motion if correct else {"applied": False, "why": why})
     return recording
 
 
@@ -206,7 +208,9 @@ def describe(config: PreprocessConfig, si_recording: Any | None = None) -> list[
         steps.append(f"bandpass_filter {config.freq_min_hz:g}-{config.freq_max_hz:g} Hz")
     if config.common_reference != "none":
         steps.append(f"common_reference {config.common_reference} {config.reference_operator}")
-    if config.motion.enabled:
+    correct = config.motion.enabled is True or (
+        config.motion.enabled == "auto" and si_recording is not None and config.motion.applies_to(si_recording)[0])
+    if correct:
         steps.append(f"correct_motion {config.motion.preset}")
     if config.whiten:
         steps.append("whiten global")

@@ -66,7 +66,7 @@ def run_job(si_recording: Any, params: dict, folder: str | Path, *, verbose: boo
     with jax_device(job.device):
         started = time.perf_counter()
         config = job.stages["preprocess"]
-        motion_folder = folder / "motion" if config.enabled and config.motion.enabled else None
+        motion_folder = folder / "motion" if config.enabled and config.motion.enabled is not False else None
         si_preprocessed = preprocess(si_recording, config, motion_folder=motion_folder)
         recording = as_preprocessed(si_preprocessed, config, si_recording)
         seconds["preprocess"] = time.perf_counter() - started
