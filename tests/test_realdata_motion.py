@@ -12,7 +12,7 @@ from esort_jax.realdata.preprocess import PreprocessConfig, describe, preprocess
 
 
 def test_settings_are_checked_and_named():
-    with pytest.raises(ConfigError, match=r"^preprocess\.motion\.preset: must be one of \['rigid_fast'"):
+    with pytest.raises(ConfigError, match=r"^preprocess\.motion\.preset: must be one of \['dredge_fast'"):
         PreprocessConfig(motion=MotionConfig(preset="rigid")).validate()
     with pytest.raises(ConfigError, match=r"^preprocess\.motion\.n_jobs"):
         from_dict(PreprocessConfig, {"motion": {"n_jobs": 0}}, where="preprocess")

@@ -44,7 +44,7 @@ def test_registered_with_every_parameter_described():
     assert list(defaults) == list(described)
     assert all(isinstance(text, str) and len(text) > 20 for text in described.values())
     assert defaults["labels"] is None and defaults["labeller"] is None
-    assert defaults["train"]["epochs"] == 10 and "motion" in defaults["preprocess"]
+    assert defaults["train"]["epochs"] == 10 and defaults["preprocess"]["motion"]["enabled"] == "auto"
     assert "E-Sort" in ss.get_sorter_description("esort")
 
 
@@ -208,7 +208,7 @@ def test_partial_stage_dicts_keep_the_other_defaults_and_devices_are_checked(tmp
     job = SorterJob.from_params({**default_params(), "labels": str(tmp_path), "train": {"epochs": 3},
                                  "preprocess": {"motion": {"enabled": True}}})
     preprocess = job.stages["preprocess"]
-    assert preprocess.motion.enabled and preprocess.motion.preset == "rigid_fast" and preprocess.bandpass
+    assert preprocess.motion.enabled is True and preprocess.motion.preset == "dredge_fast" and preprocess.bandpass
     assert job.stages["train"].epochs == 3 and not job.stages["train"].progress  # the sorter's CPU default kept
     assert job.train_seconds_for(100.0) == 50.0 and job.train_seconds_for(3600.0) == 300.0
     with pytest.raises(ConfigError, match="^device: must be one of"):

@@ -1,6 +1,6 @@
 """Motion (drift) correction with SpikeInterface's `correct_motion`, as a preprocessing step.
 
-    config = MotionConfig(enabled=True, preset="rigid_fast")
+    config = MotionConfig(enabled=True, preset="dredge_fast")
     corrected, summary = correct_motion(si_recording, config, folder="run/motion")   # lazy traces
 
 The probe moves in the brain over a long recording, so a neuron's waveform slides along the
@@ -9,7 +9,8 @@ detects and localises (peaks), then interpolates the traces back to a fixed dept
 lazily, chunk by chunk. Presets (SpikeInterface's `motion_options_preset`):
 
     rigid_fast                   one displacement per 5 s bin for the whole probe (centre of mass)
-    dredge_fast                  non-rigid DREDge on grid-convolution locations (SI's default)
+    dredge_fast                  non-rigid DREDge on grid-convolution locations (SpikeInterface's
+                                 and our default: see docs/motion_correction.md)
     dredge                       non-rigid DREDge on monopolar-triangulation locations (official)
     nonrigid_accurate            decentralised registration, monopolar triangulation
     nonrigid_fast_and_accurate   decentralised registration, grid convolution
@@ -43,7 +44,7 @@ from esort_jax.config import ConfigError, require
 
 __all__ = ["MOTION_PRESETS", "MotionConfig", "correct_motion", "motion_summary", "plot_motion", "spikeinterface_jobs"]
 
-MOTION_PRESETS = ("rigid_fast", "dredge_fast", "dredge", "nonrigid_accurate", "nonrigid_fast_and_accurate",
+MOTION_PRESETS = ("dredge_fast", "rigid_fast", "dredge", "nonrigid_accurate", "nonrigid_fast_and_accurate",
                   "kilosort_like", "medicine")
 # What a preset needs beyond the core stack.
 _PRESET_MODULES = {"medicine": ("medicine",)}
@@ -73,7 +74,7 @@ class MotionConfig:
     """
 
     enabled: bool | Literal["auto"] = False
-    preset: str = "rigid_fast"
+    preset: str = "dredge_fast"  # the most accurate and among the cheapest measured (docs/motion_correction.md)
     min_duration_s: float = 120.0
     keep_all_channels: bool = True
     n_jobs: int = 1

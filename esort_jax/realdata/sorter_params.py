@@ -21,6 +21,7 @@ from esort_jax.evaluate import EvaluationConfig
 from esort_jax.infer import InferenceConfig
 from esort_jax.model import ModelConfig
 from esort_jax.postprocess import PostprocessConfig
+from esort_jax.realdata.motion import MotionConfig
 from esort_jax.realdata.preprocess import PreprocessConfig
 from esort_jax.realdata.quality import QualityFilter
 from esort_jax.realdata.workflow import CPU_TRAIN
@@ -32,7 +33,9 @@ __all__ = ["STAGE_CONFIGS", "DEVICES", "default_params", "params_description", "
 # Stage settings: parameter name -> (config class, the sorter's default).
 STAGE_CONFIGS: dict[str, tuple[type, Any]] = {
     "quality": (QualityFilter, QualityFilter()),
-    "preprocess": (PreprocessConfig, PreprocessConfig()),
+    # motion correction on for long recordings (docs/motion_correction.md: it wins on drifting data
+    # and costs nothing measurable on static data)
+    "preprocess": (PreprocessConfig, PreprocessConfig(motion=MotionConfig(enabled="auto"))),
     "model": (ModelConfig, ModelConfig()),
     "windows": (WindowConfig, WindowConfig()),
     "train": (TrainConfig, CPU_TRAIN),
@@ -92,9 +95,10 @@ _DESCRIPTIONS = {
                "min_spikes, min_rate_hz, max_isi_violation_ratio, isi_threshold_ms, min_isi_ms). (dict)",
     "preprocess": "Preprocessing before training and sorting (esort_jax.realdata.preprocess.PreprocessConfig: "
                   "enabled, phase_shift, bandpass, freq_min_hz, freq_max_hz, common_reference, reference_operator, "
-                  "local_radius_um, motion {enabled, preset, keep_all_channels, n_jobs, chunk_duration_s}, "
-                  "whiten). Motion correction is SpikeInterface's correct_motion; its estimate and plot are "
-                  "saved in sorter_output/motion/. (dict)",
+                  "local_radius_um, motion {enabled (true | false | 'auto': on for recordings of at least "
+                  "min_duration_s, 120 s), preset ('dredge_fast'), min_duration_s, keep_all_channels, n_jobs, "
+                  "chunk_duration_s}, whiten). Motion correction is SpikeInterface's correct_motion; its estimate "
+                  "and plot are saved in sorter_output/motion/. (dict)",
     "model": "Network sizes (esort_jax.model.ModelConfig: window, anchor, temporal_features, spatial_features, "
              "...). (dict)",
     "windows": "Training windows (esort_jax.windows.WindowConfig: jitter, spikes_per_unit (None: every labelled "
