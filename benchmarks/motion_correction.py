@@ -10,7 +10,7 @@ recording; Neuronexus-32 probe, 32 kHz), written to binary folders. Drift modes:
   slow   zigzag from +15 to -15 µm (30 µm range) with a 240 s period, from t = 0
   fast   rigid jumps between +10 and -10 µm (20 µm) every 20-50 s, from t = 0
   static the same units and spikes without drift (reference)
-Arms, each `run_sorter("esort", ...)` trained on the labels of the first `--train-seconds`
+Arms, each `run_sorter("esort", ...)` trained from scratch on the labels of the first `--train-seconds`
 and scored against the ground truth on the rest (E-Sort's rest span, units paired by agreement,
 0.4 ms tolerance): labels from the ground truth ('truth') or from a labeller run by the sorter on
 the training span ('tridesclous2', needs the baselines stack), preprocessing with motion
@@ -73,6 +73,7 @@ def esort_arm(recording, truth, labels: str, preset: str, args, folder: Path) ->
     motion = {"enabled": preset != "none", "preset": preset if preset != "none" else "rigid_fast", "n_jobs": 2}
     started = time.perf_counter()
     sorting = run_sorter("esort", recording, folder=folder, remove_existing_folder=True, analyzer=False,
+                         checkpoint=None,  # from scratch in every arm: only the preprocessing differs
                          train_seconds=args.train_seconds, preprocess={"motion": motion}, n_jobs=2,
                          train={"epochs": args.epochs}, seed=args.seed, **source)
     wall = time.perf_counter() - started
