@@ -130,7 +130,9 @@ def _labels_as_path(labels, output_folder: Path):
     if isinstance(labels, BaseSorting):
         for key in labels.get_property_keys():
             values = labels.get_property(key)
-            if values.ndim == 1 and (values.dtype.kind in "biuf" or values.dtype.kind == "U"):
+            if values.ndim == 1 and values.dtype.kind == "O" and all(isinstance(v, str) for v in values):
+                values = values.astype(str)  # e.g. Phy's quality / KSLabel read as objects
+            if values.ndim == 1 and values.dtype.kind in "biufU":
                 properties[key] = values
         labels = from_spikeinterface_sorting(labels)
     if not isinstance(labels, Sorting):
