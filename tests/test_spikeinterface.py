@@ -220,3 +220,16 @@ def test_partial_stage_dicts_keep_the_other_defaults_and_devices_are_checked(tmp
         import jax.numpy as jnp
 
         assert jnp.zeros(1).devices().pop().platform == "cpu"
+
+
+def test_a_labels_object_is_saved_with_its_curation(ground_truth, tmp_path):
+    from esort_jax.realdata.labeller import load_labels
+    from esort_jax.spikeinterface import _labels_as_path
+
+    _, truth = ground_truth
+    labels = NumpySorting.from_sorting(truth)
+    labels.set_property("KSLabel", np.asarray(["good", "mua", "good", "noise"], dtype=object))
+    path = _labels_as_path(labels, tmp_path)
+    loaded = load_labels(path)
+    assert loaded.unit_table["label"].tolist() == ["good", "mua", "good", "noise"]
+    assert loaded.sorting.num_spikes == truth.to_spike_vector().size
