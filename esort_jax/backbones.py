@@ -113,8 +113,9 @@ class BackbonePick:
     sites: tuple[int, ...] = ()  # the backbone site of each channel (when spatial)
 
     def to_dict(self) -> dict:
+        """JSON-able, for logs (the site list left out: `matched_channels` counts it)."""
         return {"choice": "backbone", **{k: (str(v) if isinstance(v, Path) else v)
-                                         for k, v in dataclasses.asdict(self).items()}}
+                                         for k, v in dataclasses.asdict(self).items() if k != "sites"}}
 
 
 SHIPPED = Path(__file__).resolve().parent / "backbones_data"
