@@ -175,7 +175,6 @@ def time_kernels(figures: Figures, params, config, args, native_ok: bool) -> dic
     import jax
     import jax.numpy as jnp
 
-    from esort_jax import infer
     from esort_jax.fast.conv import conv_logits
 
     steps = config.padded_chunk_steps
@@ -245,6 +244,7 @@ def time_naive(figures: Figures, model, params, traces: np.ndarray, config, args
     import jax.numpy as jnp
 
     from esort_jax import infer
+    from esort_jax.fast.conv import conv_logits
 
     print("Naive window-by-window reference:")
     naive_span = int(args.naive_seconds * FS) + params.window - 1

@@ -30,7 +30,6 @@ labeller, paired with a dropped unit, or missed, so losses can be attributed per
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time

@@ -24,6 +24,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from esort_jax.backbones import pick_backbone
 from esort_jax.io.loader import RecordingSource
 from esort_jax.io.phy import PhyExportConfig
 from esort_jax.realdata.labeller import check_labels_fit, load_labels
@@ -57,7 +58,7 @@ def main(cfg: DictConfig) -> dict:
 
         with run.stage("open recording"):
             si_recording, own_truth = spec.open()
-            recording = preprocessed_recording(si_recording, preprocess)
+            recording = preprocessed_recording(si_recording, preprocess, motion_folder=run.dir / "motion")
         run.results["recording"] = _recording_entry(spec, recording)
         with run.stage("read labels"):
             labels = load_labels(Path(plan.labels.path).expanduser(), duration_s=recording.duration_s,
@@ -66,7 +67,12 @@ def main(cfg: DictConfig) -> dict:
         run.results["labels"] = labels.summary()
 
         checkpoint = plan.checkpoint
-        if plan.init == "transfer" and not checkpoint:
+        pick = (pick_backbone(recording.channel_positions, config.model, sampling_frequency=recording.sampling_frequency,
+                              spatial_only=True) if plan.init == "transfer" and not checkpoint else None)
+        if pick is not None:  # a built backbone (esort-backbones build) of this probe: no pretraining
+            checkpoint, run.results["backbone"] = pick.checkpoint, pick.to_dict()
+            print(f"[sort_real] {pick.message}")
+        elif plan.init == "transfer" and not checkpoint:
             pretrain = run.pipeline_config(windows="pretrain.windows", train="pretrain.train")
             checkpoint, run.results["pretrain"] = pretrained_on_geometry(run, recording, preprocess, pretrain,
                                                                          seed=seed)

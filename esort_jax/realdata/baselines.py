@@ -151,10 +151,20 @@ def check_sorter_name(name: Any, key: str = "sorter") -> str:
     return name
 
 
+def check_spikeinterface_sorter(name: Any, key: str = "sorter") -> str:
+    """`name` if SpikeInterface knows the sorter (run_baseline runs any, e.g. as a labeller);
+    ConfigError naming `key` and the known sorters otherwise."""
+    from spikeinterface.sorters import sorter_dict
+
+    if name not in SORTER_MODULES and name not in sorter_dict:
+        raise ConfigError(f"{key}: unknown sorter {name!r}; SpikeInterface's sorters: {', '.join(sorted(sorter_dict))}")
+    return name
+
+
 def missing_modules(name: str) -> list[str]:
     """The Python modules `name` needs that cannot be imported here."""
-    check_sorter_name(name)
-    return [m for m in SORTER_MODULES[name] if importlib.util.find_spec(m) is None]
+    check_spikeinterface_sorter(name)
+    return [m for m in SORTER_MODULES.get(name, ()) if importlib.util.find_spec(m) is None]
 
 
 def require_installed(name: str) -> None:
@@ -178,12 +188,12 @@ def sorter_params(name: str, overrides: Mapping[str, Any] | None = None, where: 
     """DEFAULT_PARAMS[name] updated by `overrides`, each key checked against the sorter's own
     parameters (ConfigError naming `where.<name>.<key>` and the known ones). Needs the sorter
     installed (Kilosort4 lists its parameters only then)."""
-    check_sorter_name(name, where)
+    check_spikeinterface_sorter(name, where)
     require_installed(name)
     from spikeinterface.sorters import get_default_sorter_params
 
     known = get_default_sorter_params(name)
-    params = {**DEFAULT_PARAMS[name], **dict(overrides or {})}
+    params = {**DEFAULT_PARAMS.get(name, {}), **dict(overrides or {})}
     for key in params:
         if key not in known:
             raise ConfigError(
@@ -307,12 +317,15 @@ def log_tail(folder: Path, lines: int = 40) -> str:
     return "\n".join(parts) if parts else f"(no log found in {folder})"
 
 
-def _sorter_input(recording: Recording, start: int, stop: int, output_folder: Path):
-    """(SpikeInterface recording of [start, stop), the binary copy made for the sorter or None):
-    a recording SpikeInterface cannot serialise is written to `<output_folder>/recording_binary/`."""
+def _sorter_input(recording, start: int, stop: int, output_folder: Path):
+    """(SpikeInterface recording of [start, stop), the binary copy made for the sorter or None) of a
+    Recording or a SpikeInterface recording: one SpikeInterface cannot serialise is written to
+    `<output_folder>/recording_binary/`."""
     from esort_jax.io import to_spikeinterface_recording
 
-    si_recording = to_spikeinterface_recording(recording).frame_slice(start_frame=start, end_frame=stop)
+    if isinstance(recording, Recording):
+        recording = to_spikeinterface_recording(recording)
+    si_recording = recording.frame_slice(start_frame=start, end_frame=stop)
     if _serialisable(si_recording):
         return si_recording, None
     copy_folder = output_folder / "recording_binary"
@@ -363,7 +376,7 @@ def run_baseline(
 
     Args:
       name: one of SORTERS.
-      recording: an esort_jax Recording (with channel positions).
+      recording: an esort_jax Recording (with channel positions), or a SpikeInterface recording.
       output_folder: created (replaced when it exists); the sorter's files go to
         `<output_folder>/sorter/`.
       span: [start, stop) to sort (default: the whole recording).
@@ -379,9 +392,10 @@ def run_baseline(
     """
     params = sorter_params(name, params)
     version = sorter_version(name)
-    start, stop = (0, recording.num_samples) if span is None else (int(span[0]), int(span[1]))
-    if not 0 <= start < stop <= recording.num_samples:
-        raise ValueError(f"span [{start}, {stop}) does not lie within the recording's [0, {recording.num_samples})")
+    num_samples = recording.num_samples if isinstance(recording, Recording) else recording.get_num_samples()
+    start, stop = (0, num_samples) if span is None else (int(span[0]), int(span[1]))
+    if not 0 <= start < stop <= num_samples:
+        raise ValueError(f"span [{start}, {stop}) does not lie within the recording's [0, {num_samples})")
     output_folder = Path(output_folder)
     if output_folder.exists():
         shutil.rmtree(output_folder)

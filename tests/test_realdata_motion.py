@@ -1,0 +1,92 @@
+"""Motion correction in the one preprocessing config: settings checked, online modes refused, the
+estimate following the true drift of a SpikeInterface drifting recording, saved and plotted."""
+
+import json
+
+import numpy as np
+import pytest
+
+from esort_jax.config import ConfigError, from_dict
+from esort_jax.realdata.motion import MOTION_PRESETS, MotionConfig
+from esort_jax.realdata.preprocess import PreprocessConfig, describe, preprocess, preprocessed_recording
+
+
+def test_settings_are_checked_and_named():
+    with pytest.raises(ConfigError, match=r"^preprocess\.motion\.preset: must be one of \['dredge_fast'"):
+        PreprocessConfig(motion=MotionConfig(preset="rigid")).validate()
+    with pytest.raises(ConfigError, match=r"^preprocess\.motion\.n_jobs"):
+        from_dict(PreprocessConfig, {"motion": {"n_jobs": 0}}, where="preprocess")
+    with pytest.raises(ConfigError, match=r"'medicine' needs the Python module\(s\) medicine"):
+        MotionConfig(enabled=True, preset="medicine").validate()
+    assert set(MOTION_PRESETS) >= {"rigid_fast", "dredge", "nonrigid_accurate"}
+    config = from_dict(PreprocessConfig, {"motion": {"enabled": True, "preset": "dredge"}}, where="preprocess")
+    assert describe(config) == ["bandpass_filter 300-6000 Hz", "common_reference global median", "correct_motion dredge"]
+
+
+def test_online_compatibility_is_stated_and_enforced():
+    plain = PreprocessConfig()
+    assert plain.online_problems() == [] and not plain.causal  # zero-phase band-pass looks ahead
+    plain.require_online()
+    assert PreprocessConfig(bandpass=False, phase_shift="off").causal
+    moving = PreprocessConfig(motion=MotionConfig(enabled=True))
+    assert not moving.causal and "no preset is causal" in moving.online_problems()[0]
+    with pytest.raises(ConfigError, match=r"^preprocess\.motion\.enabled: cannot run online: motion correction"):
+        moving.require_online()
+    with pytest.raises(ConfigError, match=r"^preprocess\.motion\.enabled, preprocess\.whiten: cannot run online"):
+        PreprocessConfig(motion=MotionConfig(enabled=True), whiten=True).require_online()
+    assert PreprocessConfig(enabled=False, motion=MotionConfig(enabled=True)).online_problems() == []
+
+
+def test_auto_corrects_long_recordings_with_depth_only():
+    from spikeinterface.core import generate_recording
+
+    short = generate_recording(num_channels=4, durations=[2.0], sampling_frequency=32000.0)
+    config = PreprocessConfig(motion=MotionConfig(enabled="auto"))
+    assert config.motion.applies_to(short) == (False, "auto: off, the recording lasts 2 s < min_duration_s 120")
+    recording = preprocessed_recording(short, config)
+    assert recording.metadata["motion"]["applied"] is False and "correct_motion" not in " ".join(
+        recording.metadata["preprocess"])
+    assert MotionConfig(enabled="auto", min_duration_s=1.0).applies_to(short)[0]
+    flat = generate_recording(num_channels=4, durations=[2.0], sampling_frequency=32000.0, set_probe=False)
+    assert MotionConfig(enabled="auto", min_duration_s=1.0).applies_to(flat) == (
+        False, "auto: off, the channels lie at fewer than two depths (or have no positions)")
+    with pytest.raises(ConfigError, match=r"^preprocess\.motion\.enabled: expected true/false; got 'yes'"):
+        from_dict(PreprocessConfig, {"motion": {"enabled": "yes"}}, where="preprocess")
+    assert PreprocessConfig(motion=MotionConfig(enabled="auto")).online_problems()
+
+
+def test_motion_correction_needs_channel_positions():
+    from spikeinterface.core import NumpyRecording
+
+    recording = NumpyRecording([np.zeros((32000, 4), dtype="float32")], sampling_frequency=32000.0)
+    with pytest.raises(ConfigError, match=r"^preprocess\.motion\.enabled: motion correction needs channel positions"):
+        preprocess(recording, PreprocessConfig(bandpass=False, common_reference="none",
+                                               motion=MotionConfig(enabled=True)))
+
+
+def test_estimate_follows_the_true_drift_and_is_saved(tmp_path):
+    from spikeinterface.generation import generate_drifting_recording
+
+    _, drifting, _, extra = generate_drifting_recording(
+        num_units=10, duration=30.0, sampling_frequency=32000.0, seed=0, extra_outputs=True,
+        generate_probe_kwargs=dict(num_columns=2, num_contact_per_column=8, xpitch=16, ypitch=20,
+                                   contact_shapes="circle", contact_shape_params={"radius": 6}),
+        generate_displacement_vector_kwargs=dict(
+            displacement_sampling_frequency=5.0, drift_start_um=[0, 15], drift_stop_um=[0, -15], drift_step_um=1,
+            motion_list=[dict(drift_mode="zigzag", non_rigid_gradient=None, t_start_drift=0.0, t_end_drift=None,
+                              period_s=30)]),
+    )
+    config = PreprocessConfig(motion=MotionConfig(enabled=True, preset="rigid_fast", n_jobs=2))
+    recording = preprocessed_recording(drifting, config, motion_folder=tmp_path / "motion")
+    assert recording.num_channels == 16 and recording.metadata["preprocess"][-1] == "correct_motion rigid_fast"
+    summary = json.loads((tmp_path / "motion" / "summary.json").read_text())
+    assert recording.metadata["motion"]["displacement_um"] == summary["displacement_um"] and summary["rigid"]
+    from spikeinterface.preprocessing.motion import load_motion_info
+
+    motion = load_motion_info(tmp_path / "motion")["motion"]
+    estimate, times = motion.displacement[0][:, 0], motion.temporal_bins_s[0]
+    truth = np.interp(times, np.arange(len(extra["displacement_vectors"])) / 5.0, extra["displacement_vectors"][:, 1, 0])
+    assert np.corrcoef(estimate, truth)[0, 1] > 0.8, (estimate, truth)
+    assert 10 < summary["displacement_um"]["range"] < 45  # the truth spans 30 µm
+    assert (tmp_path / "motion" / "motion.png").stat().st_size > 20_000
+    assert recording.read(0, 3200).shape == (3200, 16)  # the corrected traces read lazily
