@@ -39,7 +39,7 @@ from esort_jax.runtime.host_memory import configure_host_allocator
 from esort_jax.runtime.provenance import provenance
 
 __all__ = ["Run", "RunFolderError", "prepare_process", "register_resolvers", "run_dir", "device_info", "to_container", "typed",
-           "pipeline_config"]
+           "pipeline_config", "objective"]
 
 
 def register_resolvers() -> None:
@@ -141,6 +141,21 @@ def pipeline_config(
     return PipelineConfig(**stages)
 
 
+def objective(cfg: DictConfig, results: dict) -> Any:
+    """What an entry point returns to Hydra: `results`, or under a search (`optimized_metric`, a
+    dotted key such as `transfer.validation.accuracy_pooled`) that number, which the Optuna
+    sweeper optimises. A missing or non-numeric value is an error naming the key."""
+    key = cfg.get("optimized_metric")
+    if not key:
+        return results
+    value: Any = results
+    for part in str(key).split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"optimized_metric: {key!r} is not a number in this run's results (got {value!r})")
+    return float(value)
+
+
 RESULTS = "results.json"
 
 
@@ -168,6 +183,9 @@ class Run:
         self._started = time.perf_counter()
 
     def __enter__(self) -> "Run":
+        # Again here: a launcher's worker process (submitit) runs the task without the script's
+        # `__main__` block, so without its resolvers and allocator set-up (all idempotent).
+        prepare_process()
         self._check_folder()
         self.dir.mkdir(parents=True, exist_ok=True)
         try:

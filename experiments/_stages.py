@@ -16,16 +16,17 @@ import numpy as np
 
 from data_gen import SynthesisConfig
 from esort_jax.config import ConfigError, to_dict
-from esort_jax.pipeline import Outcome, PipelineConfig, fit, sort_and_evaluate
+from esort_jax.pipeline import Fitted, Outcome, PipelineConfig, choose, fit, sort_and_evaluate
 from esort_jax.realdata.preprocess import PreprocessConfig, as_recording
 from esort_jax.recording import Recording, Sorting
 from esort_jax.runtime.artifacts import pretrained_checkpoint, synthesis_key
+from esort_jax.threshold import SWEEP_METRICS
 from experiments._common import pipeline_config
 from experiments._data import obtain_recording, source_synthesis
 from experiments._report import log_scalars
 
 __all__ = ["arm_config", "arm_pipelines", "arms_at_ks", "epoch_logger", "pretrain_for_arms",
-           "pretrained_on_geometry", "pretrained_on_source", "run_arm"]
+           "pretrained_on_geometry", "pretrained_on_source", "run_arm", "validation_scores"]
 
 
 def arm_pipelines(cfg) -> tuple[PipelineConfig, PipelineConfig]:
@@ -130,6 +131,7 @@ def run_arm(run, arm: str, recording: Recording, truth: Sorting, config: Pipelin
         outcome = sort_and_evaluate(fitted, recording, truth, config, seed=seed, labels=labels)
     metrics = outcome.metrics()
     metrics.update(
+        validation=validation_scores(fitted, recording, labels, config, outcome.threshold, outcome.threshold_curve),
         arm=arm, init=config.transfer.init, freeze=config.transfer.freeze, k=config.windows.spikes_per_unit,
         checkpoint=str(fitted.train_result.checkpoint), transfer_report=fitted.transfer_report.to_dict(),
         short_units=fitted.windows.report.get("short_units"), training=fitted.summary(),
@@ -139,6 +141,20 @@ def run_arm(run, arm: str, recording: Recording, truth: Sorting, config: Pipelin
     arm_dir.mkdir(parents=True, exist_ok=True)
     write_sorting_npz(arm_dir / "sorting.npz", outcome.sort_result.sorting)
     return metrics, outcome
+
+
+def validation_scores(fitted: Fitted, recording: Recording, labels: Sorting, config: PipelineConfig,
+                      threshold: float, curve: dict) -> dict:
+    """The sorting's scores at `threshold` on the validation part of the training region, against
+    the training labels: what a hyperparameter search optimises (`optimized_metric:
+    <arm>.validation.accuracy_pooled`), never the evaluation span. `curve` is the threshold
+    sweep's; with a fixed threshold (no sweep) the validation part is scored at it."""
+    if not curve:
+        evaluation = dataclasses.replace(config.evaluation, threshold=None, thresholds=(float(threshold),))
+        _, curve = choose(fitted, recording, labels, config.replace(evaluation=evaluation))
+    index = curve["threshold"].index(float(threshold))
+    return {"threshold": float(threshold), "span": curve["span"], "num_spikes": curve["num_spikes"][index],
+            **{metric: curve[metric][index] for metric in SWEEP_METRICS}}
 
 
 def arms_at_ks(run, prefix: str, recording: Recording, truth: Sorting, finetune: PipelineConfig,

@@ -29,7 +29,7 @@ from esort_jax.realdata.labeller import load_labels
 from esort_jax.io.atomic import atomic_folder, write_json
 from esort_jax.sort import SORTING_DEFAULTS
 from esort_jax.report.tables import evaluation_table
-from experiments._common import Run, prepare_process
+from experiments._common import Run, objective, prepare_process
 from experiments._data import obtain_recording
 from experiments._stages import run_arm
 
@@ -72,7 +72,7 @@ def main(cfg: DictConfig) -> dict:
         metrics["checkpoint"] = str(final)
         run.results.update(target=info, **{transfer.init: metrics})
         print(evaluation_table(outcome.evaluation))
-    return run.results
+    return objective(cfg, run.results)
 
 
 if __name__ == "__main__":
