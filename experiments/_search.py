@@ -8,6 +8,7 @@ parameter importance figures (esort_jax.report.search) and best_overrides.txt.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from esort_jax.report import search as report
@@ -26,6 +27,7 @@ def is_search(folder: Path) -> bool:
 def load_trials(folder: Path) -> tuple[dict, list[dict]]:
     """(search.json, every trial of the study as a report.search trial dict). The storage is the
     one recorded, or the folder's own optuna.db when the folder was moved."""
+    os.environ.setdefault("SQLALCHEMY_SILENCE_UBER_WARNING", "1")  # optuna 2.10 on SQLAlchemy 1.4 (pinned)
     import optuna
 
     record = json.loads((folder / SEARCH_RECORD).read_text())

@@ -16,13 +16,16 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import optuna
-from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl, create_params_from_overrides
-from omegaconf import OmegaConf
-from optuna.distributions import distribution_to_json
-from optuna.trial import TrialState
 
-from esort_jax.report.search import best_overrides_text
+# optuna 2.10's storage uses SQLAlchemy 1.4 APIs that 2.0 removed (pinned 1.4): no banner about it.
+os.environ.setdefault("SQLALCHEMY_SILENCE_UBER_WARNING", "1")
+import optuna  # noqa: E402
+from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl, create_params_from_overrides  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+from optuna.distributions import distribution_to_json  # noqa: E402
+from optuna.trial import TrialState  # noqa: E402
+
+from esort_jax.report.search import best_overrides_text  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -104,9 +107,10 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
         self._write_record(study, directions, space)
         for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             log.info(f"Trial {frozen.number} was left running by a stopped search: running it again")
-            self._run(study, [frozen.number], [frozen.user_attrs.get(OVERRIDES_ATTR, [])], len(directions))
+            trial = self._configure(optuna.trial.Trial(study, frozen._trial_id), space, fixed)
+            self._run(study, [trial.number], [trial.user_attrs[OVERRIDES_ATTR]], len(directions))
         while (missing := self.n_trials - _completed(study)) > 0:
-            batch = [self._ask(study, space, fixed) for _ in range(min(self.n_jobs, missing))]
+            batch = [self._configure(study.ask(), space, fixed) for _ in range(min(self.n_jobs, missing))]
             self._run(study, [t.number for t in batch], [t.user_attrs[OVERRIDES_ATTR] for t in batch],
                       len(directions))
         self._write_outcome(study, directions)
@@ -133,9 +137,11 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
             log.info(f"Resuming study {study.study_name!r}: {_completed(study)} of {self.n_trials} trials complete")
         return study
 
-    def _ask(self, study: optuna.study.Study, space: dict, fixed: dict) -> optuna.trial.Trial:
-        """A new trial with its parameters drawn and its job's overrides stored on it."""
-        trial = study.ask(fixed_distributions=space)
+    def _configure(self, trial: optuna.trial.Trial, space: dict, fixed: dict) -> optuna.trial.Trial:
+        """`trial` with its parameters drawn (those it already has are kept: a trial a killed
+        search had asked for keeps what it drew) and its job's overrides stored on it."""
+        for name, distribution in space.items():
+            trial._suggest(name, distribution)
         if self.custom_search_space_extender:
             self.custom_search_space_extender(self.config, trial)
         overlap = set(trial.params) & set(fixed)
