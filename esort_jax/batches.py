@@ -35,6 +35,8 @@ from esort_jax.windows import WindowSet
 __all__ = [
     "DeviceTraces",
     "span_bytes",
+    "covered_spans",
+    "first_nonfinite",
     "gather_device",
     "gather_host",
     "steps_per_epoch",
@@ -78,6 +80,32 @@ class DeviceTraces:
 def span_bytes(span: tuple[int, int], num_channels: int) -> int:
     """Bytes of float32 traces for a span (what `DeviceTraces.load` would hold per device)."""
     return max(span[1] - span[0], 0) * num_channels * 4
+
+
+def covered_spans(windows: WindowSet) -> list[tuple[int, int]]:
+    """The disjoint sample spans [start, stop) the windows read, in order (overlapping and
+    touching windows merged)."""
+    if not len(windows):
+        return []
+    starts = np.sort(windows.starts)
+    breaks = np.flatnonzero(starts[1:] > starts[:-1] + windows.window) + 1
+    firsts, lasts = starts[np.r_[0, breaks]], starts[np.r_[breaks - 1, starts.size - 1]]
+    return [(int(a), int(b) + windows.window) for a, b in zip(firsts, lasts)]
+
+
+def first_nonfinite(
+    recording: Recording, windows: WindowSet, chunk_samples: int = 1 << 16
+) -> tuple[int, int, float] | None:
+    """(sample, channel, value) of the first NaN or inf among the samples the windows read (the
+    earliest sample, then the lowest channel), or None when all are finite. Reads those samples
+    once, in chunks."""
+    for start, stop in covered_spans(windows):
+        for chunk_start, block in recording.iter_chunks(chunk_samples, start, stop):
+            finite = np.isfinite(block)
+            if not finite.all():
+                row, channel = (int(v) for v in np.argwhere(~finite)[0])
+                return chunk_start + row, channel, float(block[row, channel])
+    return None
 
 
 def gather_device(traces_TxC: jax.Array, starts_B: jax.Array, window: int, layout: str = "BWC") -> jax.Array:

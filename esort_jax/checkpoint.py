@@ -6,11 +6,20 @@
                         opt_state  optimiser state leaves {"0000": ..., "0001": ...} (training only)
       metadata.json   format tag, model config, window/anchor, input layout, channel count and
                       positions, unit count and ids, data fingerprint, training and window configs,
-                      epoch/step, rng info, package versions
+                      epoch/step, rng info, package versions, and `checksums`: the sha256 of every
+                      saved array and the size and sha256 of every file under state/
 
 The folder is assembled under a hidden temporary name (orbax finalises `state/` there, then the
 metadata is written) and renamed into place, so a folder found at its final path is complete. A
-folder without metadata.json is not a checkpoint: every reader refuses it.
+folder without metadata.json is not a checkpoint: every reader refuses it (`checkpoint_problem`
+says precisely why a folder is not one).
+
+Integrity: arrays with a NaN or inf are never saved (`save_checkpoint` refuses them) and never
+used. Every read of the arrays (`restore_arrays`, so `load_model`, transfer and resume) first
+checks that the data files are all there with their saved sizes, then compares each array read
+back with its saved checksum, then refuses non-finite values: "checkpoint <path> is corrupt:
+<array> checksum mismatch" / "missing data file state/...". Checkpoints of format version 2
+(before checksums) are read with a warning that they cannot be verified.
 
 Training runs keep their checkpoints in `<run_dir>/checkpoints/epoch_<NNNN>/` (the number of
 completed epochs; `save_epoch_checkpoint` writes one and prunes the oldest);
@@ -24,6 +33,7 @@ run goes on with the next epoch.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -57,7 +67,9 @@ __all__ = [
     "data_fingerprint",
     "save_checkpoint",
     "read_metadata",
+    "checkpoint_problem",
     "is_checkpoint",
+    "array_checksum",
     "restore_arrays",
     "load_model",
     "apply_model_arrays",
@@ -75,12 +87,15 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 FORMAT_NAME = "esort_jax.checkpoint"
-FORMAT_VERSION = 2
-# What each format version changed (a checkpoint of an older version is refused with this).
+FORMAT_VERSION = 3
+# What each format version changed (a checkpoint of an older, unreadable version is refused with this).
 _FORMAT_CHANGES = {
     2: "backbone.spatial.dense.kernel is stored [S, F2*C] with feature-major columns "
        "(version 1: [C*F2, S], channel-major rows)",
+    3: "metadata.json records checksums of every array and data file",
 }
+# Older versions still read: the same arrays, without checksums (read with a warning).
+_UNVERIFIED_VERSIONS = (2,)
 # What the network consumes: windows [batch, time (W), channel (C)] of float32 microvolts.
 INPUT_LAYOUT = "BxWxC:float32:uV"
 _EPOCH_DIR = re.compile(r"^epoch_(\d+)$")
@@ -109,6 +124,9 @@ class CheckpointMetadata:
       rng: seed and key data of the run's streams.
       extra: free-form (e.g. the experiment's resolved config).
       provenance: package versions, git commit, time.
+      format_version: the version the checkpoint was written with (FORMAT_VERSION for new ones).
+      checksums: {"arrays": {dotted name: sha256}, "files": {path under state/: {"bytes", "sha256"}}}
+        as written by `save_checkpoint` (empty for format version 2).
     """
 
     model_config: ModelConfig
@@ -129,6 +147,8 @@ class CheckpointMetadata:
     rng: dict = dataclasses.field(default_factory=dict)
     extra: dict = dataclasses.field(default_factory=dict)
     provenance: dict = dataclasses.field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+    checksums: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         unit_ids = np.asarray(self.unit_ids)
@@ -159,10 +179,10 @@ class CheckpointMetadata:
     def to_json(self) -> dict:
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         fields["model_config"] = to_dict(self.model_config)
+        fields["format_version"] = FORMAT_VERSION  # what this esort_jax writes
         return to_jsonable(
             {
                 "format": FORMAT_NAME,
-                "format_version": FORMAT_VERSION,
                 # Repeated at the top for readers and for the compatibility checks.
                 "window": self.window,
                 "anchor": self.anchor,
@@ -180,7 +200,7 @@ class CheckpointMetadata:
                 f"{where}: format_version {version} is newer than this esort_jax "
                 f"reads ({FORMAT_VERSION}); update esort_jax"
             )
-        if version < FORMAT_VERSION:
+        if version < FORMAT_VERSION and version not in _UNVERIFIED_VERSIONS:
             raise CheckpointError(
                 f"{where}: format_version {version} is older than this esort_jax reads "
                 f"({FORMAT_VERSION}): {_FORMAT_CHANGES.get(version + 1, 'the parameter layout changed')}; "
@@ -192,6 +212,7 @@ class CheckpointMetadata:
         if missing:
             raise CheckpointError(f"{where}: missing field(s) {missing}")
         values["model_config"] = from_dict(ModelConfig, values["model_config"], "model_config")
+        values["format_version"] = version
         metadata = cls(**values)
         if "window" in data and int(data["window"]) != metadata.window:
             raise CheckpointError(f"{where}: window {data['window']} disagrees with model_config.window")
@@ -277,7 +298,9 @@ def save_checkpoint(
     overwrite: bool = False,
 ) -> Path:
     """Save the model's parameters and BatchNorm statistics (and optionally the optimiser
-    state) with `metadata`, atomically. Returns the checkpoint folder."""
+    state) with `metadata` and the checksums of every array and data file, atomically. Returns
+    the checkpoint folder. CheckpointError, before anything is written, when an array holds a
+    NaN or inf."""
     import orbax.checkpoint as ocp
 
     if (metadata.num_channels, metadata.num_units) != (model.num_channels, model.num_units):
@@ -289,10 +312,53 @@ def save_checkpoint(
     if opt_state is not None:
         tree["opt_state"] = {f"{i:04d}": np.asarray(leaf) for i, leaf in enumerate(jax.tree.leaves(opt_state))}
     path = Path(path)
+    arrays = flatten_tree(tree)
+    bad = _nonfinite(arrays)
+    if bad:
+        raise CheckpointError(f"refusing to save checkpoint {path}: {bad}; a network with NaN or inf is never saved")
+    checksums: dict[str, Any] = {"arrays": {name: array_checksum(a) for name, a in arrays.items()}}
     with atomic_folder(path, overwrite=overwrite) as tmp:
-        ocp.PyTreeCheckpointer().save(tmp / "state", tree)
-        write_json(tmp / "metadata.json", {**metadata.to_json(), "provenance": metadata.provenance or provenance()})
+        ocp.PyTreeCheckpointer().save((tmp / "state").resolve(), tree)  # orbax wants absolute paths
+        checksums["files"] = _file_checksums(tmp / "state")
+        write_json(tmp / "metadata.json", {
+            **metadata.to_json(), "checksums": checksums, "provenance": metadata.provenance or provenance(),
+        })
     return path
+
+
+def array_checksum(array: Any) -> str:
+    """sha256 of an array's dtype, shape and bytes (C order): what checkpoints record per array."""
+    a = np.ascontiguousarray(np.asarray(array))
+    digest = hashlib.sha256(f"{a.dtype}{a.shape}".encode())
+    digest.update(a.tobytes())
+    return digest.hexdigest()
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _file_checksums(state_dir: Path) -> dict[str, dict]:
+    """{path under state/: {"bytes", "sha256"}} of every file orbax wrote."""
+    return {
+        f.relative_to(state_dir).as_posix(): {"bytes": f.stat().st_size, "sha256": _file_sha256(f)}
+        for f in sorted(state_dir.rglob("*")) if f.is_file()
+    }
+
+
+def _nonfinite(arrays: dict[str, Any]) -> str | None:
+    """'<name> holds k non-finite value(s) of n' for the first floating array with a NaN or inf."""
+    for name, value in arrays.items():
+        a = np.asarray(value)
+        if a.dtype.kind in "fc" or a.dtype == jnp.bfloat16:
+            finite = np.isfinite(a.astype(np.float32) if a.dtype == jnp.bfloat16 else a)
+            if not finite.all():
+                return f"{name} holds {int(a.size - finite.sum())} non-finite value(s) of {a.size}"
+    return None
 
 
 def _to_numpy(tree):
@@ -314,26 +380,59 @@ def read_metadata(path: str | os.PathLike) -> CheckpointMetadata:
         raise CheckpointError(f"{path} is not a valid checkpoint: the state/ folder is missing")
     try:
         data = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as error:
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise CheckpointError(f"{meta_path} is not valid JSON: {error}") from error
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{meta_path}: expected a JSON object; got {type(data).__name__}")
     return CheckpointMetadata.from_json(data, str(meta_path))
 
 
-def is_checkpoint(path: str | os.PathLike) -> bool:
+def checkpoint_problem(path: str | os.PathLike) -> str | None:
+    """Why `path` is not a readable checkpoint (not a folder, metadata.json or state/ missing,
+    invalid metadata, unreadable format version), or None when its structure is complete. The
+    arrays themselves are verified when they are read (`restore_arrays`)."""
     try:
         read_metadata(path)
-        return True
-    except CheckpointError:
-        return False
+    except CheckpointError as error:
+        return str(error)
+    return None
+
+
+def is_checkpoint(path: str | os.PathLike) -> bool:
+    """Whether `path` is a complete checkpoint folder (`checkpoint_problem` says why not)."""
+    return checkpoint_problem(path) is None
 
 
 def restore_arrays(path: str | os.PathLike, items: tuple[str, ...] = ("model",)) -> dict:
-    """The saved array trees named in `items` ('model', 'opt_state'), as numpy."""
+    """The saved array trees named in `items` ('model', 'opt_state'), as numpy, verified: every
+    data file present with its saved size, every array equal to its saved checksum and finite
+    (CheckpointError naming the checkpoint and the file or array otherwise)."""
+    path = Path(path)
+    metadata = read_metadata(path)  # refuse incomplete checkpoints
+    _check_data_files(path, metadata)
+    try:
+        restored = _read_arrays(path, items)
+    except CheckpointError:
+        raise
+    except Exception as error:  # orbax / tensorstore: a damaged index or data file
+        raise CheckpointError(_unreadable(path, metadata, error)) from error
+    arrays = flatten_tree(restored)
+    _check_checksums(path, metadata, arrays)
+    bad = _nonfinite(arrays)
+    if bad:
+        raise CheckpointError(
+            f"checkpoint {path}: {bad}; a network with NaN or inf cannot be used for sorting or "
+            "fine-tuning (its training diverged)"
+        )
+    return restored
+
+
+def _read_arrays(path: Path, items: tuple[str, ...]) -> dict:
+    """The trees `items` of the orbax checkpoint in path/state, as numpy."""
     import orbax.checkpoint as ocp
 
-    read_metadata(path)  # refuse incomplete checkpoints
     checkpointer = ocp.PyTreeCheckpointer()
-    state_dir = Path(path) / "state"
+    state_dir = (path / "state").resolve()  # orbax wants absolute paths
     tree = checkpointer.metadata(state_dir).item_metadata.tree
     absent = [item for item in items if item not in tree]
     if absent:
@@ -344,6 +443,56 @@ def restore_arrays(path: str | os.PathLike, items: tuple[str, ...] = ("model",))
     return checkpointer.restore(
         state_dir,
         args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True),
+    )
+
+
+def _check_data_files(path: Path, metadata: CheckpointMetadata) -> None:
+    """Every file recorded at save time is under state/ with its size (version 2: a warning)."""
+    files = metadata.checksums.get("files")
+    if files is None:
+        _warn_unverified(path, metadata.format_version)
+        return
+    for name, saved in files.items():
+        file = path / "state" / name
+        if not file.is_file():
+            raise CheckpointError(f"checkpoint {path} is corrupt: missing data file state/{name}")
+        size = file.stat().st_size
+        if size != saved["bytes"]:
+            raise CheckpointError(
+                f"checkpoint {path} is corrupt: data file state/{name} has {size} bytes; "
+                f"{saved['bytes']} were saved (truncated or overwritten)"
+            )
+
+
+def _check_checksums(path: Path, metadata: CheckpointMetadata, arrays: dict[str, Any]) -> None:
+    saved = metadata.checksums.get("arrays")
+    if saved is None:
+        return  # version 2: warned in _check_data_files
+    for name, value in arrays.items():
+        if name not in saved:
+            raise CheckpointError(f"checkpoint {path} is corrupt: {name} has no saved checksum")
+        if array_checksum(value) != saved[name]:
+            raise CheckpointError(
+                f"checkpoint {path} is corrupt: {name} checksum mismatch (its data changed after "
+                "it was saved); train it again, or use another copy"
+            )
+
+
+def _unreadable(path: Path, metadata: CheckpointMetadata, error: Exception) -> str:
+    """The message for arrays orbax could not read: the first damaged data file if the
+    checksums tell, else the reader's own error."""
+    for name, saved in metadata.checksums.get("files", {}).items():
+        if _file_sha256(path / "state" / name) != saved["sha256"]:
+            return f"checkpoint {path} is corrupt: data file state/{name} checksum mismatch"
+    first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return f"checkpoint {path} is corrupt or unreadable: {type(error).__name__}: {first_line[:300]}"
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_unverified(path: Path, version: int) -> None:
+    log.warning(
+        "checkpoint %s has format version %d, which records no checksums: its arrays cannot be "
+        "verified (a copy saved by this esort_jax can)", path, version,
     )
 
 
@@ -388,8 +537,8 @@ def epoch_checkpoint_path(run_dir: str | os.PathLike, epoch: int) -> Path:
 
 
 def list_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
-    """Valid checkpoints of a run as (completed epochs, path), oldest first. Folders without
-    metadata (never complete) are skipped with a warning."""
+    """Valid checkpoints of a run as (completed epochs, path), oldest first. Incomplete folders
+    (never finished) are skipped with a warning saying what they lack."""
     folder = Path(run_dir) / "checkpoints"
     if not folder.is_dir():
         return []
@@ -398,8 +547,9 @@ def list_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
         match = _EPOCH_DIR.match(entry.name)
         if not match or not entry.is_dir():
             continue
-        if not is_checkpoint(entry):
-            log.warning("ignoring %s: not a complete checkpoint", entry)
+        problem = checkpoint_problem(entry)
+        if problem is not None:
+            log.warning("ignoring %s: %s", entry, problem)
             continue
         found.append((int(match.group(1)), entry))
     return sorted(found)
@@ -472,12 +622,14 @@ def save_epoch_checkpoint(
 @dataclasses.dataclass(frozen=True, eq=False)
 class ResumePoint:
     """Where `restore_training` continues a run: the checkpoint, its completed epochs and
-    optimiser steps, and the restored optimiser state."""
+    optimiser steps, the restored optimiser state, and the per-epoch metrics of the epochs run
+    so far (`history`, as `train` records them; empty for checkpoints that predate it)."""
 
     path: Path
     epoch: int
     step: int
     opt_state: Any
+    history: list = dataclasses.field(default_factory=list)
 
 
 def restore_training(
@@ -492,7 +644,13 @@ def restore_training(
         return None
     metadata = read_metadata(latest)
     _check_resume(latest, metadata, signature)
-    arrays = restore_arrays(latest, ("model", "opt_state"))
+    try:
+        arrays = restore_arrays(latest, ("model", "opt_state"))
+    except CheckpointError as error:
+        raise CheckpointError(
+            f"cannot resume {run_dir}: {error}. Delete {latest} to resume from the checkpoint "
+            "before it, or start a new run folder"
+        ) from error
     apply_model_arrays(model, arrays["model"], str(latest))
     saved_leaves = [arrays["opt_state"][k] for k in sorted(arrays["opt_state"])]
     treedef = jax.tree.structure(opt_state_like)
@@ -502,7 +660,8 @@ def restore_training(
         )
     opt_state = jax.tree.unflatten(treedef, [jnp.asarray(a) for a in saved_leaves])
     log.info("resuming %s from %s (epoch %d, step %d)", run_dir, latest, metadata.epoch, metadata.step)
-    return ResumePoint(path=latest, epoch=metadata.epoch, step=metadata.step, opt_state=opt_state)
+    history = list(metadata.extra.get("history", []))
+    return ResumePoint(path=latest, epoch=metadata.epoch, step=metadata.step, opt_state=opt_state, history=history)
 
 
 def _check_resume(path: Path, metadata: CheckpointMetadata, expected: dict) -> None:

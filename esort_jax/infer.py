@@ -160,7 +160,8 @@ def fold_batchnorm(model) -> InferenceParams:
     """InferenceParams of an `esort_jax.model.ESortNet`, BatchNorm in eval mode folded in.
 
     Uses the running statistics whatever the model's train/eval flag. Folding is done in
-    float64 and rounded once to float32.
+    float64 and rounded once to float32. ValueError if a folded array holds a NaN or inf (a
+    network that would sort nothing, silently).
     """
     bb = model.backbone
     f64 = lambda a: np.asarray(a[...], np.float64)  # noqa: E731
@@ -197,7 +198,19 @@ def fold_batchnorm(model) -> InferenceParams:
         anchor=int(model.config.anchor),
     )
     params.check()
+    _check_finite(params)
     return params
+
+
+def _check_finite(params: InferenceParams) -> None:
+    for name in _PARAM_FIELDS:
+        values = np.asarray(getattr(params, name))
+        bad = int(values.size - np.count_nonzero(np.isfinite(values)))
+        if bad:
+            raise ValueError(
+                f"the folded network is not finite: InferenceParams.{name} holds {bad} NaN/inf value(s) "
+                f"of {values.size} (non-finite or overflowing parameters or BatchNorm statistics)"
+            )
 
 
 def forward_windows(params: InferenceParams, x_BxWxC: jax.Array, compute_dtype: str = "float32"):

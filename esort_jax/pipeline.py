@@ -37,11 +37,13 @@ from esort_jax.sort import SortResult, sort_recording
 from esort_jax.threshold import choose_threshold
 from esort_jax.train import TrainConfig, TrainResult, evaluate_windows, train
 from esort_jax.transfer import TransferConfig, TransferReport, finetune_model
-from esort_jax.windows import WindowConfig, WindowSets, balanced_windows, make_windows
+from esort_jax.windows import (
+    LabelError, WindowConfig, WindowSets, balanced_windows, check_distinct_ids, make_windows,
+)
 
 __all__ = [
     "PipelineConfig", "Fitted", "Outcome",
-    "fit", "choose", "sort", "score", "window_scores", "sort_and_evaluate",
+    "fit", "check_unit_ids", "choose", "sort", "score", "window_scores", "sort_and_evaluate",
 ]
 
 @dataclasses.dataclass(frozen=True)
@@ -84,16 +86,21 @@ class Fitted:
         return fold_batchnorm(self.model)
 
     def summary(self) -> dict:
-        """Training summary for results.json: epochs, window counts, last epoch's metrics."""
+        """Training summary for results.json: epochs, window counts, the batch used (and why it
+        differs from the configured one, if it does), last epoch's metrics."""
         history = self.train_result.history
         last = history[-1] if history else {}
-        return {
+        summary = {
             "epochs": self.train_result.epochs_completed,
             "train_windows": len(self.windows.train),
             "validation_windows": len(self.windows.validation),
             "num_units": self.windows.num_units,
+            "batch_size": self.train_result.batch_size,
             "final": {k: v for k, v in last.items() if isinstance(v, (int, float))},
         }
+        if self.train_result.batch_note:
+            summary["batch_note"] = self.train_result.batch_note
+        return summary
 
 
 @dataclasses.dataclass(eq=False)
@@ -134,14 +141,19 @@ def fit(
     eval_span: tuple[int, int] | None = None,
     callback: Callable[[int, dict], None] | None = None,
     metadata_extra: dict | None = None,
+    truth: Sorting | None = None,
 ) -> Fitted:
     """Stages 1-3: windows from `labels` → network (fresh, or transferred from a checkpoint) →
     trained (checkpoints in `run_dir`, resumed from there). Pretraining is this with
-    `config.transfer.init == 'scratch'` on a source recording."""
+    `config.transfer.init == 'scratch'` on a source recording. With `truth` (what the network
+    will be scored against), the network's unit ids are checked against it before any
+    training (`check_unit_ids`)."""
     windows = make_windows(
         recording, labels, config.windows, window=config.model.window, anchor=config.model.anchor,
         seed=seed, train_span=train_span, eval_span=eval_span,
     )
+    if truth is not None:
+        check_unit_ids(windows.unit_ids, truth)
     model, report = finetune_model(
         recording.num_channels, windows.num_units, config.model, config.transfer,
         seed=seed, channel_positions=recording.channel_positions,
@@ -152,6 +164,29 @@ def fit(
         transfer=report.to_dict(), metadata_extra=metadata_extra,
     )
     return Fitted(model=result.model, windows=windows, train_result=result, transfer_report=report)
+
+
+def check_unit_ids(unit_ids, truth: Sorting) -> None:
+    """LabelError naming the ids of `unit_ids` (the network's units, from the labels) that are
+    not units of `truth`: scores pair a network unit with the truth unit of the same id, so
+    such a unit could never be matched (its spikes would all count as false positives). Also
+    LabelError if the truth's own ids repeat (one network unit would be scored twice)."""
+    check_distinct_ids(truth.unit_ids, "the ground truth's")
+    truth_ids = truth.unit_ids.tolist()  # Python values: 3 and np.int64(3) match
+    known = set(truth_ids)
+    absent = [u for u in np.asarray(unit_ids).tolist() if u not in known]
+    if not absent:
+        return
+    shown = lambda ids: ", ".join(map(repr, ids[:10])) + (", ..." if len(ids) > 10 else "")  # noqa: E731
+    as_text = {str(u) for u in truth_ids}
+    hint = (" (they match the truth's ids only as text: compare types, e.g. '3' is not 3)"
+            if all(str(u) in as_text for u in absent) else "")
+    raise LabelError(
+        f"{len(absent)} label unit id(s) are not units of the ground truth: {shown(absent)}{hint}; the "
+        f"truth's {len(truth_ids)} units are [{shown(truth_ids)}]. Units are scored against the truth "
+        "unit of the same id: relabel the labels with the truth's ids, or score against the truth "
+        "they were made from"
+    )
 
 
 def choose(fitted: Fitted, recording: Recording, labels: Sorting, config: PipelineConfig) -> tuple[float, dict]:
@@ -190,7 +225,11 @@ def score(
     span: tuple[int, int] | None = None,
 ) -> EvaluationResult:
     """Stage 6: `result` against `truth` on `span` (default: the scored span of what was sorted,
-    `evaluate.scored_span`). Units of `truth` the network lacks count all their spikes as missed."""
+    `evaluate.scored_span`). Units of `truth` the network lacks count all their spikes as missed.
+    With identities 'known', LabelError if a sorted unit is not a unit of `truth`
+    (`check_unit_ids`): it could never be matched."""
+    if identities == "known":
+        check_unit_ids(result.sorting.unit_ids, truth)
     if span is None:
         span = scored_span(result.span, window=config.model.window, anchor=config.model.anchor)
     return evaluate(result.sorting, truth, tolerance_ms=config.evaluation.tolerance_ms,
@@ -221,7 +260,9 @@ def sort_and_evaluate(
 ) -> Outcome:
     """Stages 4-6: choose the threshold on the validation span against `labels` (those the
     network was trained from; default `truth`), sort the evaluation span, score it against
-    `truth` (spike level and window level)."""
+    `truth` (spike level and window level). LabelError first if a network unit is not a unit
+    of `truth` (`check_unit_ids`)."""
+    check_unit_ids(fitted.unit_ids, truth)
     threshold, curve = choose(fitted, recording, truth if labels is None else labels, config)
     result = sort(fitted, recording, config, threshold=threshold)
     return Outcome(

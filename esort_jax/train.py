@@ -27,11 +27,19 @@ Speed on CPU (benchmarks/bench_train.py): call
 `esort_jax.runtime.host_memory.configure_host_allocator()` at program start, before JAX
 computes anything; without it XLA page-faults its per-step temporaries again every step.
 
+Refused or adjusted, never silent: NaN/inf in the traces the training or validation windows
+read (`NonFiniteTracesError` before any step, naming sample and channel); a non-finite loss
+(checked where it is fetched anyway: the epoch's mean and the progress bar's log steps, so no
+extra device sync per step) or non-finite parameters at an epoch's end
+(`NonFiniteTrainingError` naming epoch and step, before that epoch is saved); a batch larger
+than the training set (the batch becomes the training set, said in the log, in
+`TrainResult.batch_note` and in each epoch's `batch_size`).
+
 Resuming (esort_jax.checkpoint): with a `run_dir`, each checkpoint holds parameters, BatchNorm
-statistics, the optimiser state, the epoch/step and the run's rng info. `train` called again
-with the same configuration and an identically initialised model continues from the latest
-checkpoint and ends with the same parameters as an uninterrupted run (the data order depends
-only on (seed, epoch)).
+statistics, the optimiser state, the epoch/step, the run's rng info and the per-epoch metrics
+so far. `train` called again with the same configuration and an identically initialised model
+continues from the latest checkpoint and ends with the same parameters and the same history as
+an uninterrupted run (the data order depends only on (seed, epoch)).
 """
 
 from __future__ import annotations
@@ -53,11 +61,13 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from esort_jax import checkpoint as ckpt
 from esort_jax.batches import (
-    WindowFeeder, batch_indices, epoch_order, plan_residency, span_bytes, steps_per_epoch, take_batch,
+    WindowFeeder, batch_indices, epoch_order, first_nonfinite, plan_residency, span_bytes, steps_per_epoch,
+    take_batch,
 )
 from esort_jax.config import ConfigError, require, to_dict
 from esort_jax.fast import choose_kernel
 from esort_jax.fast import training as fast_training
+from esort_jax.infer import NonFiniteTracesError
 from esort_jax.model import ESortNet, ModelConfig
 from esort_jax.recording import Recording
 from esort_jax.windows import WindowSet, WindowSets
@@ -66,6 +76,7 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "TrainState",
+    "NonFiniteTrainingError",
     "FREEZE_OPTIONS",
     "rng_streams",
     "init_model",
@@ -99,7 +110,8 @@ class TrainConfig:
 
     Attributes:
       epochs: passes over the training windows (paper: 50).
-      batch_size: global batch (paper: 1024); must divide by the number of devices.
+      batch_size: global batch (paper: 1024); must divide by the number of devices. A batch
+        larger than the training set becomes the training set (rounded up to the devices).
       learning_rate: peak learning rate (paper: 5e-3).
       optimizer: 'adam' or 'adamw' (decoupled weight decay on Dense kernels only).
       weight_decay: AdamW's decay (requires optimizer='adamw').
@@ -191,11 +203,15 @@ class TrainResult:
 
     Attributes:
       model: the trained network (the object passed in, updated; left in eval mode).
-      history: per-epoch metrics dicts of the epochs run in this call.
+      history: per-epoch metrics dicts of every completed epoch (those before a resume come from
+        the checkpoint's metadata).
       epochs_completed: total completed epochs (including those of a resumed run).
       resumed_from: the checkpoint the run continued from (None for a fresh start).
       checkpoint: the newest checkpoint written (None without a run folder).
       finished: True when all `epochs` are complete (False after `stop_after_epochs`).
+      batch_size: the batch the run used (`config.batch_size`, or the training set's size when
+        that is smaller; see `batch_note`).
+      batch_note: why the batch differs from `config.batch_size` (None when it does not).
     """
 
     model: ESortNet
@@ -204,6 +220,8 @@ class TrainResult:
     resumed_from: Path | None
     checkpoint: Path | None
     finished: bool
+    batch_size: int = 0
+    batch_note: str | None = None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -571,24 +589,21 @@ def train(
     config.validate()
     mesh = make_mesh(devices)
     _check_inputs(model, recording, windows, config, mesh)
+    config, batch_note = _fit_batch(config, len(windows.train), mesh)
     steps = steps_per_epoch(len(windows.train), config.batch_size)
     tx = make_optimizer(config, nnx.to_pure_dict(nnx.state(model, nnx.Param)), steps, freeze)
     state = create_train_state(model, tx)
     signature = ckpt.resume_signature(_resume_settings(config), model, windows, freeze)
-    resumed = ckpt.restore_training(run_dir, model, state.opt_state, signature) if run_dir is not None else None
-    start_epoch, resumed_from = (resumed.epoch, resumed.path) if resumed is not None else (0, None)
-    if resumed is not None:  # the model now holds the checkpoint's arrays
-        state = create_train_state(model, tx).replace(
-            opt_state=resumed.opt_state, step=jnp.asarray(resumed.step, jnp.int32)
-        )
+    state, start_epoch, resumed_from, history = _resume(run_dir, model, tx, state, signature)
     last_epoch = config.epochs if config.stop_after_epochs is None else min(config.epochs, config.stop_after_epochs)
-    history, written = [], None
+    written = None
     if start_epoch < last_epoch:
         save = None
         if run_dir is not None:
             save = _epoch_saver(run_dir, model, recording, windows, config, signature, freeze, transfer, metadata_extra)
         state, history, written = _run_epochs(
-            model, recording, windows, config, mesh, tx, state, range(start_epoch, last_epoch), save, callback
+            model, recording, windows, config, mesh, tx, state, range(start_epoch, last_epoch), save, callback,
+            history,
         )
     _write_state_into(model, state)
     model.eval()
@@ -600,15 +615,48 @@ def train(
         resumed_from=resumed_from,
         checkpoint=written or resumed_from,
         finished=completed >= config.epochs,
+        batch_size=config.batch_size,
+        batch_note=batch_note,
     )
 
 
-def _run_epochs(model, recording, windows, config, mesh, tx, state, epochs: range, save, callback):
-    """The epochs of a run: returns (state, per-epoch metrics, newest checkpoint written)."""
+def _resume(run_dir, model: ESortNet, tx, state: TrainState, signature: dict):
+    """(state, first epoch to run, checkpoint resumed from, history so far) of a run folder's
+    newest checkpoint, or of a fresh start."""
+    resumed = ckpt.restore_training(run_dir, model, state.opt_state, signature) if run_dir is not None else None
+    if resumed is None:
+        return state, 0, None, []
+    if len(resumed.history) != resumed.epoch:
+        log.warning("%s holds the metrics of %d of its %d epochs (saved by an older esort_jax); the "
+                    "history lacks the others", resumed.path, len(resumed.history), resumed.epoch)
+    # The model now holds the checkpoint's arrays.
+    state = create_train_state(model, tx).replace(opt_state=resumed.opt_state, step=jnp.asarray(resumed.step, jnp.int32))
+    return state, resumed.epoch, resumed.path, list(resumed.history)
+
+
+def _fit_batch(config: TrainConfig, num_windows: int, mesh: Mesh) -> tuple[TrainConfig, str | None]:
+    """`config` with a batch no larger than the training set: a batch of B > M windows would
+    repeat each window ~B/M times in every step (the same mean loss, B/M times the work). It
+    becomes the smallest multiple of the device count >= M: one step sees every window once
+    (as a PyTorch DataLoader's single batch of M), plus at most devices - 1 repeats."""
+    devices = mesh.devices.size
+    fitted = -(-num_windows // devices) * devices
+    if config.batch_size <= fitted:
+        return config, None
+    note = (f"train.batch_size {config.batch_size} is larger than the {num_windows} training windows: "
+            f"using batch {fitted} (one step per epoch sees every window once)")
+    log.warning(note)
+    return dataclasses.replace(config, batch_size=fitted), note
+
+
+def _run_epochs(model, recording, windows, config, mesh, tx, state, epochs: range, save, callback, history: list):
+    """The epochs of a run: returns (state, per-epoch metrics: `history` extended, newest
+    checkpoint written). NonFiniteTrainingError as soon as a fetched loss, or the parameters at
+    an epoch's end, are not finite: before that epoch's checkpoint or callback."""
     train_feed, val_feed, step_fn, eval_fn = _feeds_and_steps(model, recording, windows, config, mesh, tx)
     state = jax.device_put(state, NamedSharding(mesh, PartitionSpec()))
     shuffle_key = rng_streams(config.seed)["shuffle"]
-    history, written = [], None
+    history, written = list(history), None
     with _progress_bar(config.progress, len(epochs) * train_feed.steps) as progress:
         for epoch in epochs:
             started = time.perf_counter()
@@ -616,7 +664,8 @@ def _run_epochs(model, recording, windows, config, mesh, tx, state, epochs: rang
             state, train_loss = _train_epoch(
                 step_fn, state, train_feed, order, progress, epoch, config.log_every_steps
             )
-            metrics = {"epoch": epoch, "step": int(state.step), "train_loss": train_loss}
+            _check_finite_state(state, epoch)
+            metrics = {"epoch": epoch, "step": int(state.step), "batch_size": config.batch_size, "train_loss": train_loss}
             val = _evaluate(eval_fn, val_feed, state.params, state.batch_stats)
             metrics.update({f"val_{k}": v for k, v in val.items()})
             metrics["epoch_seconds"] = time.perf_counter() - started
@@ -625,22 +674,31 @@ def _run_epochs(model, recording, windows, config, mesh, tx, state, epochs: rang
             _report_epoch(progress, metrics, last=epoch + 1 == epochs.stop)
             completed = epoch + 1
             if save is not None and (completed % config.checkpoint_every_epochs == 0 or completed == epochs.stop):
-                written = save(state, completed, metrics)
+                written = save(state, completed, history)
             if callback is not None:
                 callback(epoch, metrics)
     return state, history, written
 
 
+class NonFiniteTrainingError(ArithmeticError):
+    """The training loss or the parameters became NaN or inf (the message names epoch and step)."""
+
+
 def _train_epoch(step_fn, state, feed: WindowFeeder, order, progress, epoch: int, log_every: int):
-    """One pass over the epoch order: (state, mean loss)."""
+    """One pass over the epoch order: (state, mean loss). The losses are checked where they are
+    fetched anyway (the progress bar's log steps, the epoch's mean): no extra device sync."""
     losses = []
+    first_step = epoch * feed.steps  # optimiser steps before this epoch
 
     def after_step(i, loss):
         losses.append(loss)
         if progress is not None:
             progress.update(1)
             if (i + 1) % log_every == 0:
-                progress.set_postfix(epoch=epoch, loss=f"{float(loss):.4f}")
+                value = float(loss)
+                if not np.isfinite(value):
+                    _raise_nonfinite_loss(losses, epoch, first_step)
+                progress.set_postfix(epoch=epoch, loss=f"{value:.4f}")
 
     if feed.resident:
         order = jax.device_put(order, feed.replicated)
@@ -654,7 +712,34 @@ def _train_epoch(step_fn, state, feed: WindowFeeder, order, progress, epoch: int
                 if losses:  # at most two steps in flight: bounds the batches held in memory
                     losses[-1].block_until_ready()
                 after_step(i, loss)
-    return state, float(jnp.mean(jnp.stack(losses)))
+    mean = float(jnp.mean(jnp.stack(losses)))
+    if not np.isfinite(mean):
+        _raise_nonfinite_loss(losses, epoch, first_step)
+    return state, mean
+
+
+def _raise_nonfinite_loss(losses: list, epoch: int, first_step: int):
+    values = np.asarray(jnp.stack(losses))
+    i = int(np.flatnonzero(~np.isfinite(values))[0])
+    raise NonFiniteTrainingError(
+        f"training stopped: the loss is {values[i]} at epoch {epoch}, step {first_step + i + 1} (batch "
+        f"{i + 1} of the epoch); nothing from this epoch was saved. With finite traces this means the "
+        "optimisation diverged: lower train.learning_rate (or add warm-up)"
+    )
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
+
+
+def _check_finite_state(state: TrainState, epoch: int) -> None:
+    """NonFiniteTrainingError when a parameter or BatchNorm statistic is NaN or inf after `epoch`."""
+    if not bool(_all_finite((state.params, state.batch_stats))):
+        raise NonFiniteTrainingError(
+            f"training stopped: the parameters are not finite after epoch {epoch} (step {int(state.step)}); "
+            "nothing from this epoch was saved. Lower train.learning_rate (or add warm-up)"
+        )
 
 
 def _feeds_and_steps(model, recording, windows, config, mesh, tx):
@@ -685,7 +770,8 @@ def _feeds_and_steps(model, recording, windows, config, mesh, tx):
 
 
 def _epoch_saver(run_dir, model, recording, windows, config, signature, freeze, transfer, metadata_extra):
-    """save(state, completed_epochs, metrics) → the epoch checkpoint written (esort_jax.checkpoint)."""
+    """save(state, completed_epochs, history) → the epoch checkpoint written (esort_jax.checkpoint);
+    the per-epoch metrics so far go into its metadata (`extra.history`) for a resumed run."""
     fingerprint = ckpt.data_fingerprint(recording)
     shuffle_key = rng_streams(config.seed)["shuffle"]
     rng = {
@@ -694,13 +780,13 @@ def _epoch_saver(run_dir, model, recording, windows, config, signature, freeze, 
         "shuffle_key_data": np.asarray(jax.random.key_data(shuffle_key)).tolist(),
     }
 
-    def save(state: TrainState, completed: int, metrics: dict) -> Path:
+    def save(state: TrainState, completed: int, history: list) -> Path:
         _write_state_into(model, state)
         return ckpt.save_epoch_checkpoint(
             run_dir, model, state.opt_state, epoch=completed, step=int(state.step), signature=signature,
             keep=config.keep_checkpoints, recording=recording, fingerprint=fingerprint, windows=windows,
             train_config=to_dict(config), transfer=transfer or {}, rng=rng,
-            extra={**(metadata_extra or {}), "freeze": freeze, "last_metrics": metrics},
+            extra={**(metadata_extra or {}), "freeze": freeze, "last_metrics": history[-1], "history": history},
         )
 
     return save
@@ -740,6 +826,22 @@ def _check_inputs(model: ESortNet, recording: Recording, windows: WindowSets, co
         )
     if not len(windows.train):
         raise ValueError("no training windows")
+    _check_finite_traces(recording, windows)
+
+
+def _check_finite_traces(recording: Recording, windows: WindowSets) -> None:
+    """NonFiniteTracesError naming the first NaN/inf sample and channel the training or
+    validation windows read (checked before any training: a network trained on them is NaN)."""
+    for name, window_set in (("training", windows.train), ("validation", windows.validation)):
+        bad = first_nonfinite(recording, window_set)
+        if bad is not None:
+            sample, channel, value = bad
+            start, stop = window_set.span()
+            raise NonFiniteTracesError(
+                f"the traces the {name} windows read are not finite: first bad value {value} at "
+                f"sample {sample}, channel {channel} (the {name} windows span samples [{start}, {stop})); "
+                "repair or cut out those samples (or label another span) before training"
+            )
 
 
 def _resume_settings(config: TrainConfig) -> dict:

@@ -68,6 +68,7 @@ __all__ = [
     "WindowSets",
     "LabelError",
     "check_labels",
+    "check_distinct_ids",
     "window_labels",
     "positive_starts",
     "make_windows",
@@ -248,7 +249,9 @@ class WindowSets:
 
 
 def check_labels(recording: Recording, sorting: Sorting) -> None:
-    """Raise LabelError unless `sorting` fits `recording` (sampling rate, spike times in [0, T))."""
+    """Raise LabelError unless `sorting` fits `recording` (sampling rate, spike times in [0, T))
+    and its unit ids can name the network's outputs (unique, not NaN)."""
+    check_distinct_ids(sorting.unit_ids, "the labels'")
     fs_rec, fs_lab = recording.sampling_frequency, sorting.sampling_frequency
     if abs(fs_rec - fs_lab) > 1e-6 * fs_rec:
         raise LabelError(
@@ -263,6 +266,25 @@ def check_labels(recording: Recording, sorting: Sorting) -> None:
             f"{int(outside.sum())} spike time(s) lie outside the recording's samples [0, {num_samples}) "
             f"(range of offenders [{int(bad.min())}, {int(bad.max())}]); were the labels made for "
             "another recording or another sampling rate?"
+        )
+
+
+def check_distinct_ids(unit_ids: np.ndarray, whose: str = "the labels'") -> None:
+    """LabelError for NaN or repeated unit ids (`whose` names the sorting in the message): a unit
+    is scored, saved and reported by its id, so two units with one id (or an id equal to
+    nothing, NaN) could never be told apart."""
+    ids = np.asarray(unit_ids).tolist()
+    if any(isinstance(u, float) and u != u for u in ids):
+        raise LabelError(f"{whose} unit ids include NaN; give every unit a number or a name")
+    seen, repeated = set(), []
+    for u in ids:
+        if u in seen and u not in repeated:
+            repeated.append(u)
+        seen.add(u)
+    if repeated:
+        raise LabelError(
+            f"{whose} unit ids are not unique: {repeated[:10]} name more than one unit; give every "
+            "unit its own id (or merge the units first)"
         )
 
 
@@ -305,7 +327,7 @@ def window_labels(
     """[M, N] uint8 multi-labels: column n is 1 where unit `unit_indices[n]` has a spike within
     ±jitter of the window's anchor (start + anchor). Columns default to every unit."""
     starts = np.asarray(starts, dtype=np.int64).reshape(-1)
-    unit_indices = np.arange(sorting.num_units) if unit_indices is None else np.asarray(unit_indices)
+    unit_indices = np.arange(sorting.num_units) if unit_indices is None else _unit_indices(unit_indices, sorting)
     column_of = np.full(sorting.num_units, -1, dtype=np.int64)
     column_of[unit_indices] = np.arange(unit_indices.size)
     labels = np.zeros((starts.size, unit_indices.size), dtype=np.uint8)
@@ -323,6 +345,25 @@ def window_labels(
     rows = np.repeat(lo - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
     labels[order[rows], np.repeat(columns, counts)] = 1
     return labels
+
+
+def _unit_indices(unit_indices, sorting: Sorting) -> np.ndarray:
+    """Label columns as positions into `sorting.unit_ids`: integers in [0, N), each once (a
+    negative index would silently label another unit: numpy counts it from the end)."""
+    indices = np.asarray(unit_indices).reshape(-1)
+    if indices.size and not np.issubdtype(indices.dtype, np.integer):
+        raise LabelError(
+            f"unit_indices must be integer positions into the unit ids; got {indices.dtype} {indices[:5].tolist()}"
+        )
+    outside = indices[(indices < 0) | (indices >= sorting.num_units)]
+    if outside.size:
+        raise LabelError(
+            f"unit_indices {outside[:10].tolist()} are not positions of the {sorting.num_units} units "
+            f"(valid: 0..{sorting.num_units - 1}); to select units by id use Sorting.unit_index_of"
+        )
+    if np.unique(indices).size != indices.size:
+        raise LabelError(f"unit_indices list a unit twice: {indices.tolist()[:20]}")
+    return indices.astype(np.int64)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -425,35 +466,91 @@ def make_windows(
       eval_span: explicit evaluation span (default: the rest of the recording after the region).
     """
     config.validate()
-    jitter = config.jitter
+    _check_window(window, anchor, config.jitter)
+    check_labels(recording, sorting)
+    spans = _Spans.of(recording.num_samples, config, window, train_span, eval_span)
+    kept = _kept_spikes(sorting, _select_units(sorting, config.units), spans, config, anchor)
+    train, negatives = _training_set(sorting, kept, spans, config, window=window, anchor=anchor, seed=seed)
+    validation = balanced_windows(
+        sorting, spans.validation, window=window, anchor=anchor, jitter=config.jitter,
+        unit_indices=kept.columns, seed=seed, stream="validation",
+        negatives_per_positive=config.negatives_per_positive, max_windows=config.max_validation_windows,
+        avoid=spans.evaluation,
+    )
+    train_span = (int(train.starts.min()), int(train.starts.max()) + window)
+    report = _report(spans, kept, train, validation, negatives, config, window=window, anchor=anchor,
+                     num_samples=recording.num_samples, train_span=train_span)
+    return WindowSets(
+        train=train, validation=validation, unit_ids=kept.ids, kept_spikes=kept.sorting,
+        train_span=train_span, validation_span=spans.validation, eval_span=spans.evaluation,
+        config=config, report=report,
+    )
+
+
+def _check_window(window: int, anchor: int, jitter: int) -> None:
     if not (0 <= anchor < window):
         raise ConfigError(f"model.anchor: must lie in [0, window={window}); got {anchor}")
     if anchor - jitter < 0 or anchor + jitter >= window:
         raise ConfigError(
             f"windows.jitter: anchor {anchor} ± jitter {jitter} must stay inside the window [0, {window})"
         )
-    check_labels(recording, sorting)
-    num_samples = recording.num_samples
-    columns = _select_units(sorting, config.units)
 
-    region, evaluation = split_spans(num_samples, config, train_span=train_span, eval_span=eval_span)
-    validation_length = int(np.floor(config.validation_fraction * (region[1] - region[0])))
-    fit = (region[0], region[1] - validation_length)
-    validation_span = (fit[1], region[1])
-    fit_starts = _Starts.of(fit, window, evaluation)
-    if not fit_starts.allowed.any():
-        raise LabelError(
-            f"empty training span: the fit part [{fit[0]}, {fit[1]}) of the training region "
-            f"[{region[0]}, {region[1]}) holds no window of {window} samples outside the evaluation "
-            f"span [{evaluation[0]}, {evaluation[1]}); check windows.train_fraction / train_span"
-        )
 
-    # Eligible spikes: all 2J+1 positive windows lie in the fit part.
+@dataclasses.dataclass(frozen=True, eq=False)
+class _Spans:
+    """How make_windows splits the recording: training region = fit part + validation part,
+    and the evaluation span; `fit_starts` are the window starts allowed in the fit part."""
+
+    region: tuple[int, int]
+    fit: tuple[int, int]
+    validation: tuple[int, int]
+    evaluation: tuple[int, int]
+    fit_starts: "_Starts"
+
+    @classmethod
+    def of(cls, num_samples: int, config: WindowConfig, window: int, train_span, eval_span) -> "_Spans":
+        region, evaluation = split_spans(num_samples, config, train_span=train_span, eval_span=eval_span)
+        validation_length = int(np.floor(config.validation_fraction * (region[1] - region[0])))
+        fit = (region[0], region[1] - validation_length)
+        fit_starts = _Starts.of(fit, window, evaluation)
+        if not fit_starts.allowed.any():
+            raise LabelError(
+                f"empty training span: the fit part [{fit[0]}, {fit[1]}) of the training region "
+                f"[{region[0]}, {region[1]}) holds no window of {window} samples outside the evaluation "
+                f"span [{evaluation[0]}, {evaluation[1]}); check windows.train_fraction / train_span"
+            )
+        return cls(region, fit, (fit[1], region[1]), evaluation, fit_starts)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _Kept:
+    """The spikes whose windows become training positives (see the module doc).
+
+    columns: label columns (unit indices of the sorting); ids their unit ids; eligible [N] spikes
+    per column whose 2J+1 windows fit the fit part; short [N] columns with fewer than K;
+    spikes / units: the spikes of the selected columns, `keep` which of them are kept;
+    sorting: the kept spikes over the original unit ids; short_report: the JSON-able summary.
+    """
+
+    columns: np.ndarray
+    ids: np.ndarray
+    eligible: np.ndarray
+    short: np.ndarray
+    spikes: np.ndarray
+    units: np.ndarray
+    keep: np.ndarray
+    sorting: Sorting
+    short_report: dict
+
+
+def _kept_spikes(sorting: Sorting, columns: np.ndarray, spans: _Spans, config: WindowConfig, anchor: int) -> _Kept:
+    """Eligible spikes (all 2J+1 positive windows in the fit part), limited to each unit's first
+    K in label-efficiency mode, after the short-unit policy."""
+    jitter, k = config.jitter, config.spikes_per_unit
     in_columns = np.isin(sorting.unit_indices, columns)
     spikes, units = sorting.samples[in_columns], sorting.unit_indices[in_columns]
-    full = fit_starts.count(spikes - anchor - jitter, spikes - anchor + jitter) == 2 * jitter + 1
+    full = spans.fit_starts.count(spikes - anchor - jitter, spikes - anchor + jitter) == 2 * jitter + 1
     eligible = np.array([np.count_nonzero(full & (units == u)) for u in columns], dtype=np.int64)
-    k = config.spikes_per_unit
     keep = full.copy()
     short = np.zeros(columns.size, dtype=bool)
     if k is not None:
@@ -463,53 +560,61 @@ def make_windows(
             rank[where] = np.arange(where.size)
         keep &= rank < k
         short = eligible < k
-
     ids = sorting.unit_ids[columns]
-    short_report = {
-        "policy": config.short_units,
-        "unit_ids": ids[short].tolist(),
-        "eligible_spikes": eligible[short].tolist(),
-    }
+    short_report = {"policy": config.short_units, "unit_ids": ids[short].tolist(),
+                    "eligible_spikes": eligible[short].tolist()}
     if short.any():
-        listing = ", ".join(f"unit {u} ({c} spikes)" for u, c in zip(ids[short].tolist(), eligible[short].tolist()))
-        message = (
-            f"{int(short.sum())} of {columns.size} units have fewer than K={k} spikes whose windows fit "
-            f"the training span [{fit[0]}, {fit[1]}): {listing}"
-        )
-        if config.short_units == "error":
-            raise LabelError(
-                message + "; set windows.short_units to 'drop' (remove them) or 'keep_all' (train "
-                "on the spikes they have), or lower K, or lengthen the training span"
-            )
-        if config.short_units == "drop":
-            log.warning("%s; dropping them (windows.short_units='drop')", message)
-            keep &= ~np.isin(units, columns[short])
-            columns, eligible, ids = columns[~short], eligible[~short], ids[~short]
-            short = short[~short]
-            if not columns.size:
-                raise LabelError("no unit has K spikes in the training span; nothing left to train on")
-        else:
-            log.warning("%s; keeping all of their spikes (windows.short_units='keep_all')", message)
-
+        keep, columns, eligible, ids, short = _apply_short_policy(config, spans, keep, units, columns, eligible,
+                                                                  ids, short)
     kept_mask = np.zeros(sorting.num_spikes, dtype=bool)
     kept_mask[np.flatnonzero(in_columns)[keep]] = True
-    kept_sorting = sorting.select_spikes(kept_mask)
-    kept_samples = spikes[keep]
-    if not kept_samples.size:
+    if not keep.any():
         raise LabelError(
-            f"no labelled spike has its windows inside the training span [{fit[0]}, {fit[1]}) "
+            f"no labelled spike has its windows inside the training span [{spans.fit[0]}, {spans.fit[1]}) "
             f"(the labels hold {sorting.num_spikes} spikes in [{int(sorting.samples.min()) if sorting.num_spikes else 0}, "
             f"{int(sorting.samples.max()) + 1 if sorting.num_spikes else 0})); check the span and the labels"
         )
+    return _Kept(columns, ids, eligible, short, spikes, units, keep, sorting.select_spikes(kept_mask), short_report)
 
-    # The span negatives are drawn from: K mode -> the prefix where every (non-short) unit has K.
-    if k is None:
+
+def _apply_short_policy(config, spans, keep, units, columns, eligible, ids, short):
+    """Units with fewer than K eligible spikes: raise ('error'), remove them ('drop') or keep all
+    their spikes ('keep_all'), with a warning. Returns the updated (keep, columns, eligible, ids, short)."""
+    k, fit = config.spikes_per_unit, spans.fit
+    listing = ", ".join(f"unit {u} ({c} spikes)" for u, c in zip(ids[short].tolist(), eligible[short].tolist()))
+    message = (
+        f"{int(short.sum())} of {columns.size} units have fewer than K={k} spikes whose windows fit "
+        f"the training span [{fit[0]}, {fit[1]}): {listing}"
+    )
+    if config.short_units == "error":
+        raise LabelError(
+            message + "; set windows.short_units to 'drop' (remove them) or 'keep_all' (train "
+            "on the spikes they have), or lower K, or lengthen the training span"
+        )
+    if config.short_units == "keep_all":
+        log.warning("%s; keeping all of their spikes (windows.short_units='keep_all')", message)
+        return keep, columns, eligible, ids, short
+    log.warning("%s; dropping them (windows.short_units='drop')", message)
+    keep = keep & ~np.isin(units, columns[short])
+    columns, eligible, ids, short = columns[~short], eligible[~short], ids[~short], short[~short]
+    if not columns.size:
+        raise LabelError("no unit has K spikes in the training span; nothing left to train on")
+    return keep, columns, eligible, ids, short
+
+
+def _training_set(sorting: Sorting, kept: _Kept, spans: _Spans, config: WindowConfig, *, window: int,
+                  anchor: int, seed: int) -> tuple[WindowSet, dict]:
+    """Every positive window of the kept spikes plus all-negative windows (w.r.t. every spike of
+    the sorting) drawn from the fit part, or in K mode from its prefix where every non-short
+    unit has K. Returns (the training WindowSet, facts about the negatives for the report)."""
+    jitter, fit = config.jitter, spans.fit
+    if config.spikes_per_unit is None:
         prefix_stop = fit[1]
     else:
-        defining = keep & np.isin(units, columns[~short])
-        prefix_stop = int(spikes[defining].max()) - anchor + jitter + window if defining.any() else fit[1]
-    pos = positive_starts(kept_samples, anchor, jitter)
-    negative_starts = fit_starts.restrict(prefix_stop, window)
+        defining = kept.keep & np.isin(kept.units, kept.columns[~kept.short])
+        prefix_stop = int(kept.spikes[defining].max()) - anchor + jitter + window if defining.any() else fit[1]
+    pos = positive_starts(kept.spikes[kept.keep], anchor, jitter)
+    negative_starts = spans.fit_starts.restrict(prefix_stop, window)
     candidates = negative_starts.allowed & ~negative_starts.near(sorting.samples, anchor, jitter)
     candidates = negative_starts.first + np.flatnonzero(candidates)
     wanted = int(round(config.negatives_per_positive * pos.size))
@@ -520,64 +625,43 @@ def make_windows(
             candidates.size, fit[0], prefix_stop, wanted,
         )
     neg = np.sort(rng.choice(candidates, size=min(wanted, candidates.size), replace=False))
-    train_starts = np.union1d(pos, neg)
-    train = WindowSet(
-        train_starts, window_labels(train_starts, sorting, anchor, jitter, columns), window, anchor, jitter
-    )
-    train_span = (int(train_starts.min()), int(train_starts.max()) + window)
+    starts = np.union1d(pos, neg)
+    train = WindowSet(starts, window_labels(starts, sorting, anchor, jitter, kept.columns), window, anchor, jitter)
+    negatives = {"span": [fit[0], int(prefix_stop)], "positives": int(pos.size), "negatives": int(neg.size),
+                 "shortfall": int(max(wanted - candidates.size, 0))}
+    return train, negatives
 
-    validation = balanced_windows(
-        sorting,
-        validation_span,
-        window=window,
-        anchor=anchor,
-        jitter=jitter,
-        unit_indices=columns,
-        seed=seed,
-        stream="validation",
-        negatives_per_positive=config.negatives_per_positive,
-        max_windows=config.max_validation_windows,
-        avoid=evaluation,
-    )
 
-    positive_entries = train.labels.sum(axis=0, dtype=np.int64)
-    kept_counts = np.array([np.count_nonzero(kept_sorting.unit_indices == u) for u in columns])
-    report = {
+def _report(spans: _Spans, kept: _Kept, train: WindowSet, validation: WindowSet, negatives: dict,
+            config: WindowConfig, *, window: int, anchor: int, num_samples: int, train_span) -> dict:
+    """WindowSets.report: JSON-able counts per unit, spans and sizes."""
+    k = config.spikes_per_unit
+    kept_counts = np.array([np.count_nonzero(kept.sorting.unit_indices == u) for u in kept.columns])
+    return {
         "mode": "all_spikes" if k is None else "k_spikes",
         "spikes_per_unit": k,
         "window": window,
         "anchor": anchor,
-        "jitter": jitter,
+        "jitter": config.jitter,
         "num_samples": num_samples,
-        "training_region": list(region),
-        "fit_span": list(fit),
-        "negative_span": [fit[0], int(prefix_stop)],
+        "training_region": list(spans.region),
+        "fit_span": list(spans.fit),
+        "negative_span": negatives["span"],
         "train_span": list(train_span),
-        "validation_span": list(validation_span),
-        "eval_span": list(evaluation),
-        "unit_ids": ids.tolist(),
-        "eligible_spikes": eligible.tolist(),
+        "validation_span": list(spans.validation),
+        "eval_span": list(spans.evaluation),
+        "unit_ids": kept.ids.tolist(),
+        "eligible_spikes": kept.eligible.tolist(),
         "kept_spikes": kept_counts.tolist(),
-        "positive_entries": positive_entries.tolist(),
-        "short_units": short_report,
+        "positive_entries": train.labels.sum(axis=0, dtype=np.int64).tolist(),
+        "short_units": kept.short_report,
         "num_train_windows": len(train),
-        "num_train_positive_windows": int(pos.size),
-        "num_train_negative_windows": int(neg.size),
-        "negatives_shortfall": int(max(wanted - candidates.size, 0)),
+        "num_train_positive_windows": negatives["positives"],
+        "num_train_negative_windows": negatives["negatives"],
+        "negatives_shortfall": negatives["shortfall"],
         "num_validation_windows": len(validation),
         "num_validation_positive_windows": validation.num_positive_windows,
     }
-    return WindowSets(
-        train=train,
-        validation=validation,
-        unit_ids=ids,
-        kept_spikes=kept_sorting,
-        train_span=train_span,
-        validation_span=validation_span,
-        eval_span=evaluation,
-        config=config,
-        report=report,
-    )
 
 
 def balanced_windows(
@@ -599,7 +683,7 @@ def balanced_windows(
     `max_windows` in total (both kinds subsampled in proportion). Windows overlapping `avoid`
     are excluded. Used for the validation set; also handy for window-level metrics on the
     evaluation span."""
-    unit_indices = np.arange(sorting.num_units) if unit_indices is None else np.asarray(unit_indices)
+    unit_indices = np.arange(sorting.num_units) if unit_indices is None else _unit_indices(unit_indices, sorting)
     starts = _Starts.of(span, window, avoid)
     if max_windows == 0 or not starts.allowed.any():
         return WindowSet(np.zeros(0, np.int64), np.zeros((0, unit_indices.size), np.uint8), window, anchor, jitter)

@@ -71,10 +71,11 @@ def _check_ints(values: tuple[int, ...], key: str, minimum: int) -> None:
     require(len(set(values)) == len(values), key, f"entries must be distinct; got {list(values)!r}")
 
 
-def _is_checkpoint_folder(path: str | None) -> bool:
-    from esort_jax.checkpoint import is_checkpoint
+def _checkpoint_problem(path: str) -> str | None:
+    """Why `path` is not a checkpoint folder (esort_jax.checkpoint.checkpoint_problem), or None."""
+    from esort_jax.checkpoint import checkpoint_problem
 
-    return bool(path) and is_checkpoint(Path(path).expanduser())
+    return checkpoint_problem(Path(path).expanduser())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,8 +175,8 @@ class SortRealPlan:
         require(self.init in INITS, "init", f"must be {' or '.join(map(repr, INITS))}; got {self.init!r}")
         require(not (self.init == "scratch" and self.checkpoint), "checkpoint",
                 "given with init=scratch; drop it or use init=transfer")
-        require(not self.checkpoint or _is_checkpoint_folder(self.checkpoint), "checkpoint",
-                f"{self.checkpoint} is not a checkpoint folder (no metadata.json)")
+        problem = _checkpoint_problem(self.checkpoint) if self.checkpoint else None
+        require(problem is None, "checkpoint", str(problem))
         require(self.train_seconds > 0, "train_seconds", f"must be a number > 0; got {self.train_seconds:g}")
 
 
@@ -191,9 +192,10 @@ class SortPlan:
     preprocess: str = "checkpoint"
 
     def validate(self, where: str = "") -> None:
-        require(_is_checkpoint_folder(self.checkpoint), "checkpoint",
-                f"{self.folder} is not a checkpoint folder (no metadata.json)" if self.checkpoint
-                else "required (a fine-tuned checkpoint folder, e.g. finetune.py's <run>/checkpoint)")
+        require(bool(self.checkpoint), "checkpoint",
+                "required (a fine-tuned checkpoint folder, e.g. finetune.py's <run>/checkpoint)")
+        problem = _checkpoint_problem(self.checkpoint)
+        require(problem is None, "checkpoint", str(problem))
         check_as_trained_mode(self.preprocess, "preprocess")
 
     @property

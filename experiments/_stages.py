@@ -126,7 +126,7 @@ def run_arm(run, arm: str, recording: Recording, truth: Sorting, config: Pipelin
     with run.stage(f"{arm}: fine-tune"):
         fitted = fit(recording, labels, config, seed=seed, run_dir=arm_dir / "train",
                      callback=epoch_logger(run, f"{arm}/finetune"),
-                     metadata_extra={"role": "finetune", "arm": arm})
+                     metadata_extra={"role": "finetune", "arm": arm}, truth=truth)
     with run.stage(f"{arm}: sort + evaluate"):
         outcome = sort_and_evaluate(fitted, recording, truth, config, seed=seed, labels=labels)
     metrics = outcome.metrics()

@@ -28,7 +28,7 @@ from esort_jax.evaluate import EvaluationConfig
 from esort_jax.infer import InferenceConfig, fold_batchnorm
 from esort_jax.io import write_sorting_npz
 from esort_jax.io.atomic import atomic_folder
-from esort_jax.pipeline import PipelineConfig, score
+from esort_jax.pipeline import PipelineConfig, check_unit_ids, score
 from esort_jax.postprocess import PostprocessConfig
 from esort_jax.realdata.preprocess import preprocess_as_trained
 from esort_jax.report.tables import evaluation_table
@@ -58,17 +58,17 @@ def main(cfg: DictConfig) -> dict:
         plan = read_plan(SortPlan, cfg)  # checkpoint, threshold, span, preprocess
         checkpoint = plan.folder
         threshold = plan.threshold if plan.threshold is not None else saved_threshold(checkpoint)
+        with run.stage("load model"):  # verified (checksums, finite) before any other work
+            model, meta = ckpt.load_model(checkpoint)
         recording, truth, info = obtain_recording(run, "recording")
-        meta = ckpt.read_metadata(checkpoint)
         check_recording_fits(meta, recording, f"checkpoint: {checkpoint}")
+        if truth is not None:  # the network's units must be units of the truth it is scored against
+            check_unit_ids(meta.unit_ids, truth)
         recording = preprocess_as_trained(recording, meta.extra.get("preprocess"), plan.preprocess,
                                           where=f"{checkpoint}/metadata.json extra.preprocess")
         info["preprocess"] = recording.metadata.get("preprocess", [])
         start, stop = plan.samples(recording)
-        with run.stage("load model"):
-            model, meta = ckpt.load_model(checkpoint)
-            model.eval()
-            params = fold_batchnorm(model)
+        params = fold_batchnorm(model)  # load_model leaves it in eval mode
         with run.stage("sort"):
             result = sort_recording(params, recording, meta.unit_ids, threshold=threshold, infer_config=config.infer,
                                     postprocess_config=config.postprocess, start=start, stop=stop)

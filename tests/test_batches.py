@@ -8,7 +8,8 @@ from _tiny import FS, tiny_recording
 
 from esort_jax import ArrayTraces, Recording
 from esort_jax.batches import (
-    WindowFeeder, epoch_order, gather_device, gather_host, plan_residency, span_bytes, steps_per_epoch, take_batch,
+    WindowFeeder, covered_spans, epoch_order, first_nonfinite, gather_device, gather_host, plan_residency, span_bytes,
+    steps_per_epoch, take_batch,
 )
 from esort_jax.windows import WindowSet
 
@@ -69,3 +70,17 @@ def test_feeder_paths_give_the_same_batches():
             np.testing.assert_array_equal(np.asarray(x), np.asarray(want_x))
             np.testing.assert_array_equal(np.asarray(y), np.asarray(want_y))
     assert i == 3
+
+
+def test_first_nonfinite_reads_only_what_the_windows_read():
+    """Overlapping and touching windows merge into one span; the first bad value is the earliest
+    sample (then lowest channel) inside a window; values between windows do not count."""
+    windows = WindowSet(np.array([100, 110, 120, 500]), np.zeros((4, 1), np.uint8), W, 9, 0)
+    assert covered_spans(windows) == [(100, 140), (500, 520)]
+    traces = np.zeros((1000, 4), np.float32)
+    traces[300, 1] = np.nan  # between the windows
+    recording = Recording(ArrayTraces(traces), FS, np.zeros((4, 2)))
+    assert first_nonfinite(recording, windows, chunk_samples=16) is None
+    traces[519, 3], traces[505, 2], traces[505, 0] = np.inf, np.nan, -np.inf
+    assert first_nonfinite(recording, windows, chunk_samples=16) == (505, 0, -np.inf)
+    assert covered_spans(WindowSet(np.zeros(0, np.int64), np.zeros((0, 1), np.uint8), W, 9, 0)) == []

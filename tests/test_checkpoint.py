@@ -1,4 +1,6 @@
 import json
+import re
+import shutil
 
 import jax
 import numpy as np
@@ -152,3 +154,181 @@ def test_epoch_checkpoints_resume_only_their_own_run(tmp_path):
         ckpt.restore_training(tmp_path, fresh, opt_state, {**signature, "train_config": {"epochs": 4}})
     with pytest.raises(CheckpointError, match="freeze differs"):
         ckpt.restore_training(tmp_path, fresh, opt_state, {**signature, "freeze": "backbone"})
+
+
+# ----------------------------------------------------------------------------------------------
+# Integrity: checksums, missing files, non-finite arrays
+
+
+def _saved_with_optimiser(path):
+    import optax
+
+    model = _perturbed_model()
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    opt_state = jax.tree.map(lambda a: a + 1.0, optax.adam(1e-3).init(params))
+    return model, save_checkpoint(path, model, make_metadata(model, unit_ids=[0, 1, 2]), opt_state=opt_state)
+
+
+def _largest_data_file(path):
+    """The biggest file orbax wrote under state/**/d/ (where the array chunks are)."""
+    return max((f for f in (path / "state").rglob("*") if f.is_file() and f.parent.name == "d"),
+               key=lambda f: f.stat().st_size)
+
+
+def _flip(file, at, count=64):
+    data = bytearray(file.read_bytes())
+    data[at : at + count] = bytes(b ^ 0xFF for b in data[at : at + count])
+    file.write_bytes(bytes(data))
+
+
+def _snapshot(folder):
+    return {f: f.read_bytes() for f in sorted(folder.rglob("*")) if f.is_file()}
+
+
+def test_checksums_are_recorded_per_array_and_data_file(tmp_path):
+    model, path = _saved_with_optimiser(tmp_path / "ck")
+    meta = read_metadata(path)
+    assert meta.format_version == ckpt.FORMAT_VERSION == 3
+    arrays = flatten_tree(ckpt.restore_arrays(path, ("model", "opt_state")))
+    assert set(meta.checksums["arrays"]) == set(arrays)
+    assert all(meta.checksums["arrays"][k] == ckpt.array_checksum(v) for k, v in arrays.items())
+    files = {f.relative_to(path / "state").as_posix(): f.stat().st_size for f in (path / "state").rglob("*") if f.is_file()}
+    assert {k: v["bytes"] for k, v in meta.checksums["files"].items()} == files
+
+
+def test_flipped_bytes_in_array_data_are_detected_everywhere_the_arrays_are_read(tmp_path):
+    """64 flipped bytes inside the arrays' data file: load_model, transfer and resume refuse the
+    checkpoint naming it and the array; nothing in it is changed by trying."""
+    from esort_jax.transfer import TransferConfig, finetune_model
+
+    _, path = _saved_with_optimiser(tmp_path / "ck")
+    data_file = _largest_data_file(path)
+    _flip(data_file, data_file.stat().st_size // 2)
+    before = _snapshot(path)
+    corrupt = rf"checkpoint {path} is corrupt: (model|opt_state)\.[\w.]+ checksum mismatch"
+    with pytest.raises(CheckpointError, match=corrupt):
+        load_model(path)
+    with pytest.raises(CheckpointError, match=corrupt):
+        finetune_model(8, 3, TINY_MODEL, TransferConfig(init="transfer", checkpoint=str(path)), seed=0)
+    # the zstd frame header of the same file: the reader fails; the message names the file
+    _flip(data_file, 0)
+    with pytest.raises(CheckpointError, match=rf"is corrupt: data file state/\S*{data_file.name} checksum mismatch"):
+        load_model(path)
+    _flip(data_file, 0)  # undo
+    assert _snapshot(path) == before
+
+
+def test_corrupt_newest_epoch_checkpoint_refuses_resume_and_says_what_to_do(tmp_path):
+    import optax
+
+    from esort_jax.windows import WindowConfig, make_windows
+
+    recording, truth = tiny_recording()
+    windows = make_windows(recording, truth, WindowConfig(jitter=3), window=20, anchor=9, seed=0)
+    model = _perturbed_model()
+    opt_state = optax.adam(1e-3).init(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+    signature = ckpt.resume_signature({"epochs": 3}, model, windows, "none")
+    written = ckpt.save_epoch_checkpoint(
+        tmp_path, model, opt_state, epoch=1, step=10, signature=signature, keep=2, recording=recording,
+        fingerprint="f", windows=windows, extra={}, train_config={"epochs": 3},
+    )
+    data_file = _largest_data_file(written)
+    _flip(data_file, data_file.stat().st_size // 2)
+    with pytest.raises(CheckpointError, match=rf"cannot resume {tmp_path}: checkpoint {written} is corrupt: .* checksum "
+                                              rf"mismatch.*Delete {written} to resume from the checkpoint before it"):
+        ckpt.restore_training(tmp_path, _perturbed_model(seed=1), opt_state, signature)
+
+
+def test_missing_or_truncated_data_file_is_named(tmp_path):
+    _, path = _saved_with_optimiser(tmp_path / "ck")
+    data_file = _largest_data_file(path)
+    name = data_file.relative_to(path).as_posix()
+    size = data_file.stat().st_size
+    data_file.write_bytes(data_file.read_bytes()[: size // 2])
+    with pytest.raises(CheckpointError, match=rf"checkpoint {path} is corrupt: data file {name} has {size // 2} "
+                                              rf"bytes; {size} were saved"):
+        load_model(path)
+    data_file.unlink()
+    with pytest.raises(CheckpointError, match=rf"checkpoint {path} is corrupt: missing data file {name}$"):
+        ckpt.restore_arrays(path, ("model", "opt_state"))
+
+
+def test_checkpoint_problem_gives_the_precise_reason(tmp_path):
+    _, path = _saved_with_optimiser(tmp_path / "ck")
+    assert ckpt.checkpoint_problem(path) is None and ckpt.is_checkpoint(path)
+    shutil.rmtree(path / "state")  # metadata.json present, state/ gone
+    assert ckpt.checkpoint_problem(path) == f"{path} is not a valid checkpoint: the state/ folder is missing"
+    (path / "metadata.json").unlink()
+    assert "metadata.json is missing" in ckpt.checkpoint_problem(path)
+    assert "does not exist" in ckpt.checkpoint_problem(tmp_path / "nothing")
+    assert not ckpt.is_checkpoint(path)
+
+
+def test_non_finite_arrays_are_never_saved_nor_used(tmp_path, monkeypatch):
+    model = _perturbed_model()
+    meta = make_metadata(model, unit_ids=[0, 1, 2])
+    state = nnx.state(model)
+    kernel = np.asarray(state["head"]["kernel"].get_value())
+    kernel[1, 2] = np.nan
+    nnx.update(model, {"head": {"kernel": kernel}})
+    with pytest.raises(CheckpointError, match=rf"refusing to save checkpoint {tmp_path / 'ck'}: model\.head\.kernel "
+                                              r"holds 1 non-finite value\(s\) of 48"):
+        save_checkpoint(tmp_path / "ck", model, meta)
+    assert list(tmp_path.iterdir()) == []
+    # A checkpoint with NaN written by other means (consistent checksums): refused when read.
+    with monkeypatch.context() as patch:
+        patch.setattr(ckpt, "_nonfinite", lambda arrays: None)
+        path = save_checkpoint(tmp_path / "ck", model, meta)
+    with pytest.raises(CheckpointError, match=rf"checkpoint {path}: model\.head\.kernel holds 1 non-finite "
+                                              r"value\(s\) of 48; a network with NaN or inf cannot be used"):
+        load_model(path)
+
+
+def test_format_version_2_without_checksums_is_read_with_a_warning(tmp_path, caplog):
+    model, path = _saved_with_optimiser(tmp_path / "ck")
+    meta_path = path / "metadata.json"
+    data = json.loads(meta_path.read_text())
+    del data["checksums"]
+    meta_path.write_text(json.dumps({**data, "format_version": 2}))
+    with caplog.at_level("WARNING", logger="esort_jax.checkpoint"):
+        loaded, meta = load_model(path)
+    assert meta.format_version == 2 and meta.checksums == {}
+    assert "format version 2, which records no checksums: its arrays cannot be verified" in caplog.text
+    np.testing.assert_array_equal(np.asarray(loaded.head.kernel.get_value()), np.asarray(model.head.kernel.get_value()))
+
+
+@pytest.mark.parametrize("damage", ["flipped", "stateless", "foreign-units"])
+def test_sort_entry_point_refuses_a_bad_checkpoint_before_any_work(tmp_path, damage):
+    """experiments/sort.py: a corrupt checkpoint and a folder without state/ are refused with
+    the precise reason in results.json (status failed) before the recording is made; a network
+    whose units are not units of the recording's ground truth before sorting. No sorting is
+    written."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    if damage == "foreign-units":  # sound, on the tiny synthetic recording's 16 channels, units 100-102
+        model = init_model(16, 3, TINY_MODEL, seed=0)
+        checkpoint = save_checkpoint(tmp_path / damage, model, make_metadata(model, unit_ids=[100, 101, 102]))
+        message = r"3 label unit id\(s\) are not units of the ground truth: 100, 101, 102"
+    else:
+        _, checkpoint = _saved_with_optimiser(tmp_path / damage)
+    if damage == "flipped":
+        _flip(_largest_data_file(checkpoint), _largest_data_file(checkpoint).stat().st_size // 2)
+        message = rf"checkpoint {checkpoint} is corrupt: \S+ checksum mismatch"
+    elif damage == "stateless":
+        shutil.rmtree(checkpoint / "state")
+        message = rf"{checkpoint} is not a valid checkpoint: the state/ folder is missing"
+    out = tmp_path / "sort"
+    run = subprocess.run(
+        [sys.executable, str(repo / "experiments" / "sort.py"), f"checkpoint={checkpoint}",
+         "data@recording.data=tiny", "logger=disabled", f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={out}"],
+        capture_output=True, text=True, cwd=repo, env={**os.environ, "WANDB_MODE": "disabled"}, timeout=300,
+    )
+    assert run.returncode != 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["status"] == "failed" and re.search(message, results["error"]), results.get("error")
+    assert not (out / "sorting").exists()
+    assert (tmp_path / "cache").exists() == (damage == "foreign-units")  # the recording was made only then

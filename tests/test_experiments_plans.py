@@ -97,7 +97,7 @@ def _checkpoint(tmp_path):
 @pytest.mark.parametrize("values, message", [
     ({"init": "finetune"}, "init: must be 'transfer' or 'scratch'; got 'finetune'"),
     ({"init": "scratch", "checkpoint": "runs/pre"}, "checkpoint: given with init=scratch"),
-    ({"checkpoint": "/nowhere"}, "checkpoint: /nowhere is not a checkpoint folder (no metadata.json)"),
+    ({"checkpoint": "/nowhere"}, "checkpoint: /nowhere is not a checkpoint folder (it does not exist or is a file)"),
     ({"train_seconds": 0}, "train_seconds: must be a number > 0; got 0"),
     ({"train_seconds": "abc"}, "train_seconds: expected a number; got 'abc'"),
     ({"labels": {"path": None}}, "labels.path: required (a Phy/Kilosort folder"),
@@ -122,7 +122,7 @@ def test_sort_plan_checks_the_checkpoint_preprocessing_and_span(tmp_path):
         _plan(SortPlan, checkpoint=checkpoint, span=[0, 1]).samples(recording)
     with pytest.raises(ConfigError, match=r"^checkpoint: required"):
         _plan(SortPlan, checkpoint="???")
-    with pytest.raises(ConfigError, match=r"^checkpoint: .*nowhere is not a checkpoint folder \(no metadata.json\)"):
+    with pytest.raises(ConfigError, match=r"^checkpoint: .*nowhere is not a checkpoint folder \(it does not exist or is a file\)"):
         _plan(SortPlan, checkpoint=str(tmp_path / "nowhere"))
     with pytest.raises(ConfigError, match=r"^preprocess: must be 'checkpoint' or 'none'; got 'raw'"):
         _plan(SortPlan, checkpoint=checkpoint, preprocess="raw")

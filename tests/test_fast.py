@@ -11,6 +11,7 @@ import pytest
 
 from esort_jax.fast import choose_kernel
 from esort_jax.train import TrainConfig
+from test_fast_native import needs_native
 
 CPU = jax.devices()
 
@@ -20,8 +21,15 @@ def choose(requested, purpose="train", *, devices=CPU, compute_dtype="float32", 
                          temporal_features=features)
 
 
-def test_kernel_choice_for_training():
+@needs_native
+def test_auto_takes_the_native_kernel_where_it_runs():
     assert choose("auto") == "native"
+    assert choose("native") == "native"
+    assert choose("auto", "infer", features=(4, 8)) == "native"
+    assert choose("auto", "infer", devices=CPU * 2, features=(4, 8)) == "native"  # chunks per device
+
+
+def test_kernel_choice_for_training():
     assert choose("xla") == "xla"
     assert choose("auto", compute_dtype="bfloat16") == "xla"
     with pytest.raises(ValueError, match="train.kernel = 'native' cannot be used: model dtype"):
@@ -39,8 +47,6 @@ def test_kernel_choice_for_training():
 
 
 def test_kernel_choice_for_inference():
-    assert choose("auto", "infer", features=(4, 8)) == "native"
-    assert choose("auto", "infer", devices=CPU * 2, features=(4, 8)) == "native"  # chunks per device
     assert choose("auto", "infer", compute_dtype="bfloat16") == "xla"
     with pytest.raises(ValueError, match="infer.kernel = 'native' cannot be used: compute_dtype"):
         choose("native", "infer", compute_dtype="bfloat16")

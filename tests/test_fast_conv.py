@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from test_fast_native import needs_native
 from test_infer import C, N, TINY, make_model, randomise_batchnorm, sigmoid
 
 from esort_jax import infer
@@ -34,6 +35,7 @@ def test_conv_form_equals_flax_window_by_window(model, params, segment, block):
 WIDE = ModelConfig(window=20, anchor=9, temporal_features=(8, 16), spatial_features=16)
 
 
+@needs_native
 @pytest.mark.parametrize("config,num_channels,block", [(TINY, 8, 64), (TINY, 37, 400), (WIDE, 37, 130)])
 def test_native_kernel_equals_flax_window_by_window(config, num_channels, block):
     """The fused C++ temporal layers: full and partial 16-channel tiles, step counts that are

@@ -9,6 +9,8 @@ import optax
 import pytest
 from flax import nnx
 
+from test_fast_native import needs_native
+
 from esort_jax.fast.training import WindowRows, logits
 from esort_jax.model import ESortNet, ModelConfig
 
@@ -66,24 +68,41 @@ def assert_close_trees(got: dict, want: dict, what: str):
         assert np.abs(a - b).max() <= 1e-4 * max(np.abs(a).max(), 1e-3), (what, key)
 
 
+@pytest.fixture(scope="module")
+def results(case):
+    """results(path, train): `run` of one forward, computed once per module."""
+    traces, starts, labels, model = case
+    done = {}
+
+    def get(name: str, train: bool):
+        if (name, train) not in done:
+            done[(name, train)] = run(model, forwards(traces, starts)[name], labels, train)
+        return done[(name, train)]
+
+    return get
+
+
+NATIVE_PATHS = [pytest.param(name, marks=needs_native) for name in ("native", "native-host")]
+
+
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
-def test_fast_paths_match_the_model(case, train):
+@pytest.mark.parametrize("path", ["xla", *NATIVE_PATHS])
+def test_fast_paths_match_the_model(case, results, path, train):
     """Each fast path gives the model's loss, logits, gradients and running statistics; the
     native paths also match the fast XLA path."""
-    traces, starts, labels, model = case
-    results = {name: run(model, forward, labels, train) for name, forward in forwards(traces, starts).items()}
-    want_loss, want_logits, want_stats, want_grads = results["model"]
+    _, _, _, model = case
+    want_loss, want_logits, want_stats, want_grads = results("model", train)
     assert np.abs(want_logits).max() > 0.1
-    for name in ("xla", "native", "native-host"):
-        loss, out, stats, grads = results[name]
-        assert loss == pytest.approx(want_loss, rel=1e-5), name
-        assert np.abs(out - want_logits).max() <= 1e-4 * np.abs(want_logits).max(), name
-        assert_close_trees(stats, want_stats, f"{name} batch statistics")
-        assert_close_trees(grads, want_grads, f"{name} gradients")
-    for name in ("native", "native-host"):
-        assert results[name][0] == pytest.approx(results["xla"][0], rel=1e-5)
-        assert_close_trees(results[name][2], results["xla"][2], f"{name} vs xla batch statistics")
-        assert_close_trees(results[name][3], results["xla"][3], f"{name} vs xla gradients")
+    loss, out, stats, grads = results(path, train)
+    assert loss == pytest.approx(want_loss, rel=1e-5), path
+    assert np.abs(out - want_logits).max() <= 1e-4 * np.abs(want_logits).max(), path
+    assert_close_trees(stats, want_stats, f"{path} batch statistics")
+    assert_close_trees(grads, want_grads, f"{path} gradients")
+    if path != "xla":
+        xla = results("xla", train)
+        assert loss == pytest.approx(xla[0], rel=1e-5)
+        assert_close_trees(stats, xla[2], f"{path} vs xla batch statistics")
+        assert_close_trees(grads, xla[3], f"{path} vs xla gradients")
     if train:  # the running averages moved
         before = {jax.tree_util.keystr(k): np.asarray(v) for k, v in
                   jax.tree_util.tree_leaves_with_path(nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)))}

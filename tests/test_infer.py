@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from test_fast_native import needs_native
 
 from esort_jax import infer
 from esort_jax.model import ESortNet, ModelConfig
@@ -97,6 +98,20 @@ def test_folded_dense_equals_flax_model(model, params):
     assert params.flops_per_step() == 2 * (C * 20 * 4 + C * 4 * 8 + C * 8 * 16 + 16 * N)
 
 
+def test_a_network_that_is_not_finite_is_refused_when_folded():
+    """A NaN parameter, or statistics that overflow float32 once folded (1e38 / sqrt(1e-30)),
+    would give NaN probabilities and a sort with no spikes: refused, naming the array."""
+    model = make_model(0)
+    model.head.kernel[...] = model.head.kernel[...].at[0, 1].set(jnp.nan)
+    with pytest.raises(ValueError, match=r"not finite: InferenceParams\.k4_SxN holds 1 NaN/inf value\(s\) of 48"):
+        infer.fold_batchnorm(model)
+    model = make_model(0)
+    model.backbone.spatial.norm.scale[...] = jnp.full_like(model.backbone.spatial.norm.scale[...], 1e38)
+    model.backbone.spatial.norm.var[...] = jnp.full_like(model.backbone.spatial.norm.var[...], 1e-30)
+    with pytest.raises(ValueError, match=r"not finite: InferenceParams\.k3_CxF2xS"):
+        infer.fold_batchnorm(model)
+
+
 def test_params_are_a_pytree(params):
     leaves, treedef = jax.tree_util.tree_flatten(params)
     assert len(leaves) == 10
@@ -104,10 +119,14 @@ def test_params_are_a_pytree(params):
     assert back.anchor == params.anchor and back.window == params.window
 
 
-def test_kernel_choice(params):
-    """'auto' takes the native kernel where it applies and XLA elsewhere; asking for 'native'
-    where it cannot run is an error that says why."""
+@needs_native
+def test_auto_takes_the_native_kernel(params):
     assert infer.InferenceConfig().resolve_kernel(params).kernel == "native"
+
+
+def test_kernel_choice(params):
+    """'auto' takes XLA where the native kernel does not apply; asking for 'native' where it
+    cannot run is an error that says why."""
     assert infer.InferenceConfig(kernel="xla").resolve_kernel(params).kernel == "xla"
     bf16 = infer.InferenceConfig(compute_dtype="bfloat16")
     assert bf16.resolve_kernel(params).kernel == "xla"
@@ -141,7 +160,7 @@ def test_realistic_recording_memmapped(tmp_path):
     assert want.std() > 0.01  # the probabilities actually vary on this data
 
 
-@pytest.mark.parametrize("kernel", ["xla", "native"])
+@pytest.mark.parametrize("kernel", ["xla", pytest.param("native", marks=needs_native)])
 def test_chunking_does_not_change_results(model, params, kernel):
     x = np.random.default_rng(4).normal(0.0, 10.0, (1500, C)).astype(np.float32)
     want = sigmoid(infer.naive_logits(model, x, block_steps=256)).T
@@ -254,7 +273,7 @@ MULTI_DEVICE_SCRIPT = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("kernel", ["xla", "native"])
+@pytest.mark.parametrize("kernel", ["xla", pytest.param("native", marks=needs_native)])
 def test_sharded_over_four_devices_equals_one(kernel):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
     script = MULTI_DEVICE_SCRIPT.format(tests=os.path.dirname(__file__), kernel=kernel)

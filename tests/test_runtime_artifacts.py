@@ -1,12 +1,17 @@
 """esort_jax.runtime.artifacts: synthesised recordings and pretrained checkpoints are made once
 and then found in the cache; their keys are the keys the code before the reorganisation
-(170ba88, experiments/_data.synthesis_key and experiments/_stages.cached_pretrain) computed, so
-existing caches keep hitting; a stopped pretraining resumes from its work folder; two concurrent
+(170ba88, experiments/_data.synthesis_key and experiments/_stages.cached_pretrain) computed,
+except two deliberate changes of the pretraining key (issue 14: checkpoint format 3, with
+checksums; the layer-1 kernel as resolved on the machine, not 'auto'), so older pretrained
+entries are rebuilt once; a stopped pretraining resumes from its work folder; two concurrent
 jobs asking for the same artefacts build each once."""
 
 import dataclasses
 import multiprocessing
+import warnings
 from pathlib import Path
+
+from test_fast_native import needs_native
 
 from data_gen import SynthesisConfig
 from data_gen.config import ProbeConfig, UnitsConfig
@@ -46,18 +51,42 @@ def _old_pretrain_key(model, windows, train, seed, data_key):
 
 
 def test_pretrain_key_is_the_pre_reorganisation_key():
+    """With the kernel given ('xla'), the key is 170ba88's dict; its hashes differ from 170ba88's
+    (6523724401a74fe1, ce33ac9a83d636fc) only through checkpoint_format 3."""
     model = ModelConfig(window=20, anchor=9, temporal_features=(4, 8), spatial_features=16)
     windows = WindowConfig(spikes_per_unit=5)
-    train = TrainConfig(epochs=1, batch_size=64, progress=False, log_every_steps=5)
+    train = TrainConfig(epochs=1, batch_size=64, progress=False, log_every_steps=5, kernel="xla")
     config = PipelineConfig(model=model, windows=windows, train=train)
     key = pretrain_key(config, seed=2, data_key=DATA_KEY)
-    assert key == _old_pretrain_key(model, windows, train, 2, DATA_KEY)
+    assert key == _old_pretrain_key(model, windows, train, 2, DATA_KEY) and key["checkpoint_format"] == 3
     assert key["train"]["stop_after_epochs"] is None and "progress" not in key["train"]
-    # The hashes 170ba88 computed for these configs (its cache folders' names):
-    assert config_hash(key) == "6523724401a74fe1"
+    assert config_hash(key) == "49b0ac7ec6ac5cd0"
     data_key = synthesis_key(SynthesisConfig(duration_s=0.5, seed=3, probe=ProbeConfig(n_channels=16)))
     assert config_hash(data_key) == "76635a0a74fa09e7"
-    assert config_hash(pretrain_key(PipelineConfig(), seed=0, data_key=data_key)) == "ce33ac9a83d636fc"
+    xla = PipelineConfig(train=TrainConfig(kernel="xla"))
+    assert config_hash(pretrain_key(xla, seed=0, data_key=data_key)) == "8fc402c240f703e1"
+
+
+@needs_native
+def test_auto_is_keyed_as_the_native_kernel_where_it_runs():
+    def key(kernel):
+        return pretrain_key(CONFIG.replace(train=dataclasses.replace(CONFIG.train, kernel=kernel)), seed=0,
+                            data_key=DATA_KEY)
+
+    assert key("auto")["train"]["kernel"] == "native" and key("auto") == key("native") != key("xla")
+
+
+def test_auto_is_keyed_as_xla_without_a_compiler(monkeypatch):
+    """A machine without a compiler trains 'auto' on XLA: its entry must not be the one a
+    machine with the native kernel wrote (the float roundings differ)."""
+    from esort_jax.fast import native
+
+    monkeypatch.setattr(native, "unavailable_reason", lambda: "NativeBuildError: no C++ compiler")
+    auto = CONFIG.replace(train=dataclasses.replace(CONFIG.train, kernel="auto"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        assert pretrain_key(auto, seed=0, data_key=DATA_KEY) == pretrain_key(CONFIG, seed=0, data_key=DATA_KEY)
+    assert pretrain_key(CONFIG, seed=0, data_key=DATA_KEY)["train"]["kernel"] == "xla"
 
 
 def test_pretrain_key_ignores_only_settings_that_change_no_number():

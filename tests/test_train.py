@@ -63,14 +63,16 @@ def test_resume_matches_uninterrupted_run(data, tmp_path):
     assert [e for e, _ in list_checkpoints(tmp_path)] == [1]
     # ... stopped on purpose after epoch 2 ...
     part = train(fresh(), recording, windows, TrainConfig(**{**config.__dict__, "stop_after_epochs": 2}), run_dir=tmp_path)
-    assert part.resumed_from.name == "epoch_0001" and not part.finished and [h["epoch"] for h in part.history] == [1]
-    # ... and resumed to the end.
+    assert part.resumed_from.name == "epoch_0001" and not part.finished and [h["epoch"] for h in part.history] == [0, 1]
+    # ... and resumed to the end: the history holds every epoch, those before each resume too.
     rest = train(fresh(), recording, windows, config, run_dir=tmp_path)
-    assert rest.finished and [h["epoch"] for h in rest.history] == [2]
+    assert rest.finished and [h["epoch"] for h in rest.history] == [0, 1, 2]
+    assert rest.history[:2] == part.history
     expected, got = _arrays(full.model), _arrays(rest.model)
     for name in expected:
         np.testing.assert_allclose(got[name], expected[name], rtol=0, atol=1e-6, err_msg=name)
-    assert rest.history[0]["train_loss"] == pytest.approx(full.history[2]["train_loss"], abs=1e-6)
+    for key in ("train_loss", "val_loss", "val_recall", "step"):
+        assert [h[key] for h in rest.history] == pytest.approx([h[key] for h in full.history], abs=1e-6), key
     assert [e for e, _ in list_checkpoints(tmp_path)] == [2, 3]  # keep_checkpoints=2
 
     with pytest.raises(CheckpointError, match=r"train\.learning_rate was 0\.005, now 0\.001"):
@@ -207,3 +209,73 @@ def test_four_devices_match_one_device():
                 assert diff < 1e-3, (key, name, diff)
         assert report["train"][key]["logits"] < 1e-4, (key, report["train"][key]["logits"])
     assert "train.batch_size: 30 does not divide by the 4 devices" in report["error"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Nothing non-finite trains, nothing absurd is silently run
+
+
+def _with_value_at(recording, sample, channel, value):
+    from esort_jax import ArrayTraces, Recording
+
+    traces = np.array(recording.read(), copy=True)
+    traces[sample, channel] = value
+    return Recording(ArrayTraces(traces), recording.sampling_frequency, recording.channel_positions)
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_non_finite_traces_in_the_windows_never_train(data, tmp_path, value):
+    """One bad sample inside the training (or validation) windows: refused before training,
+    naming the sample and channel; nothing is written. A bad sample no window reads is fine."""
+    from esort_jax.infer import NonFiniteTracesError
+
+    recording, _, windows = data
+    model = init_model(recording.num_channels, windows.num_units, TINY_MODEL, seed=0)
+    before = _arrays(model)
+    for window_set, name in ((windows.train, "training"), (windows.validation, "validation")):
+        sample = int(window_set.starts[len(window_set) // 2]) + 3
+        bad = _with_value_at(recording, sample, 5, value)
+        with pytest.raises(NonFiniteTracesError, match=rf"the traces the {name} windows read are not finite: first bad "
+                                                       rf"value {value} at sample {sample}, channel 5"):
+            train(model, bad, windows, TrainConfig(epochs=1, **FAST), run_dir=tmp_path / "run")
+        assert not (tmp_path / "run").exists()
+    for name, value_ in _arrays(model).items():
+        np.testing.assert_array_equal(value_, before[name])
+    outside = _with_value_at(recording, windows.eval_span[0] + 10, 5, value)  # the evaluation span
+    assert train(model, outside, windows, TrainConfig(epochs=1, **FAST)).finished
+
+
+@pytest.mark.parametrize("progress", [False, True])
+def test_non_finite_loss_stops_training_and_saves_nothing(data, tmp_path, progress):
+    """Diverging (learning rate 1e10): stopped at the first non-finite loss that is fetched
+    (the epoch's mean, or the progress bar's log step), naming epoch and step; no checkpoint."""
+    from esort_jax.train import NonFiniteTrainingError
+
+    recording, _, windows = data
+    model = init_model(recording.num_channels, windows.num_units, TINY_MODEL, seed=0)
+    config = TrainConfig(epochs=2, batch_size=64, progress=progress, log_every_steps=1, learning_rate=1e10)
+    with pytest.raises(NonFiniteTrainingError, match=r"training stopped: the loss is nan at epoch 0, step 2 \(batch 2 "
+                                                      r"of the epoch\); nothing from this epoch was saved"):
+        train(model, recording, windows, config, run_dir=tmp_path)
+    assert list_checkpoints(tmp_path) == []
+
+
+def test_batch_larger_than_the_training_set_is_clamped_and_said(data, caplog):
+    """B > M windows: one batch of the M windows (not each window repeated ~B/M times), in the
+    log, the result and every epoch of the history; the same numbers as asking for B = M."""
+    recording, _, windows = data
+    m = len(windows.train)
+    results = {}
+    for batch in (8 * m, m):
+        model = init_model(recording.num_channels, windows.num_units, TINY_MODEL, seed=0)
+        with caplog.at_level("WARNING", logger="esort_jax.train"):
+            results[batch] = (train(model, recording, windows, TrainConfig(epochs=2, batch_size=batch, progress=False)),
+                              _arrays(model))
+    clamped, arrays = results[8 * m]
+    note = f"train.batch_size {8 * m} is larger than the {m} training windows: using batch {m}"
+    assert clamped.batch_size == m and clamped.batch_note.startswith(note) and note in caplog.text
+    assert [h["batch_size"] for h in clamped.history] == [m, m] and [h["step"] for h in clamped.history] == [1, 2]
+    exact, exact_arrays = results[m]
+    assert exact.batch_note is None and exact.batch_size == m
+    for name in arrays:
+        np.testing.assert_array_equal(arrays[name], exact_arrays[name], err_msg=name)

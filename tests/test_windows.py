@@ -163,3 +163,37 @@ def test_balanced_windows_caps_size():
     ws = balanced_windows(truth, (0, recording.num_samples), window=W, anchor=A, jitter=0, seed=0, max_windows=50)
     assert len(ws) <= 50 and 0 < ws.num_positive_windows < len(ws)
     np.testing.assert_array_equal(ws.labels, _brute_labels(ws.starts, truth, A, 0))
+
+
+@pytest.mark.parametrize("ids,message", [
+    ([3, 3, 4], r"unit ids are not unique: \[3\] name more than one unit"),
+    (["a", "b", "a"], r"unit ids are not unique: \['a'\]"),
+    ([np.nan, 1.0, 2.0], "unit ids include NaN"),
+])
+def test_unit_ids_must_name_one_unit_each(ids, message):
+    """Labels whose ids cannot tell units apart are refused before any window is drawn; other
+    ids (negative, float, text) are only names and work like any other."""
+    recording, truth = tiny_recording(seed=0)
+    relabel = lambda ids: Sorting(truth.samples, truth.unit_indices, np.asarray(ids), FS)  # noqa: E731
+    with pytest.raises(LabelError, match=message):
+        make_windows(recording, relabel(ids), WindowConfig(jitter=3), window=20, anchor=9, seed=0)
+    base = make_windows(recording, truth, WindowConfig(jitter=3), window=20, anchor=9, seed=0)
+    for names in ([-1, -7, -3], [0.5, 1.5, 2.5], ["x", "y", "z"]):
+        other = make_windows(recording, relabel(names), WindowConfig(jitter=3), window=20, anchor=9, seed=0)
+        assert other.unit_ids.tolist() == names and other.train.fingerprint() == base.train.fingerprint()
+
+
+def test_label_columns_must_be_positions_of_units():
+    """window_labels / balanced_windows take positions into unit_ids: a negative one labelled the
+    last unit silently (numpy indexing); now it is refused, as are positions past N and repeats."""
+    _, truth = tiny_recording(seed=0)
+    starts = truth.samples[:5] - A
+    np.testing.assert_array_equal(window_labels(starts, truth, A, 0, np.array([2]))[:, 0],
+                                  window_labels(starts, truth, A, 0)[:, 2])
+    for columns, message in (([-1], r"unit_indices \[-1\] are not positions of the 3 units"),
+                             ([3], r"unit_indices \[3\] are not positions"),
+                             ([0.0], "must be integer positions"), ([1, 1], "list a unit twice")):
+        with pytest.raises(LabelError, match=message):
+            window_labels(starts, truth, A, 0, np.array(columns))
+    with pytest.raises(LabelError, match=r"\[-1\] are not positions"):
+        balanced_windows(truth, (0, 1000), window=W, anchor=A, jitter=0, seed=0, unit_indices=np.array([-1]))

@@ -49,8 +49,11 @@ def synthesised_recording(data: Any, cache_dir: str | Path, *, force: bool = Fal
 
 def pretrain_key(config, *, seed: int, data_key: dict) -> dict:
     """The cache key of a network pretrained with `config` (a PipelineConfig) on the data
-    `data_key` describes."""
+    `data_key` describes. `train.kernel` is keyed as resolved on this machine ('xla' or
+    'native', as `train` will run it): the two compute different float roundings, so a machine
+    without a compiler ('auto' → 'xla') never reuses another's native-kernel network."""
     train_key = {k: v for k, v in to_dict(config.train).items() if k not in _UNKEYED_TRAIN}
+    train_key["kernel"] = _train_kernel(config)
     return {
         "role": "pretrain",
         "checkpoint_format": ckpt.FORMAT_VERSION,  # a layout change must not reuse old checkpoints
@@ -60,6 +63,18 @@ def pretrain_key(config, *, seed: int, data_key: dict) -> dict:
         "train": train_key,
         "seed": seed,
     }
+
+
+def _train_kernel(config) -> str:
+    """The layer-1 kernel `train` resolves `config.train.kernel` to on this machine's devices."""
+    import jax
+
+    from esort_jax.fast import choose_kernel
+
+    return choose_kernel(
+        config.train.kernel, purpose="train", devices=jax.devices(), compute_dtype=config.model.compute_dtype,
+        temporal_features=config.model.temporal_features,
+    )
 
 
 def pretrained_checkpoint(

@@ -1,5 +1,5 @@
 // Shared helpers of the native kernels: 16-float vectors (one AVX-512 register; GCC splits
-// them on narrower machines) and a scoped parallel-for over XLA's intra-op thread pool.
+// them on narrower machines) and a parallel-for over XLA's intra-op thread pool.
 #ifndef ESORT_JAX_NATIVE_SIMD_H_
 #define ESORT_JAX_NATIVE_SIMD_H_
 
@@ -8,7 +8,9 @@
 #include <condition_variable>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <mutex>
+#include <type_traits>
 
 #include "xla/ffi/api/ffi.h"
 
@@ -50,28 +52,46 @@ inline float sum_items_and_lanes(const v16* partial, int64_t items, int64_t stri
 }
 
 // Runs work(k) for k in [0, items) on the calling thread and XLA's intra-op threads; returns
-// when all are done. Which thread runs an item does not change any result (items write
+// when every item is done. Which thread runs an item does not change any result (items write
 // disjoint outputs; reductions over items are done afterwards in item order).
+//
+// The caller never waits for a helper task to *start*: it claims items from a shared counter
+// until none are left, then waits only for the items other threads have claimed and are
+// running. A helper that starts late (behind another kernel on a small or busy pool, or on the
+// caller's own thread when the pool has one thread) finds no item and returns without touching
+// the caller's stack: the counters live in a heap block shared by reference count, and `work`
+// is only called for a claimed item, while the caller is still waiting for it.
 template <typename Work>
-void parallel_for(xla::ffi::ThreadPool& pool, int64_t items, Work&& work) {
+struct ParallelFor {
+  explicit ParallelFor(const Work& w, int64_t n) : work(&w), items(n) {}
+  const Work* work;
+  const int64_t items;
   std::atomic<int64_t> next{0};
-  auto run = [&] {
-    for (int64_t k; (k = next.fetch_add(1)) < items;) work(k);
-  };
-  const int64_t helpers = std::max<int64_t>(0, std::min<int64_t>(pool.num_threads(), items - 1));
+  std::atomic<int64_t> done{0};
   std::mutex mu;
   std::condition_variable cv;
-  int64_t finished = 0;
-  for (int64_t h = 0; h < helpers; ++h) {
-    pool.Schedule([&] {
-      run();
-      std::lock_guard<std::mutex> lock(mu);
-      if (++finished == helpers) cv.notify_one();
-    });
+
+  // Runs items until none is left to claim.
+  void run() {
+    for (int64_t k; (k = next.fetch_add(1)) < items;) {
+      (*work)(k);
+      if (done.fetch_add(1) + 1 == items) {  // the last item: wake the caller
+        std::lock_guard<std::mutex> lock(mu);
+        cv.notify_all();
+      }
+    }
   }
-  run();
-  std::unique_lock<std::mutex> lock(mu);
-  cv.wait(lock, [&] { return finished == helpers; });
+};
+
+template <typename Work>
+void parallel_for(xla::ffi::ThreadPool& pool, int64_t items, Work&& work) {
+  if (items <= 0) return;
+  auto shared = std::make_shared<ParallelFor<std::decay_t<Work>>>(work, items);
+  const int64_t helpers = std::max<int64_t>(0, std::min<int64_t>(pool.num_threads(), items - 1));
+  for (int64_t h = 0; h < helpers; ++h) pool.Schedule([shared] { shared->run(); });
+  shared->run();
+  std::unique_lock<std::mutex> lock(shared->mu);
+  shared->cv.wait(lock, [&] { return shared->done.load() == items; });
 }
 
 }  // namespace esort
