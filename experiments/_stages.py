@@ -20,6 +20,7 @@ from esort_jax.pipeline import Fitted, Outcome, PipelineConfig, choose, fit, sor
 from esort_jax.realdata.preprocess import PreprocessConfig, as_recording
 from esort_jax.recording import Recording, Sorting
 from esort_jax.runtime.artifacts import pretrained_checkpoint, synthesis_key
+from esort_jax.runtime.distributed import is_primary
 from esort_jax.threshold import SWEEP_METRICS
 from experiments._common import pipeline_config
 from experiments._data import obtain_recording, source_synthesis
@@ -50,6 +51,10 @@ def epoch_logger(run, prefix: str):
 def _pretrain(run, source: Recording, truth: Sorting, info: dict, data_key: dict, config: PipelineConfig,
               seed: int) -> tuple[Path, dict]:
     """The network pretrained on `source` (cached by `data_key` and the config) and its entry."""
+    if run.process["process_count"] > 1:  # one process builds a cache entry while the others wait
+        raise ConfigError("distributed: pretraining through the shared cache runs in one process; pretrain "
+                          "under jax.distributed with experiments/pretrain.py and fine-tune from its checkpoint "
+                          "with experiments/finetune.py (docs/clusters.md)")
     with run.stage("pretrain"):
         checkpoint, hit, summary = pretrained_checkpoint(
             source, truth, config, seed=seed, cache_dir=run.cfg.cache_dir, data_key=data_key,
@@ -138,8 +143,9 @@ def run_arm(run, arm: str, recording: Recording, truth: Sorting, config: Pipelin
         threshold_curve=outcome.threshold_curve, per_unit=outcome.evaluation.per_unit(),
     )
     log_scalars(run, {arm: metrics})
-    arm_dir.mkdir(parents=True, exist_ok=True)
-    write_sorting_npz(arm_dir / "sorting.npz", outcome.sort_result.sorting)
+    if is_primary():  # of several processes (distributed.mode), process 0 writes
+        arm_dir.mkdir(parents=True, exist_ok=True)
+        write_sorting_npz(arm_dir / "sorting.npz", outcome.sort_result.sorting)
     return metrics, outcome
 
 
