@@ -7,7 +7,9 @@ needed, on one of two paths:
   replicated) and the jitted step cuts its batch itself (`take_batch` → `gather_device`: one row
   gather, no host work per step);
 - host: a background thread (esort_jax.runtime.prefetch) gathers each batch from the
-  (memory-mapped) recording (`gather_host`) and puts it on the devices, a few batches ahead.
+  (memory-mapped) recording (`gather_host`) and puts it on the devices, a few batches ahead;
+  with several processes (esort_jax.runtime.distributed) each gathers only the windows of the
+  global batch that its own devices hold.
 
 `plan_residency` picks the path per window set within a per-device byte budget; `WindowFeeder`
 holds one set's data for either path. Windows go to the step time-major, [W, B, C] (layout
@@ -241,8 +243,22 @@ class WindowFeeder:
 
         def produce(i):
             idx = order[i * B : (i + 1) * B]
+            if jax.process_count() > 1:
+                return self._process_share(idx)
             x = gather_host(self.recording, self.windows.starts[idx], self.windows.window, layout="WBC")
             y = self.windows.labels[idx]
             return jax.device_put(x, self.window_sharding), jax.device_put(y, self.batch_sharding)
 
         return Prefetcher(produce, self.steps, depth=self.prefetch)
+
+    def _process_share(self, idx: np.ndarray) -> tuple[jax.Array, jax.Array]:
+        """Batch `idx` as global arrays of which this process gathers only the windows its own
+        devices hold (several processes: esort_jax.runtime.distributed)."""
+        from esort_jax.runtime.distributed import local_rows
+
+        shape = (self.windows.window, idx.size, self.recording.num_channels)
+        own = idx[local_rows(self.window_sharding, shape, axis=1)]
+        x = gather_host(self.recording, self.windows.starts[own], self.windows.window, layout="WBC")
+        return (jax.make_array_from_process_local_data(self.window_sharding, x, shape),
+                jax.make_array_from_process_local_data(self.batch_sharding, self.windows.labels[own],
+                                                       (idx.size, self.windows.num_units)))

@@ -51,6 +51,7 @@ from flax import nnx
 from esort_jax.config import from_dict, to_dict
 from esort_jax.io.atomic import atomic_folder, to_jsonable, write_json
 from esort_jax.model import ESortNet, ModelConfig
+from esort_jax.runtime.distributed import primary_checkpointer
 from esort_jax.runtime.provenance import provenance
 from esort_jax.recording import Recording
 
@@ -301,8 +302,6 @@ def save_checkpoint(
     state) with `metadata` and the checksums of every array and data file, atomically. Returns
     the checkpoint folder. CheckpointError, before anything is written, when an array holds a
     NaN or inf."""
-    import orbax.checkpoint as ocp
-
     if (metadata.num_channels, metadata.num_units) != (model.num_channels, model.num_units):
         raise CheckpointError(
             f"metadata describes C={metadata.num_channels}, N={metadata.num_units} but the model has "
@@ -318,7 +317,8 @@ def save_checkpoint(
         raise CheckpointError(f"refusing to save checkpoint {path}: {bad}; a network with NaN or inf is never saved")
     checksums: dict[str, Any] = {"arrays": {name: array_checksum(a) for name, a in arrays.items()}}
     with atomic_folder(path, overwrite=overwrite) as tmp:
-        ocp.PyTreeCheckpointer().save((tmp / "state").resolve(), tree)  # orbax wants absolute paths
+        # orbax wants absolute paths; with several processes only process 0 saves (train.py)
+        primary_checkpointer().save((tmp / "state").resolve(), tree)
         checksums["files"] = _file_checksums(tmp / "state")
         write_json(tmp / "metadata.json", {
             **metadata.to_json(), "checksums": checksums, "provenance": metadata.provenance or provenance(),

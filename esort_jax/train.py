@@ -35,6 +35,10 @@ extra device sync per step) or non-finite parameters at an epoch's end
 than the training set (the batch becomes the training set, said in the log, in
 `TrainResult.batch_note` and in each epoch's `batch_size`).
 
+Several processes (esort_jax.runtime.distributed, after jax.distributed is initialised): the
+mesh spans every process's devices, each process feeds its share of the global batch, and the
+epoch checkpoints are written by process 0 alone while the others wait.
+
 Resuming (esort_jax.checkpoint): with a `run_dir`, each checkpoint holds parameters, BatchNorm
 statistics, the optimiser state, the epoch/step, the run's rng info and the per-epoch metrics
 so far. `train` called again with the same configuration and an identically initialised model
@@ -70,6 +74,7 @@ from esort_jax.fast import training as fast_training
 from esort_jax.infer import NonFiniteTracesError
 from esort_jax.model import ESortNet, ModelConfig
 from esort_jax.recording import Recording
+from esort_jax.runtime import distributed
 from esort_jax.windows import WindowSet, WindowSets
 
 __all__ = [
@@ -835,12 +840,15 @@ def _epoch_saver(run_dir, model, recording, windows, config, signature, freeze, 
 
     def save(state: TrainState, completed: int, history: list) -> Path:
         _write_state_into(model, state)
-        return ckpt.save_epoch_checkpoint(
-            run_dir, model, state.opt_state, epoch=completed, step=int(state.step), signature=signature,
-            keep=config.keep_checkpoints, recording=recording, fingerprint=fingerprint, windows=windows,
-            train_config=to_dict(config), transfer=transfer or {}, rng=rng,
-            extra={**(metadata_extra or {}), "freeze": freeze, "last_metrics": history[-1], "history": history},
-        )
+        if distributed.is_primary():  # several processes: process 0 writes, the others wait
+            ckpt.save_epoch_checkpoint(
+                run_dir, model, state.opt_state, epoch=completed, step=int(state.step),
+                signature=signature, keep=config.keep_checkpoints, recording=recording, fingerprint=fingerprint,
+                windows=windows, train_config=to_dict(config), transfer=transfer or {}, rng=rng,
+                extra={**(metadata_extra or {}), "freeze": freeze, "last_metrics": history[-1], "history": history},
+            )
+        distributed.barrier(f"checkpoint {run_dir} epoch {completed}")
+        return ckpt.epoch_checkpoint_path(run_dir, completed)
 
     return save
 

@@ -20,6 +20,7 @@ provenance (git commit, package versions, time) and the resolved config.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -39,7 +40,7 @@ from esort_jax.runtime.host_memory import configure_host_allocator
 from esort_jax.runtime.provenance import provenance
 
 __all__ = ["Run", "RunFolderError", "prepare_process", "register_resolvers", "run_dir", "device_info", "to_container", "typed",
-           "pipeline_config"]
+           "pipeline_config", "objective", "join_processes"]
 
 
 def register_resolvers() -> None:
@@ -88,7 +89,7 @@ def run_dir() -> Path:
 
 
 def device_info() -> dict:
-    """Which JAX devices this run used."""
+    """Which JAX devices this run used (this process's; `global_device_count` over all processes)."""
     import jax
 
     devices = jax.local_devices()
@@ -97,7 +98,18 @@ def device_info() -> dict:
         "device_kind": devices[0].device_kind,
         "device_count": len(devices),
         "process_count": jax.process_count(),
+        "process_index": jax.process_index(),
+        "global_device_count": jax.device_count(),
     }
+
+
+def join_processes(cfg: DictConfig) -> dict:
+    """Join a multi-process run as `cfg.distributed` says (esort_jax.runtime.distributed; before
+    JAX computes anything); this process's index and the counts. One process without the key."""
+    from esort_jax.runtime.distributed import DistributedConfig, initialize
+
+    node = to_container(cfg.get("distributed")) if "distributed" in cfg else None
+    return initialize(from_dict(DistributedConfig, node or {}, "distributed"))
 
 
 def typed(cls: type[T], cfg: DictConfig, key: str) -> T:
@@ -141,6 +153,21 @@ def pipeline_config(
     return PipelineConfig(**stages)
 
 
+def objective(cfg: DictConfig, results: dict) -> Any:
+    """What an entry point returns to Hydra: `results`, or under a search (`optimized_metric`, a
+    dotted key such as `transfer.validation.accuracy_pooled`) that number, which the Optuna
+    sweeper optimises. A missing or non-numeric value is an error naming the key."""
+    key = cfg.get("optimized_metric")
+    if not key:
+        return results
+    value: Any = results
+    for part in str(key).split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"optimized_metric: {key!r} is not a number in this run's results (got {value!r})")
+    return float(value)
+
+
 RESULTS = "results.json"
 
 
@@ -165,9 +192,14 @@ class Run:
         self.results: dict[str, Any] = {}
         self.seconds: dict[str, float] = {}
         self.logger: RunLogger | None = None
+        self.process: dict[str, Any] = {"process_index": 0, "process_count": 1}  # set by __enter__
         self._started = time.perf_counter()
 
     def __enter__(self) -> "Run":
+        # Again here: a launcher's worker process (submitit) runs the task without the script's
+        # `__main__` block, so without its resolvers and allocator set-up (all idempotent).
+        prepare_process()
+        self.process = join_processes(self.cfg)
         self._check_folder()
         self.dir.mkdir(parents=True, exist_ok=True)
         try:
@@ -176,7 +208,9 @@ class Run:
                 raise ConfigError(f"seed: must be an integer >= 0; got {seed!r}")
             self.resolved = to_container(self.cfg)
             logger_cfg = from_dict(LoggerConfig, to_container(self.cfg.get("logger")), "logger")
-            self.logger = RunLogger(logger_cfg, self.dir, run_config=self.resolved)
+            if self.process["process_index"]:  # another process of a multi-process run: its own log only
+                logger_cfg = dataclasses.replace(logger_cfg, mode="disabled")
+            self.logger = RunLogger(logger_cfg, self._log_dir(), run_config=self.resolved)
         except BaseException as error:
             self.__exit__(type(error), error, error.__traceback__)
             raise
@@ -200,6 +234,11 @@ class Run:
         if status == "ok" and not bool(OmegaConf.select(self.cfg, "overwrite", default=False)):
             raise RunFolderError(f"{self.dir} holds a finished {self.experiment} run ({RESULTS}, status ok); choose "
                                  "another run folder (hydra.run.dir=...) or pass overwrite=true to replace it")
+
+    def _log_dir(self) -> Path:
+        """The run folder; process i > 0 of a multi-process run logs into process_<i>/ in it."""
+        index = self.process["process_index"]
+        return self.dir / f"process_{index}" if index else self.dir
 
     def typed(self, cls: type[T], key: str) -> T:
         """cfg[key] converted to dataclass `cls`; ConfigError names the dotted key."""
@@ -238,7 +277,8 @@ class Run:
             "config": config,
         }
         path = self.dir / RESULTS
-        write_json(path, payload)
+        if not self.process["process_index"]:  # of a multi-process run, process 0 writes
+            write_json(path, payload)
         return path
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -16,11 +16,13 @@ import numpy as np
 
 from data_gen import SynthesisConfig
 from esort_jax.config import ConfigError, to_dict
-from esort_jax.pipeline import Outcome, PipelineConfig, fit, label_accounting, sort_and_evaluate
+from esort_jax.pipeline import Fitted, Outcome, PipelineConfig, choose, fit, label_accounting, sort_and_evaluate
 from esort_jax.realdata.preprocess import PreprocessConfig, as_recording
 from esort_jax.report.snr import snr_summary, unit_snr
 from esort_jax.recording import Recording, Sorting
 from esort_jax.runtime.artifacts import pretrained_checkpoint, synthesis_key
+from esort_jax.runtime.distributed import is_primary
+from esort_jax.threshold import SWEEP_METRICS
 from experiments._common import pipeline_config
 from experiments._data import obtain_recording, source_synthesis
 from experiments._report import log_scalars
@@ -28,7 +30,7 @@ from experiments._report import log_scalars
 _SNR: dict = {}  # per (recording, truth) object pair: every arm of a run scores the same units
 
 __all__ = ["arm_config", "arm_pipelines", "arms_at_ks", "epoch_logger", "pretrain_for_arms",
-           "pretrained_on_geometry", "pretrained_on_source", "run_arm", "target_snr"]
+           "pretrained_on_geometry", "pretrained_on_source", "run_arm", "target_snr", "validation_scores"]
 
 
 def arm_pipelines(cfg) -> tuple[PipelineConfig, PipelineConfig]:
@@ -52,6 +54,10 @@ def epoch_logger(run, prefix: str):
 def _pretrain(run, source: Recording, truth: Sorting, info: dict, data_key: dict, config: PipelineConfig,
               seed: int) -> tuple[Path, dict]:
     """The network pretrained on `source` (cached by `data_key` and the config) and its entry."""
+    if run.process["process_count"] > 1:  # one process builds a cache entry while the others wait
+        raise ConfigError("distributed: pretraining through the shared cache runs in one process; pretrain "
+                          "under jax.distributed with experiments/pretrain.py and fine-tune from its checkpoint "
+                          "with experiments/finetune.py (docs/clusters.md)")
     with run.stage("pretrain"):
         checkpoint, hit, summary = pretrained_checkpoint(
             source, truth, config, seed=seed, cache_dir=run.cfg.cache_dir, data_key=data_key,
@@ -133,6 +139,7 @@ def run_arm(run, arm: str, recording: Recording, truth: Sorting, config: Pipelin
         outcome = sort_and_evaluate(fitted, recording, truth, config, seed=seed, labels=labels)
     metrics = outcome.metrics()
     metrics.update(
+        validation=validation_scores(fitted, recording, labels, config, outcome.threshold, outcome.threshold_curve),
         arm=arm, init=config.transfer.init, freeze=config.transfer.freeze, k=config.windows.spikes_per_unit,
         checkpoint=str(fitted.train_result.checkpoint), transfer_report=fitted.transfer_report.to_dict(),
         short_units=fitted.windows.report.get("short_units"), training=fitted.summary(),
@@ -141,8 +148,9 @@ def run_arm(run, arm: str, recording: Recording, truth: Sorting, config: Pipelin
         **snr_summary(outcome.evaluation.per_unit(), target_snr(recording, truth), truth.unit_ids),
     )
     log_scalars(run, {arm: metrics})
-    arm_dir.mkdir(parents=True, exist_ok=True)
-    write_sorting_npz(arm_dir / "sorting.npz", outcome.sort_result.sorting)
+    if is_primary():  # of several processes (distributed.mode), process 0 writes
+        arm_dir.mkdir(parents=True, exist_ok=True)
+        write_sorting_npz(arm_dir / "sorting.npz", outcome.sort_result.sorting)
     return metrics, outcome
 
 
@@ -152,6 +160,26 @@ def target_snr(recording: Recording, truth: Sorting) -> np.ndarray:
     if key not in _SNR:
         _SNR[key] = (recording, truth, unit_snr(recording, truth))  # the objects keep their ids alive
     return _SNR[key][2]
+
+
+def validation_scores(fitted: Fitted, recording: Recording, labels: Sorting, config: PipelineConfig,
+                      threshold: float, curve: dict) -> dict:
+    """The sorting's scores at `threshold` on the validation part of the training region, against
+    the training labels: what a hyperparameter search optimises (`optimized_metric:
+    <arm>.validation.accuracy_pooled`), never the evaluation span. `curve` is the threshold
+    sweep's; with a fixed threshold (no sweep) the validation part is scored at it. With
+    label_mode 'k_only' only the K labels are known: the held-out labelled spikes' pooled recall
+    at the threshold (`heldout_recall`, from the 2-fold choice) is all there is to optimise."""
+    if curve.get("rule") == "k_only_cv":
+        index = curve["threshold"].index(float(threshold))
+        return {"threshold": float(threshold), "rule": curve["rule"], "labels": curve["labels"],
+                "num_spikes": curve["num_spikes"][index], "heldout_recall": curve["heldout_recall"][index]}
+    if not curve:
+        evaluation = dataclasses.replace(config.evaluation, threshold=None, thresholds=(float(threshold),))
+        _, curve = choose(fitted, recording, labels, config.replace(evaluation=evaluation))
+    index = curve["threshold"].index(float(threshold))
+    return {"threshold": float(threshold), "span": curve["span"], "num_spikes": curve["num_spikes"][index],
+            **{metric: curve[metric][index] for metric in SWEEP_METRICS}}
 
 
 def arms_at_ks(run, prefix: str, recording: Recording, truth: Sorting, finetune: PipelineConfig,

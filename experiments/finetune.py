@@ -27,9 +27,10 @@ from omegaconf import DictConfig
 from esort_jax.config import ConfigError, to_dict
 from esort_jax.realdata.labeller import load_labels
 from esort_jax.io.atomic import atomic_folder, write_json
+from esort_jax.runtime.distributed import barrier, is_primary
 from esort_jax.sort import SORTING_DEFAULTS
 from esort_jax.report.tables import evaluation_table
-from experiments._common import Run, prepare_process
+from experiments._common import Run, objective, prepare_process
 from experiments._data import obtain_recording
 from experiments._stages import run_arm
 
@@ -41,6 +42,18 @@ def _labels(path: str):
     if not path.exists():
         raise ConfigError(f"labels: {path} does not exist")
     return load_labels(path).sorting
+
+
+def _write_network(final: Path, checkpoint: str, outcome, config) -> None:
+    """The fine-tuned network at `final`, with the threshold chosen on the training region
+    (sorting_defaults.json: it travels with the network to sort.py)."""
+    with atomic_folder(final, overwrite=True) as tmp:
+        shutil.copytree(checkpoint, tmp, dirs_exist_ok=True)
+        write_json(tmp / SORTING_DEFAULTS, {
+            "threshold": outcome.threshold,
+            "postprocess": to_dict(config.postprocess),
+            "threshold_curve": outcome.threshold_curve,
+        })
 
 
 @hydra.main(version_base=None, config_path="../conf", config_name="finetune")
@@ -61,18 +74,13 @@ def main(cfg: DictConfig) -> dict:
             )
         metrics, outcome = run_arm(run, transfer.init, target, truth, config, seed=int(cfg.seed), labels=labels)
         final = run.dir / "checkpoint"
-        with atomic_folder(final, overwrite=True) as tmp:
-            shutil.copytree(metrics["checkpoint"], tmp, dirs_exist_ok=True)
-            # The threshold chosen on the training region travels with the network (sort.py).
-            write_json(tmp / SORTING_DEFAULTS, {
-                "threshold": outcome.threshold,
-                "postprocess": to_dict(config.postprocess),
-                "threshold_curve": outcome.threshold_curve,
-            })
+        if is_primary():  # of several processes (distributed.mode), process 0 writes
+            _write_network(final, metrics["checkpoint"], outcome, config)
+        barrier("final checkpoint")
         metrics["checkpoint"] = str(final)
         run.results.update(target=info, **{transfer.init: metrics})
         print(evaluation_table(outcome.evaluation))
-    return run.results
+    return objective(cfg, run.results)
 
 
 if __name__ == "__main__":

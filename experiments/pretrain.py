@@ -1,6 +1,11 @@
 """Pretrain the E-Sort network on a source recording (all its labelled spikes).
 
     python experiments/pretrain.py [data@source.data=np1_pretrain] [train=paper] [seed=1]
+    python experiments/pretrain.py distributed.mode=auto hydra.run.dir=runs/pre   # on every host
+
+Under jax.distributed (`distributed.mode`, docs/clusters.md) every process runs this same
+command with the same hydra.run.dir: the global batch is sharded over all their devices and
+process 0 writes the checkpoints and results.json.
 
 Writes <run folder>/checkpoint (the final network, loadable with esort_jax.checkpoint.load_model
 and usable as `checkpoint=` of finetune.py / sort.py), per-epoch checkpoints under
@@ -18,6 +23,7 @@ from omegaconf import DictConfig
 from esort_jax.config import ConfigError
 from esort_jax.io.atomic import atomic_folder
 from esort_jax.pipeline import fit
+from esort_jax.runtime.distributed import barrier, is_primary
 from experiments._common import Run, prepare_process
 from experiments._data import obtain_recording
 from experiments._stages import epoch_logger
@@ -34,8 +40,10 @@ def main(cfg: DictConfig) -> dict:
             fitted = fit(source, labels, config, seed=int(cfg.seed), run_dir=run.dir / "train",
                          callback=epoch_logger(run, "pretrain"), metadata_extra={"role": "pretrain", "data": info})
         final = run.dir / "checkpoint"
-        with atomic_folder(final, overwrite=True) as tmp:
-            shutil.copytree(fitted.train_result.checkpoint, tmp, dirs_exist_ok=True)
+        if is_primary():  # of several processes (distributed.mode), process 0 writes
+            with atomic_folder(final, overwrite=True) as tmp:
+                shutil.copytree(fitted.train_result.checkpoint, tmp, dirs_exist_ok=True)
+        barrier("final checkpoint")
         run.results.update(
             checkpoint=str(final),
             source=info,

@@ -9,6 +9,11 @@ Writes `<folder>/summary.csv` (one row per job, nested keys flattened with dots:
 of --metric (mean over the jobs in a cell, e.g. several seeds) and writes a heatmap PNG with the
 values annotated, `<folder>/summary_<metric>.png`.
 
+The folder of an Optuna search (hparams_search=..., it holds search.json) is summarised as a
+search too (experiments/_search.py): its trials best first, search_trials.csv, the optimisation
+history and parameter importance figures, and best_overrides.txt (the best trial, ready to run):
+    python experiments/summarize.py multirun/search/finetune_k5_seed0
+
 A row or column key may be any flattened key; a key not found as given is looked up under
 `config.` (so swept config keys work as typed on the command line). Plain argparse, no Hydra.
 Reading, pivot, table and heatmap are esort_jax.report's (results, tables, plots), which
@@ -26,6 +31,7 @@ from esort_jax.report.csv_writer import write_csv
 from esort_jax.report.plots import plot_heatmap
 from esort_jax.report.results import columns_of, load_rows, lookup, pivot
 from esort_jax.report.tables import format_pivot
+from experiments._search import is_search, summarize_search
 
 
 def _safe_name(text: str) -> str:
@@ -54,6 +60,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     failed = [r["job"] for r in rows if r.get("status") != "ok"]
     print(f"{len(rows)} results ({len(failed)} not ok{': ' + ', '.join(failed) if failed else ''}); "
           f"{len(columns)} columns -> {csv_path}")
+    if is_search(out_dir):
+        print()
+        print(summarize_search(out_dir))
     if args.cols and not args.rows:
         parser.error("--cols needs --rows")
     if args.rows:

@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 
 from esort_jax.config import require
 from esort_jax.report.tables import ARMS_COLUMNS, arms_header, arms_table
-from experiments._common import Run, prepare_process
+from experiments._common import Run, objective, prepare_process
 from experiments._data import check_synthesis, target_with_truth
 from experiments._plans import TransferPlan, read_plan
 from experiments._report import log_table, show
@@ -46,7 +46,7 @@ def main(cfg: DictConfig) -> dict:
 
         log_table(run, "arms", [c.key for c in ARMS_COLUMNS], [run.results[arm] for arm in plan.arms])
         show(run, arms_header(run.results, finetune.evaluation.tolerance_ms), arms_table(run.results, plan.arms))
-    return run.results
+    return objective(cfg, run.results)
 
 
 if __name__ == "__main__":

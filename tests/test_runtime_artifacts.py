@@ -3,10 +3,13 @@ and then found in the cache; their keys are the keys the code before the reorgan
 (170ba88, experiments/_data.synthesis_key and experiments/_stages.cached_pretrain) computed,
 except two deliberate changes of the pretraining key (issue 14: checkpoint format 3, with
 checksums; the layer-1 kernel as resolved on the machine, not 'auto'), so older pretrained
-entries are rebuilt once; a stopped pretraining resumes from its work folder."""
+entries are rebuilt once; a stopped pretraining resumes from its work folder; two concurrent
+jobs asking for the same artefacts build each once."""
 
 import dataclasses
+import multiprocessing
 import warnings
+from pathlib import Path
 
 from test_fast_native import needs_native
 
@@ -178,3 +181,49 @@ def test_a_stopped_pretraining_resumes_from_its_work_folder(tmp_path):
     assert not hit and epochs == [1]  # only the second epoch was trained
     assert summary["epochs"] == 2 and ckpt.read_metadata(path).epoch == 2
     assert not work.exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# Concurrent jobs (a sweep's jobs on one machine or on a cluster's shared file system)
+
+
+def _make_both_artefacts(cache, barrier, results) -> None:
+    """A job that needs the tiny recording and the network pretrained on it: both asked for at
+    the moment the other job asks (the barrier)."""
+    import jax
+
+    jax.config.update("jax_disable_most_optimizations", True)
+    barrier.wait(timeout=120)
+    folder, recording_hit = synthesised_recording(TINY_DATA, cache)
+    recording, truth = read_recording_folder(folder)
+    barrier.wait(timeout=120)
+    checkpoint, checkpoint_hit, _ = pretrained_checkpoint(recording, truth, CONFIG, seed=0, cache_dir=cache,
+                                                          data_key=synthesis_key(TINY_DATA))
+    results.put((str(folder), recording_hit, str(checkpoint), checkpoint_hit))
+
+
+def test_two_concurrent_jobs_build_each_artefact_once(tmp_path):
+    from esort_jax.runtime.cache import entry_problem
+
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(2), context.Queue()
+    jobs = [context.Process(target=_make_both_artefacts, args=(tmp_path / "cache", barrier, results))
+            for _ in range(2)]
+    try:
+        for job in jobs:
+            job.start()
+        outcomes = [results.get(timeout=300) for _ in jobs]
+    finally:
+        for job in jobs:
+            job.join(timeout=30)
+            if job.is_alive():
+                job.kill()
+    assert [job.exitcode for job in jobs] == [0, 0]
+    (folder, *_), (other_folder, *_) = outcomes
+    assert folder == other_folder and sorted(o[1] for o in outcomes) == [False, True]  # one built, one found
+    assert outcomes[0][2] == outcomes[1][2] and sorted(o[3] for o in outcomes) == [False, True]
+    for kind, path in (("recordings", folder), ("checkpoints", outcomes[0][2])):
+        entries = [p.name for p in (tmp_path / "cache" / kind).iterdir() if not p.name.endswith(".lock")]
+        assert entries == [Path(path).name], entries  # no second copy, no temporaries left
+    assert entry_problem(folder, synthesis_key(TINY_DATA)) is None
+    assert ckpt.is_checkpoint(outcomes[0][2])
