@@ -89,8 +89,8 @@ class OnlineSorter:
       postprocess, infer: the configs the equivalent offline sort uses.
       config: the compiled block shapes (OnlineConfig).
       preprocess: causal preprocessing applied to every block (None: none).
-      gain_to_uv, offset_to_uv: non-float32 input is converted as raw · gain + offset
-        (as `ArrayTraces` reads it; e.g. int16 with the probe's gain).
+      gain_to_uv, offset_to_uv: integer input (e.g. int16 from an ADC) is converted as
+        raw · gain + offset (as `ArrayTraces` reads it); float input is taken as µV.
       start_sample: absolute sample of the first pushed sample.
     """
 
@@ -168,15 +168,15 @@ class OnlineSorter:
             self._filter.reset()
 
     def to_microvolts(self, samples) -> np.ndarray:
-        """A block as float32 µV [n, C] (raw · gain + offset unless already float32 µV)."""
+        """A block as float32 µV [n, C]: float samples are µV already; integer samples (e.g.
+        int16 from an ADC) become raw · gain + offset, as `ArrayTraces` reads them."""
         x = np.asarray(samples)
         if x.ndim != 2 or x.shape[1] != self.num_channels:
             raise ValueError(f"expected a block [n, {self.num_channels}] (samples, channels); got shape {x.shape}")
-        if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
+        if np.issubdtype(x.dtype, np.floating):
+            return x.astype(np.float32, copy=False)
+        if not np.issubdtype(x.dtype, np.integer):
             raise ValueError(f"expected int or float samples; got dtype {x.dtype}")
-        identity = x.dtype == np.float32 and np.all(self.gain_to_uv == 1) and np.all(self.offset_to_uv == 0)
-        if identity:
-            return x
         return (x.astype(np.float32) * self.gain_to_uv + self.offset_to_uv).astype(np.float32)
 
     def push(self, samples) -> SpikeBatch:
