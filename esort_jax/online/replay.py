@@ -39,6 +39,8 @@ class ReplayConfig:
       first_seq: sequence number of the first block.
       send_timeout_ms: longest wait for the socket to take a block before giving up.
       read_samples: samples read from the recording at a time.
+      preload: read the whole stretch into memory before the clock starts (no disk read can
+        delay a block; needs duration × channels × 4 bytes).
     """
 
     block_ms: float = 1.0
@@ -50,6 +52,7 @@ class ReplayConfig:
     first_seq: int = 0
     send_timeout_ms: int = 5000
     read_samples: int = 32768
+    preload: bool = False
 
     def validate(self, where: str = "replay") -> None:
         require(self.block_ms > 0, f"{where}.block_ms", f"must be > 0; got {self.block_ms}")
@@ -69,8 +72,9 @@ def _blocks(recording: Recording, config: ReplayConfig):
     start = int(round(config.start_s * fs))
     stop = recording.num_samples if config.duration_s is None else min(
         recording.num_samples, start + int(round(config.duration_s * fs)))
-    for chunk_start in range(start, stop, config.read_samples):
-        chunk = recording.read(chunk_start, min(chunk_start + config.read_samples, stop))
+    read = stop - start if config.preload else config.read_samples
+    for chunk_start in range(start, stop, read):
+        chunk = recording.read(chunk_start, min(chunk_start + read, stop))
         for offset in range(0, chunk.shape[0], size):
             yield chunk_start + offset - start, chunk[offset:offset + size]
 
@@ -93,9 +97,12 @@ def replay(recording: Recording, endpoint: str, config: ReplayConfig | None = No
     sock.setsockopt(zmq.SNDTIMEO, config.send_timeout_ms)
     sock.setsockopt(zmq.LINGER, config.send_timeout_ms)
     sock.connect(endpoint)
+    blocks = _blocks(recording, config)
+    if config.preload:
+        blocks = iter(list(blocks))  # views of one array read before the clock starts
     late_ms, sent, samples, t0 = [], 0, 0, time.time()
     try:
-        for first, block in _blocks(recording, config):
+        for first, block in blocks:
             if stop is not None and stop.is_set():
                 break
             due = t0 + (first + block.shape[0]) / fs
