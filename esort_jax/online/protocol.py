@@ -133,8 +133,10 @@ def pack_spikes(header: SpikesHeader, samples, units, scores) -> list[bytes]:
     """The three frames of a spikes message."""
     records = np.zeros(len(samples), SPIKE_RECORD)
     records["sample"], records["unit"], records["score"] = samples, units, scores
-    fields = dataclasses.astuple(dataclasses.replace(header, num_spikes=len(records)))
-    return [TOPIC_SPIKES, SPIKES_HEADER.pack(SPIKES_MAGIC, VERSION, 0, *fields), records.tobytes()]
+    h = header
+    packed = SPIKES_HEADER.pack(SPIKES_MAGIC, VERSION, 0, h.first_seq, h.last_seq, h.first_sample, h.end_sample,
+                                len(records), h.num_blocks, h.stream_t0, h.send_time, h.publish_time, h.compute_s)
+    return [TOPIC_SPIKES, packed, records.tobytes()]
 
 
 def unpack_spikes(frames: list) -> tuple[SpikesHeader, np.ndarray]:

@@ -125,6 +125,7 @@ class SortingService:
         pull, pub = self.context.socket(zmq.PULL), self.context.socket(zmq.PUB)
         deadline = None if max_seconds is None else time.monotonic() + max_seconds
         try:
+            pub.setsockopt(zmq.SNDHWM, 100_000)  # a slow subscriber gets its messages late, not lost
             for sock, endpoint in ((pull, self.config.input_endpoint), (pub, self.config.output_endpoint)):
                 sock.setsockopt(zmq.LINGER, 200)
                 sock.bind(endpoint)
