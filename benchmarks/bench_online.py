@@ -167,12 +167,12 @@ def serve_and_replay(checkpoint: Path, data_folder: Path, block_ms: float, args,
     service = subprocess.Popen(
         python + [str(REPO / "experiments/online.py"), f"checkpoint={checkpoint}", f"hydra.run.dir={run_dir}",
                   "service.write_spikeinterface=false", f"max_seconds={args.duration_s + 900}", *ends],
-        cwd=REPO, stdout=open(run_dir.with_suffix(".service.log"), "w"), stderr=subprocess.STDOUT)
+        cwd=REPO, stdout=open(run_dir.parent / f"{run_dir.name}.service.log", "w"), stderr=subprocess.STDOUT)
     replay = subprocess.Popen(
         python + [str(REPO / "experiments/replay.py"), "checkpoint=unused", f"recording.path={data_folder}",
                   f"replay.block_ms={block_ms}", f"replay.start_s={args.train_s}", f"replay.duration_s={args.duration_s}",
                   "replay.preload=true", "wait_for_service_s=900", f"hydra.run.dir={run_dir}/replay", *ends],
-        cwd=REPO, stdout=open(run_dir.with_suffix(".replay.log"), "w"), stderr=subprocess.STDOUT)
+        cwd=REPO, stdout=open(run_dir.parent / f"{run_dir.name}.replay.log", "w"), stderr=subprocess.STDOUT)
     try:
         return _collect(sub, service, replay, run_dir / "replay", deadline=time.monotonic() + args.duration_s + 1800)
     finally:

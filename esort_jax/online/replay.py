@@ -106,8 +106,9 @@ def replay(recording: Recording, endpoint: str, config: ReplayConfig | None = No
             if stop is not None and stop.is_set():
                 break
             due = t0 + (first + block.shape[0]) / fs
-            if config.realtime and due > time.time():
-                time.sleep(due - time.time())
+            wait = due - time.time()
+            if config.realtime and wait > 0:
+                time.sleep(wait)
             late_ms.append(1e3 * (time.time() - due))
             sock.send_multipart(protocol.pack_block(config.first_seq + sent, first, _as_wire(block, config), fs,
                                                     stream_t0=t0))
