@@ -163,20 +163,21 @@ def serve_and_replay(checkpoint: Path, data_folder: Path, block_ms: float, args,
     sub.setsockopt(zmq.SUBSCRIBE, b"")
     sub.setsockopt(zmq.RCVHWM, 0)
     sub.connect(f"ipc://{sockets}/out")
-    python = [sys.executable]
-    service = subprocess.Popen(
-        python + [str(REPO / "experiments/online.py"), f"checkpoint={checkpoint}", f"hydra.run.dir={run_dir}",
-                  "service.write_spikeinterface=false", f"max_seconds={args.duration_s + 900}", *ends],
-        cwd=REPO, stdout=open(run_dir.parent / f"{run_dir.name}.service.log", "w"), stderr=subprocess.STDOUT)
-    replay = subprocess.Popen(
-        python + [str(REPO / "experiments/replay.py"), "checkpoint=unused", f"recording.path={data_folder}",
-                  f"replay.block_ms={block_ms}", f"replay.start_s={args.train_s}", f"replay.duration_s={args.duration_s}",
-                  "replay.preload=true", "wait_for_service_s=900", f"hydra.run.dir={run_dir}/replay", *ends],
-        cwd=REPO, stdout=open(run_dir.parent / f"{run_dir.name}.replay.log", "w"), stderr=subprocess.STDOUT)
+    serve = [str(REPO / "experiments/online.py"), f"checkpoint={checkpoint}", f"hydra.run.dir={run_dir}",
+             "service.write_spikeinterface=false", f"max_seconds={args.duration_s + 900}", *args.service, *ends]
+    feed = [str(REPO / "experiments/replay.py"), "checkpoint=unused", f"recording.path={data_folder}",
+            f"replay.block_ms={block_ms}", f"replay.start_s={args.train_s}", f"replay.duration_s={args.duration_s}",
+            "replay.preload=true", "wait_for_service_s=900", f"hydra.run.dir={run_dir}/replay", *ends]
+    processes = []
     try:
+        for name, command in (("service", serve), ("replay", feed)):
+            with open(run_dir.parent / f"{run_dir.name}.{name}.log", "w") as log:
+                processes.append(subprocess.Popen([sys.executable, *command], cwd=REPO, stdout=log,
+                                                  stderr=subprocess.STDOUT))
+        service, replay = processes
         return _collect(sub, service, replay, run_dir / "replay", deadline=time.monotonic() + args.duration_s + 1800)
     finally:
-        for process in (replay, service):
+        for process in reversed(processes):
             if process.poll() is None:
                 process.kill()
                 process.wait(10)
@@ -184,39 +185,37 @@ def serve_and_replay(checkpoint: Path, data_folder: Path, block_ms: float, args,
         shutil.rmtree(sockets, ignore_errors=True)
 
 
-def _collect(sub, service, replay, replay_dir: Path, deadline: float) -> dict:
-    """Read spikes and events until the service says 'stopped' (SIGINT once the replay is done
-    and its last block is sorted)."""
+def _collect(sub, service, replay, replay_dir: Path, deadline: float, stall_s: float = 120.0) -> dict:
+    """Read spikes and events until the service says 'stopped'. SIGINT once the replay is done
+    and its last block is sorted, or when nothing has come for `stall_s` (blocks lost)."""
     from esort_jax.online import protocol
 
-    messages, events, interrupted = [], [], False
+    messages, events, interrupted, sent, last_message = [], [], False, None, time.monotonic()
     while time.monotonic() < deadline:
         if sub.poll(100):
-            frames = sub.recv_multipart()
+            last_message, frames = time.monotonic(), sub.recv_multipart()
             if frames[0] == protocol.TOPIC_SPIKES:
                 messages.append(protocol.unpack_spikes(frames))
             else:
                 events.append(protocol.unpack_event(frames))
                 if events[-1]["event"] == "stopped":
                     break
-        if not interrupted and replay.poll() is not None:
+        if sent is None and replay.poll() is not None:
             if replay.returncode != 0:
                 raise RuntimeError(f"replay failed (exit {replay.returncode}); see its log")
-            sent = json.loads((replay_dir / "results.json").read_text())["blocks"]
-            if any(h.num_blocks and h.last_seq == sent - 1 for h, _ in messages):
-                service.send_signal(signal.SIGINT)
-                interrupted = True
+            sent = json.loads((replay_dir / "results.json").read_text())
+        done = sent is not None and any(h.num_blocks and h.last_seq == sent["blocks"] - 1 for h, _ in messages)
+        if not interrupted and (done or (sent is not None and time.monotonic() - last_message > stall_s)):
+            service.send_signal(signal.SIGINT)
+            interrupted = True
     else:
         raise TimeoutError("the benchmark run did not finish in time")
     service.wait(120)
-    return {"messages": messages, "events": events}
+    return {"messages": messages, "events": events, "replay": sent}
 
 
 def summarise(collected: dict, reference: dict, truth, span, block_ms: float, fs: float) -> dict:
     """One results row from the spikes messages of a run (see the module doc)."""
-    from esort_jax.evaluate import evaluate, scored_span
-    from esort_jax.recording import Sorting
-
     messages = collected["messages"]
     live = [(h, r) for h, r in messages if h.num_blocks]  # the final flush is not timed
     t0 = live[0][0].stream_t0
@@ -224,26 +223,38 @@ def summarise(collected: dict, reference: dict, truth, span, block_ms: float, fs
     latency = np.concatenate([1e3 * (h.publish_time - (t0 + r["sample"] / fs)) for h, r in live])
     late, blocks = _late_blocks(live, block_ms, fs, t0)
     records = np.sort(np.concatenate([r for _, r in messages]), order=["sample", "unit"])
-    offline = reference["result"]
-    ids = reference["unit_ids"]
+    equal, accuracy = _compare(records, reference, truth, span, fs)
+    pct = lambda a, q: round(float(np.percentile(a, q)), 3) if a.size else None  # noqa: E731
+    events = collected["events"]
+    return {
+        "n_channels": None, "block_ms": block_ms,
+        "compute_ms_p50": pct(compute, 50), "compute_ms_p99": pct(compute, 99), "compute_ms_max": pct(compute, 100),
+        "latency_ms_p50": pct(latency, 50), "latency_ms_p99": pct(latency, 99), "latency_ms_max": pct(latency, 100),
+        "late_fraction": round(late / blocks, 5), "duration_s": (span[1] - span[0]) / fs,
+        "spikes_equal_offline": equal, "n_spikes": int(records.size),
+        "n_spikes_offline": reference["result"].sorting.num_spikes,
+        "accuracy_online": accuracy[0], "accuracy_offline": accuracy[1],
+        "blocks_sent": collected["replay"]["blocks"], "blocks_sorted": blocks,
+        "blocks_per_push": round(blocks / len(live), 3), "pushes": len(live),
+        "lag_ms_max": round(max(1e3 * (h.publish_time - h.send_time) for h, _ in live), 3),
+        "replay_send_late_ms_max": round(collected["replay"]["send_late_ms_max"], 3),
+        "errors_gaps_drops": [sum(e["event"] == k for e in events) for k in ("error", "gap", "dropped")],
+    }
+
+
+def _compare(records, reference: dict, truth, span, fs: float) -> tuple[bool, list]:
+    """(online spikes == offline spikes, [pooled accuracy online, offline] against the truth)."""
+    from esort_jax.evaluate import evaluate, scored_span
+    from esort_jax.recording import Sorting
+
+    offline, ids = reference["result"], reference["unit_ids"]
     equal = bool(records.size == offline.sorting.num_spikes
                  and np.array_equal(records["sample"] + span[0], offline.sorting.samples)
                  and np.array_equal(records["unit"], ids[offline.sorting.unit_indices])
                  and np.allclose(records["score"], offline.scores, rtol=1e-6, atol=1e-6))
-    unit_index = np.searchsorted(ids, records["unit"]) if records.size else np.zeros(0, np.int64)
-    online = Sorting(records["sample"] + span[0], unit_index, ids, fs)
+    online = Sorting(records["sample"] + span[0], np.searchsorted(ids, records["unit"]), ids, fs)
     scored = scored_span(span, window=reference["params"].window, anchor=reference["params"].anchor)
-    accuracy = [evaluate(s, truth, span=scored).accuracy_pooled for s in (online, offline.sorting)]
-    pct = lambda a, q: round(float(np.percentile(a, q)), 3) if a.size else None  # noqa: E731
-    coalesced = sum(h.num_blocks for h, _ in live) / len(live)
-    return {"n_channels": None, "block_ms": block_ms, "compute_ms_p50": pct(compute, 50), "compute_ms_p99": pct(compute, 99),
-            "compute_ms_max": pct(compute, 100), "latency_ms_p50": pct(latency, 50), "latency_ms_p99": pct(latency, 99),
-            "latency_ms_max": pct(latency, 100), "late_fraction": round(late / blocks, 5), "duration_s": (span[1] - span[0]) / fs,
-            "spikes_equal_offline": equal, "n_spikes": int(records.size), "n_spikes_offline": offline.sorting.num_spikes,
-            "accuracy_online": round(float(accuracy[0]), 4), "accuracy_offline": round(float(accuracy[1]), 4),
-            "blocks_per_push": round(coalesced, 3), "pushes": len(live),
-            "lag_ms_max": round(max(1e3 * (h.publish_time - h.send_time) for h, _ in live), 3),
-            "errors_gaps_drops": [sum(e["event"] == k for e in collected["events"]) for k in ("error", "gap", "dropped")]}
+    return equal, [round(float(evaluate(s, truth, span=scored).accuracy_pooled), 4) for s in (online, offline.sorting)]
 
 
 def _late_blocks(live, block_ms: float, fs: float, t0: float) -> tuple[int, int]:
@@ -264,7 +275,8 @@ def run_channels(channels: int, args, out: Path, results: dict) -> None:
     from esort_jax.io.atomic import write_json
     from esort_jax.runtime.benchmarking import load_average
 
-    recording, truth, folder = recording_for(channels, args.train_s + args.duration_s + 1.0, args.cache_dir, args.seed)
+    seconds = args.train_s + args.duration_s + 1.0
+    recording, truth, folder = recording_for(channels, seconds, args.cache_dir, args.seed)
     checkpoint = trained_checkpoint(recording, truth, folder, args)
     fs = recording.sampling_frequency
     span = (int(args.train_s * fs), int(args.train_s * fs) + int(round(args.duration_s * fs)))
@@ -282,11 +294,13 @@ def run_channels(channels: int, args, out: Path, results: dict) -> None:
 
 
 def _line(row: dict) -> str:
-    return (f"{row['n_channels']:4d} ch {row['block_ms']:5.1f} ms | compute p50/p99/max {row['compute_ms_p50']:.2f}/"
-            f"{row['compute_ms_p99']:.2f}/{row['compute_ms_max']:.2f} ms | latency p50/p99/max {row['latency_ms_p50']:.2f}/"
-            f"{row['latency_ms_p99']:.2f}/{row['latency_ms_max']:.2f} ms | late {100 * row['late_fraction']:.2f}% | "
-            f"equal offline {row['spikes_equal_offline']} ({row['n_spikes']} spikes) | accuracy {row['accuracy_online']:.3f} "
-            f"| load {row['load_before'][0]:.1f}")
+    r = row
+    return (f"{r['n_channels']:4d} ch {r['block_ms']:5.1f} ms | compute p50/p99/max {r['compute_ms_p50']:.2f}/"
+            f"{r['compute_ms_p99']:.2f}/{r['compute_ms_max']:.2f} ms | latency p50/p99/max "
+            f"{r['latency_ms_p50']:.2f}/{r['latency_ms_p99']:.2f}/{r['latency_ms_max']:.2f} ms | "
+            f"late {100 * r['late_fraction']:.2f}% | {r['blocks_per_push']:.2f} blocks/push | equal offline "
+            f"{r['spikes_equal_offline']} ({r['n_spikes']} spikes) | accuracy {r['accuracy_online']:.3f} | "
+            f"load {r['load_before'][0]:.1f}")
 
 
 def main(argv=None) -> dict:
@@ -299,6 +313,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--train-k", type=int, default=20, help="labelled spikes per unit for training")
     parser.add_argument("--train-epochs", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--service", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="overrides for experiments/online.py, e.g. online.exact=false online.min_steps=16")
     parser.add_argument("--cache-dir", type=Path, default=Path(os.environ.get("ESORT_CACHE_DIR", "cache")))
     args = parser.parse_args(argv)
     configure_host_allocator()

@@ -38,6 +38,8 @@ class ReplayConfig:
       start_s, duration_s: the stretch to stream (duration null: to the end).
       first_seq: sequence number of the first block.
       send_timeout_ms: longest wait for the socket to take a block before giving up.
+      linger_ms: after the last block, how long queued blocks may still take to be delivered
+        (a service that is behind drains its queue; blocks still queued then are lost).
       read_samples: samples read from the recording at a time.
       preload: read the whole stretch into memory before the clock starts (no disk read can
         delay a block; needs duration × channels × 4 bytes).
@@ -51,6 +53,7 @@ class ReplayConfig:
     duration_s: float | None = None
     first_seq: int = 0
     send_timeout_ms: int = 5000
+    linger_ms: int = 60000
     read_samples: int = 32768
     preload: bool = False
 
@@ -63,6 +66,7 @@ class ReplayConfig:
         require(self.duration_s is None or self.duration_s > 0, f"{where}.duration_s",
                 f"must be > 0 or null; got {self.duration_s}")
         require(self.send_timeout_ms > 0, f"{where}.send_timeout_ms", f"must be > 0; got {self.send_timeout_ms}")
+        require(self.linger_ms >= 0, f"{where}.linger_ms", f"must be >= 0; got {self.linger_ms}")
 
 
 def _blocks(recording: Recording, config: ReplayConfig):
@@ -95,7 +99,7 @@ def replay(recording: Recording, endpoint: str, config: ReplayConfig | None = No
     fs = recording.sampling_frequency
     sock = context.socket(zmq.PUSH)
     sock.setsockopt(zmq.SNDTIMEO, config.send_timeout_ms)
-    sock.setsockopt(zmq.LINGER, config.send_timeout_ms)
+    sock.setsockopt(zmq.LINGER, config.linger_ms)
     sock.connect(endpoint)
     blocks = _blocks(recording, config)
     if config.preload:
