@@ -167,7 +167,8 @@ def serve_and_replay(checkpoint: Path, data_folder: Path, block_ms: float, args,
              "service.write_spikeinterface=false", f"max_seconds={args.duration_s + 900}", *args.service, *ends]
     feed = [str(REPO / "experiments/replay.py"), "checkpoint=unused", f"recording.path={data_folder}",
             f"replay.block_ms={block_ms}", f"replay.start_s={args.train_s}", f"replay.duration_s={args.duration_s}",
-            "replay.preload=true", "wait_for_service_s=900", f"hydra.run.dir={run_dir}/replay", *ends]
+            "replay.preload=true", "replay.send_timeout_ms=600000", "replay.linger_ms=1800000",  # a service far
+            "wait_for_service_s=900", f"hydra.run.dir={run_dir}/replay", *ends]  # behind still gets every block
     processes = []
     try:
         for name, command in (("service", serve), ("replay", feed)):
@@ -285,12 +286,16 @@ def run_channels(channels: int, args, out: Path, results: dict) -> None:
     for block_ms in args.block_ms:
         load = load_average()
         run_dir = out / "runs" / f"{channels}ch_{block_ms:g}ms"
-        collected = serve_and_replay(checkpoint, folder, block_ms, args, run_dir)
-        row = summarise(collected, reference, truth, span, block_ms, fs)
+        try:
+            collected = serve_and_replay(checkpoint, folder, block_ms, args, run_dir)
+            row = summarise(collected, reference, truth, span, block_ms, fs)
+        except (RuntimeError, TimeoutError) as error:  # reported, the other runs still go
+            print(f"{channels} ch {block_ms} ms failed: {error}", flush=True)
+            row = {"n_channels": channels, "block_ms": block_ms, "error": str(error)}
         row.update(n_channels=channels, load_before=load, load_after=load_average())
         results["runs"].append(row)
         write_json(out / "results.json", results)
-        print(_line(row), flush=True)
+        print(_line(row) if "error" not in row else row, flush=True)
 
 
 def _line(row: dict) -> str:

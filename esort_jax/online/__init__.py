@@ -6,6 +6,7 @@
   causal.py    causal preprocessing (streaming band-pass + common reference), recorded in checkpoints
   protocol.py  the ZeroMQ wire format (blocks in, spikes and events out)
   service.py   SortingService: the long-running socket loop and its fault handling
+  spike_log.py the spikes published so far, on disk, and the sorting folder written at shutdown
   replay.py    a publisher that streams any recording at real-time pace
   _shared.py   the offline-core internals the online path uses (one place to repoint)
 """

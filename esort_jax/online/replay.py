@@ -52,7 +52,7 @@ class ReplayConfig:
     start_s: float = 0.0
     duration_s: float | None = None
     first_seq: int = 0
-    send_timeout_ms: int = 5000
+    send_timeout_ms: int = 30000
     linger_ms: int = 60000
     read_samples: int = 32768
     preload: bool = False
