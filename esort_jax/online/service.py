@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import logging
 import signal
 import threading
@@ -133,6 +134,8 @@ class SortingService:
             self._event("ready", unit_ids=self.sorter.unit_ids.tolist(), num_channels=self.sorter.num_channels,
                         sampling_frequency=self.sorter.sampling_frequency, final_after=self.sorter.final_after,
                         input_dtype=self.config.input_dtype, threshold=self.sorter.threshold)
+            gc.collect()
+            gc.freeze()  # objects made so far (JAX, the model) leave the collector's scans: shorter pauses
             poller = zmq.Poller()
             poller.register(pull, zmq.POLLIN)
             while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
@@ -141,6 +144,7 @@ class SortingService:
                 self._maybe_status()
             return self._shutdown()
         finally:
+            gc.unfreeze()
             pull.close()
             pub.close()
 
