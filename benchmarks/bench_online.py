@@ -167,8 +167,8 @@ def serve_and_replay(checkpoint: Path, data_folder: Path, block_ms: float, args,
              "service.write_spikeinterface=false", f"max_seconds={args.duration_s + 900}", *args.service, *ends]
     feed = [str(REPO / "experiments/replay.py"), "checkpoint=unused", f"recording.path={data_folder}",
             f"replay.block_ms={block_ms}", f"replay.start_s={args.train_s}", f"replay.duration_s={args.duration_s}",
-            "replay.preload=true", "replay.send_timeout_ms=600000", "replay.linger_ms=1800000",  # a service far
-            "wait_for_service_s=900", f"hydra.run.dir={run_dir}/replay", *ends]  # behind still gets every block
+            "replay.preload=true", "replay.send_timeout_ms=600000", "replay.confirm_timeout_s=1800",  # a service
+            "wait_for_service_s=900", f"hydra.run.dir={run_dir}/replay", *ends]  # far behind still gets every block
     processes = []
     try:
         for name, command in (("service", serve), ("replay", feed)):
@@ -188,15 +188,16 @@ def serve_and_replay(checkpoint: Path, data_folder: Path, block_ms: float, args,
 
 def _collect(sub, service, replay, replay_dir: Path, deadline: float, stall_s: float = 120.0) -> dict:
     """Read spikes and events until the service says 'stopped'. SIGINT once the replay is done
-    and its last block is sorted, or when nothing has come for `stall_s` (blocks lost)."""
+    and its last block is sorted, or when no spikes message has come for `stall_s` (blocks lost)."""
     from esort_jax.online import protocol
 
     messages, events, interrupted, sent, last_message = [], [], False, None, time.monotonic()
     while time.monotonic() < deadline:
         if sub.poll(100):
-            last_message, frames = time.monotonic(), sub.recv_multipart()
+            frames = sub.recv_multipart()
             if frames[0] == protocol.TOPIC_SPIKES:
                 messages.append(protocol.unpack_spikes(frames))
+                last_message = time.monotonic()  # status events keep coming from an idle service
             else:
                 events.append(protocol.unpack_event(frames))
                 if events[-1]["event"] == "stopped":

@@ -27,9 +27,9 @@ def main(cfg: DictConfig) -> dict:
             with run.stage("wait for service"):
                 wait_for_service(service.output_endpoint, float(cfg.wait_for_service_s))
         with run.stage("replay"):
-            summary = replay(recording, service.input_endpoint, config)
+            summary = replay(recording, service.input_endpoint, config, confirm_endpoint=service.output_endpoint)
         run.results.update(recording=info, **summary)
-        print(f"[replay] {summary['blocks']} blocks, {summary['samples']} samples; "
+        print(f"[replay] {summary['blocks']} blocks, {summary['samples']} samples (confirmed: {summary['confirmed']}); "
               f"sends late by {summary['send_late_ms_p50']:.2f} ms (p50), {summary['send_late_ms_max']:.2f} ms (max)")
     return run.results
 
