@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum requirements.txt | cut -d' ' -f1)
 PYTEST_FLAGS ?=
 
-.PHONY: venv demo test test-slow bench clean-venv
+.PHONY: venv demo test test-slow bench bench-online clean-venv
 
 venv: $(STAMP)
 
@@ -28,6 +28,11 @@ test-slow: venv
 
 bench: venv
 	$(PY) benchmarks/bench_synthesis.py
+
+# Online sorting: replay at real-time pace into the service, 64 and 384 channels (~35 min).
+BENCH_ONLINE_OUT ?= runs/bench_online
+bench-online: venv
+	$(PY) benchmarks/bench_online.py --out $(BENCH_ONLINE_OUT)
 
 clean-venv:
 	rm -rf $(VENV)

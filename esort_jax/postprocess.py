@@ -61,6 +61,7 @@ __all__ = [
     "CapacityOverflowError",
     "triangular_kernel",
     "smooth",
+    "smooth_valid",
     "postprocess_chunk",
     "find_spikes",
 ]
@@ -165,6 +166,10 @@ def _smooth_valid(x: jax.Array, half_width: int, normalisation: str) -> jax.Arra
         acc = acc + jnp.float32(j + 1) * (x[..., j:j + n] + x[..., 2 * h - j:2 * h - j + n])
     scale = float(h + 1) if normalisation == "peak" else float((h + 1) ** 2)
     return acc / jnp.float32(scale)
+
+
+# Public name for online (streaming) callers that must round exactly as the peak picker does.
+smooth_valid = _smooth_valid
 
 
 @functools.partial(jax.jit, static_argnames=("kernel_taps", "normalisation"))

@@ -1,0 +1,76 @@
+"""The service's spikes so far: appended to a file as they are published (memory bounded however
+long it runs) and turned into a sorting folder, atomically, when it stops.
+
+    <run>/spikes.partial        records (int64 sample, int64 unit index, float32 score), appended
+    <run>/sorting/              written at shutdown, complete or absent (esort_jax.io.atomic):
+        sorting.npz             esort_jax.io.read_sorting_npz reads it
+        scores.npy              [S] float32, aligned with the sorting's spikes
+        segments.json           the contiguous stretches sorted (gaps and restarts split them)
+        si/                     a SpikeInterface sorting folder (spikeinterface.load), optional
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from esort_jax.io import write_sorting_npz
+from esort_jax.io.atomic import atomic_folder, to_jsonable
+from esort_jax.online.protocol import SPIKE_RECORD
+from esort_jax.recording import Sorting
+
+__all__ = ["SpikeLog"]
+
+
+class SpikeLog:
+    """Append-only spike storage of one service run."""
+
+    def __init__(self, folder: str | Path, unit_ids, sampling_frequency: float):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.unit_ids = np.asarray(unit_ids)
+        self.sampling_frequency = float(sampling_frequency)
+        self.path = self.folder / "spikes.partial"
+        self._file = open(self.path, "wb")
+        self.num_spikes = 0
+        self.segments: list[dict] = []
+
+    def append(self, samples, unit_indices, scores) -> None:
+        """Add spikes (written through to the file, so a crash loses at most the OS buffer)."""
+        if len(samples) == 0:
+            return
+        records = np.zeros(len(samples), SPIKE_RECORD)
+        records["sample"], records["unit"], records["score"] = samples, unit_indices, scores
+        self._file.write(records.tobytes())
+        self._file.flush()
+        self.num_spikes += len(records)
+
+    def begin_segment(self, first_sample: int, first_seq: int, reason: str) -> None:
+        self.segments.append({"first_sample": int(first_sample), "end_sample": int(first_sample),
+                              "first_seq": int(first_seq), "last_seq": int(first_seq), "began": reason})
+
+    def extend_segment(self, end_sample: int, last_seq: int) -> None:
+        if self.segments:
+            self.segments[-1].update(end_sample=int(end_sample), last_seq=int(last_seq))
+
+    def write_sorting(self, name: str = "sorting", *, spikeinterface: bool = True, extra: dict | None = None) -> Path:
+        """Write every spike logged so far as the sorting folder `<folder>/<name>` (atomic,
+        replacing an older one); the partial file is removed afterwards."""
+        self._file.close()
+        records = np.fromfile(self.path, SPIKE_RECORD)
+        sorting = Sorting(records["sample"], records["unit"], self.unit_ids, self.sampling_frequency)
+        order = np.lexsort((records["unit"], records["sample"]))
+        out = self.folder / name
+        with atomic_folder(out, overwrite=True) as tmp:
+            write_sorting_npz(tmp / "sorting.npz", sorting)
+            np.save(tmp / "scores.npy", records["score"][order])
+            info = {"segments": self.segments, "num_spikes": int(records.size), **(extra or {})}
+            (tmp / "segments.json").write_text(json.dumps(to_jsonable(info), indent=2))
+            if spikeinterface:
+                from esort_jax.io.spikeinterface import to_spikeinterface_sorting
+
+                to_spikeinterface_sorting(sorting).save(folder=tmp / "si")
+        self.path.unlink(missing_ok=True)
+        return out

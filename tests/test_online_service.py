@@ -1,0 +1,181 @@
+"""esort_jax.online.service over real ZeroMQ sockets (ipc endpoints in a temp folder, the service
+in a thread): spikes equal the offline sort of each contiguous stretch; malformed blocks are
+dropped with an error event and the service keeps going; gaps, restarts and late blocks are
+reported; SIGTERM writes the spikes so far to a sorting folder. Every wait is bounded."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+import zmq
+
+from esort_jax.infer import fold_batchnorm
+from esort_jax.io import read_sorting_npz
+from esort_jax.online import OnlineConfig, OnlineSorter, protocol
+from esort_jax.online.service import ServiceConfig, SortingService, stop_on_signals
+from esort_jax.sort import sort_recording
+from esort_jax.train import init_model
+from tests._tiny import TINY_MODEL, tiny_recording
+
+BLOCK = 320  # samples per block (10 ms)
+THRESHOLD = 4.0
+TIMEOUT_S = 30.0  # longest any single wait in these tests may take
+
+
+@pytest.fixture(scope="module")
+def setup():
+    recording, _ = tiny_recording(duration_s=0.3)
+    model = init_model(recording.num_channels, 3, TINY_MODEL, seed=1)
+    model.eval()
+    params = fold_batchnorm(model)
+    sorter = OnlineSorter(params, [7, 8, 9], threshold=THRESHOLD, sampling_frequency=recording.sampling_frequency,
+                          config=OnlineConfig(max_steps=256))
+    sorter.warm_up()
+    return recording, params, sorter
+
+
+class Harness:
+    """The service in a thread, a PUSH socket feeding it and a SUB socket reading it."""
+
+    def __init__(self, sorter, tmp_path, stop=None, **config):
+        self.config = ServiceConfig(input_endpoint=f"ipc://{tmp_path}/in", output_endpoint=f"ipc://{tmp_path}/out",
+                                    status_every_s=0.2, write_spikeinterface=False, **config)
+        self.context = zmq.Context()
+        self.sub = self.context.socket(zmq.SUB)
+        self.sub.setsockopt(zmq.SUBSCRIBE, b"")
+        self.sub.setsockopt(zmq.LINGER, 0)
+        self.sub.connect(self.config.output_endpoint)  # before the bind: misses nothing
+        self.push = self.context.socket(zmq.PUSH)
+        self.push.setsockopt(zmq.SNDTIMEO, 5000)
+        self.push.setsockopt(zmq.LINGER, 0)
+        self.push.connect(self.config.input_endpoint)
+        self.stop = stop or threading.Event()
+        self.service = SortingService(sorter, self.config, tmp_path, context=self.context)
+        self.result: dict = {}
+        self.thread = threading.Thread(target=lambda: self.result.update(self.service.run(self.stop, max_seconds=120)))
+        self.spikes, self.events = [], []
+        self.thread.start()
+        self.wait(lambda: self.events)  # subscribed ('ready' may precede the subscription: PUB/SUB)
+
+    def send(self, seq, first, samples, **kwargs):
+        self.push.send_multipart(protocol.pack_block(seq, first, samples, 32000.0, **kwargs))
+
+    def wait(self, condition, timeout_s=TIMEOUT_S):
+        deadline = time.monotonic() + timeout_s
+        while not condition():
+            assert time.monotonic() < deadline, f"timed out; events so far: {[e['event'] for e in self.events]}"
+            if self.sub.poll(100):
+                frames = self.sub.recv_multipart()
+                if frames[0] == protocol.TOPIC_SPIKES:
+                    self.spikes.append(protocol.unpack_spikes(frames))
+                else:
+                    self.events.append(protocol.unpack_event(frames))
+
+    def covered(self, seq):
+        return lambda: any(h.num_blocks and h.last_seq == seq for h, _ in self.spikes)
+
+    def close(self):
+        self.stop.set()
+        self.thread.join(TIMEOUT_S)
+        assert not self.thread.is_alive(), "the service did not stop"
+        self.wait(lambda: any(e["event"] == "stopped" for e in self.events))
+        self.context.destroy(linger=0)
+
+    def records(self):
+        records = np.concatenate([r for _, r in self.spikes]) if self.spikes else np.zeros(0, protocol.SPIKE_RECORD)
+        return np.sort(records, order=["sample", "unit"])
+
+    def kinds(self, kind):
+        return [e for e in self.events if e["event"] == kind]
+
+
+def _offline(params, recording, start, stop):
+    result = sort_recording(params, recording, [7, 8, 9], threshold=THRESHOLD, start=start, stop=stop)
+    records = np.zeros(result.sorting.num_spikes, protocol.SPIKE_RECORD)
+    records["sample"] = result.sorting.samples
+    records["unit"] = result.sorting.unit_ids[result.sorting.unit_indices]
+    records["score"] = result.scores
+    return records
+
+
+def _send_blocks(harness, x, seqs, first_block):
+    for i, seq in enumerate(seqs):
+        a = (first_block + i) * BLOCK
+        harness.send(seq, a, x[a:a + BLOCK])
+
+
+def test_bad_messages_gaps_and_restarts_are_reported_and_each_stretch_equals_the_offline_sort(setup, tmp_path):
+    recording, params, sorter = setup
+    x = recording.read()
+    harness = Harness(sorter, tmp_path)
+    try:
+        _send_blocks(harness, x, range(0, 20), 0)  # samples [0, 20 blocks)
+        harness.send(20, 20 * BLOCK, np.zeros((BLOCK, 8), np.int16))  # wrong dtype
+        harness.send(21, 21 * BLOCK, x[21 * BLOCK:22 * BLOCK, :5])  # wrong channel count
+        harness.push.send_multipart([b"garbage"])  # not a block at all
+        _send_blocks(harness, x, range(22, 30), 22)  # a gap: blocks 20, 21 never arrived
+        _send_blocks(harness, x, range(0, 10), 0)  # the publisher restarts
+        harness.wait(harness.covered(9))
+        seen = len(harness.kinds("status"))
+        harness.wait(lambda: len(harness.kinds("status")) > seen)  # a status after everything
+    finally:
+        harness.close()
+    expected = np.sort(np.concatenate([_offline(params, recording, 0, 20 * BLOCK),
+                                       _offline(params, recording, 22 * BLOCK, 30 * BLOCK),
+                                       _offline(params, recording, 0, 10 * BLOCK)]), order=["sample", "unit"])
+    np.testing.assert_array_equal(harness.records(), expected)
+    errors = [e["message"] for e in harness.kinds("error")]
+    assert len(errors) == 3 and "int16" in errors[0] and "5 channels" in errors[1] and "2 frames" in errors[2]
+    (gap,) = harness.kinds("gap")
+    assert (gap["expected_seq"], gap["got_seq"], gap["missing_samples"]) == (20, 22, 2 * BLOCK)
+    assert len(harness.kinds("restart")) == 1
+    statuses = harness.kinds("status")
+    assert statuses[-1]["errors"] == 3 and statuses[-1]["gaps"] == 1
+    assert any(s["lag_ms_max"] is not None and s["lag_ms_max"] >= 0 for s in statuses)
+    saved = read_sorting_npz(tmp_path / "sorting" / "sorting.npz")
+    np.testing.assert_array_equal(np.sort(saved.samples), np.sort(expected["sample"]))
+    assert harness.result["blocks"] == 38 and harness.result["gaps"] == 1 and harness.result["restarts"] == 1
+
+
+def test_blocks_later_than_max_lag_are_dropped_and_the_stream_resumes_after_a_gap(setup, tmp_path):
+    recording, params, sorter = setup
+    x = recording.read()
+    harness = Harness(sorter, tmp_path, max_lag_ms=200.0)
+    try:
+        _send_blocks(harness, x, range(0, 5), 0)
+        for seq in range(5, 8):  # sent a second ago: too late to be worth sorting
+            harness.send(seq, seq * BLOCK, x[seq * BLOCK:(seq + 1) * BLOCK], send_time=time.time() - 1.0)
+        _send_blocks(harness, x, range(8, 12), 8)
+        harness.wait(harness.covered(11))
+    finally:
+        harness.close()
+    assert len(harness.kinds("dropped")) == 3 and harness.kinds("gap")[0]["missing_samples"] == 3 * BLOCK
+    expected = np.sort(np.concatenate([_offline(params, recording, 0, 5 * BLOCK),
+                                       _offline(params, recording, 8 * BLOCK, 12 * BLOCK)]), order=["sample", "unit"])
+    np.testing.assert_array_equal(harness.records(), expected)
+    lags = [1e3 * (h.publish_time - h.send_time) for h, _ in harness.spikes if h.num_blocks]
+    assert max(lags) < 10_000
+
+
+def test_sigterm_stops_the_service_and_writes_the_spikes_so_far(setup, tmp_path):
+    recording, params, sorter = setup
+    x = recording.read()
+    with stop_on_signals() as stop:
+        harness = Harness(sorter, tmp_path, stop=stop)
+        try:
+            _send_blocks(harness, x, range(0, 15), 0)
+            harness.wait(harness.covered(14))
+            os.kill(os.getpid(), signal.SIGTERM)  # the handler sets `stop`
+            harness.wait(lambda: harness.kinds("stopped"))
+        finally:
+            harness.close()
+    saved = read_sorting_npz(tmp_path / "sorting" / "sorting.npz")
+    expected = _offline(params, recording, 0, 15 * BLOCK)
+    np.testing.assert_array_equal(saved.samples, expected["sample"])
+    assert not (tmp_path / "spikes.partial").exists()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored
