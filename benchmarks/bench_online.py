@@ -29,7 +29,6 @@ JAX backend, load averages, the fp32 matmul peak measured at the start.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import shutil

@@ -261,7 +261,6 @@ class Run:
             print(f"[{self.experiment}] {name} done in {elapsed:.1f} s", flush=True)
 
     def write_results(self, status: str = "ok", error: str | None = None) -> Path:
-        import jax  # noqa: F401  (device info)
 
         self.seconds["total"] = time.perf_counter() - self._started
         config = self.resolved if self.resolved is not None else OmegaConf.to_container(self.cfg, resolve=False)

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from esort_jax import infer as _infer
-from esort_jax.checkpoint import CheckpointError, CheckpointMetadata, load_model, read_metadata
+from esort_jax.checkpoint import CheckpointError, CheckpointMetadata, load_model
 from esort_jax.infer import InferenceConfig, InferenceParams, fold_batchnorm, predict_probabilities
 from esort_jax.postprocess import PostprocessConfig, smooth, smooth_valid
 from esort_jax.sort import SORTING_DEFAULTS, sort_recording
