@@ -44,7 +44,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from esort_jax.train import configure_host_allocator  # noqa: E402
+from esort_jax.runtime.host_memory import configure_host_allocator  # noqa: E402
 
 BLOCKS_MS = (0.5, 1.0, 2.0, 5.0, 10.0)
 
