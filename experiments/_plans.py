@@ -210,6 +210,9 @@ class SortPlan:
         problem = _checkpoint_problem(self.checkpoint)
         require(problem is None, "checkpoint", str(problem))
         check_as_trained_mode(self.preprocess, "preprocess")
+        if self.span is not None:
+            require(0 <= self.span[0] < self.span[1], "span",
+                    f"must be [start_s, stop_s] with 0 <= start_s < stop_s; got [{self.span[0]:g}, {self.span[1]:g}]")
 
     @property
     def folder(self) -> Path:
