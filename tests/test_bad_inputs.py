@@ -115,3 +115,88 @@ def test_an_interpolation_that_does_not_resolve_names_itself_and_the_key(tmp_pat
     assert results["status"] == "failed" and results["error"] == f"ConfigError: {message}"
     assert results["config"]["data"]["seed"] == value  # the config as given, unresolved
     assert not (tmp_path / "recording").exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# Cases beyond the issue (docs/bad_inputs.md, "Cases tried beyond the issue")
+
+
+def _checkpoint(folder: Path, role: str | None = None) -> Path:
+    """A tiny network that fits the tiny recording (16 channels, units 0-4)."""
+    from esort_jax.checkpoint import make_metadata, save_checkpoint
+    from esort_jax.train import init_model
+    from tests._tiny import TINY_MODEL
+
+    model = init_model(16, 5, TINY_MODEL, seed=0)
+    return save_checkpoint(folder, model, make_metadata(model, unit_ids=list(range(5)),
+                                                        extra={"role": role} if role else {}))
+
+
+def test_sort_refuses_a_pretraining_checkpoint_before_any_work(tmp_path):
+    """sort.py given a pretraining checkpoint (its units are the source recording's) used to sort
+    the recording with them and score them by id against its truth: status ok, accuracy 0.002.
+    Now refused from the checkpoint's metadata, before the model or the recording is loaded."""
+    checkpoint = _checkpoint(tmp_path / "pretrained", role="pretrain")
+    out = tmp_path / "sort"
+    result = _run("sort.py", f"checkpoint={checkpoint}", "data@recording.data=tiny", "logger=disabled",
+                  f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={out}")
+    assert result.returncode != 0
+    message = f"checkpoint: {checkpoint} is a pretraining checkpoint (metadata.json extra.role='pretrain')"
+    results = json.loads((out / "results.json").read_text())
+    assert results["status"] == "failed" and message in results["error"] and "fine-tune it" in results["error"]
+    assert not (out / "sorting").exists() and not (tmp_path / "cache").exists()
+
+
+def test_a_reversed_span_says_so(tmp_path):
+    """sort.py span=[1, 0.5] was refused as 'outside the recording' (the wrong reason)."""
+    from esort_jax.config import ConfigError, from_dict
+    from experiments._plans import SortPlan
+
+    checkpoint = str(_checkpoint(tmp_path / "checkpoint"))
+    with pytest.raises(ConfigError, match=r"^span: must be \[start_s, stop_s\] with 0 <= start_s < stop_s; got \[1, 0.5\]"):
+        from_dict(SortPlan, {"checkpoint": checkpoint, "span": [1, 0.5]}, "")
+    with pytest.raises(ConfigError, match=r"^span: must be .*; got \[-1, 0.5\]"):
+        from_dict(SortPlan, {"checkpoint": checkpoint, "span": [-1, 0.5]}, "")
+    assert from_dict(SortPlan, {"checkpoint": checkpoint, "span": [0, 0.5]}, "").span == (0.0, 0.5)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("empty folder", "not recognised: a folder containing [nothing]"),
+    ("truncated npz", "not a readable .npz file (BadZipFile"),
+    ("zero-byte npz", "not a readable .npz file (EOFError"),
+    ("NaN spike times", "'samples' must be a 1-D array of sample indices >= 0; got shape (2,), dtype float64, min nan"),
+    ("negative spike times", "'samples' must be a 1-D array of sample indices >= 0; got shape (2,), dtype int64, min -5"),
+    ("unit index out of range", "not a valid sorting: ValueError: unit_indices must lie in [0, 2); got [0, 7]"),
+    ("sampling rate 0", "'sampling_frequency' must be a number > 0 (Hz); got 0"),  # was a ZeroDivisionError
+])
+def test_labels_files_that_do_not_hold_a_sorting_are_refused_by_name(tmp_path, case, message):
+    """Labels (sort_real's labels.path, load_labels) that are not a sorting: a RecordingFormatError
+    naming the file and what is wrong, the file left as it was."""
+    import numpy as np
+
+    from esort_jax import GroundTruth
+    from esort_jax.io.folder import RecordingFormatError, write_sorting_npz
+    from esort_jax.realdata.labeller import load_labels
+
+    path = tmp_path / "labels.npz"
+    arrays = dict(samples=np.array([5, 10]), unit_indices=np.array([0, 1]), unit_ids=np.array([0, 1]),
+                  sampling_frequency=32000.0)
+    if case == "empty folder":
+        path = tmp_path / "sorter_output"
+        path.mkdir()
+    elif case in ("truncated npz", "zero-byte npz"):
+        write_sorting_npz(path, GroundTruth(samples=[5, 10], unit_indices=[0, 1], unit_ids=[0, 1],
+                                            sampling_frequency=32000.0))
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2] if case == "truncated npz" else b"")
+    else:
+        arrays.update({"NaN spike times": dict(samples=np.array([10.0, np.nan])),
+                       "negative spike times": dict(samples=np.array([-5, 10])),
+                       "unit index out of range": dict(unit_indices=np.array([0, 7])),
+                       "sampling rate 0": dict(sampling_frequency=0.0)}[case])
+        np.savez(path, **arrays)
+    before = _snapshot(tmp_path)
+    with pytest.raises(RecordingFormatError) as caught:
+        load_labels(path)
+    assert str(caught.value).startswith(str(path)) and message in str(caught.value), str(caught.value)
+    assert _snapshot(tmp_path) == before
