@@ -132,16 +132,20 @@ def _checkpoint(folder: Path, role: str | None = None) -> Path:
                                                         extra={"role": role} if role else {}))
 
 
-def test_sort_refuses_a_pretraining_checkpoint_before_any_work(tmp_path):
+@pytest.mark.parametrize("script, role, what", [("sort.py", "pretrain", "a pretraining checkpoint"),
+                                                 ("online.py", "backbone", "a pretrained backbone")])
+def test_sorting_refuses_a_pretrained_checkpoint_before_any_work(tmp_path, script, role, what):
     """sort.py given a pretraining checkpoint (its units are the source recording's) used to sort
     the recording with them and score them by id against its truth: status ok, accuracy 0.002.
-    Now refused from the checkpoint's metadata, before the model or the recording is loaded."""
-    checkpoint = _checkpoint(tmp_path / "pretrained", role="pretrain")
+    Now refused from the checkpoint's metadata, before the model or the recording is loaded
+    (online.py likewise, before it serves)."""
+    checkpoint = _checkpoint(tmp_path / "pretrained", role=role)
     out = tmp_path / "sort"
-    result = _run("sort.py", f"checkpoint={checkpoint}", "data@recording.data=tiny", "logger=disabled",
+    stop = ["max_seconds=1"] if script == "online.py" else []  # had it served, it would stop by itself
+    result = _run(script, f"checkpoint={checkpoint}", "data@recording.data=tiny", "logger=disabled", *stop,
                   f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={out}")
     assert result.returncode != 0
-    message = f"checkpoint: {checkpoint} is a pretraining checkpoint (metadata.json extra.role='pretrain')"
+    message = f"checkpoint: {checkpoint} is {what} (metadata.json extra.role={role!r})"
     results = json.loads((out / "results.json").read_text())
     assert results["status"] == "failed" and message in results["error"] and "fine-tune it" in results["error"]
     assert not (out / "sorting").exists() and not (tmp_path / "cache").exists()
