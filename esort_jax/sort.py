@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 # File written next to a fine-tuned checkpoint with the threshold chosen on its training region.
 SORTING_DEFAULTS = "sorting_defaults.json"
 
-__all__ = ["SORTING_DEFAULTS", "SortResult", "check_recording_fits", "saved_threshold", "sort_recording"]
+__all__ = ["SORTING_DEFAULTS", "SortResult", "check_fine_tuned", "check_recording_fits", "saved_threshold", "sort_recording"]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -189,6 +189,26 @@ def saved_threshold(checkpoint: str | Path) -> float | None:
     (`SORTING_DEFAULTS` in the checkpoint folder); None when there is none."""
     path = Path(checkpoint) / SORTING_DEFAULTS
     return json.loads(path.read_text())["threshold"] if path.is_file() else None
+
+
+# Checkpoints whose output units belong to the recording they were pretrained on (metadata
+# extra.role), never to a recording one sorts: a network to fine-tune, not to sort with.
+PRETRAINED_ROLES = {"pretrain": "a pretraining checkpoint", "backbone": "a pretrained backbone"}
+
+
+def check_fine_tuned(meta: CheckpointMetadata, where: str = "checkpoint") -> None:
+    """ConfigError when `meta` describes a network pretrained on another recording (extra.role
+    'pretrain' or 'backbone'): its units are that recording's, so sorting with it would report
+    spikes of units the sorted recording does not have (and score them by id against its truth)
+    as if all were well."""
+    role = (meta.extra or {}).get("role")
+    if role in PRETRAINED_ROLES:
+        raise ConfigError(
+            f"{where} is {PRETRAINED_ROLES[role]} (metadata.json extra.role={role!r}): its {meta.num_units} "
+            "output units are those of the recording it was pretrained on, not of a recording to sort; "
+            "fine-tune it on this recording's labels first (finetune.py or sort_real.py checkpoint=...) and "
+            "sort with that run's checkpoint"
+        )
 
 
 def check_recording_fits(meta: CheckpointMetadata, recording: Recording, where: str = "checkpoint") -> None:

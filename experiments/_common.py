@@ -30,6 +30,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Iterator, TypeVar
 
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from esort_jax.config import ConfigError, from_dict
@@ -39,7 +40,7 @@ from esort_jax.runtime.log import LoggerConfig, RunLogger
 from esort_jax.runtime.host_memory import configure_host_allocator
 from esort_jax.runtime.provenance import provenance
 
-__all__ = ["Run", "RunFolderError", "prepare_process", "register_resolvers", "run_dir", "device_info", "to_container", "typed",
+__all__ = ["Run", "RunFolderError", "RunFolderGuard", "check_run_folder", "prepare_process", "register_resolvers", "run_dir", "device_info", "to_container", "typed",
            "pipeline_config", "objective", "join_processes"]
 
 
@@ -76,6 +77,19 @@ def to_container(cfg: DictConfig | dict | None) -> Any:
     if isinstance(cfg, (DictConfig,)) or OmegaConf.is_config(cfg):
         return OmegaConf.to_container(cfg, resolve=True)
     return cfg
+
+
+def _resolved(cfg: DictConfig) -> Any:
+    """to_container(cfg), an interpolation that does not resolve (`${add:...}` given a string, a
+    key that does not exist) a ConfigError naming the key: `data.seed: ${add:...} adds numbers;
+    got [0, 'abc']` (OmegaConf's own message, less its class names and traceback)."""
+    from omegaconf.errors import InterpolationResolutionError
+
+    try:
+        return to_container(cfg)
+    except InterpolationResolutionError as error:
+        message = str(error.msg).splitlines()[0].removeprefix("ConfigError raised while resolving interpolation: ")
+        raise ConfigError(f"{error.full_key}: {message}") from None
 
 
 def run_dir() -> Path:
@@ -175,6 +189,50 @@ class RunFolderError(ConfigError):
     """The run folder holds another run's results; nothing was written."""
 
 
+def check_run_folder(folder: Path, experiment: str, overwrite: bool = False) -> None:
+    """RunFolderError when `folder`'s results.json belongs to another experiment, or to a finished
+    run of this one and not `overwrite`; a failed or killed run of this one may continue."""
+    path = folder / RESULTS
+    if not path.is_file():
+        return
+    try:
+        previous = json.loads(path.read_text())
+        other, status = previous.get("experiment"), previous.get("status")
+    except (ValueError, AttributeError) as error:
+        raise RunFolderError(f"{path} exists but is not a readable results file ({error}); choose another "
+                             "run folder (hydra.run.dir=...) or remove it") from None
+    if other != experiment:
+        raise RunFolderError(f"{folder} holds the results of a {other!r} run ({RESULTS}); {experiment} "
+                             "will not overwrite them: choose another run folder (hydra.run.dir=...)")
+    if status == "ok" and not overwrite:
+        raise RunFolderError(f"{folder} holds a finished {experiment} run ({RESULTS}, status ok); choose "
+                             "another run folder (hydra.run.dir=...) or pass overwrite=true to replace it")
+
+
+class RunFolderGuard(Callback):
+    """Hydra callback (conf/common.yaml, hydra.callbacks): check_run_folder on hydra.run.dir
+    before Hydra writes into it. Hydra saves .hydra/config.yaml, hydra.yaml, overrides.yaml and
+    opens <job>.log in the run folder before the entry point starts, so a check made only in Run
+    would leave a refused run replacing another run's record of its config. The experiment is
+    Hydra's job name (the entry point's file name, which each passes to Run). Hydra turns an
+    exception raised by a callback into a warning and goes on, so a refusal exits the process
+    (status 1, the message on stderr) instead."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from hydra.core.hydra_config import HydraConfig
+
+        HydraConfig.instance().set_config(config)  # for ${hydra:...} in hydra.run.dir, as run_job does next
+        folder = OmegaConf.select(config, "hydra.run.dir", throw_on_resolution_failure=False)
+        name = OmegaConf.select(config, "hydra.job.name", throw_on_resolution_failure=False)
+        overwrite = OmegaConf.select(config, "overwrite", default=False, throw_on_resolution_failure=False)
+        if not (folder and name):
+            return
+        try:
+            check_run_folder(Path(str(folder)), str(name), bool(overwrite))
+        except RunFolderError as error:
+            raise SystemExit(f"{type(error).__name__}: {error}") from None
+
+
 class Run:
     """One experiment run: typed config access, stage timing, logger and results.json.
 
@@ -206,7 +264,7 @@ class Run:
             seed = OmegaConf.select(self.cfg, "seed", default=0, throw_on_resolution_failure=False)
             if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
                 raise ConfigError(f"seed: must be an integer >= 0; got {seed!r}")
-            self.resolved = to_container(self.cfg)
+            self.resolved = _resolved(self.cfg)
             logger_cfg = from_dict(LoggerConfig, to_container(self.cfg.get("logger")), "logger")
             if self.process["process_index"]:  # another process of a multi-process run: its own log only
                 logger_cfg = dataclasses.replace(logger_cfg, mode="disabled")
@@ -217,23 +275,9 @@ class Run:
         return self
 
     def _check_folder(self) -> None:
-        """Refuse a folder whose results.json belongs to another experiment, or to a finished run
-        of this one (unless cfg.overwrite); a failed or killed run of this one may continue."""
-        path = self.dir / RESULTS
-        if not path.is_file():
-            return
-        try:
-            previous = json.loads(path.read_text())
-            other, status = previous.get("experiment"), previous.get("status")
-        except (ValueError, AttributeError) as error:
-            raise RunFolderError(f"{path} exists but is not a readable results file ({error}); choose another "
-                                 "run folder (hydra.run.dir=...) or remove it") from None
-        if other != self.experiment:
-            raise RunFolderError(f"{self.dir} holds the results of a {other!r} run ({RESULTS}); {self.experiment} "
-                                 "will not overwrite them: choose another run folder (hydra.run.dir=...)")
-        if status == "ok" and not bool(OmegaConf.select(self.cfg, "overwrite", default=False)):
-            raise RunFolderError(f"{self.dir} holds a finished {self.experiment} run ({RESULTS}, status ok); choose "
-                                 "another run folder (hydra.run.dir=...) or pass overwrite=true to replace it")
+        """check_run_folder on this run's folder (RunFolderGuard ran it already under Hydra's
+        single-run mode, before Hydra wrote into the folder; here for the Python API and sweeps)."""
+        check_run_folder(self.dir, self.experiment, bool(OmegaConf.select(self.cfg, "overwrite", default=False)))
 
     def _log_dir(self) -> Path:
         """The run folder; process i > 0 of a multi-process run logs into process_<i>/ in it."""

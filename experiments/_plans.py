@@ -152,12 +152,24 @@ class LabelsSpec:
                 "required (a Phy/Kilosort folder or a SpikeInterface sorting folder)")
 
 
+def _require_exists(path: str | None, key: str) -> None:
+    """A path a run reads must exist when the config is read, not when its stage comes."""
+    if path:
+        require(Path(str(path)).expanduser().exists(), key, f"{path} does not exist")
+
+
 @dataclasses.dataclass(frozen=True)
 class TruthSpec:
-    """sort_real's `truth`: optional ground truth (recording folder, SpikeInterface sorting or
-    Phy folder) scored on the rest; None: the recording's own, if it has one."""
+    """sort_real's `truth`: optional ground truth scored on the rest -- anything carrying it
+    (esort_jax.io.load_ground_truth: a recording folder or MEArec file with ground truth, a
+    SpikeInterface sorting folder, a Phy folder, a .npz sorting); None: the recording's own, if
+    it has one. The path must exist when the config is read; sort_real.py reads the spikes and
+    checks they fit the recording before any training."""
 
     path: str | None = None
+
+    def validate(self, where: str = "truth") -> None:
+        _require_exists(self.path, f"{where}.path")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,6 +210,9 @@ class SortPlan:
         problem = _checkpoint_problem(self.checkpoint)
         require(problem is None, "checkpoint", str(problem))
         check_as_trained_mode(self.preprocess, "preprocess")
+        if self.span is not None:
+            require(0 <= self.span[0] < self.span[1], "span",
+                    f"must be [start_s, stop_s] with 0 <= start_s < stop_s; got [{self.span[0]:g}, {self.span[1]:g}]")
 
     @property
     def folder(self) -> Path:

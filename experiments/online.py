@@ -20,6 +20,7 @@ from esort_jax.infer import InferenceConfig
 from esort_jax.online import OnlineConfig, OnlineSorter
 from esort_jax.online.service import ServiceConfig, SortingService, stop_on_signals
 from esort_jax.postprocess import PostprocessConfig
+from esort_jax.sort import check_fine_tuned
 from experiments._common import Run, prepare_process
 
 
@@ -30,6 +31,7 @@ def main(cfg: DictConfig) -> dict:
         checkpoint = Path(str(cfg.checkpoint)).expanduser()
         if not ckpt.is_checkpoint(checkpoint):
             raise ConfigError(f"checkpoint: {checkpoint} is not a checkpoint folder (no metadata.json)")
+        check_fine_tuned(ckpt.read_metadata(checkpoint), f"checkpoint: {checkpoint}")  # not a pretrained network
         with run.stage("load model"):
             sorter = OnlineSorter.from_checkpoint(
                 checkpoint, threshold=cfg.get("threshold"), preprocess=str(cfg.preprocess),

@@ -32,7 +32,7 @@ from esort_jax.pipeline import PipelineConfig, check_unit_ids, score
 from esort_jax.postprocess import PostprocessConfig
 from esort_jax.realdata.preprocess import preprocess_as_trained
 from esort_jax.report.tables import evaluation_table
-from esort_jax.sort import SortResult, check_recording_fits, saved_threshold, sort_recording
+from esort_jax.sort import SortResult, check_fine_tuned, check_recording_fits, saved_threshold, sort_recording
 from experiments._common import Run, prepare_process
 from experiments._data import obtain_recording
 from experiments._plans import SortPlan, read_plan
@@ -57,6 +57,7 @@ def main(cfg: DictConfig) -> dict:
                                 evaluation=run.typed(EvaluationConfig, "evaluation"))
         plan = read_plan(SortPlan, cfg)  # checkpoint, threshold, span, preprocess
         checkpoint = plan.folder
+        check_fine_tuned(ckpt.read_metadata(checkpoint), f"checkpoint: {checkpoint}")  # not a pretrained network
         threshold = plan.threshold if plan.threshold is not None else saved_threshold(checkpoint)
         with run.stage("load model"):  # verified (checksums, finite) before any other work
             model, meta = ckpt.load_model(checkpoint)

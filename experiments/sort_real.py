@@ -4,7 +4,8 @@
     python experiments/sort_real.py recording.path=<spikeglx run folder> labels.path=... train_seconds=300 init=scratch
 
 Stages: open the recording (any SpikeInterface-readable format) and preprocess it lazily →
-read the labels (Phy/Kilosort folder or SpikeInterface sorting) and check they fit → keep the
+read the labels (Phy/Kilosort folder or SpikeInterface sorting) and the ground truth if given
+(`truth.path`: anything carrying it, MEArec files included) and check they fit → keep the
 units passing the quality filter on [0, train_seconds) → a pretrained backbone (`checkpoint`,
 or one pretrained on a source synthesised on the recording's own probe, through the cache) →
 fine-tune on those labels, choose the threshold on the training span's tail, sort the whole
@@ -25,12 +26,16 @@ import hydra
 from omegaconf import DictConfig
 
 from esort_jax.backbones import pick_backbone
-from esort_jax.io.loader import RecordingSource
+from esort_jax.config import ConfigError
+from esort_jax.io.folder import RecordingFormatError
+from esort_jax.io.loader import RecordingSource, load_ground_truth
 from esort_jax.io.phy import PhyExportConfig
-from esort_jax.realdata.labeller import check_labels_fit, load_labels
+from esort_jax.realdata.labeller import check_labels_fit, labels_from_sorting, load_labels
 from esort_jax.realdata.preprocess import PreprocessConfig, preprocessed_recording
 from esort_jax.realdata.workflow import esort_from_labels, write_outputs
+from esort_jax.recording import Sorting
 from esort_jax.report.tables import labelled_sort_footer, labelled_sort_header, labelled_sort_table
+from esort_jax.windows import LabelError
 from experiments._common import Run, prepare_process
 from experiments._plans import SortRealPlan, read_plan
 from experiments._report import log_scalars, show
@@ -42,6 +47,21 @@ def _recording_entry(spec: RecordingSource, recording) -> dict:
     return {"path": str(Path(str(spec.path)).expanduser().resolve()), "format": spec.format,
             "num_channels": recording.num_channels, "sampling_frequency": recording.sampling_frequency,
             "duration_s": recording.duration_s, "preprocess": recording.metadata.get("preprocess", [])}
+
+
+def _read_truth(path: str, recording, allow_pickle: bool) -> Sorting:
+    """The ground truth at `truth.path` (anything esort_jax.io.load_ground_truth reads: a recording
+    folder or MEArec file with ground truth, a SpikeInterface sorting, a Phy folder, a .npz
+    sorting), checked against the recording (sampling rate, spike times); read before any
+    training so a truth that does not load or fit stops the run at once. ConfigError naming
+    `truth.path` otherwise."""
+    folder = Path(path).expanduser()
+    try:
+        truth = load_ground_truth(folder, allow_pickle=allow_pickle)
+        check_labels_fit(labels_from_sorting(truth, path=folder), recording)
+    except (RecordingFormatError, LabelError) as error:  # UnsafeFileError is a RecordingFormatError
+        raise ConfigError(f"truth.path: {error}") from error
+    return truth
 
 
 @hydra.main(version_base=None, config_path="../conf", config_name="sort_real")
@@ -64,6 +84,7 @@ def main(cfg: DictConfig) -> dict:
             labels = load_labels(Path(plan.labels.path).expanduser(), duration_s=recording.duration_s,
                                  sorter_seconds=plan.labels.sorter_seconds, allow_pickle=spec.allow_pickle)
             check_labels_fit(labels, recording)
+            truth = _read_truth(plan.truth.path, recording, spec.allow_pickle) if plan.truth.path else own_truth
         run.results["labels"] = labels.summary()
 
         checkpoint = plan.checkpoint
@@ -89,8 +110,6 @@ def main(cfg: DictConfig) -> dict:
             outputs = write_outputs(result, run.dir, phy=phy, overwrite=True, seed=seed)
         run.results.update(train_seconds=plan.train_seconds, **result.summary(tolerance_ms), outputs=outputs)
 
-        truth = (load_labels(Path(plan.truth.path).expanduser(), allow_pickle=spec.allow_pickle).sorting
-                 if plan.truth.path else own_truth)
         if truth is not None:
             run.results["ground_truth"] = {"path": plan.truth.path or "the recording's own",
                                            **result.truth_scores(truth, tolerance_ms)}

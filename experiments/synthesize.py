@@ -36,6 +36,8 @@ def main(cfg: DictConfig) -> dict:
                 dtype=str(cfg.dtype),
                 gain_to_uv=float(cfg.gain_to_uv),
                 progress=True,
+                # Run checked the folder: a failed run of this entry point, or overwrite=true
+                overwrite=True,
             )
         summary = recording_summary(recording, truth)
         run.results.update(summary=summary, recording_path=str(folder))

@@ -94,3 +94,61 @@ def test_sort_real_end_to_end(tmp_path):
     assert "params.py: sample_rate is 30000 Hz but the recording is sampled at 32000 Hz" in bad.stderr
     failed = json.loads((tmp_path / "bad" / "results.json").read_text())
     assert failed["status"] == "failed" and "sample_rate" in failed["error"] and "pretrain" not in failed
+
+
+# ----------------------------------------------------------------------------------------------
+# truth.path: anything carrying ground truth, checked before any training (issue 14 item 8)
+
+
+def _labelled_recording(tmp_path):
+    """A tiny recording as a SpikeInterface folder and as a MEArec file (with its ground truth),
+    and that truth as a .npz sorting (the labels)."""
+    from esort_jax.io import write_mearec
+    from esort_jax.io.folder import write_sorting_npz
+
+    recording, truth = tiny_recording(num_channels=8, num_units=3, duration_s=3.0, amplitude=10.0, seed=5)
+    to_spikeinterface_recording(recording).save(folder=tmp_path / "rec_si", **JOB)
+    write_mearec(tmp_path / "rec.h5", recording, truth)
+    write_sorting_npz(tmp_path / "labels.npz", truth)
+    return ["model=small", "train=tiny", "logger=disabled", "init=scratch", "export.phy.enabled=false",
+            "train_seconds=1.5", f"cache_dir={tmp_path / 'cache'}", f"recording.path={tmp_path / 'rec_si'}",
+            f"labels.path={tmp_path / 'labels.npz'}"]
+
+
+def test_truth_from_a_mearec_file_is_accepted_and_scored(tmp_path):
+    common = _labelled_recording(tmp_path)
+    result = _run(*common, f"truth.path={tmp_path / 'rec.h5'}", f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["status"] == "ok"
+    scores = results["ground_truth"]
+    assert scores["path"] == str(tmp_path / "rec.h5")
+    assert scores["labeller_all_units"]["accuracy_pooled"] == 1.0  # the labels are the file's truth
+    assert scores["esort"]["n_units"] == 3 and scores["unit_snr"]["unit_ids"] == [0, 1, 2]
+
+
+def test_truth_that_is_missing_or_does_not_fit_is_refused_before_any_training(tmp_path):
+    """A missing truth.path is refused as the config is read; a truth that does not load, or that
+    does not fit the recording, as the labels are read: before pretraining (init=transfer here)
+    or fine-tuning, so neither train/ nor any cache entry exists."""
+    common = [o for o in _labelled_recording(tmp_path) if o != "init=scratch"]
+    from esort_jax import GroundTruth
+    from esort_jax.io.folder import write_sorting_npz
+
+    write_sorting_npz(tmp_path / "truth_30k.npz", GroundTruth(samples=[10, 20], unit_indices=[0, 1], unit_ids=[0, 1],
+                                                              sampling_frequency=30000.0))
+    (tmp_path / "notes.txt").write_text("not a sorting\n")
+    cases = {
+        "missing": (tmp_path / "nope.h5", f"truth.path: {tmp_path / 'nope.h5'} does not exist"),
+        "rate": (tmp_path / "truth_30k.npz", "sampling_frequency is 30000 Hz but the recording is sampled at 32000 Hz"),
+        "text": (tmp_path / "notes.txt", f"truth.path: ground truth: {tmp_path / 'notes.txt'}: not a recognised recording"),
+    }
+    for name, (path, message) in cases.items():
+        run = tmp_path / name
+        result = _run(*common, f"truth.path={path}", f"hydra.run.dir={run}")
+        assert result.returncode != 0
+        assert message in result.stderr, (name, result.stderr[-2000:])
+        failed = json.loads((run / "results.json").read_text())
+        assert failed["status"] == "failed" and message in failed["error"] and "pretrain" not in failed
+        assert not (run / "train").exists() and not (run / "checkpoint").exists()
+    assert not (tmp_path / "cache").exists()

@@ -147,6 +147,38 @@ def test_a_pickled_description_is_refused_unless_allowed(tmp_path):
     assert not marker.exists()
 
 
+def _as_pickled_folder(folder: Path) -> Path:
+    """A folder SpikeInterface saved, described by a pickle (cached.pkl) instead of its JSON, as
+    SpikeInterface <= 0.94 wrote extractors that were not JSON-serialisable."""
+    import spikeinterface
+
+    extractor = spikeinterface.load(folder)
+    extractor.dump_to_pickle(folder / "cached.pkl", relative_to=folder)
+    for name in ("si_folder.json", "provenance.json", "provenance.pkl"):
+        (folder / name).unlink(missing_ok=True)
+    return folder
+
+
+def test_a_trusted_pickled_description_loads_with_allow_pickle(tmp_path):
+    """allow_pickle=True is an opt-in that works: a genuine pickled SpikeInterface folder loads
+    (recording, sorting, and the pair as ground truth); without it each is refused by name."""
+    recording_folder = _as_pickled_folder(_saved_recording(tmp_path / "pair" / "recording"))
+    sorting_folder = _as_pickled_folder(_saved_sorting(tmp_path / "pair" / "sorting"))
+    for load in (load_recording, open_spikeinterface_recording, load_ground_truth):
+        with pytest.raises(UnsafeFileError, match=r"cached\.pkl: this SpikeInterface folder is described by a pickle"):
+            load(recording_folder if load is not load_ground_truth else sorting_folder)
+    loaded, _ = load_recording(recording_folder, allow_pickle=True)
+    np.testing.assert_array_equal(loaded.read(), _recording().read())
+    si_recording, _ = open_spikeinterface_recording(recording_folder, allow_pickle=True)
+    assert si_recording.get_num_channels() == 3
+    truth = load_ground_truth(sorting_folder, allow_pickle=True)
+    assert truth.unit_ids.tolist() == [4, 5] and truth.samples.tolist() == [10, 20, 30]
+    paired, sorting = load_recording(tmp_path / "pair", allow_pickle=True)
+    assert paired.num_channels == 3 and sorting.samples.tolist() == [10, 20, 30]
+    with pytest.raises(UnsafeFileError, match="cached.pkl"):
+        load_recording(tmp_path / "pair")
+
+
 def test_a_description_naming_any_callable_is_refused(tmp_path):
     marker = tmp_path / "RAN"
     folder = tmp_path / "evil"

@@ -371,8 +371,14 @@ def read_sorting_npz(path: str | os.PathLike) -> Sorting | GroundTruth:
             f"dtype {samples.dtype}" + (f", min {samples.min()}" if samples.size and samples.dtype.kind in "iuf" else "")
         )
     try:
+        fs = float(data["sampling_frequency"])
+    except (TypeError, ValueError) as error:
+        raise RecordingFormatError(f"{path}: 'sampling_frequency' must be a number; {error}") from error
+    if not (np.isfinite(fs) and fs > 0):
+        raise RecordingFormatError(f"{path}: 'sampling_frequency' must be a number > 0 (Hz); got {fs:g}")
+    try:
         common = dict(samples=samples, unit_indices=data["unit_indices"], unit_ids=data["unit_ids"],
-                      sampling_frequency=float(data["sampling_frequency"]))
+                      sampling_frequency=fs)
         if not bool(data.get("is_ground_truth", False)):
             return Sorting(**common)
         drift = None
