@@ -280,7 +280,7 @@ def main() -> None:
     if args.table:
         rows = [json.loads(line) for line in Path(args.table).read_text().splitlines() if line.strip()]
         for kind in ("static", "drifting"):
-            print(f"\\n{kind}\\n{summary_table(rows, kind)}\\n\\n{cause_table(rows, kind)}")
+            print(f"\n{kind}\n{summary_table(rows, kind)}\n\n{cause_table(rows, kind)}")
         return
     from esort_jax.runtime.host_memory import configure_host_allocator
 
@@ -294,7 +294,7 @@ def main() -> None:
             for row in recording_rows(seed, kind, recordings[kind], truth, args, Path(args.work), done):
                 row["drift"] = drift if kind == "drifting" else None
                 with out.open("a") as handle:
-                    handle.write(json.dumps(row, default=float) + "\\n")
+                    handle.write(json.dumps(row, default=float) + "\n")
 
 
 if __name__ == "__main__":
