@@ -50,8 +50,13 @@ def tiny_recording(
 @pytest.fixture(autouse=True, scope="module")
 def fast_compile():
     """Tiny shapes: XLA compile time dominates, so compile without most optimisations here
-    (imported by the train / checkpoint / transfer test modules; restored afterwards)."""
+    (imported by the train / checkpoint / transfer test modules; restored afterwards). The flag
+    is not part of jit's cache key, so executables compiled under the other setting by earlier
+    modules are dropped first (else two paths the tests compare bit for bit, one compiled here
+    and one reused, could round differently), and this module's are dropped afterwards."""
     previous = jax.config.read("jax_disable_most_optimizations")
+    jax.clear_caches()
     jax.config.update("jax_disable_most_optimizations", True)
     yield
     jax.config.update("jax_disable_most_optimizations", previous)
+    jax.clear_caches()

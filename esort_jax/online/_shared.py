@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from esort_jax import infer as _infer
+from esort_jax.fast import conv as _conv
 from esort_jax.checkpoint import CheckpointError, CheckpointMetadata, load_model
 from esort_jax.infer import InferenceConfig, InferenceParams, fold_batchnorm, predict_probabilities
 from esort_jax.postprocess import PostprocessConfig, smooth, smooth_valid
@@ -37,11 +37,11 @@ def resolve_kernel(params: InferenceParams, config: InferenceConfig) -> Inferenc
 
 def kernel_arrays(params: InferenceParams, config: InferenceConfig) -> dict:
     """The folded parameters laid out for the block kernels (computed once, not per call)."""
-    return _infer._kernel_arrays(params, config.segment, jnp.dtype(config.compute_dtype))
+    return _conv._kernel_arrays(params, config.segment, jnp.dtype(config.compute_dtype))
 
 
 def block_logits(arrays: dict, rows_RxC: jax.Array, *, window: int, config: InferenceConfig) -> jax.Array:
-    """Logits [S, N] of the S = R - W + 1 windows of rows [R, C]: `infer.conv_logits` with the
+    """Logits [S, N] of the S = R - W + 1 windows of rows [R, C]: `fast.conv.conv_logits` with the
     kernel arrays prepared beforehand. S <= config.block_steps is one block of S steps; larger S
     must be a multiple of block_steps (blocks of the offline shape, mapped in order)."""
     steps = rows_RxC.shape[0] - window + 1
@@ -52,8 +52,8 @@ def block_logits(arrays: dict, rows_RxC: jax.Array, *, window: int, config: Infe
 
     def one_block(rows):
         if config.kernel == "native":
-            return _infer._native_block_logits(arrays, rows)
-        return _infer._block_logits(arrays, rows, block, config.segment, dt)
+            return _conv._native_block_logits(arrays, rows)
+        return _conv._block_logits(arrays, rows, block, config.segment, dt)
 
     if steps == block:
         return one_block(rows_RxC)

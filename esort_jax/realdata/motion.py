@@ -46,8 +46,10 @@ __all__ = ["MOTION_PRESETS", "MotionConfig", "correct_motion", "motion_summary",
 
 MOTION_PRESETS = ("dredge_fast", "rigid_fast", "dredge", "nonrigid_accurate", "nonrigid_fast_and_accurate",
                   "kilosort_like", "medicine")
-# What a preset needs beyond the core stack.
-_PRESET_MODULES = {"medicine": ("medicine",)}
+# What a preset needs beyond the core stack (SpikeInterface 0.105.3: the dredge_ap estimator of
+# dredge, dredge_fast and rigid_fast imports torch, which only the optional baselines stack has).
+_PRESET_MODULES = {"medicine": ("medicine",), "dredge": ("torch",), "dredge_fast": ("torch",),
+                   "rigid_fast": ("torch",)}
 # SpikeInterface 0.105.3's 'dredge' preset sets estimate_motion_kwargs batching_mode='offline',
 # which dredge_ap refuses (it knows 'full' and 'online'); 'full' is what the preset means.
 _PRESET_FIXES = {"dredge": {"estimate_motion_kwargs": {"batching_mode": "full"}}}
@@ -88,9 +90,15 @@ class MotionConfig:
         require(self.enabled in (True, False, "auto"), f"{where}.enabled",
                 f"must be true, false or 'auto'; got {self.enabled!r}")
         require(self.min_duration_s >= 0, f"{where}.min_duration_s", f"must be >= 0; got {self.min_duration_s}")
-        missing = [m for m in _PRESET_MODULES.get(self.preset, ()) if importlib.util.find_spec(m) is None]
-        require(not (self.enabled is not False and missing), f"{where}.preset",
-                f"{self.preset!r} needs the Python module(s) {', '.join(missing)}, not installed here")
+        missing = self.missing_modules()
+        require(not (self.enabled is True and missing), f"{where}.preset",
+                f"{self.preset!r} needs the Python module(s) {', '.join(missing)}, not installed here "
+                "(pip install them, or choose a preset without them: nonrigid_fast_and_accurate, "
+                "nonrigid_accurate or kilosort_like need none)")
+
+    def missing_modules(self) -> list[str]:
+        """The modules `preset` needs that are not installed here."""
+        return [m for m in _PRESET_MODULES.get(self.preset, ()) if importlib.util.find_spec(m) is None]
 
     def online_problems(self) -> list[str]:
         """Why this step cannot run on a stream (empty when it can)."""
@@ -108,6 +116,10 @@ class MotionConfig:
             return False, f"auto: off, the recording lasts {duration:.4g} s < min_duration_s {self.min_duration_s:g}"
         if not si_recording.has_probe() or np.unique(si_recording.get_channel_locations()[:, 1]).size < 2:
             return False, "auto: off, the channels lie at fewer than two depths (or have no positions)"
+        missing = self.missing_modules()
+        if missing:
+            return False, (f"auto: off, preset {self.preset!r} needs {', '.join(missing)}, not installed here "
+                           "(install it, or set preset to nonrigid_fast_and_accurate, which needs nothing more)")
         return True, f"auto: on ({duration:.4g} s >= min_duration_s {self.min_duration_s:g})"
 
 
