@@ -148,6 +148,7 @@ def test_pretrain_then_finetune_entry_points(tmp_path):
     assert missing.returncode != 0 and "checkpoint:" in missing.stderr
 
 
+@pytest.mark.slow  # ~30 s: the sorting benchmark end to end (make test-slow)
 def test_benchmark_writes_flat_keys(tmp_path):
     result = _run("benchmark.py", "data.duration_s=2", "data.probe.n_channels=16", "data.units.n_units=4",
                   "model=small", "train_epochs=1", "train_k=2", "rss_durations=[0.5,1]", "repeats=1", "max_wait_s=0", "naive_seconds=0.1",
