@@ -20,8 +20,10 @@ def test_settings_are_checked_and_named():
     with pytest.raises(ConfigError, match=r"'medicine' needs the Python module\(s\) medicine"):
         MotionConfig(enabled=True, preset="medicine").validate()
     assert set(MOTION_PRESETS) >= {"rigid_fast", "dredge", "nonrigid_accurate"}
-    config = from_dict(PreprocessConfig, {"motion": {"enabled": True, "preset": "dredge"}}, where="preprocess")
-    assert describe(config) == ["bandpass_filter 300-6000 Hz", "common_reference global median", "correct_motion dredge"]
+    # (presets without torch here: dredge, dredge_fast and rigid_fast need it, test_a_preset_needing_torch...)
+    config = from_dict(PreprocessConfig, {"motion": {"enabled": True, "preset": "nonrigid_accurate"}}, where="preprocess")
+    assert describe(config) == ["bandpass_filter 300-6000 Hz", "common_reference global median",
+                                "correct_motion nonrigid_accurate"]
 
 
 def test_online_compatibility_is_stated_and_enforced():
@@ -47,7 +49,7 @@ def test_auto_corrects_long_recordings_with_depth_only():
     recording = preprocessed_recording(short, config)
     assert recording.metadata["motion"]["applied"] is False and "correct_motion" not in " ".join(
         recording.metadata["preprocess"])
-    assert MotionConfig(enabled="auto", min_duration_s=1.0).applies_to(short)[0]
+    assert MotionConfig(enabled="auto", min_duration_s=1.0, preset="nonrigid_fast_and_accurate").applies_to(short)[0]
     flat = generate_recording(num_channels=4, durations=[2.0], sampling_frequency=32000.0, set_probe=False)
     assert MotionConfig(enabled="auto", min_duration_s=1.0).applies_to(flat) == (
         False, "auto: off, the channels lie at fewer than two depths (or have no positions)")
@@ -62,7 +64,7 @@ def test_motion_correction_needs_channel_positions():
     recording = NumpyRecording([np.zeros((32000, 4), dtype="float32")], sampling_frequency=32000.0)
     with pytest.raises(ConfigError, match=r"^preprocess\.motion\.enabled: motion correction needs channel positions"):
         preprocess(recording, PreprocessConfig(bandpass=False, common_reference="none",
-                                               motion=MotionConfig(enabled=True)))
+                                               motion=MotionConfig(enabled=True, preset="nonrigid_accurate")))
 
 
 def test_a_preset_needing_torch_is_refused_up_front_or_left_off_by_auto(monkeypatch):

@@ -206,9 +206,10 @@ def test_partial_stage_dicts_keep_the_other_defaults_and_devices_are_checked(tmp
     with pytest.raises(ConfigError, match="^labeller: unknown sorter 'ks5'"):
         SorterJob.from_params({**default_params(), "labeller": "ks5"})
     job = SorterJob.from_params({**default_params(), "labels": str(tmp_path), "train": {"epochs": 3},
-                                 "preprocess": {"motion": {"enabled": True}}})
-    preprocess = job.stages["preprocess"]
-    assert preprocess.motion.enabled is True and preprocess.motion.preset == "dredge_fast" and preprocess.bandpass
+                                 "preprocess": {"motion": {"enabled": True, "preset": "nonrigid_accurate"}}})
+    preprocess = job.stages["preprocess"]  # (the default preset, dredge_fast, needs torch: not in the core stack)
+    assert preprocess.motion.enabled is True and preprocess.motion.preset == "nonrigid_accurate" and preprocess.bandpass
+    assert preprocess.motion.min_duration_s == 120.0  # the other motion defaults kept
     assert job.stages["train"].epochs == 3 and not job.stages["train"].progress  # the sorter's CPU default kept
     assert job.train_seconds_for(100.0) == 50.0 and job.train_seconds_for(3600.0) == 300.0
     with pytest.raises(ConfigError, match="^device: must be one of"):
