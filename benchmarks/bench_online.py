@@ -2,7 +2,7 @@
 channel count and block duration; latency, compute time, keeping up, equality with the offline sort.
 
     .venv/bin/python benchmarks/bench_online.py --out runs/bench_online            # full: 64 + 384 ch (~35 min)
-    .venv/bin/python benchmarks/bench_online.py --out /tmp/b --channels 64 --block-ms 1 --duration-s 10
+    .venv/bin/python benchmarks/bench_online.py --out bench_online_out --channels 64 --block-ms 1 --duration-s 10
 
 Per channel count: a synthesised Neuropixels recording (NP1 sites; 64 channels: a block of the
 shank at the default density, 384: 100 units), cached; the paper network trained briefly from

@@ -1,7 +1,7 @@
 """Is E-Sort never worse than its labeller? Each candidate cause measured on its own (issue 17,
 item 0; the tables of docs/claims.md).
 
-    python benchmarks/never_worse.py --work /tmp/nw --out nw.jsonl             # the measurement
+    python benchmarks/never_worse.py --work never_worse_work --out nw.jsonl             # the measurement
     python benchmarks/never_worse.py --seeds 0 --kinds drifting --arms before fixed --out quick.jsonl
     python benchmarks/never_worse.py --table nw.jsonl                           # tables only
 
