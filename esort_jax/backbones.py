@@ -303,9 +303,13 @@ def write_transfer_checkpoint(arrays: dict, backbone: Backbone, positions: np.nd
         extra={"role": "backbone", "backbone": backbone.name, "version": backbone.manifest["version"],
                "sha256": backbone.manifest["sha256"]},
     )
+    # the checksums save_checkpoint records, so loading verifies this folder as any other
+    checksums: dict = {"arrays": {name: ckpt.array_checksum(a) for name, a in
+                                  ckpt.flatten_tree({"model": tree}).items()}}
     with atomic_folder(folder, overwrite=True) as tmp:
-        ocp.PyTreeCheckpointer().save(tmp / "state", {"model": tree})
-        write_json(tmp / "metadata.json", {**metadata.to_json(), "provenance": provenance()})
+        ocp.PyTreeCheckpointer().save((tmp / "state").resolve(), {"model": tree})
+        checksums["files"] = ckpt._file_checksums(tmp / "state")
+        write_json(tmp / "metadata.json", {**metadata.to_json(), "checksums": checksums, "provenance": provenance()})
     return folder
 
 

@@ -73,6 +73,8 @@ def test_a_probe_block_gets_its_sites_spatial_weights(tmp_path):
     pick = pick_backbone(target, TINY_MODEL, sampling_frequency=30000.0, dirs=[tmp_path / "b"])
     assert pick.spatial and pick.matched_channels == 4 and "spatial weights of the 4 matching sites" in pick.message
     assert "built at 32000 Hz, the recording is at 30000 Hz" in pick.message
+    recorded = ckpt.read_metadata(pick.checkpoint).checksums  # verified on load like any checkpoint
+    assert recorded["arrays"] and recorded["files"] and ckpt.checkpoint_problem(pick.checkpoint) is None
     model, report = finetune_model(4, 2, TINY_MODEL, TransferConfig(checkpoint=str(pick.checkpoint)), seed=0)
     assert {"backbone.temporal1.dense", "backbone.spatial.dense", "backbone.spatial.norm"} <= set(report.transferred)
     assert "head" in report.reinitialised
