@@ -21,7 +21,6 @@ is deleted afterwards.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import importlib.util
 import json
@@ -29,7 +28,7 @@ import shutil
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Iterator, Literal, Mapping
+from typing import Any, Literal, Mapping
 
 import numpy as np
 
@@ -37,6 +36,7 @@ from esort_jax.config import ConfigError, require
 from esort_jax.evaluate import EvaluationResult, evaluate, scored_span
 from esort_jax.model import ModelConfig
 from esort_jax.recording import Recording, Sorting
+from esort_jax.runtime.spikeinterface_jobs import spikeinterface_jobs
 from esort_jax.windows import WindowConfig, split_spans
 
 __all__ = [
@@ -266,19 +266,6 @@ class BaselineResult:
         return int(np.count_nonzero(self.sorting.spike_counts()))
 
 
-@contextlib.contextmanager
-def _global_job_kwargs(**kwargs) -> Iterator[None]:
-    """SpikeInterface's global job kwargs set for the block, restored afterwards."""
-    from spikeinterface.core import get_global_job_kwargs, set_global_job_kwargs
-
-    saved = dict(get_global_job_kwargs())
-    set_global_job_kwargs(**kwargs)
-    try:
-        yield
-    finally:
-        set_global_job_kwargs(**saved)
-
-
 def _serialisable(si_recording) -> bool:
     return bool(si_recording.check_serializability("json") or si_recording.check_serializability("pickle"))
 
@@ -344,7 +331,7 @@ def _run_sorter(name, version, si_recording, sorter_folder: Path, params: dict, 
 
     start, stop = span
     # Threads, not forked processes: the caller may already run JAX (forking it is unsafe).
-    with _global_job_kwargs(n_jobs=n_jobs, pool_engine="thread", progress_bar=False):
+    with spikeinterface_jobs(n_jobs=n_jobs, pool_engine="thread", progress_bar=False):
         started = time.perf_counter()
         try:
             si_sorting = run_sorter(

@@ -31,16 +31,16 @@ refuses it for online sorting.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import importlib.util
 import json
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 import numpy as np
 
 from esort_jax.config import ConfigError, require
+from esort_jax.runtime.spikeinterface_jobs import spikeinterface_jobs
 
 __all__ = ["MOTION_PRESETS", "MotionConfig", "correct_motion", "motion_summary", "plot_motion", "spikeinterface_jobs"]
 
@@ -149,20 +149,6 @@ def correct_motion(si_recording: Any, config: MotionConfig, *, folder: str | Pat
         _save(info, summary, si_recording, Path(folder))
         summary["folder"] = str(Path(folder))
     return corrected, summary
-
-
-@contextlib.contextmanager
-def spikeinterface_jobs(**job_kwargs) -> Iterator[None]:
-    """SpikeInterface's global job settings (n_jobs, pool_engine, progress_bar, ...) for the
-    block, restored afterwards."""
-    from spikeinterface.core import get_global_job_kwargs, set_global_job_kwargs
-
-    saved = dict(get_global_job_kwargs())
-    set_global_job_kwargs(**job_kwargs)
-    try:
-        yield
-    finally:
-        set_global_job_kwargs(**saved)
 
 
 def motion_summary(motion: Any, info: dict, config: MotionConfig) -> dict:

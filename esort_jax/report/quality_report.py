@@ -47,7 +47,7 @@ def build_analyzer(si_sorting: Any, si_recording: Any, folder: str | Path, *, n_
     of ANALYZER_EXTENSIONS and the quality metrics of QUALITY_METRICS computed."""
     import spikeinterface as si
 
-    from esort_jax.realdata.motion import spikeinterface_jobs
+    from esort_jax.runtime.spikeinterface_jobs import spikeinterface_jobs
 
     with spikeinterface_jobs(n_jobs=n_jobs, pool_engine="thread", progress_bar=progress_bar):
         analyzer = si.create_sorting_analyzer(si_sorting, si_recording, format="binary_folder", folder=folder,
