@@ -21,8 +21,10 @@ Figures (one row per (channels, block duration) under `runs` in DIR/results.json
   late_fraction  blocks whose spikes were published after the next block was due;
   spikes_equal_offline, n_spikes, accuracy_online / accuracy_offline (pooled, 0.4 ms, against
                  the ground truth).
-`breakdown` (in-process, no sockets): per block duration, the device call (network + smoothing)
-and the host work (peak picking, bookkeeping) of one push, p50. `machine`: cores, CPU model,
+`breakdown` (one process, no sockets, the service's CPU settings from esort_jax.online.cpu):
+per block duration, one push (p50, p99), its device calls (network + smoothing) and the host
+work (peak picking, bookkeeping); `breakdown_default_cpu`: the same with JAX's default CPU
+settings, measured in the same run (the reference for what those settings change). `machine`: cores, CPU model,
 JAX backend, load averages, the fp32 matmul peak measured at the start.
 """
 
@@ -121,10 +123,25 @@ def offline_reference(checkpoint: Path, recording, span) -> dict:
             "threshold": loaded.threshold}
 
 
-def breakdown(checkpoint: Path, recording, blocks_ms, seconds: float = 2.0) -> list[dict]:
-    """Per block duration, in-process: one push's device call and host work (p50 ms)."""
+def breakdown(checkpoint: Path, folder: Path, blocks_ms, streaming_cpu: bool) -> list[dict]:
+    """`breakdown_here` in a fresh process, with the service's CPU settings
+    (esort_jax.online.cpu) or JAX's defaults (they apply only before JAX starts)."""
+    command = [sys.executable, str(Path(__file__).resolve()), "--breakdown", str(checkpoint), str(folder),
+               "--block-ms", *map(str, blocks_ms)] + ([] if streaming_cpu else ["--default-cpu"])
+    done = subprocess.run(command, capture_output=True, text=True, timeout=1800,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    if done.returncode:
+        raise RuntimeError(f"breakdown failed: {done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def breakdown_here(checkpoint: Path, folder: Path, blocks_ms, seconds: float = 2.0) -> list[dict]:
+    """Per block duration, in this process: one push (p50, p99), its device call (network +
+    smoothing) and the host work (peak picking, bookkeeping), ms."""
+    from esort_jax.io import read_recording_folder
     from esort_jax.online import OnlineSorter
 
+    recording = read_recording_folder(folder)[0]
     sorter = OnlineSorter.from_checkpoint(checkpoint)
     sorter.warm_up()
     fs, rows = recording.sampling_frequency, []
@@ -134,14 +151,18 @@ def breakdown(checkpoint: Path, recording, blocks_ms, seconds: float = 2.0) -> l
         sorter.reset()
         sorter.push(x[:sorter.params.window])
         pushes = [_timed(sorter.push, x[a:a + size]) for a in range(sorter.params.window, len(x) - size, size)]
-        piece = sorter.compute.plan(size)[0][0]
-        rows_in = np.zeros((piece + sorter.params.window - 1, sorter.num_channels), np.float32)
-        tail = sorter.compute.zero_tail()
-        device = [_timed(lambda: np.asarray(sorter.compute.run(rows_in, size, tail)[0])) for _ in range(len(pushes))]
+        plan = sorter.compute.plan(size)
+        device = []
+        for _ in range(len(pushes)):
+            started = time.perf_counter()
+            for piece, valid in plan:
+                rows_in = np.zeros((piece + sorter.params.window - 1, sorter.num_channels), np.float32)
+                np.asarray(sorter.compute.run(rows_in, valid, sorter.compute.zero_tail())[0])
+            device.append(1e3 * (time.perf_counter() - started))
         push_ms, device_ms = float(np.median(pushes)), float(np.median(device))
-        rows.append({"block_ms": block_ms, "block_samples": size, "compiled_block_steps": piece,
-                     "push_ms_p50": round(push_ms, 3), "device_ms_p50": round(device_ms, 3),
-                     "host_ms_p50": round(max(push_ms - device_ms, 0.0), 3)})
+        rows.append({"block_ms": block_ms, "block_samples": size, "compiled_block_steps": [p for p, _ in plan],
+                     "push_ms_p50": round(push_ms, 3), "push_ms_p99": round(float(np.percentile(pushes, 99)), 3),
+                     "device_ms_p50": round(device_ms, 3), "host_ms_p50": round(max(push_ms - device_ms, 0.0), 3)})
     return rows
 
 
@@ -149,6 +170,17 @@ def _timed(fn, *args) -> float:
     started = time.perf_counter()
     fn(*args)
     return 1e3 * (time.perf_counter() - started)
+
+
+def _pinned_cores(pin: bool):
+    """(service cores, replay + subscriber cores): with --pin the last core this process may use
+    for the service, the others for the rest; without, (None, None): the OS schedules all."""
+    if not pin:
+        return None, None
+    allowed = sorted(os.sched_getaffinity(0))
+    if len(allowed) < 2:
+        raise SystemExit("--pin needs at least 2 cores")
+    return allowed[-1:], allowed[:-1]
 
 
 def serve_and_replay(checkpoint: Path, data_folder: Path, block_ms: float, args, run_dir: Path) -> dict:
@@ -168,15 +200,21 @@ def serve_and_replay(checkpoint: Path, data_folder: Path, block_ms: float, args,
             f"replay.block_ms={block_ms}", f"replay.start_s={args.train_s}", f"replay.duration_s={args.duration_s}",
             "replay.preload=true", "replay.send_timeout_ms=600000", "replay.confirm_timeout_s=1800",  # a service
             "wait_for_service_s=900", f"hydra.run.dir={run_dir}/replay", *ends]  # far behind still gets every block
-    processes = []
+    service_cores, other_cores = _pinned_cores(args.pin)
+    if service_cores:
+        serve.append(f"streaming_cpu.cores=[{','.join(map(str, service_cores))}]")
+    processes, previous = [], os.sched_getaffinity(0)
     try:
         for name, command in (("service", serve), ("replay", feed)):
+            if name == "replay" and other_cores:  # the replay (inherits it) and this subscriber
+                os.sched_setaffinity(0, other_cores)
             with open(run_dir.parent / f"{run_dir.name}.{name}.log", "w") as log:
                 processes.append(subprocess.Popen([sys.executable, *command], cwd=REPO, stdout=log,
                                                   stderr=subprocess.STDOUT))
         service, replay = processes
         return _collect(sub, service, replay, run_dir / "replay", deadline=time.monotonic() + args.duration_s + 1800)
     finally:
+        os.sched_setaffinity(0, previous)
         for process in reversed(processes):
             if process.poll() is None:
                 process.kill()
@@ -201,6 +239,8 @@ def _collect(sub, service, replay, replay_dir: Path, deadline: float, stall_s: f
                 events.append(protocol.unpack_event(frames))
                 if events[-1]["event"] == "stopped":
                     break
+        if service.poll() is not None and not interrupted:
+            raise RuntimeError(f"the service exited (code {service.returncode}) before it was stopped; see its log")
         if sent is None and replay.poll() is not None:
             if replay.returncode != 0:
                 raise RuntimeError(f"replay failed (exit {replay.returncode}); see its log")
@@ -222,6 +262,13 @@ def summarise(collected: dict, reference: dict, truth, span, block_ms: float, fs
     t0 = live[0][0].stream_t0
     compute = np.array([1e3 * h.compute_s for h, _ in live])
     latency = np.concatenate([1e3 * (h.publish_time - (t0 + r["sample"] / fs)) for h, r in live])
+    # per spike, the part after its push's last block was sent (queue, sort, publish) ...
+    after_send = np.concatenate([np.full(len(r), 1e3 * (h.publish_time - h.send_time)) for h, r in live])
+    # ... the part before: from the spike's sample to the last sample of its push (the sorter's
+    # algorithmic wait, longer for plateaus; the block filling up; blocks queued with it) ...
+    data_wait = np.concatenate([1e3 * (h.end_sample - r["sample"]) / fs for h, r in live])
+    # ... and per push, how late the replay sent that block (after its last sample was due)
+    send_late = np.array([1e3 * (h.send_time - (t0 + h.end_sample / fs)) for h, _ in live])
     late, blocks = _late_blocks(live, block_ms, fs, t0)
     records = np.sort(np.concatenate([r for _, r in messages]), order=["sample", "unit"])
     equal, accuracy = _compare(records, reference, truth, span, fs)
@@ -231,6 +278,9 @@ def summarise(collected: dict, reference: dict, truth, span, block_ms: float, fs
         "n_channels": None, "block_ms": block_ms,
         "compute_ms_p50": pct(compute, 50), "compute_ms_p99": pct(compute, 99), "compute_ms_max": pct(compute, 100),
         "latency_ms_p50": pct(latency, 50), "latency_ms_p99": pct(latency, 99), "latency_ms_max": pct(latency, 100),
+        "data_wait_ms_p50": pct(data_wait, 50), "data_wait_ms_p99": pct(data_wait, 99),
+        "after_send_ms_p50": pct(after_send, 50), "after_send_ms_p99": pct(after_send, 99),
+        "send_late_ms_p50": pct(send_late, 50), "send_late_ms_p99": pct(send_late, 99),
         "late_fraction": round(late / blocks, 5), "duration_s": (span[1] - span[0]) / fs,
         "spikes_equal_offline": equal, "n_spikes": int(records.size),
         "n_spikes_offline": reference["result"].sorting.num_spikes,
@@ -282,7 +332,8 @@ def run_channels(channels: int, args, out: Path, results: dict) -> None:
     fs = recording.sampling_frequency
     span = (int(args.train_s * fs), int(args.train_s * fs) + int(round(args.duration_s * fs)))
     reference = offline_reference(checkpoint, recording, span)
-    results["breakdown"][str(channels)] = breakdown(checkpoint, recording, args.block_ms)
+    results["breakdown"][str(channels)] = breakdown(checkpoint, folder, args.block_ms, streaming_cpu=True)
+    results["breakdown_default_cpu"][str(channels)] = breakdown(checkpoint, folder, args.block_ms, streaming_cpu=False)
     for block_ms in args.block_ms:
         load = load_average()
         run_dir = out / "runs" / f"{channels}ch_{block_ms:g}ms"
@@ -310,7 +361,7 @@ def _line(row: dict) -> str:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", required=True, type=Path, help="folder for results.json and the runs")
+    parser.add_argument("--out", type=Path, help="folder for results.json and the runs (required)")
     parser.add_argument("--channels", type=int, nargs="+", default=[64, 384])
     parser.add_argument("--block-ms", type=float, nargs="+", default=list(BLOCKS_MS))
     parser.add_argument("--duration-s", type=float, default=60.0, help="replayed stretch, after the training span")
@@ -321,13 +372,28 @@ def main(argv=None) -> dict:
     parser.add_argument("--service", nargs="*", default=[], metavar="KEY=VALUE",
                         help="overrides for experiments/online.py, e.g. online.exact=false online.min_steps=16")
     parser.add_argument("--cache-dir", type=Path, default=Path(os.environ.get("ESORT_CACHE_DIR", "cache")))
+    parser.add_argument("--pin", action="store_true",
+                        help="the service alone on the last core, the replay and this subscriber on the others")
+    parser.add_argument("--breakdown", nargs=2, type=Path, metavar=("CHECKPOINT", "FOLDER"),
+                        help="(internal) print the in-process breakdown as JSON and stop")
+    parser.add_argument("--default-cpu", action="store_true", help="(with --breakdown) JAX's default CPU settings")
     args = parser.parse_args(argv)
+    if args.breakdown:
+        if not args.default_cpu:
+            from esort_jax.online.cpu import configure_streaming_cpu
+
+            configure_streaming_cpu()
+        print(json.dumps(breakdown_here(*args.breakdown, args.block_ms)))
+        return {}
+    if args.out is None:
+        parser.error("the following argument is required: --out")
     configure_host_allocator()
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "runs").mkdir(exist_ok=True)
     from esort_jax.runtime.provenance import provenance
 
-    results = {"machine": describe_machine(), "runs": [], "breakdown": {}, "provenance": provenance(),
+    results = {"machine": describe_machine(), "runs": [], "breakdown": {}, "breakdown_default_cpu": {},
+               "provenance": provenance(),
                "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
                "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
     for channels in args.channels:

@@ -123,9 +123,9 @@ def arm_config(config: PipelineConfig, arm: str, checkpoint: Path | None, k: int
 
 
 def run_arm(run, arm: str, recording: Recording, truth: Sorting, config: PipelineConfig, *, seed: int,
-            labels: Sorting | None = None) -> tuple[dict, Outcome]:
+            labels: Sorting | None = None, metadata_extra: dict | None = None) -> tuple[dict, Outcome]:
     """Fine-tune one arm on `labels` (default: `truth`), sort the evaluation span, score it
-    against `truth`. Writes `<run>/<arm>/train/` and `<arm>/sorting.npz`; returns (metrics for
+    against `truth` (`metadata_extra`: more for the checkpoint's metadata). Writes `<run>/<arm>/train/` and `<arm>/sorting.npz`; returns (metrics for
     results.json, Outcome)."""
     from esort_jax.io import write_sorting_npz
 
@@ -134,7 +134,7 @@ def run_arm(run, arm: str, recording: Recording, truth: Sorting, config: Pipelin
     with run.stage(f"{arm}: fine-tune"):
         fitted = fit(recording, labels, config, seed=seed, run_dir=arm_dir / "train",
                      callback=epoch_logger(run, f"{arm}/finetune"),
-                     metadata_extra={"role": "finetune", "arm": arm}, truth=truth)
+                     metadata_extra={"role": "finetune", "arm": arm, **(metadata_extra or {})}, truth=truth)
     with run.stage(f"{arm}: sort + evaluate"):
         outcome = sort_and_evaluate(fitted, recording, truth, config, seed=seed, labels=labels)
     metrics = outcome.metrics()

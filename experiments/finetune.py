@@ -5,8 +5,11 @@ held-out part and score it against the target's ground truth.
     python experiments/finetune.py init=scratch k=5 seed=2
     python experiments/finetune.py checkpoint=<pretrain run>/checkpoint transfer.freeze=temporal
     python experiments/finetune.py target.path=rec.h5 labels=labels.npz checkpoint=...
+    python experiments/finetune.py checkpoint=... 'causal_preprocess={}'   # for online.py on raw streams
 
-The network trains on the target's ground truth, or on `labels` (an .npz written by
+With `causal_preprocess` set, the target is first preprocessed by the online sorter's causal
+filter (esort_jax.online.causal; settings recorded in the checkpoint), so that online.py and
+sort.py apply the same filter to raw traces. The network trains on the target's ground truth, or on `labels` (an .npz written by
 esort_jax.io.write_sorting_npz, or a SpikeInterface sorting folder); it is scored against the
 ground truth either way (to sort a recording without one, use sort.py).
 
@@ -56,6 +59,32 @@ def _write_network(final: Path, checkpoint: str, outcome, config) -> None:
         })
 
 
+def _causal_config(settings):
+    """The CausalPreprocessConfig of the `causal_preprocess` key (null: none), checked up front."""
+    if settings is None:
+        return None
+    from omegaconf import OmegaConf
+
+    from esort_jax.config import from_dict
+    from esort_jax.online.causal import CausalPreprocessConfig
+
+    mapping = OmegaConf.to_container(settings, resolve=True) if OmegaConf.is_config(settings) else settings
+    config = from_dict(CausalPreprocessConfig, mapping, where="causal_preprocess")
+    config.validate()
+    return config
+
+
+def _causal(target, config):
+    """The target through the online sorter's causal preprocessing (config None: as it is), and
+    what the checkpoint records of it."""
+    if config is None:
+        return target, {}
+    from esort_jax.online.causal import causal_preprocess, checkpoint_extra
+
+    target = causal_preprocess(target, config)
+    return target, checkpoint_extra(target)
+
+
 @hydra.main(version_base=None, config_path="../conf", config_name="finetune")
 def main(cfg: DictConfig) -> dict:
     with Run(cfg, "finetune") as run:
@@ -63,7 +92,9 @@ def main(cfg: DictConfig) -> dict:
         transfer = config.transfer
         if transfer.init == "transfer" and not Path(transfer.checkpoint).expanduser().is_dir():
             raise ConfigError(f"checkpoint: {transfer.checkpoint} is not a checkpoint folder")
+        causal = _causal_config(cfg.get("causal_preprocess"))
         target, truth, info = obtain_recording(run, "target")
+        target, extra = _causal(target, causal)
         labels = _labels(str(cfg.labels)) if cfg.get("labels") else truth
         if labels is None:
             raise ConfigError(f"labels: {info.get('path')} has no ground truth; give labels=<file>")
@@ -72,7 +103,8 @@ def main(cfg: DictConfig) -> dict:
                 f"target.path: {info.get('path')} has no ground truth to score against "
                 "(to sort a recording without ground truth use experiments/sort.py)"
             )
-        metrics, outcome = run_arm(run, transfer.init, target, truth, config, seed=int(cfg.seed), labels=labels)
+        metrics, outcome = run_arm(run, transfer.init, target, truth, config, seed=int(cfg.seed), labels=labels,
+                                   metadata_extra=extra)
         final = run.dir / "checkpoint"
         if is_primary():  # of several processes (distributed.mode), process 0 writes
             _write_network(final, metrics["checkpoint"], outcome, config)

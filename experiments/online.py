@@ -12,12 +12,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from esort_jax import checkpoint as ckpt
 from esort_jax.config import ConfigError
 from esort_jax.infer import InferenceConfig
 from esort_jax.online import OnlineConfig, OnlineSorter
+from esort_jax.online.cpu import configure_streaming_cpu
 from esort_jax.online.service import ServiceConfig, SortingService, stop_on_signals
 from esort_jax.postprocess import PostprocessConfig
 from esort_jax.sort import check_fine_tuned
@@ -26,7 +27,9 @@ from experiments._common import Run, prepare_process
 
 @hydra.main(version_base=None, config_path="../conf", config_name="online")
 def main(cfg: DictConfig) -> dict:
+    cpu = configure_streaming_cpu(**OmegaConf.to_container(cfg.streaming_cpu))  # before JAX computes anything
     with Run(cfg, "online") as run:
+        run.results["streaming_cpu"] = cpu
         service_config = run.typed(ServiceConfig, "service")
         checkpoint = Path(str(cfg.checkpoint)).expanduser()
         if not ckpt.is_checkpoint(checkpoint):

@@ -6,7 +6,8 @@ network, write the spikes, and score them when the recording has ground truth.
 
 The recording must fit the network (channels, sampling rate, at least one window); it is
 preprocessed as the network's training data was (`preprocess=checkpoint`, the settings saved by
-sort_real / esort_from_labels) or used as given (`preprocess=none`). The threshold is the one
+sort_real / esort_from_labels; the causal filter of finetune.py causal_preprocess=...) or used
+as given (`preprocess=none`). The threshold is the one
 chosen on the network's training region (its sorting_defaults.json) unless `threshold` is given.
 
 Writes into the run folder: sorting/sorting.npz (samples, unit ids; esort_jax.io.read_sorting_npz
@@ -49,6 +50,18 @@ def _write_sorting(folder: Path, result: SortResult) -> Path:
     return folder
 
 
+def _causal_as_trained(recording, extra: dict, mode: str, info: dict):
+    """The online sorter's causal preprocessing, from the recording's first sample, when the
+    network was trained on it (finetune.py causal_preprocess=...; recorded in its checkpoint)."""
+    from esort_jax.config import from_dict
+    from esort_jax.online.causal import EXTRA_KEY, CausalPreprocessConfig, causal_preprocess
+
+    if mode == "none" or not extra.get(EXTRA_KEY):
+        return recording
+    info["causal_preprocess"] = extra[EXTRA_KEY]
+    return causal_preprocess(recording, from_dict(CausalPreprocessConfig, extra[EXTRA_KEY], where=EXTRA_KEY))
+
+
 @hydra.main(version_base=None, config_path="../conf", config_name="sort")
 def main(cfg: DictConfig) -> dict:
     with Run(cfg, "sort") as run:
@@ -68,6 +81,7 @@ def main(cfg: DictConfig) -> dict:
         recording = preprocess_as_trained(recording, meta.extra.get("preprocess"), plan.preprocess,
                                           where=f"{checkpoint}/metadata.json extra.preprocess")
         info["preprocess"] = recording.metadata.get("preprocess", [])
+        recording = _causal_as_trained(recording, meta.extra, plan.preprocess, info)
         start, stop = plan.samples(recording)
         params = fold_batchnorm(model)  # load_model leaves it in eval mode
         with run.stage("sort"):

@@ -106,3 +106,47 @@ def test_replay_into_the_service_then_sigint(tmp_path):
     saved = read_sorting_npz(tmp_path / "serve" / "sorting" / "sorting.npz")
     np.testing.assert_array_equal(saved.samples, offline.sorting.samples)
     assert (tmp_path / "serve" / "sorting" / "si").is_dir()
+
+
+def test_finetune_on_causal_preprocessing_then_sort_and_online_agree(tmp_path):
+    """finetune.py causal_preprocess=... records the causal filter in the checkpoint; sort.py
+    applies it to the raw recording, and the online sorter (preprocess=checkpoint) fed the raw
+    samples in odd blocks gives the same spikes."""
+    from esort_jax.checkpoint import read_metadata
+    from esort_jax.io import read_recording_folder
+    from esort_jax.online import OnlineSorter
+    from esort_jax.online.causal import EXTRA_KEY
+
+    cache = f"cache_dir={tmp_path / 'cache'}"
+    run = lambda script, *o: subprocess.run([sys.executable, str(REPO / "experiments" / script), *o],  # noqa: E731
+                                            env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=REPO,
+                                            capture_output=True, text=True, timeout=600)
+    fine = run("finetune.py", "data@target.data=tiny", "model=small", "train=tiny", "k=3", "init=scratch",
+               "logger=disabled", cache, "causal_preprocess={freq_min_hz: 400.0, order: 3}",
+               f"hydra.run.dir={tmp_path / 'fine'}")
+    assert fine.returncode == 0, fine.stderr[-3000:]
+    checkpoint = tmp_path / "fine" / "checkpoint"
+    recorded = read_metadata(checkpoint).extra[EXTRA_KEY]
+    assert recorded["freq_min_hz"] == 400.0 and recorded["order"] == 3
+    bad = run("finetune.py", "data@target.data=tiny", "model=small", "train=tiny", "init=scratch", "logger=disabled",
+              cache, "causal_preprocess={order: 0}", f"hydra.run.dir={tmp_path / 'bad'}")
+    assert bad.returncode != 0 and "causal_preprocess.order" in bad.stderr
+    sort = run("sort.py", "data@recording.data=tiny", "logger=disabled", cache, f"checkpoint={checkpoint}",
+               f"hydra.run.dir={tmp_path / 'sort'}")
+    assert sort.returncode == 0, sort.stderr[-3000:]
+    assert json.loads((tmp_path / "sort" / "results.json").read_text())["recording"]["causal_preprocess"] == recorded
+    offline = read_sorting_npz(tmp_path / "sort" / "sorting" / "sorting.npz")
+    raw = read_recording_folder(next((tmp_path / "cache" / "recordings").iterdir()))[0]
+    sorter = OnlineSorter.from_checkpoint(checkpoint, config=OnlineConfig(max_steps=256))
+    sorter.warm_up()
+    x, online, start = raw.read(), [], 0
+    for size in np.random.default_rng(3).integers(1, 500, 10_000):
+        if start >= len(x):
+            break
+        online.append(sorter.push(x[start:start + size]))
+        start += size
+    online.append(sorter.flush())
+    assert len(offline.samples) > 0
+    got = sorted(zip(np.concatenate([b.samples for b in online]).tolist(), np.concatenate([b.ids for b in online]).tolist()))
+    want = sorted(zip(offline.samples.tolist(), np.asarray(offline.unit_ids)[offline.unit_indices].tolist()))
+    assert got == want

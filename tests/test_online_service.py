@@ -179,3 +179,66 @@ def test_sigterm_stops_the_service_and_writes_the_spikes_so_far(setup, tmp_path)
     np.testing.assert_array_equal(saved.samples, expected["sample"])
     assert not (tmp_path / "spikes.partial").exists()
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored
+
+
+def test_the_spike_log_writes_off_the_sorting_thread_and_reports_a_failed_write(tmp_path):
+    from esort_jax.io import read_sorting_npz
+    from esort_jax.online.spike_log import SpikeLog
+
+    log = SpikeLog(tmp_path / "ok", [4, 5], 32000.0)
+    rng = np.random.default_rng(0)
+    for start in range(0, 5000, 100):
+        log.append(np.arange(start, start + 100), rng.integers(0, 2, 100), rng.random(100).astype(np.float32))
+    saved = read_sorting_npz(log.write_sorting(spikeinterface=False) / "sorting.npz")
+    assert saved.num_spikes == 5000 and np.array_equal(np.sort(saved.samples), np.arange(5000))
+
+    class FullDisk:
+        def write(self, data):
+            raise OSError(28, "No space left on device")
+
+        def flush(self):
+            pass
+
+        def close(self):
+            pass
+
+    broken = SpikeLog(tmp_path / "full", [4, 5], 32000.0)
+    broken._file.close()
+    broken._file = FullDisk()
+    broken.append(np.arange(3), np.zeros(3, int), np.ones(3, np.float32))
+    broken._writer.join(5)  # the writer stopped at the error
+    with pytest.raises(OSError, match="No space left"):
+        broken.append(np.arange(3, 6), np.zeros(3, int), np.ones(3, np.float32))
+    with pytest.raises(OSError, match="No space left"):
+        broken.write_sorting(spikeinterface=False)
+    assert not (tmp_path / "full" / "sorting").exists()
+
+
+def test_streaming_cpu_settings_apply_before_jax_starts_and_refuse_what_cannot_apply():
+    import subprocess
+    import sys
+
+    code = """
+import os, json, jax.numpy as jnp
+from esort_jax.online.cpu import configure_streaming_cpu
+core = sorted(os.sched_getaffinity(0))[-1]
+for bad in ({"cores": [10_000]}, {"cores": []}, {"realtime_priority": 0}):
+    try:
+        configure_streaming_cpu(**bad)
+        raise SystemExit(f"accepted {bad}")
+    except ValueError as error:
+        print("refused", bad, error)
+state = configure_streaming_cpu(cores=[core])
+assert state["cores"] == [core] and state["cpu_async_dispatch"] is False, state
+assert "--xla_cpu_multi_thread_eigen=false" in os.environ["XLA_FLAGS"]
+jnp.ones(3).sum().block_until_ready()
+try:
+    configure_streaming_cpu()
+    raise SystemExit("accepted after JAX started")
+except RuntimeError as error:
+    print("refused late:", error)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={k: v for k, v in __import__("os").environ.items() if k != "XLA_FLAGS"})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("refused") == 4 and "before the first JAX computation" in done.stdout

@@ -193,3 +193,19 @@ def test_state_is_bounded(params, recording):
     assert sorter._tail.shape == (3, 16)
     assert sum(len(v) for v in sorter._peaks._recent.values()) <= 3 * 12
     assert sorter.final_after == TINY_MODEL.window - 1 - TINY_MODEL.anchor + 8 + 1
+
+
+@pytest.mark.parametrize("ladder", [(8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256), (64, 96, 128, 192, 256)])
+def test_a_plan_covers_every_push_with_ladder_shapes_and_pads_no_more_than_one_block(ladder):
+    from esort_jax.online.compute import CALL_COST, BlockCompute
+
+    compute = BlockCompute.__new__(BlockCompute)  # only the ladder matters for planning
+    compute.sizes, compute._plans = ladder, {}
+    for steps in range(1, 3 * ladder[-1] + 5):
+        plan = compute.plan(steps)
+        assert sum(valid for _, valid in plan) == steps
+        assert all(size in ladder and 1 <= valid <= size for size, valid in plan)
+        assert all(size == valid for size, valid in plan[:-1])  # only the last piece is padded
+        one_pad = min(s for s in ladder if s >= steps % ladder[-1]) if steps % ladder[-1] else 0
+        worst = (steps // ladder[-1]) * (ladder[-1] + CALL_COST) + (one_pad + CALL_COST if one_pad else 0)
+        assert sum(size + CALL_COST for size, _ in plan) <= worst  # never dearer than padding up

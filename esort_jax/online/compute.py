@@ -8,8 +8,8 @@ One call turns the input rows of a block of window positions into smoothed proba
 smoothed value i is centred on position first - h + i and needs only positions up to first + i:
 the smoothing lags h positions behind the network.) A push of k new positions is cut into
 blocks from the ladder (`BlockCompute.plan`): blocks of the largest size while k exceeds it,
-the rest padded up to the smallest size that holds it. Only ladder shapes are ever called, so
-nothing compiles after `warm_up`.
+the rest either padded up to the smallest size that holds it or cut into sizes that fit (the
+cheaper). Only ladder shapes are ever called, so nothing compiles after `warm_up`.
 
 Equal to the offline sort by construction and by check: the network runs through the kernels of
 `infer.conv_logits` (blocks of at most `InferenceConfig.block_steps` positions, larger blocks
@@ -37,7 +37,12 @@ from jax import lax
 from esort_jax.config import require
 from esort_jax.online import _shared
 
-__all__ = ["OnlineConfig", "BlockCompute", "step_ladder"]
+__all__ = ["OnlineConfig", "BlockCompute", "step_ladder", "CALL_COST"]
+
+# What one call of the block function costs beyond its positions, in positions (dispatch, the
+# copies in and out, the smoothing): measured ~0.05-0.1 ms per call, 2-8 positions' compute at
+# 64-384 channels on the project's CPU; 16 leans towards fewer calls.
+CALL_COST = 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,15 +51,16 @@ class OnlineConfig:
 
     Attributes:
       min_steps: smallest block of window positions computed in one call (smaller pushes are
-        padded up to it). Below ~56 the matrix products round differently from the offline sort
-        on this machine (see `exact`).
+        padded up to it). Small sizes keep the cost of a push of a few samples small; whether
+        they round like the offline sort depends on the network's shapes and the machine (at
+        384 channels on this CPU sizes below 64 do not), so `exact` decides at warm-up.
       max_steps: largest block; bigger pushes are split. Above `infer.block_steps`, sizes are
         multiples of it.
       exact: keep only block sizes whose numbers are bit-identical to the offline sort (checked
         at warm-up); false keeps every size (spikes may then differ at float ties).
     """
 
-    min_steps: int = 64
+    min_steps: int = 8
     max_steps: int = 4096
     exact: bool = True
 
@@ -122,19 +128,37 @@ class BlockCompute:
         self._piece = jax.jit(functools.partial(_piece, window=self.window, config=self.infer, **smoothing))
         self._end = jax.jit(functools.partial(_end_smooth, **smoothing))
         self.report: dict = {}
+        self._plans: dict[int, list[tuple[int, int]]] = {}
 
     def zero_tail(self) -> jax.Array:
         return jnp.zeros((self.params.num_units, 2 * self.half_width), jnp.float32)
 
     def plan(self, steps: int) -> list[tuple[int, int]]:
-        """(block size, real positions) covering `steps` new positions."""
-        pieces, largest = [], self.sizes[-1]
-        while steps >= largest:
-            pieces.append((largest, largest))
-            steps -= largest
-        if steps:
-            pieces.append((self.sizes[bisect.bisect_left(self.sizes, steps)], steps))
-        return pieces
+        """(block size, real positions) covering `steps` new positions: blocks of the largest
+        size while they fit, then the cheaper of padding the rest up to one size and cutting it
+        into sizes that fit (only the last piece padded), each call counted as CALL_COST
+        positions. Plans are kept per `steps` (a stream's pushes repeat a few lengths)."""
+        if steps not in self._plans:
+            pieces, largest, rest = [], self.sizes[-1], steps
+            while rest >= largest:
+                pieces.append((largest, largest))
+                rest -= largest
+            self._plans[steps] = pieces + (self._cover(rest) if rest else [])
+        return self._plans[steps]
+
+    def _cover(self, steps: int) -> list[tuple[int, int]]:
+        padded = [(self.sizes[bisect.bisect_left(self.sizes, steps)], steps)]
+        cut, rest = [], steps
+        while rest >= self.sizes[0]:
+            size = self.sizes[bisect.bisect_right(self.sizes, rest) - 1]
+            cut.append((size, size))
+            rest -= size
+        if rest:
+            cut.append((self.sizes[0], rest))
+
+        def cost(plan):
+            return sum(size + CALL_COST for size, _ in plan)
+        return cut if cost(cut) < cost(padded) else padded
 
     def run(self, rows_RxC: np.ndarray, valid: int, tail):
         """Dispatch one block (rows already padded to a ladder shape); returns device arrays."""
@@ -184,6 +208,7 @@ class BlockCompute:
         exact = tuple(m for m in self.sizes if sizes[m]["exact"])
         if exact and len(exact) < len(self.sizes) and self.config.exact:
             self.sizes = exact
+            self._plans.clear()
         elif not exact or not end_exact:
             warnings.warn(
                 "esort_jax.online: no compiled block size reproduces the offline probabilities bit "

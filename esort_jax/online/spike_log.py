@@ -12,6 +12,8 @@ long it runs) and turned into a sorting folder, atomically, when it stops.
 from __future__ import annotations
 
 import json
+import queue
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -36,16 +38,46 @@ class SpikeLog:
         self._file = open(self.path, "wb")
         self.num_spikes = 0
         self.segments: list[dict] = []
+        # Writes happen on a thread of their own: a write can wait for the disk (writeback,
+        # journal) for tens of milliseconds, which must not delay the next block's spikes.
+        self._pending: queue.SimpleQueue = queue.SimpleQueue()
+        self._write_error: BaseException | None = None
+        self._writer = threading.Thread(target=self._write_loop, name="spike-log-writer", daemon=True)
+        self._writer.start()
 
     def append(self, samples, unit_indices, scores) -> None:
-        """Add spikes (written through to the file, so a crash loses at most the OS buffer)."""
+        """Add spikes. The writer thread writes and flushes them to the file at once, so a
+        crash loses at most the spikes of the last moments; a write error is raised here (on
+        the next call) and by write_sorting."""
+        self._raise_write_error()
         if len(samples) == 0:
             return
         records = np.zeros(len(samples), SPIKE_RECORD)
         records["sample"], records["unit"], records["score"] = samples, unit_indices, scores
-        self._file.write(records.tobytes())
-        self._file.flush()
+        self._pending.put(records.tobytes())
         self.num_spikes += len(records)
+
+    def _write_loop(self) -> None:
+        while (chunk := self._pending.get()) is not None:
+            try:
+                self._file.write(chunk)
+                if self._pending.empty():
+                    self._file.flush()
+            except BaseException as error:  # reported by append / write_sorting
+                self._write_error = error
+                return
+
+    def _raise_write_error(self) -> None:
+        if self._write_error is not None:
+            raise OSError(f"writing spikes to {self.path} failed: {self._write_error}") from self._write_error
+
+    def close(self) -> None:
+        """Write what is queued and close the file (write_sorting calls it)."""
+        if self._writer.is_alive():
+            self._pending.put(None)
+            self._writer.join()
+        self._file.close()
+        self._raise_write_error()
 
     def begin_segment(self, first_sample: int, first_seq: int, reason: str) -> None:
         self.segments.append({"first_sample": int(first_sample), "end_sample": int(first_sample),
@@ -58,7 +90,7 @@ class SpikeLog:
     def write_sorting(self, name: str = "sorting", *, spikeinterface: bool = True, extra: dict | None = None) -> Path:
         """Write every spike logged so far as the sorting folder `<folder>/<name>` (atomic,
         replacing an older one); the partial file is removed afterwards."""
-        self._file.close()
+        self.close()
         records = np.fromfile(self.path, SPIKE_RECORD)
         sorting = Sorting(records["sample"], records["unit"], self.unit_ids, self.sampling_frequency)
         order = np.lexsort((records["unit"], records["sample"]))
