@@ -21,7 +21,8 @@ Figures (one row per (channels, block duration) under `runs` in DIR/results.json
   late_fraction  blocks whose spikes were published after the next block was due;
   spikes_equal_offline, n_spikes, accuracy_online / accuracy_offline (pooled, 0.4 ms, against
                  the ground truth).
-`breakdown` (one process, no sockets, the service's CPU settings from esort_jax.online.cpu):
+`breakdown` (one process, no sockets, the service's kernel and dispatch settings from
+esort_jax.online.cpu, with the `--service streaming_cpu.*` overrides):
 per block duration, one push (p50, p99), its device calls (network + smoothing) and the host
 work (peak picking, bookkeeping); `breakdown_default_cpu`: the same with JAX's default CPU
 settings, measured in the same run (the reference for what those settings change). `machine`: cores, CPU model,
@@ -123,11 +124,24 @@ def offline_reference(checkpoint: Path, recording, span) -> dict:
             "threshold": loaded.threshold}
 
 
-def breakdown(checkpoint: Path, folder: Path, blocks_ms, streaming_cpu: bool) -> list[dict]:
-    """`breakdown_here` in a fresh process, with the service's CPU settings
-    (esort_jax.online.cpu) or JAX's defaults (they apply only before JAX starts)."""
+def service_cpu_settings(overrides) -> dict:
+    """The service's `streaming_cpu` kernel and dispatch settings: conf/online.yaml's, with the
+    benchmark's `--service streaming_cpu.KEY=VALUE` overrides (pinning and priority left out)."""
+    import yaml
+
+    settings = yaml.safe_load((REPO / "conf" / "online.yaml").read_text())["streaming_cpu"]
+    for item in overrides:
+        key, _, value = item.partition("=")
+        if key.startswith("streaming_cpu."):
+            settings[key.split(".", 1)[1]] = yaml.safe_load(value)
+    return {k: settings[k] for k in ("single_thread_kernels", "inline_dispatch")}
+
+
+def breakdown(checkpoint: Path, folder: Path, blocks_ms, cpu_settings: dict | None) -> list[dict]:
+    """`breakdown_here` in a fresh process, with `cpu_settings` (esort_jax.online.cpu; None:
+    JAX's defaults); they apply only before JAX starts."""
     command = [sys.executable, str(Path(__file__).resolve()), "--breakdown", str(checkpoint), str(folder),
-               "--block-ms", *map(str, blocks_ms)] + ([] if streaming_cpu else ["--default-cpu"])
+               "--block-ms", *map(str, blocks_ms), "--cpu-settings", json.dumps(cpu_settings)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=1800,
                           env={**os.environ, "PYTHONPATH": str(REPO)})
     if done.returncode:
@@ -332,8 +346,8 @@ def run_channels(channels: int, args, out: Path, results: dict) -> None:
     fs = recording.sampling_frequency
     span = (int(args.train_s * fs), int(args.train_s * fs) + int(round(args.duration_s * fs)))
     reference = offline_reference(checkpoint, recording, span)
-    results["breakdown"][str(channels)] = breakdown(checkpoint, folder, args.block_ms, streaming_cpu=True)
-    results["breakdown_default_cpu"][str(channels)] = breakdown(checkpoint, folder, args.block_ms, streaming_cpu=False)
+    results["breakdown"][str(channels)] = breakdown(checkpoint, folder, args.block_ms, service_cpu_settings(args.service))
+    results["breakdown_default_cpu"][str(channels)] = breakdown(checkpoint, folder, args.block_ms, None)
     for block_ms in args.block_ms:
         load = load_average()
         run_dir = out / "runs" / f"{channels}ch_{block_ms:g}ms"
@@ -376,13 +390,15 @@ def main(argv=None) -> dict:
                         help="the service alone on the last core, the replay and this subscriber on the others")
     parser.add_argument("--breakdown", nargs=2, type=Path, metavar=("CHECKPOINT", "FOLDER"),
                         help="(internal) print the in-process breakdown as JSON and stop")
-    parser.add_argument("--default-cpu", action="store_true", help="(with --breakdown) JAX's default CPU settings")
+    parser.add_argument("--cpu-settings", default="null",
+                        help="(with --breakdown) JSON of configure_streaming_cpu's arguments; null: JAX's defaults")
     args = parser.parse_args(argv)
     if args.breakdown:
-        if not args.default_cpu:
+        cpu_settings = json.loads(args.cpu_settings)
+        if cpu_settings is not None:
             from esort_jax.online.cpu import configure_streaming_cpu
 
-            configure_streaming_cpu()
+            configure_streaming_cpu(**cpu_settings)
         print(json.dumps(breakdown_here(*args.breakdown, args.block_ms)))
         return {}
     if args.out is None:

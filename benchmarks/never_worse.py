@@ -19,7 +19,7 @@ that each change one thing:
   fixed       negatives avoid every labelled spike (clear_dropped_units, today's default)
   converged   fixed, trained to convergence (early stopping on the validation loss, <= 3000 steps)
   truth       fixed, trained on the ground truth of the first span (no labeller errors: a bound)
-  motion      fixed, on the recording motion-corrected by SpikeInterface (drifting only)
+  motion      fixed, on the recording motion-corrected by SpikeInterface (static too: what correction costs where nothing drifts)
 
 Every arm is scored against the ground truth on the last 20 s (units paired by agreement, 0.4 ms)
 with SpikeForest's SNR summary, and `oracle_threshold` says what a threshold tuned on that span
@@ -203,7 +203,7 @@ def recording_rows(seed: int, kind: str, si_recording, truth, args, work: Path, 
                "flags": label_flags(first, kept, truth, (0, train_end)), "snr": snr.tolist()}
     checkpoint = backbone(si_recording, Path(args.cache))
     for arm in args.arms:
-        if (seed, kind, arm) in done or (arm == "motion" and kind == "static"):
+        if (seed, kind, arm) in done:
             continue
         out = esort_arm(arm, si_recording, truth, first, checkpoint, seed)
         row = {**base, "arm": arm, **scored(out.pop("scores"), truth, snr), **out}

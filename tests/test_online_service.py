@@ -242,3 +242,24 @@ except RuntimeError as error:
                           env={k: v for k, v in __import__("os").environ.items() if k != "XLA_FLAGS"})
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.count("refused") == 4 and "before the first JAX computation" in done.stdout
+
+
+def test_a_publisher_clock_far_behind_is_not_taken_for_lag(setup, tmp_path):
+    """Send times 5 s in the past on every block (another machine's clock): nothing is dropped
+    with max_lag_ms=200, and the status events report the offset, not a 5 s lag."""
+    recording, params, sorter = setup
+    x = recording.read()
+    harness = Harness(sorter, tmp_path, max_lag_ms=200.0)
+    try:
+        for seq in range(12):
+            harness.send(seq, seq * BLOCK, x[seq * BLOCK:(seq + 1) * BLOCK], send_time=time.time() - 5.0)
+            time.sleep(0.05)
+        harness.wait(harness.covered(11))
+        time.sleep(0.5)  # status events every 0.2 s
+    finally:
+        harness.close()
+    assert not harness.kinds("dropped") and not harness.kinds("gap")
+    status = [e for e in harness.kinds("status") if e["lag_ms_max"] is not None]
+    assert status and all(e["lag_ms_max"] < 200 for e in status)
+    assert all(4900 < e["clock_offset_ms"] < 5500 for e in status)
+    np.testing.assert_array_equal(harness.records(), _offline(params, recording, 0, 12 * BLOCK))

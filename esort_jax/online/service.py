@@ -16,7 +16,9 @@ Faults:
     stream so far is flushed (its last spikes decided as if the recording ended there, as
     the offline sort of that stretch would), the history reset, a 'gap' event says where;
   - publisher restart (sequence number going back, e.g. to 0): the same, as a 'restart' event;
-  - falling behind: every block's lag (publish time - its send time) is measured; 'status'
+  - falling behind: every block's lag (publish time - its send time, less the smallest such
+    difference of the stream, so that an offset between the publisher's clock and this one
+    cancels; `clock_offset_ms` in 'status' events, a warning above 50 ms) is measured; 'status'
     events report it each `status_every_s`, with behind=true above `lag_warn_ms`; with
     `max_lag_ms` set, blocks older than that when dequeued are dropped ('dropped' event, then
     a gap) so the sorter jumps back to the present;
@@ -116,6 +118,8 @@ class SortingService:
         self._expected: tuple[int, int] | None = None  # (next seq, next first_sample)
         self._stream_t0 = 0.0
         self._lags_ms: list[float] = []
+        self._clock_offset_ms: float | None = None  # smallest (receive - send time) of the stream
+        self._warned_clock = False
         self._last_status = time.monotonic()
 
     # -- the loop ---------------------------------------------------------------------------
@@ -195,7 +199,7 @@ class SortingService:
         """Drop policy: a block older than max_lag_ms is skipped (the next one is then a gap)."""
         if self.config.max_lag_ms is None:
             return False
-        lag_ms = 1e3 * (time.time() - block.send_time)
+        lag_ms = self._lag_ms(time.time(), block.send_time)
         if lag_ms <= self.config.max_lag_ms:
             return False
         self.counts["dropped"] += 1
@@ -222,6 +226,8 @@ class SortingService:
                         block.seq, block.first_sample)
         self.sorter.reset(block.first_sample)
         self._stream_t0 = block.stream_t0
+        if kind in ("start", "restart"):  # perhaps another publisher, another clock
+            self._clock_offset_ms = None
         self.spikes.begin_segment(block.first_sample, block.seq, kind)
 
     def _sort(self, group: list[protocol.BlockMessage]) -> None:
@@ -246,7 +252,21 @@ class SortingService:
                                                       batch.scores))
         self.spikes.append(batch.samples, batch.unit_indices, batch.scores)
         self.counts["spikes"] += len(batch)
-        self._lags_ms.extend(1e3 * (now - b.send_time) for b in group)
+        self._lags_ms.extend(self._lag_ms(now, b.send_time) for b in group)
+
+    def _lag_ms(self, now: float, send_time: float) -> float:
+        """How much later than the stream's most punctual block this one is handled: (now - send
+        time) minus its smallest value so far. The publisher's send times come from its clock;
+        the offset between the two clocks (another machine, a clock set wrong) cancels, and on
+        one machine it is the transport time of the fastest block (~0.1 ms)."""
+        raw = 1e3 * (now - send_time)
+        if self._clock_offset_ms is None or raw < self._clock_offset_ms:
+            self._clock_offset_ms = raw
+            if abs(raw) > 50.0 and not self._warned_clock:
+                self._warned_clock = True
+                log.warning("the publisher's clock differs from this machine's by about %.0f ms: block lags are "
+                            "measured relative to the stream's most punctual block", -raw)
+        return raw - self._clock_offset_ms
 
     def _event(self, kind: str, **fields) -> None:
         self._pub.send_multipart(protocol.pack_event(kind, **fields))
@@ -262,7 +282,7 @@ class SortingService:
         if behind:
             log.warning("behind real time: block lag up to %.1f ms", worst)
         self._event("status", **self.counts, lag_ms_p50=None if worst is None else float(np.nanmedian(lags)),
-                    lag_ms_max=worst, behind=behind)
+                    lag_ms_max=worst, behind=behind, clock_offset_ms=self._clock_offset_ms)
 
     def _shutdown(self) -> dict:
         if self._expected is not None:
