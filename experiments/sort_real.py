@@ -31,6 +31,7 @@ from esort_jax.io.folder import RecordingFormatError
 from esort_jax.io.loader import RecordingSource, load_ground_truth
 from esort_jax.io.phy import PhyExportConfig
 from esort_jax.realdata.labeller import check_labels_fit, labels_from_sorting, load_labels
+from esort_jax.realdata.motion import labels_motion_correction
 from esort_jax.realdata.preprocess import PreprocessConfig, preprocessed_recording
 from esort_jax.realdata.workflow import esort_from_labels, write_outputs
 from esort_jax.recording import Sorting
@@ -78,7 +79,8 @@ def main(cfg: DictConfig) -> dict:
 
         with run.stage("open recording"):
             si_recording, own_truth = spec.open()
-            recording = preprocessed_recording(si_recording, preprocess, motion_folder=run.dir / "motion")
+            recording = preprocessed_recording(si_recording, preprocess, motion_folder=run.dir / "motion",
+                                               labeller_correction=labels_motion_correction(plan.labels.path))
         run.results["recording"] = _recording_entry(spec, recording)
         with run.stage("read labels"):
             labels = load_labels(Path(plan.labels.path).expanduser(), duration_s=recording.duration_s,

@@ -114,3 +114,38 @@ def test_estimate_follows_the_true_drift_and_is_saved(tmp_path, preset):
     assert 10 < summary["displacement_um"]["range"] < 45  # the truth spans 30 µm
     assert (tmp_path / "motion" / "motion.png").stat().st_size > 20_000
     assert recording.read(0, 3200).shape == (3200, 16)  # the corrected traces read lazily
+
+
+def test_auto_follows_a_labeller_that_corrected_motion(tmp_path):
+    """E-Sort sorts traces like the ones its labels came from: when the labeller corrected motion
+    (its parameters say so), 'auto' corrects a recording of any length (docs/claims.md §0)."""
+    from spikeinterface.core import generate_recording
+
+    from esort_jax.realdata.motion import labeller_motion_correction, labels_motion_correction
+
+    assert labeller_motion_correction("tridesclous2", {}) is None  # off by default in SpikeInterface 0.105
+    assert labeller_motion_correction("tridesclous2", {"apply_motion_correction": True}) == \
+        "tridesclous2 apply_motion_correction=True"
+    assert labeller_motion_correction("spykingcircus2") == "spykingcircus2 apply_motion_correction=True"
+    assert labeller_motion_correction("kilosort4") == "kilosort4 nblocks=1"
+    assert labeller_motion_correction("kilosort4", {"nblocks": 0}) is None
+    assert labeller_motion_correction("kilosort4", {"do_correction": False}) is None
+    assert labeller_motion_correction("a_sorter_nobody_knows", {"apply_motion_correction": True}) is not None
+    assert labeller_motion_correction(None) is None
+
+    run = tmp_path / "tdc2"
+    (run / "sorter_output").mkdir(parents=True)
+    (run / "spikeinterface_params.json").write_text(json.dumps(
+        {"sorter_name": "tridesclous2", "sorter_params": {"apply_motion_correction": True}}))
+    assert labels_motion_correction(run) == labels_motion_correction(run / "sorter_output") == \
+        "tridesclous2 apply_motion_correction=True"
+    (run / "spikeinterface_params.json").write_text("{not json")
+    assert labels_motion_correction(run) is None and labels_motion_correction(tmp_path / "absent") is None
+
+    short = generate_recording(num_channels=4, durations=[2.0], sampling_frequency=32000.0)
+    auto = MotionConfig(enabled="auto", preset="nonrigid_fast_and_accurate")
+    assert auto.applies_to(short, None)[0] is False
+    assert auto.applies_to(short, "kilosort4 nblocks=1") == (True, "auto: on, the labeller corrected motion (kilosort4 nblocks=1)")
+    assert MotionConfig(enabled=False).applies_to(short, "kilosort4 nblocks=1")[0] is False  # an explicit choice stands
+    flat = generate_recording(num_channels=4, durations=[2.0], sampling_frequency=32000.0, set_probe=False)
+    assert auto.applies_to(flat, "kilosort4 nblocks=1")[0] is False

@@ -42,7 +42,8 @@ import numpy as np
 from esort_jax.config import ConfigError, require
 from esort_jax.runtime.spikeinterface_jobs import spikeinterface_jobs
 
-__all__ = ["MOTION_PRESETS", "MotionConfig", "correct_motion", "motion_summary", "plot_motion", "spikeinterface_jobs"]
+__all__ = ["MOTION_PRESETS", "MotionConfig", "correct_motion", "labeller_motion_correction", "labels_motion_correction",
+           "motion_summary", "plot_motion", "spikeinterface_jobs"]
 
 MOTION_PRESETS = ("dredge_fast", "rigid_fast", "dredge", "nonrigid_accurate", "nonrigid_fast_and_accurate",
                   "kilosort_like", "medicine")
@@ -62,8 +63,10 @@ class MotionConfig:
     Attributes:
       enabled: true: estimate the probe's motion and interpolate the traces back; false (the
         library default): no correction; 'auto' (the entry points' default, see
-        docs/motion_correction.md): on for recordings of at least `min_duration_s` whose
-        channels lie at two or more depths, off otherwise (said in the summary).
+        docs/motion_correction.md): on for recordings of at least `min_duration_s`, or of any
+        length when the labeller whose spikes E-Sort learns corrected motion itself (E-Sort
+        then sorts traces like the ones its labels came from: docs/claims.md, section 0), whose
+        channels lie at two or more depths; off otherwise (said in the summary).
       preset: one of MOTION_PRESETS.
       min_duration_s: the shortest recording 'auto' corrects (drift builds up over minutes;
         the estimate needs a few time bins of spikes).
@@ -107,12 +110,14 @@ class MotionConfig:
         return [f"motion correction (enabled={self.enabled!r}, preset {self.preset!r}) estimates the displacement "
                 "at each time from the spikes of the whole recording (later ones included): no preset is causal"]
 
-    def applies_to(self, si_recording: Any) -> tuple[bool, str]:
-        """(correct this recording?, why): `enabled`, or for 'auto' its duration and depths."""
+    def applies_to(self, si_recording: Any, labeller_correction: str | None = None) -> tuple[bool, str]:
+        """(correct this recording?, why): `enabled`, or for 'auto' its duration and depths and
+        whether the labeller corrected motion (`labeller_correction`: the parameter that says
+        so, from `labeller_motion_correction`; None: it did not, or it is not known)."""
         if self.enabled != "auto":
             return bool(self.enabled), f"enabled={self.enabled}"
         duration = si_recording.get_total_duration()
-        if duration < self.min_duration_s:
+        if duration < self.min_duration_s and not labeller_correction:
             return False, f"auto: off, the recording lasts {duration:.4g} s < min_duration_s {self.min_duration_s:g}"
         if not si_recording.has_probe() or np.unique(si_recording.get_channel_locations()[:, 1]).size < 2:
             return False, "auto: off, the channels lie at fewer than two depths (or have no positions)"
@@ -120,7 +125,50 @@ class MotionConfig:
         if missing:
             return False, (f"auto: off, preset {self.preset!r} needs {', '.join(missing)}, not installed here "
                            "(install it, or set preset to nonrigid_fast_and_accurate, which needs nothing more)")
+        if duration < self.min_duration_s:
+            return True, f"auto: on, the labeller corrected motion ({labeller_correction})"
         return True, f"auto: on ({duration:.4g} s >= min_duration_s {self.min_duration_s:g})"
+
+
+def labeller_motion_correction(sorter_name: str | None, params: dict | None = None) -> str | None:
+    """Whether a SpikeInterface sorter corrects motion itself with these parameters (merged over
+    its defaults): the parameter that says so, e.g. 'tridesclous2 apply_motion_correction=True',
+    'kilosort4 nblocks=1', or None (it does not, or its parameters do not say)."""
+    if not sorter_name:
+        return None
+    merged = dict(params or {})
+    try:
+        from spikeinterface.sorters import get_default_sorter_params
+
+        merged = {**get_default_sorter_params(sorter_name), **merged}
+    except Exception:  # an unknown or uninstalled sorter: only the parameters given
+        pass
+    if merged.get("apply_motion_correction") is True:  # tridesclous2, spykingcircus2
+        return f"{sorter_name} apply_motion_correction=True"
+    blocks = merged.get("nblocks")
+    if sorter_name.lower().startswith("kilosort") and isinstance(blocks, int) and blocks > 0 \
+            and merged.get("do_correction", True):  # Kilosort 2.5 / 3 / 4 drift correction
+        return f"{sorter_name} nblocks={blocks}"
+    return None
+
+
+def labels_motion_correction(path: str | Path | None) -> str | None:
+    """`labeller_motion_correction` of the sorter whose output folder `path` is (a SpikeInterface
+    run_sorter folder, or its sorter_output/), read from its spikeinterface_params.json; None
+    when there is no such file (a Phy folder, an .npz, a saved sorting) or it says nothing."""
+    if path is None:
+        return None
+    path = Path(path).expanduser()
+    for folder in (path, path.parent):
+        record = folder / "spikeinterface_params.json"
+        if record.is_file():
+            try:
+                info = json.loads(record.read_text())
+            except (OSError, ValueError):
+                return None
+            if isinstance(info, dict):
+                return labeller_motion_correction(info.get("sorter_name"), info.get("sorter_params"))
+    return None
 
 
 def correct_motion(si_recording: Any, config: MotionConfig, *, folder: str | Path | None = None,

@@ -125,8 +125,10 @@ class PreprocessConfig:
 
 
 def preprocess(si_recording: Any, config: PreprocessConfig, where: str = "preprocess", *,
-               motion_folder: str | Path | None = None) -> Any:
+               motion_folder: str | Path | None = None, labeller_correction: str | None = None) -> Any:
     """The lazily preprocessed SpikeInterface recording (see the module doc for the chain).
+    `labeller_correction`: the labeller corrected motion itself (motion.labeller_motion_correction;
+    motion.enabled 'auto' then corrects whatever the recording's length).
 
     With motion correction, the estimate is saved to `motion_folder` (when given; see
     esort_jax.realdata.motion) and its summary is the recording's annotation 'esort_motion'.
@@ -162,7 +164,7 @@ def preprocess(si_recording: Any, config: PreprocessConfig, where: str = "prepro
             recording, reference=config.common_reference, operator=config.reference_operator,
             local_radius=tuple(config.local_radius_um),
         )
-    correct, why = config.motion.applies_to(recording)
+    correct, why = config.motion.applies_to(recording, labeller_correction)
     if correct:
         recording, motion = correct_motion(recording, config.motion, folder=motion_folder, where=f"{where}.motion")
         motion["why"] = why
@@ -174,11 +176,12 @@ def preprocess(si_recording: Any, config: PreprocessConfig, where: str = "prepro
 
 
 def preprocessed_recording(si_recording: Any, config: PreprocessConfig, *, segment_index: int | None = None,
-                           motion_folder: str | Path | None = None):
+                           motion_folder: str | Path | None = None, labeller_correction: str | None = None):
     """Our lazy `Recording` over the preprocessed SpikeInterface recording (metadata:
     'preprocess' the steps, 'preprocess_config' the settings, 'motion' the motion estimate's
     summary when corrected)."""
-    si_preprocessed = preprocess(si_recording, config, motion_folder=motion_folder)
+    si_preprocessed = preprocess(si_recording, config, motion_folder=motion_folder,
+                                 labeller_correction=labeller_correction)
     return as_preprocessed(si_preprocessed, config, si_recording, segment_index=segment_index)
 
 

@@ -67,7 +67,8 @@ def run_job(si_recording: Any, params: dict, folder: str | Path, *, verbose: boo
         started = time.perf_counter()
         config = job.stages["preprocess"]
         motion_folder = folder / "motion" if config.enabled and config.motion.enabled is not False else None
-        si_preprocessed = preprocess(si_recording, config, motion_folder=motion_folder)
+        si_preprocessed = preprocess(si_recording, config, motion_folder=motion_folder,
+                                     labeller_correction=labeller_correction(job))
         recording = as_preprocessed(si_preprocessed, config, si_recording)
         seconds["preprocess"] = time.perf_counter() - started
         train_seconds = job.train_seconds_for(recording.duration_s)
@@ -86,6 +87,16 @@ def run_job(si_recording: Any, params: dict, folder: str | Path, *, verbose: boo
         log = timing_log(result, seconds, labeller, backbone, recording.metadata.get("motion"))
         write_results(result, job, folder, labeller, log, si_preprocessed, verbose=verbose)
     return log
+
+
+def labeller_correction(job: SorterJob) -> str | None:
+    """Whether the labels come from a sorter that corrected motion itself (the labeller with its
+    parameters, or the run_sorter folder given as labels): motion 'auto' then corrects too."""
+    from esort_jax.realdata.motion import labeller_motion_correction, labels_motion_correction
+
+    if job.labeller is not None:
+        return labeller_motion_correction(job.labeller, job.labeller_params)
+    return labels_motion_correction(job.labels) if isinstance(job.labels, (str, Path)) else None
 
 
 def obtain_labels(job: SorterJob, si_recording: Any, duration_s: float, train_seconds: float,

@@ -96,7 +96,7 @@ _DESCRIPTIONS = {
     "preprocess": "Preprocessing before training and sorting (esort_jax.realdata.preprocess.PreprocessConfig: "
                   "enabled, phase_shift, bandpass, freq_min_hz, freq_max_hz, common_reference, reference_operator, "
                   "local_radius_um, motion {enabled (true | false | 'auto': on for recordings of at least "
-                  "min_duration_s, 120 s), preset ('dredge_fast'), min_duration_s, keep_all_channels, n_jobs, "
+                  "min_duration_s, 120 s, or when the labeller corrected motion itself), preset ('dredge_fast'), min_duration_s, keep_all_channels, n_jobs, "
                   "chunk_duration_s}, whiten). Motion correction is SpikeInterface's correct_motion; its estimate "
                   "and plot are saved in sorter_output/motion/. (dict)",
     "model": "Network sizes (esort_jax.model.ModelConfig: window, anchor, temporal_features, spatial_features, "
