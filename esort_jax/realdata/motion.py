@@ -130,19 +130,33 @@ class MotionConfig:
         return True, f"auto: on ({duration:.4g} s >= min_duration_s {self.min_duration_s:g})"
 
 
+# The motion-correction defaults of sorters whose SpikeInterface defaults need the sorter installed
+# (a run_sorter folder records the full parameters, so these matter only for a labeller named here).
+_KNOWN_MOTION_DEFAULTS = {
+    "kilosort4": {"nblocks": 1, "do_correction": True},
+    "kilosort3": {"nblocks": 5},
+    "kilosort2_5": {"nblocks": 5},
+}
+
+
 def labeller_motion_correction(sorter_name: str | None, params: dict | None = None) -> str | None:
     """Whether a SpikeInterface sorter corrects motion itself with these parameters (merged over
     its defaults): the parameter that says so, e.g. 'tridesclous2 apply_motion_correction=True',
     'kilosort4 nblocks=1', or None (it does not, or its parameters do not say)."""
     if not sorter_name:
         return None
-    merged = dict(params or {})
+    defaults = dict(_KNOWN_MOTION_DEFAULTS.get(sorter_name.lower(), {}))
     try:
+        import warnings
+
         from spikeinterface.sorters import get_default_sorter_params
 
-        merged = {**get_default_sorter_params(sorter_name), **merged}
-    except Exception:  # an unknown or uninstalled sorter: only the parameters given
+        with warnings.catch_warnings():  # "Kilosort4 is not installed": its defaults come from its package
+            warnings.simplefilter("ignore")
+            defaults.update(get_default_sorter_params(sorter_name))
+    except Exception:  # an unknown sorter: only the parameters given
         pass
+    merged = {**defaults, **(params or {})}
     if merged.get("apply_motion_correction") is True:  # tridesclous2, spykingcircus2
         return f"{sorter_name} apply_motion_correction=True"
     blocks = merged.get("nblocks")
