@@ -147,12 +147,14 @@ def read_phy_folder(path: str | os.PathLike, *, duration_s: float | None = None)
     )
 
 
-def sorter_log(path: str | os.PathLike) -> dict:
-    """SpikeInterface's `spikeinterface_log.json` (sorter_name, run_time, ...) from the folder
-    or its parent (run_sorter's output folder holds `sorter_output/`); {} when there is none."""
+def sorter_log(path: str | os.PathLike, name: str = "spikeinterface_log.json") -> dict:
+    """SpikeInterface's `spikeinterface_log.json` (sorter_name, run_time, ...), or another of its
+    run records (`name`, e.g. 'spikeinterface_params.json': sorter_name, sorter_params), from the
+    folder or its parent (run_sorter's output folder holds `sorter_output/`); {} when there is
+    none or it is not a JSON object."""
     path = Path(path)
     for folder in (path, path.parent):
-        log_file = folder / "spikeinterface_log.json"
+        log_file = folder / name
         if log_file.is_file():
             try:
                 data = json.loads(log_file.read_text())

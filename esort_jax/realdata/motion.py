@@ -172,17 +172,10 @@ def labels_motion_correction(path: str | Path | None) -> str | None:
     when there is no such file (a Phy folder, an .npz, a saved sorting) or it says nothing."""
     if path is None:
         return None
-    path = Path(path).expanduser()
-    for folder in (path, path.parent):
-        record = folder / "spikeinterface_params.json"
-        if record.is_file():
-            try:
-                info = json.loads(record.read_text())
-            except (OSError, ValueError):
-                return None
-            if isinstance(info, dict):
-                return labeller_motion_correction(info.get("sorter_name"), info.get("sorter_params"))
-    return None
+    from esort_jax.io.phy import sorter_log
+
+    info = sorter_log(Path(path).expanduser(), "spikeinterface_params.json")
+    return labeller_motion_correction(info.get("sorter_name"), info.get("sorter_params"))
 
 
 def correct_motion(si_recording: Any, config: MotionConfig, *, folder: str | Path | None = None,
