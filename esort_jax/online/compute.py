@@ -137,14 +137,15 @@ class BlockCompute:
         """(block size, real positions) covering `steps` new positions: blocks of the largest
         size while they fit, then the cheaper of padding the rest up to one size and cutting it
         into sizes that fit (only the last piece padded), each call counted as CALL_COST
-        positions. Plans are kept per `steps` (a stream's pushes repeat a few lengths)."""
-        if steps not in self._plans:
-            pieces, largest, rest = [], self.sizes[-1], steps
-            while rest >= largest:
-                pieces.append((largest, largest))
-                rest -= largest
-            self._plans[steps] = pieces + (self._cover(rest) if rest else [])
-        return self._plans[steps]
+        positions. The cover of each remainder (< the largest size, so at most that many) is kept:
+        a stream's pushes repeat a few lengths."""
+        pieces, largest, rest = [], self.sizes[-1], steps
+        while rest >= largest:
+            pieces.append((largest, largest))
+            rest -= largest
+        if rest and rest not in self._plans:
+            self._plans[rest] = self._cover(rest)
+        return pieces + (self._plans[rest] if rest else [])
 
     def _cover(self, steps: int) -> list[tuple[int, int]]:
         padded = [(self.sizes[bisect.bisect_left(self.sizes, steps)], steps)]
