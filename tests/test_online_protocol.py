@@ -56,10 +56,15 @@ def test_replay_waits_until_a_slow_service_has_sorted_its_last_block(tmp_path):
     pull.bind(f"ipc://{tmp_path}/in")
     pub.bind(f"ipc://{tmp_path}/out")
     seqs: list[int] = []
+    described: list[dict] = []
 
     def slow_service():
         while len(seqs) < 500 and pull.poll(10_000):
-            block = protocol.unpack_block(pull.recv_multipart())
+            frames = pull.recv_multipart()
+            if protocol.is_stream_message(frames):  # the replay describes its channels first
+                described.append(protocol.unpack_stream(frames))
+                continue
+            block = protocol.unpack_block(frames)
             seqs.append(block.seq)
             time.sleep(0.001)
             done = protocol.SpikesHeader(block.seq, block.seq, block.first_sample, block.end_sample, 0, 1, 0, 0, 0, 0)
@@ -77,3 +82,28 @@ def test_replay_waits_until_a_slow_service_has_sorted_its_last_block(tmp_path):
         context.destroy(linger=0)
     assert summary["blocks"] == 500 and summary["confirmed"]
     assert seqs == list(range(3, 503))  # every block, in order
+    (description,) = described
+    np.testing.assert_array_equal(description["channel_positions"], np.zeros((4, 2)))
+    assert description["channel_ids"].tolist() == [0, 1, 2, 3] and description["sampling_frequency"] == 16000.0
+
+
+def test_stream_descriptions_round_trip_and_malformed_ones_are_named():
+    positions = np.array([[0.0, 20.0], [16.0, 20.0], [0.0, 40.0]])
+    frames = protocol.pack_stream(channel_positions=positions, channel_ids=np.array(["a", "b", "c"]),
+                                  sampling_frequency=30000)
+    assert protocol.is_stream_message(frames) and not protocol.is_stream_message(
+        protocol.pack_block(0, 0, np.zeros((2, 3), np.float32), 30000.0))
+    back = protocol.unpack_stream(frames)
+    np.testing.assert_array_equal(back["channel_positions"], positions)
+    assert back["channel_ids"].tolist() == ["a", "b", "c"] and back["sampling_frequency"] == 30000.0
+    assert protocol.unpack_stream(protocol.pack_stream())["channel_positions"] is None
+    header = frames[0]
+    for bad, message in [([header], "2 frames"), ([header, b"{"], "not JSON"), ([header, b"[1]"], "JSON object"),
+                         ([header, b'{"channels": 3}'], "unknown fields"),
+                         ([header, b'{"channel_positions": [[0, 1, 2]]}'], r"\[C, 2\]"),
+                         ([header, b'{"channel_positions": [[0, NaN]]}'], "finite"),
+                         ([header, b'{"channel_ids": 3}'], "must be a list"),
+                         ([header, b'{"sampling_frequency": -1}'], "> 0"),
+                         ([b"ESRS\x02\x00\x00\x00", frames[1]], "version")]:
+        with pytest.raises(protocol.ProtocolError, match=message):
+            protocol.unpack_stream(bad)

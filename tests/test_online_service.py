@@ -34,7 +34,8 @@ def setup():
     model.eval()
     params = fold_batchnorm(model)
     sorter = OnlineSorter(params, [7, 8, 9], threshold=THRESHOLD, sampling_frequency=recording.sampling_frequency,
-                          config=OnlineConfig(max_steps=256))
+                          config=OnlineConfig(max_steps=256), channel_positions=recording.channel_positions,
+                          channel_ids=recording.channel_ids)
     sorter.warm_up()
     return recording, params, sorter
 
@@ -263,3 +264,57 @@ def test_a_publisher_clock_far_behind_is_not_taken_for_lag(setup, tmp_path):
     assert status and all(e["lag_ms_max"] < 200 for e in status)
     assert all(4900 < e["clock_offset_ms"] < 5500 for e in status)
     np.testing.assert_array_equal(harness.records(), _offline(params, recording, 0, 12 * BLOCK))
+
+
+def test_a_described_stream_is_reordered_into_the_networks_channels_and_a_wrong_one_refused(setup, tmp_path):
+    """Columns arriving in another order (described by position) give the offline sort's spikes;
+    a description of other channels is refused and so are the blocks after it, until a matching
+    description arrives."""
+    recording, params, sorter = setup
+    x = recording.read()
+    perm = np.random.default_rng(3).permutation(x.shape[1])
+    positions = recording.channel_positions
+    harness = Harness(sorter, tmp_path)
+    try:
+        harness.push.send_multipart(protocol.pack_stream(channel_positions=positions[perm], sampling_frequency=32000.0))
+        for seq in range(10):
+            harness.send(seq, seq * BLOCK, x[seq * BLOCK:(seq + 1) * BLOCK][:, perm])
+        harness.push.send_multipart(protocol.pack_stream(channel_positions=positions + [0.0, 7.0]))  # other sites
+        for seq in (10, 11):
+            harness.send(seq, seq * BLOCK, x[seq * BLOCK:(seq + 1) * BLOCK])
+        harness.push.send_multipart(protocol.pack_stream(channel_ids=recording.channel_ids))  # ids, network order
+        _send_blocks(harness, x, range(12, 20), 12)
+        harness.wait(harness.covered(19))
+    finally:
+        harness.close()
+    expected = np.sort(np.concatenate([_offline(params, recording, 0, 10 * BLOCK),
+                                       _offline(params, recording, 12 * BLOCK, 20 * BLOCK)]), order=["sample", "unit"])
+    assert expected.size > 5
+    np.testing.assert_array_equal(harness.records(), expected)
+    streams = harness.kinds("stream")
+    assert [(e["checked"], e["reordered"]) for e in streams] == [(True, True), (True, False)]
+    errors = [e["message"] for e in harness.kinds("error")]
+    assert len(errors) == 3 and "description refused" in errors[0] and "no stream channel within 1 µm" in errors[0]
+    assert all("do not match the network's" in message for message in errors[1:])
+    (gap,) = harness.kinds("gap")
+    assert (gap["expected_seq"], gap["got_seq"]) == (10, 12)
+
+
+def test_with_require_stream_description_undescribed_blocks_are_refused(setup, tmp_path):
+    recording, params, sorter = setup
+    x = recording.read()
+    harness = Harness(sorter, tmp_path, require_stream_description=True)
+    try:
+        harness.send(0, 0, x[:BLOCK])
+        harness.wait(lambda: harness.kinds("error"))
+        harness.push.send_multipart(protocol.pack_stream(channel_positions=recording.channel_positions,
+                                                         sampling_frequency=30000.0))  # the wrong rate
+        harness.wait(lambda: len(harness.kinds("error")) == 2)
+        harness.push.send_multipart(protocol.pack_stream(channel_positions=recording.channel_positions))
+        _send_blocks(harness, x, range(1, 6), 1)
+        harness.wait(harness.covered(5))
+    finally:
+        harness.close()
+    errors = [e["message"] for e in harness.kinds("error")]
+    assert "no stream description has been received" in errors[0] and "30000 Hz" in errors[1]
+    np.testing.assert_array_equal(harness.records(), _offline(params, recording, BLOCK, 6 * BLOCK))

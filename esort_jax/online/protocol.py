@@ -18,6 +18,14 @@ block of consecutive samples, two frames:
     48      float64  send_time: wall-clock time (Unix s) the block was sent
   frame 1, the samples: n × C values of dtype, time-major (row = one sample of all channels).
 
+A stream description (optional, before the first block and again after a restart; on the same
+socket), two frames, so the service can check the channels' order and reorder them:
+
+  frame 0, 8 bytes (struct "<4sHH"): magic "ESRS", version (1), reserved (0)
+  frame 1, UTF-8 JSON: {"channel_positions": [[x, y] µm per column] or null,
+                        "channel_ids": [id per column] or null,
+                        "sampling_frequency": Hz or null}
+
 Out (the service binds a PUB socket), the first frame is the topic:
 
   [b"spikes", header, records]   after every processed batch of blocks (also with no spikes)
@@ -45,12 +53,13 @@ import numpy as np
 
 __all__ = [
     "VERSION", "DTYPES", "SPIKE_RECORD", "ProtocolError", "BlockMessage", "SpikesHeader",
-    "pack_block", "unpack_block", "pack_spikes", "unpack_spikes", "pack_event", "unpack_event",
+    "pack_block", "unpack_block", "pack_stream", "unpack_stream", "is_stream_message", "pack_spikes", "unpack_spikes", "pack_event", "unpack_event",
 ]
 
 VERSION = 1
-BLOCK_MAGIC, SPIKES_MAGIC = b"ESRT", b"ESSP"
+BLOCK_MAGIC, SPIKES_MAGIC, STREAM_MAGIC = b"ESRT", b"ESSP", b"ESRS"
 BLOCK_HEADER = struct.Struct("<4sHHQqIIddd")
+STREAM_HEADER = struct.Struct("<4sHH")
 SPIKES_HEADER = struct.Struct("<4sHHQQqqIIdddd")
 DTYPES = {1: np.dtype("<i2"), 2: np.dtype("<f4")}  # wire code -> dtype
 DTYPE_CODES = {"int16": 1, "float32": 2}
@@ -127,6 +136,57 @@ def unpack_block(frames: list, *, num_channels: int | None = None, dtype: str | 
                             f"is {expected}")
     samples = np.frombuffer(payload, DTYPES[code]).reshape(n, channels)
     return BlockMessage(seq, first, fs, t0, sent, samples)
+
+
+def pack_stream(*, channel_positions=None, channel_ids=None, sampling_frequency: float | None = None) -> list[bytes]:
+    """The two frames of a stream description (module doc): the publisher's channels in its
+    column order."""
+    description = {
+        "channel_positions": None if channel_positions is None else np.asarray(channel_positions, float)[:, :2].tolist(),
+        "channel_ids": None if channel_ids is None else np.asarray(channel_ids).tolist(),
+        "sampling_frequency": None if sampling_frequency is None else float(sampling_frequency),
+    }
+    return [STREAM_HEADER.pack(STREAM_MAGIC, VERSION, 0), json.dumps(description).encode()]
+
+
+def is_stream_message(frames: list) -> bool:
+    """True when `frames` look like a stream description (its magic), not a block."""
+    return len(frames) >= 1 and bytes(frames[0])[:4] == STREAM_MAGIC
+
+
+def unpack_stream(frames: list) -> dict:
+    """The description of pack_stream: channel_positions ([C, 2] float array or None),
+    channel_ids ([C] array or None), sampling_frequency (float or None); ProtocolError unless
+    well formed."""
+    if len(frames) != 2 or len(bytes(frames[0])) != STREAM_HEADER.size:
+        raise ProtocolError("a stream description has 2 frames: an 8-byte header, JSON")
+    magic, version, _ = STREAM_HEADER.unpack(bytes(frames[0]))
+    if magic != STREAM_MAGIC or version != VERSION:
+        raise ProtocolError(f"not a version-{VERSION} stream description (magic {magic!r}, version {version})")
+    try:
+        description = json.loads(bytes(frames[1]))
+    except ValueError as error:
+        raise ProtocolError(f"stream description is not JSON: {error}") from None
+    if not isinstance(description, dict):
+        raise ProtocolError("stream description must be a JSON object")
+    unknown = set(description) - {"channel_positions", "channel_ids", "sampling_frequency"}
+    if unknown:
+        raise ProtocolError(f"stream description has unknown fields {sorted(unknown)}")
+    positions, ids, fs = (description.get(k) for k in ("channel_positions", "channel_ids", "sampling_frequency"))
+    try:
+        positions = None if positions is None else np.asarray(positions, float)
+        fs = None if fs is None else float(fs)
+    except (TypeError, ValueError):
+        raise ProtocolError("stream description: channel_positions must be numbers [C, 2], "
+                            "sampling_frequency a number") from None
+    if positions is not None and (positions.ndim != 2 or positions.shape[1] != 2 or not np.isfinite(positions).all()):
+        raise ProtocolError(f"stream description: channel_positions must be finite [C, 2]; got shape {positions.shape}")
+    if ids is not None and not isinstance(ids, list):
+        raise ProtocolError("stream description: channel_ids must be a list")
+    if fs is not None and not (np.isfinite(fs) and fs > 0):
+        raise ProtocolError(f"stream description: sampling_frequency must be > 0; got {fs}")
+    return {"channel_positions": positions, "channel_ids": None if ids is None else np.asarray(ids),
+            "sampling_frequency": fs}
 
 
 def pack_spikes(header: SpikesHeader, samples, units, scores) -> list[bytes]:

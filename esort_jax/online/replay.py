@@ -47,6 +47,8 @@ class ReplayConfig:
       read_samples: samples read from the recording at a time.
       preload: read the whole stretch into memory before the clock starts (no disk read can
         delay a block; needs duration × channels × 4 bytes).
+      describe_stream: send a stream description first (the recording's channel positions,
+        when all known, and ids, in column order) so the service checks the channel order.
     """
 
     block_ms: float = 1.0
@@ -61,6 +63,7 @@ class ReplayConfig:
     confirm_timeout_s: float = 600.0
     read_samples: int = 32768
     preload: bool = False
+    describe_stream: bool = True
 
     def validate(self, where: str = "replay") -> None:
         require(self.block_ms > 0, f"{where}.block_ms", f"must be > 0; got {self.block_ms}")
@@ -136,6 +139,11 @@ def _send_all(push, recording: Recording, config: ReplayConfig, stop) -> dict:
     blocks = _blocks(recording, config)
     if config.preload:
         blocks = iter(list(blocks))  # views of one array read before the clock starts
+    if config.describe_stream:
+        positions = recording.channel_positions
+        push.send_multipart(protocol.pack_stream(
+            channel_positions=positions if np.isfinite(positions).all() else None,
+            channel_ids=recording.channel_ids, sampling_frequency=fs))
     late_ms, sent, samples, t0 = [], 0, 0, time.time()
     for first, block in blocks:
         if stop is not None and stop.is_set():

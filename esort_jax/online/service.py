@@ -12,6 +12,13 @@ behind catches up with bigger, more efficient blocks instead of queueing ever mo
 Faults:
   - malformed message, wrong channel count, dtype or sampling rate, NaN/inf: the message is
     dropped, an 'error' event names it; the data it held is missing, so the next block is a gap;
+  - channel order: a publisher that describes its stream (protocol.pack_stream: its channels'
+    positions and/or ids, column by column) has its columns checked against the network's
+    (online.channel_map) and put into the network's order ('stream' event, reordered=true/false);
+    a description that does not match is refused ('error' event) and so is every block after
+    it until a matching description arrives; with `require_stream_description`, blocks are
+    refused until one has matched. A description holds until the next (send it again after a
+    restart when the channels may have changed);
   - gap (a sequence number skipped, or first_sample not where the last block ended): the
     stream so far is flushed (its last spikes decided as if the recording ended there, as
     the offline sort of that stretch would), the history reset, a 'gap' event says where;
@@ -42,6 +49,7 @@ import zmq
 
 from esort_jax.config import require
 from esort_jax.online import protocol
+from esort_jax.online.channel_map import ChannelMapError, NothingToCompare, channel_order
 from esort_jax.online.sorter import OnlineSorter, SpikeBatch
 from esort_jax.online.spike_log import SpikeLog
 
@@ -64,6 +72,9 @@ class ServiceConfig:
       lag_warn_ms: 'status' events say behind=true when a block's lag exceeded this.
       status_every_s: period of 'status' events.
       write_spikeinterface: also write the SpikeInterface folder at shutdown (sorting/si).
+      require_stream_description: sort only after a stream description matched the network's
+        channels (otherwise an undescribed stream is taken to be in the network's order).
+      channel_tolerance_um: how far a described channel position may be from the network's.
     """
 
     input_endpoint: str = "tcp://127.0.0.1:5555"
@@ -75,6 +86,8 @@ class ServiceConfig:
     lag_warn_ms: float = 20.0
     status_every_s: float = 1.0
     write_spikeinterface: bool = True
+    require_stream_description: bool = False
+    channel_tolerance_um: float = 1.0
 
     def validate(self, where: str = "service") -> None:
         for key in ("input_endpoint", "output_endpoint"):
@@ -88,6 +101,8 @@ class ServiceConfig:
         require(self.max_lag_ms is None or self.max_lag_ms > 0, f"{where}.max_lag_ms",
                 f"must be > 0 or null; got {self.max_lag_ms}")
         require(self.status_every_s > 0, f"{where}.status_every_s", f"must be > 0; got {self.status_every_s}")
+        require(self.channel_tolerance_um >= 0, f"{where}.channel_tolerance_um",
+                f"must be >= 0; got {self.channel_tolerance_um}")
 
 
 @contextlib.contextmanager
@@ -121,6 +136,8 @@ class SortingService:
         self._clock_offset_ms: float | None = None  # smallest (receive - send time) of the stream
         self._warned_clock = False
         self._last_status = time.monotonic()
+        self._channels = "undescribed"  # | "accepted" | "refused" (the last stream description)
+        self._channel_index: np.ndarray | None = None  # stream column of each network channel
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -137,7 +154,9 @@ class SortingService:
             self._pub = pub
             self._event("ready", unit_ids=self.sorter.unit_ids.tolist(), num_channels=self.sorter.num_channels,
                         sampling_frequency=self.sorter.sampling_frequency, final_after=self.sorter.final_after,
-                        input_dtype=self.config.input_dtype, threshold=self.sorter.threshold)
+                        input_dtype=self.config.input_dtype, threshold=self.sorter.threshold,
+                        channel_positions_known=self.sorter.channel_positions is not None,
+                        require_stream_description=self.config.require_stream_description)
             gc.collect()
             gc.freeze()  # objects made so far (JAX, the model) leave the collector's scans: shorter pauses
             poller = zmq.Poller()
@@ -165,6 +184,12 @@ class SortingService:
         """Decode, check continuity, and sort runs of consecutive blocks one push each."""
         group: list[protocol.BlockMessage] = []
         for frames in messages:
+            if protocol.is_stream_message(frames):
+                if group:  # blocks before it were read under the previous description
+                    self._sort(group)
+                    group = []
+                self._describe(frames)
+                continue
             block = self._decode(frames)
             if block is None or self._too_old(block):
                 continue
@@ -188,12 +213,44 @@ class SortingService:
                                              f"the network at {fs:g} Hz")
             if not np.isfinite(block.samples).all():
                 raise protocol.ProtocolError(f"seq {block.seq}: samples contain NaN or inf")
+            if self._channels == "refused" or (self._channels == "undescribed"
+                                               and self.config.require_stream_description):
+                raise protocol.ProtocolError(f"seq {block.seq}: " + (
+                    "the stream's channels do not match the network's (its description was refused)"
+                    if self._channels == "refused" else "no stream description has been received "
+                    "(service.require_stream_description)"))
+            if self._channel_index is not None:
+                return dataclasses.replace(block, samples=block.samples[:, self._channel_index])
             return block
         except protocol.ProtocolError as error:
             self.counts["errors"] += 1
             log.warning("dropped a message: %s", error)
             self._event("error", message=str(error))
             return None
+
+    def _describe(self, frames) -> None:
+        """A stream description: check its channels against the network's, set the column order."""
+        try:
+            description = protocol.unpack_stream(frames)
+            fs = description["sampling_frequency"]
+            if fs is not None and abs(fs - self.sorter.sampling_frequency) > 1e-6 * fs:
+                raise protocol.ProtocolError(f"sampled at {fs:g} Hz; the network at {self.sorter.sampling_frequency:g} Hz")
+            index = channel_order(self.sorter.channel_positions, self.sorter.channel_ids,
+                                  description["channel_positions"], description["channel_ids"],
+                                  tolerance_um=self.config.channel_tolerance_um)
+            checked = True
+        except NothingToCompare as error:
+            index, checked = None, False
+            log.warning("stream description accepted unchecked: %s", error)
+        except (protocol.ProtocolError, ChannelMapError) as error:
+            self._channels, self._channel_index = "refused", None
+            self.counts["errors"] += 1
+            log.warning("stream description refused: %s", error)
+            self._event("error", message=f"stream description refused: {error}")
+            return
+        self._channels, self._channel_index = "accepted", index
+        self._event("stream", checked=checked, reordered=index is not None)
+        log.info("stream description accepted (checked: %s, reordered: %s)", checked, index is not None)
 
     def _too_old(self, block: protocol.BlockMessage) -> bool:
         """Drop policy: a block older than max_lag_ms is skipped (the next one is then a gap)."""

@@ -92,12 +92,15 @@ class OnlineSorter:
       gain_to_uv, offset_to_uv: integer input (e.g. int16 from an ADC) is converted as
         raw · gain + offset (as `ArrayTraces` reads it); float input is taken as µV.
       start_sample: absolute sample of the first pushed sample.
+      channel_positions, channel_ids: [C, 2] µm and [C] ids of the channels the network was
+        trained on, in its input order (None: unknown); the service checks a described
+        stream against them (online.channel_map).
     """
 
     def __init__(self, params, unit_ids=None, *, threshold: float | None = None, sampling_frequency: float,
                  postprocess=None, infer=None, config: OnlineConfig | None = None,
                  preprocess: CausalPreprocessConfig | None = None, gain_to_uv=1.0, offset_to_uv=0.0,
-                 start_sample: int = 0):
+                 start_sample: int = 0, channel_positions=None, channel_ids=None):
         postprocess = postprocess or _shared.PostprocessConfig()
         if threshold is not None:
             postprocess = dataclasses.replace(postprocess, threshold=float(threshold))
@@ -113,6 +116,12 @@ class OnlineSorter:
         self.compute = BlockCompute(params, infer or _shared.InferenceConfig(), postprocess, config or OnlineConfig())
         self.preprocess = preprocess
         self._filter = CausalPreprocessor(preprocess, sampling_frequency, params.num_channels) if preprocess else None
+        self.channel_positions = None if channel_positions is None else np.asarray(channel_positions, float)
+        self.channel_ids = None if channel_ids is None else np.asarray(channel_ids)
+        for name, value, shape in (("channel_positions", self.channel_positions, (params.num_channels, 2)),
+                                   ("channel_ids", self.channel_ids, (params.num_channels,))):
+            if value is not None and value.shape != shape:
+                raise ValueError(f"{name} has shape {value.shape}; the network takes {shape}")
         self.gain_to_uv = np.asarray(gain_to_uv, np.float32)
         self.offset_to_uv = np.asarray(offset_to_uv, np.float32)
         self._peaks = StreamingPeaks(params.num_units, self.threshold, postprocess.min_distance_samples)
@@ -130,7 +139,8 @@ class OnlineSorter:
         if fs is None:
             raise ValueError(f"{path}: the checkpoint records no sampling rate; pass sampling_frequency=")
         return cls(loaded.params, meta.unit_ids, threshold=loaded.threshold if threshold is None else threshold,
-                   sampling_frequency=fs, preprocess=resolve_preprocess(meta.extra, preprocess), **kwargs)
+                   sampling_frequency=fs, preprocess=resolve_preprocess(meta.extra, preprocess),
+                   **{"channel_positions": meta.channel_positions, "channel_ids": meta.channel_ids, **kwargs})
 
     # -- properties -------------------------------------------------------------------------
 
