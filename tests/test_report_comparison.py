@@ -43,6 +43,29 @@ def test_k_to_reach_interpolates_in_log_k_and_gives_the_ratio():
         comparison.k_to_reach_level(rows, 0.8, metric="precision")
 
 
+def test_the_reach_can_be_read_against_the_labels_each_k_actually_used():
+    used = {5: 300, 10: 1000, 15: 1500}  # complete-span prefixes hold more labels than K x units
+    rows = [dict(r, labels_used_spikes=used[r["k"]]) if r["kind"] == "esort" else r for r in fake_rows()]
+    reach = comparison.k_to_reach_level(rows, 0.8, axis="labels_used_spikes")
+    x_transfer = 300 * (1000 / 300) ** (2 / 3)  # 2/3 of the way from 0.70 to 0.85, in log labels
+    x_scratch = 1000 * 1.5 ** (2 / 3)
+    assert reach["axis"] == "labels_used_spikes" and reach["bound"] == "exact"
+    assert reach["transfer"]["k"] == pytest.approx(x_transfer) and reach["scratch"]["k"] == pytest.approx(x_scratch)
+    assert reach["ratio"] == pytest.approx(x_scratch / x_transfer)
+    assert reach["ratio"] != pytest.approx(comparison.k_to_reach_level(rows, 0.8)["ratio"])  # not the K ratio
+    assert "transfer needs labelled spikes used 669.4" in reach["text"]
+    summary = comparison.comparison_summary(rows, {"kilosort4": {"status": "ok", "accuracy_pooled": 0.8}},
+                                            "accuracy_pooled", "kilosort4")
+    assert summary["label_reduction_vs_reference_by"]["labels_used_spikes"] == pytest.approx(reach["ratio"])
+    assert summary["label_reduction_vs_reference_by"]["labelled_seconds"] is None  # not recorded
+    assert "labelled_seconds is not recorded for K = 5" in summary["labels_to_reach"]["labelled_seconds"]["kilosort4"]["text"]
+    assert "against labels_used_spikes at kilosort4's" in comparison.comparison_text(summary)
+    flat = [dict(r, labels_used_spikes=100) if r["kind"] == "esort" else r for r in fake_rows()]
+    assert "not positive and increasing" in comparison.k_to_reach_level(flat, 0.8, axis="labels_used_spikes")["text"]
+    with pytest.raises(ValueError, match="axis must be"):
+        comparison.k_to_reach_level(rows, 0.8, axis="seconds")
+
+
 def test_label_reach_for_each_sorter_that_scored():
     rows = fake_rows()
     sorters = {"kilosort4": {"status": "ok", "accuracy_pooled": 0.8}, "spykingcircus2": {"status": "failed"},

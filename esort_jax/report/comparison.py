@@ -46,6 +46,7 @@ __all__ = [
     "esort_seconds_per_data_second",
     "speed_ratios",
     "k_to_reach_level",
+    "LABEL_AXES",
     "ROW_COLUMNS",
     "PAPER_REDUCTION",
     "comparison_summary",
@@ -120,29 +121,65 @@ def _curve(rows: Sequence[dict], arm: str, metric: str) -> tuple[list[float], li
     return ks, values
 
 
-def _reach_text(reach: dict, largest: float | None) -> str:
+def _reach_text(reach: dict, largest: float | None, name: str = "K") -> str:
     if reach["status"] == "never":
-        return f"> {largest:g} (never within the measured K)" if largest else "never"
+        return f"> {largest:g} (never within the measured {name})" if largest else "never"
     if reach["status"] == "first":
-        return f"<= {reach['k']:g} (already at the smallest K)"
+        return f"<= {reach['k']:g} (already at the smallest {name})"
     return f"{reach['k']:.1f}"
 
 
-def k_to_reach_level(rows: Sequence[dict], level: float, metric: str = "accuracy_pooled") -> dict:
+# Axes a label reduction may be read on besides K: the labels an arm actually used (accounting).
+LABEL_AXES = ("labels_used_spikes", "labelled_seconds")
+
+
+def _rows_on_axis(rows: Sequence[dict], axis: str) -> list[dict] | str:
+    """The E-Sort rows with `k` replaced by the mean of `axis` over the rows at that K (both arms
+    at one K train on the same windows, so they share it), or the reason it cannot be read: the
+    axis must be known, positive and increasing in K."""
+    esort = [r for r in rows if r["kind"] == "esort" and _ok(r)]
+    ks = sorted({r["k"] for r in esort})
+    values = []
+    for k in ks:
+        cells = [r.get(axis) for r in esort if r["k"] == k]
+        if any(c is None for c in cells):
+            return f"{axis} is not recorded for K = {k}"
+        values.append(float(np.mean(cells)))
+    if not values or min(values) <= 0 or np.any(np.diff(values) <= 0):
+        return f"{axis} is not positive and increasing in K ({values})"
+    at = dict(zip(ks, values))
+    return [{**r, "k": at[r["k"]]} for r in esort]
+
+
+def k_to_reach_level(rows: Sequence[dict], level: float, metric: str = "accuracy_pooled", axis: str = "k") -> dict:
     """Labelled spikes per unit the E-Sort arms need to reach `level` of `metric`.
 
     Reads each arm's curve over K from the rows (linear in log K between measured K, first
     crossing; `esort_jax.report.curves.k_to_reach`) and the ratio K_scratch / K_transfer with its
-    censoring (`esort_jax.report.curves.reduction_at`). Returns {level, metric, ks, transfer: {k,
-    status}, scratch: {k, status}, ratio, bound, ratio_lower_bound (when scratch never gets
+    censoring (`esort_jax.report.curves.reduction_at`). Returns {level, metric, axis, transfer:
+    {k, status}, scratch: {k, status}, ratio, bound, ratio_lower_bound (when scratch never gets
     there), text}. An arm without rows has k None and status 'missing'.
+
+    `axis` one of LABEL_AXES reads the same curves against the labels each K actually used
+    (interpolated in log of that axis); `k` in the arms' entries is then that axis's value, and
+    when it cannot be read (not recorded, not increasing in K) the entry has `ratio` None and
+    says why in `text`.
     """
     if metric not in REACH_METRICS:
         raise ValueError(f"metric must be one of {list(REACH_METRICS)}; got {metric!r}")
     if level is None or not math.isfinite(float(level)):
         raise ValueError(f"level must be a finite number; got {level!r}")
+    if axis != "k" and axis not in LABEL_AXES:
+        raise ValueError(f"axis must be 'k' or one of {list(LABEL_AXES)}; got {axis!r}")
     level = float(level)
-    out: dict[str, Any] = {"level": level, "metric": metric}
+    name = {"k": "K", "labels_used_spikes": "labelled spikes used"}.get(axis, axis.replace("_", " "))
+    if axis != "k":
+        rows = _rows_on_axis(rows, axis)
+        if isinstance(rows, str):
+            return {"level": level, "metric": metric, "axis": axis, "ratio": None, "bound": None,
+                    "transfer": {"k": None, "status": "missing"}, "scratch": {"k": None, "status": "missing"},
+                    "text": f"{metric} {level:.3f}: {rows}"}
+    out: dict[str, Any] = {"level": level, "metric": metric, "axis": axis}
     curves_by_arm = {arm: _curve(rows, arm, metric) for arm in INITS}
     largest = max((max(ks) for ks, _ in curves_by_arm.values() if ks), default=None)
     for arm, (ks, values) in curves_by_arm.items():
@@ -164,7 +201,7 @@ def k_to_reach_level(rows: Sequence[dict], level: float, metric: str = "accuracy
     parts = [f"{metric} {level:.3f}:"]
     for arm in INITS:
         if out[arm]["status"] != "missing":
-            parts.append(f"{arm} needs K {_reach_text(out[arm], largest)}")
+            parts.append(f"{arm} needs {name} {_reach_text(out[arm], largest, name)}")
     if out["ratio"] is not None:
         relation = {"exact": "=", "upper": "<=", "lower": ">="}[out["bound"]]
         parts.append(f"scratch / transfer {relation} {out['ratio']:.2f}x")
@@ -209,15 +246,15 @@ def ordered_rows(rows: Sequence[dict]) -> list[dict]:
     return sorters + esort
 
 
-def label_reach(rows: Sequence[dict], sorters: dict, metric: str) -> dict:
-    """For each sorter that produced a score (`sorters`: name -> its metrics): the K E-Sort's
-    arms need to reach its `metric` (`k_to_reach_level`)."""
+def label_reach(rows: Sequence[dict], sorters: dict, metric: str, axis: str = "k") -> dict:
+    """For each sorter that produced a score (`sorters`: name -> its metrics): the K (or `axis`)
+    E-Sort's arms need to reach its `metric` (`k_to_reach_level`)."""
     out = {}
     for name, metrics in sorters.items():
         level = metrics.get(metric) if metrics.get("status") == "ok" else None
         if level is None or not math.isfinite(float(level)):
             continue
-        out[name] = k_to_reach_level(rows, float(level), metric)
+        out[name] = k_to_reach_level(rows, float(level), metric, axis=axis)
     return out
 
 
@@ -235,10 +272,14 @@ def comparison_summary(rows: Sequence[dict], sorters: dict, metric: str, referen
     """The results.json entries of a comparison: rows (`ordered_rows`), speed_ratio,
     esort_seconds_per_data_second, failed_sorters, k_to_reach (the K E-Sort needs to reach each
     sorter's `metric`; {} without E-Sort rows), reference_sorter and label_reduction_vs_reference
-    (scratch / transfer K at the reference sorter's level, or None). `sorters`: name -> metrics."""
+    (scratch / transfer K at the reference sorter's level, or None); labels_to_reach and
+    label_reduction_vs_reference_by: the same read against each of LABEL_AXES (the labels the
+    arms actually used). `sorters`: name -> metrics."""
     rows = ordered_rows(rows)
-    reach = label_reach(rows, sorters, metric) if any(r["kind"] == "esort" for r in rows) else {}
+    esort = any(r["kind"] == "esort" for r in rows)
+    reach = label_reach(rows, sorters, metric) if esort else {}
     reference = reach.get(reference_sorter) if reference_sorter else None
+    by_axis = {axis: label_reach(rows, sorters, metric, axis=axis) if esort else {} for axis in LABEL_AXES}
     return {
         "rows": rows,
         "speed_ratio": speed_ratios(rows),
@@ -247,6 +288,10 @@ def comparison_summary(rows: Sequence[dict], sorters: dict, metric: str, referen
         "k_to_reach": reach,
         "reference_sorter": reference_sorter,
         "label_reduction_vs_reference": reference["ratio"] if reference else None,
+        "labels_to_reach": by_axis,
+        "label_reduction_vs_reference_by": {
+            axis: (reach_on_axis.get(reference_sorter) or {}).get("ratio") if reference_sorter else None
+            for axis, reach_on_axis in by_axis.items()},
     }
 
 
@@ -270,4 +315,8 @@ def comparison_text(results: Mapping) -> str:
     if results["label_reduction_vs_reference"] is not None:
         lines.append(f"label reduction at {results['reference_sorter']}'s accuracy: "
                      f"{results['label_reduction_vs_reference']:.2f}x (paper: ~{PAPER_REDUCTION}x)")
+    reference = results.get("reference_sorter")
+    for axis, reach in results.get("labels_to_reach", {}).items():
+        if reference in reach and reach[reference]["transfer"]["status"] != "missing":  # the axis was read
+            lines.append(f"against {axis} at {reference}'s {reach[reference]['text']}")
     return "\n".join(lines).rstrip()
