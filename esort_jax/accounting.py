@@ -17,7 +17,9 @@
 - `threshold_labels`: labelled spikes the threshold choice saw: the network's units' spikes of
   the validation part (the sweep), the held-out K spikes (k_only's cross-validation), 0 for a
   fixed threshold.
-- `train_steps`: optimiser steps taken.
+- `train_steps`: optimiser steps taken by the reported network. The k_only threshold rule fits
+  two more networks on the folds of the K labels; their steps are in
+  `label_accounting.threshold_train_steps` (0 otherwise), so a budget comparison can add them.
 
 Pure numpy on a WindowSets and Sortings; no training, no I/O.
 """
@@ -105,6 +107,7 @@ def accounting(facts: dict, threshold_curve: dict, *, train_steps: int, early_st
     used = facts["train_labels_spikes"] + (facts["validation_span_spikes"] if early_stopping else 0)
     seconds = facts["train_labelled_seconds"] + (facts["validation_span_seconds"] if validation_read else 0.0)
     breakdown = {**facts, "threshold_rule": rule, "early_stopping": bool(early_stopping),
+                 "threshold_train_steps": int(sum(threshold_curve.get("fold_train_steps", []))) if threshold_curve else 0,
                  "validation_labels_read_by": [name for name, on in (("threshold", rule == "validation_sweep"),
                                                                      ("early_stopping", early_stopping)) if on]}
     return {"labels_used_spikes": int(used), "labelled_seconds": float(seconds),

@@ -70,6 +70,12 @@ class PipelineConfig:
                 f"{where}train.early_stopping_patience_steps: early stopping watches the validation part's "
                 "complete labels, which label_mode 'k_only' does not have; turn one of them off"
             )
+        k = self.windows.spikes_per_unit
+        if self.windows.label_mode == "k_only" and self.evaluation.threshold is None and k is not None and k < 2:
+            raise ConfigError(
+                f"{where}windows.spikes_per_unit: label_mode 'k_only' chooses its threshold by 2-fold cross-validation "
+                f"over the K labelled spikes, which needs K >= 2; got K = {k}: use K >= 2 or set evaluation.threshold"
+            )
 
     def replace(self, **changes) -> "PipelineConfig":
         return dataclasses.replace(self, **changes)

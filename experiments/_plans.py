@@ -23,7 +23,6 @@ from esort_jax.realdata.quality import QualityFilter
 from esort_jax.report.comparison import REACH_METRICS
 from esort_jax.report.curves import SUMMARY_METRICS
 from esort_jax.transfer import INITS
-from esort_jax.windows import WindowConfig
 from experiments._common import to_container
 
 __all__ = ["read_plan", "check_ks", "TransferPlan", "LabelEfficiencyPlan", "ESortArms", "BaselinesPlan",
@@ -53,10 +52,11 @@ def _unset_as_none(value: Any) -> Any:
     return None if value == MISSING else value
 
 
-def check_ks(windows: WindowConfig, ks, where: str = "finetune.windows") -> None:
-    """The fine-tuning windows are valid at every K of `ks` (errors name `where`)."""
+def check_ks(pipeline, ks, where: str = "finetune.") -> None:
+    """The fine-tuning pipeline (a PipelineConfig) is valid at every K of `ks` (errors name
+    `where`): the windows, and what depends on K elsewhere (k_only's threshold needs K >= 2)."""
     for k in ks:
-        dataclasses.replace(windows, spikes_per_unit=k).validate(where)
+        pipeline.replace(windows=dataclasses.replace(pipeline.windows, spikes_per_unit=k)).validate(where)
 
 
 def _check_arms(arms: tuple[str, ...], key: str) -> None:

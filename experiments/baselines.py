@@ -71,7 +71,7 @@ def main(cfg: DictConfig) -> dict:
         plan = read_plan(BaselinesPlan, cfg)
         pretrain, finetune = arm_pipelines(cfg)
         tolerance_ms = finetune.evaluation.tolerance_ms
-        check_ks(finetune.windows, plan.esort.ks)
+        check_ks(finetune, plan.esort.ks)
         params = {name: sorter_params(name, sorters.overrides(name), "sorter_params") for name in sorters.sorters}
         check_synthesis(run, "target", *(["source"] if plan.esort.ks and "transfer" in plan.esort.arms else []))
 

@@ -56,7 +56,7 @@ def main(cfg: DictConfig) -> dict:
         ks = sorted(plan.ks)
         configs = {seed: arm_pipelines(seeded(cfg, seed)) for seed in plan.seeds}  # (pretrain, finetune)
         first = configs[plan.seeds[0]][1]
-        check_ks(first.windows, ks)
+        check_ks(first, ks)
         check_synthesis(run, "target", *(["source"] if "transfer" in plan.arms else []))
 
         policy = first.windows.short_units

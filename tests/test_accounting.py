@@ -71,8 +71,11 @@ def test_accounting_adds_the_validation_part_only_when_something_read_it():
     assert stopped["labels_used_spikes"] == 140 and stopped["labelled_seconds"] == 2.5
     fixed = accounting(facts, {}, train_steps=7, early_stopping=False)
     assert fixed["threshold_labels"] == 0 and fixed["labelled_seconds"] == 2.0
-    cv = accounting(facts, {"rule": "k_only_cv", "labels": 20}, train_steps=7, early_stopping=False)
+    cv = accounting(facts, {"rule": "k_only_cv", "labels": 20, "fold_train_steps": [30, 31]}, train_steps=7,
+                    early_stopping=False)
     assert cv["labelled_seconds"] == 2.0 and cv["label_accounting"]["validation_labels_read_by"] == []
+    assert cv["train_steps"] == 7 and cv["label_accounting"]["threshold_train_steps"] == 61  # the fold networks
+    assert sweep["label_accounting"]["threshold_train_steps"] == fixed["label_accounting"]["threshold_train_steps"] == 0
 
 
 def test_early_stop_counts_steps_since_the_best_validation_loss():

@@ -10,6 +10,8 @@ from omegaconf import OmegaConf
 
 from esort_jax import ArrayTraces, Recording
 from esort_jax.config import ConfigError
+from esort_jax.evaluate import EvaluationConfig
+from esort_jax.pipeline import PipelineConfig
 from esort_jax.realdata.baselines import BaselinesConfig
 from esort_jax.windows import WindowConfig
 from experiments._common import register_resolvers
@@ -74,10 +76,16 @@ def test_transfer_and_baselines_plan_errors_name_the_key():
         _plan(BaselinesPlan, esort={"arms": ["finetune"]})
 
 
-def test_every_k_is_checked_against_the_finetuning_windows():
-    check_ks(WindowConfig(), [1, 5])
+def test_every_k_is_checked_against_the_finetuning_pipeline():
+    check_ks(PipelineConfig(), [1, 5])
     with pytest.raises(ConfigError, match=r"^finetune\.windows\.spikes_per_unit: K must be >= 1"):
-        check_ks(WindowConfig(), [1, 0])
+        check_ks(PipelineConfig(), [1, 0])
+    k_only = PipelineConfig(windows=WindowConfig(label_mode="k_only", spikes_per_unit=5))
+    check_ks(k_only, [2, 5])
+    with pytest.raises(ConfigError, match=r"^finetune\.windows\.spikes_per_unit: label_mode 'k_only' chooses its "
+                                          r"threshold by 2-fold cross-validation .* K >= 2; got K = 1"):
+        check_ks(k_only, [1, 5])  # refused before any work, not after the K = 1 arm's training
+    check_ks(k_only.replace(evaluation=EvaluationConfig(threshold=1.5)), [1])  # a fixed threshold needs no folds
 
 
 def _checkpoint(tmp_path):
