@@ -102,6 +102,11 @@ def run_labeller(si_recording, kind: str, stop_s: float | None, folder: Path) ->
 def backbone(si_recording, cache_dir: Path) -> Path:
     """A network pretrained (8 epochs, cached) on a data_gen source synthesised on the recording's
     geometry (30 s, 15 000 neurons/mm³, seed 1000), preprocessed as E-Sort's input is."""
+    return backbone_and_hit(si_recording, cache_dir)[0]
+
+
+def backbone_and_hit(si_recording, cache_dir: Path) -> tuple[Path, bool]:
+    """`backbone` and whether it was read from the cache (True) or built now."""
     from data_gen import SynthesisConfig
     from data_gen.config import UnitsConfig
     from esort_jax.config import to_dict
@@ -118,9 +123,9 @@ def backbone(si_recording, cache_dir: Path) -> Path:
     source, truth = read_recording_folder(folder)
     config = PipelineConfig(windows=WindowConfig(train_fraction=1.0), train=TrainConfig(epochs=8, progress=False))
     key = {**synthesis_key(data), "preprocess": to_dict(PreprocessConfig())}
-    checkpoint, _, _ = pretrained_checkpoint(as_recording(source, PreprocessConfig()), truth, config, seed=0,
-                                             cache_dir=cache_dir, data_key=key)
-    return checkpoint
+    checkpoint, hit, _ = pretrained_checkpoint(as_recording(source, PreprocessConfig()), truth, config, seed=0,
+                                               cache_dir=cache_dir, data_key=key)
+    return checkpoint, bool(hit)
 
 
 def arm_options(arm: str, si_recording, truth, labels, seed: int) -> tuple[object, object, dict]:

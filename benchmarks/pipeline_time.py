@@ -75,13 +75,23 @@ def warm_up_labeller(name: str, recording, folder: Path, seconds: float = 5.0) -
 
 
 def time_backbone(recording, cache: Path) -> dict:
-    """The backbone for this geometry (benchmarks/never_worse.backbone): seconds, cache hit."""
-    from benchmarks.never_worse import backbone
+    """The backbone for this geometry (benchmarks/never_worse.backbone): seconds, cache hit (then
+    the seconds are only the cache read: pretraining was not timed by this run)."""
+    from benchmarks.never_worse import backbone_and_hit
     from esort_jax.io import to_spikeinterface_recording
 
     started = time.perf_counter()
-    checkpoint = backbone(to_spikeinterface_recording(recording), cache)
-    return {"checkpoint": str(checkpoint), "seconds": time.perf_counter() - started}
+    checkpoint, hit = backbone_and_hit(to_spikeinterface_recording(recording), cache)
+    return {"checkpoint": str(checkpoint), "seconds": time.perf_counter() - started, "cache_hit": hit}
+
+
+def pretrain_seconds(result: dict) -> float | None:
+    """Pretraining's wall seconds: measured by this run, or given with --pretrain-s (from the run
+    that built the cached backbone); None when the backbone was a cache hit and none was given."""
+    backbone = result["backbone"]
+    if backbone.get("pretrain_s_given") is not None:
+        return float(backbone["pretrain_s_given"])
+    return None if backbone.get("cache_hit") else float(backbone["seconds"])
 
 
 def time_esort(recording, labels, length_s: float, train_s: float, checkpoint: str) -> dict:
@@ -105,6 +115,8 @@ def measure(args) -> dict:
     recording, _ = raw_recording(args.channels, lengths[-1], work / f"recording{args.channels}")
     out = {"channels": args.channels, "lengths_s": lengths, "train_s": lengths[0], "cpus": os.cpu_count(),
            "load_at_start": os.getloadavg(), "backbone": time_backbone(recording, Path(args.cache)), "sorters": {}}
+    if args.pretrain_s is not None:
+        out["backbone"]["pretrain_s_given"] = args.pretrain_s
     for name in args.sorters:
         warm_up_labeller(name, recording, work / f"{name}{args.channels}" / "warm_up")
         runs = [time_labeller(name, recording, length, work / f"{name}{args.channels}" / f"L{length:g}")
@@ -142,20 +154,22 @@ def table(result: dict) -> str:
     pretrained in the run) and the check at the longest length."""
     from esort_jax.report.breakeven import break_even_s
 
-    pretrain = result["backbone"]["seconds"]
+    pretrain = pretrain_seconds(result)
+    source = ("given with --pretrain-s" if result["backbone"].get("pretrain_s_given") is not None else
+              "read from the cache: pretraining not timed" if result["backbone"].get("cache_hit") else "built in this run")
     lines = [f"{result['channels']} channels, training span {result['train_s']:g} s, backbone "
-             f"{pretrain:.0f} s when built (0 on a cache hit)", "",
+             + ("?" if pretrain is None else f"{pretrain:.0f} s") + f" ({source})", "",
              "| labeller | labeller s / data s (fit) | start-up s | fine-tune s | threshold s | E-Sort sort s / data s "
              "(raw int16 + preprocessing) | break-even, backbone cached | with pretraining | check at "
              "the longest length: labeller measured / predicted | labeller + E-Sort measured / predicted |",
              "|" + "---|" * 10]
     for name, run in result["sorters"].items():
         times, check = model(run, 0.0)
-        with_pretrain = break_even_s(model(run, pretrain)[0])
+        with_pretrain = None if pretrain is None else break_even_s(model(run, pretrain)[0])
         star = break_even_s(times)
         fmt = lambda s: "never" if s is None else f"{s:.0f} s ({s / 60:.1f} min)"  # noqa: E731
         lines.append(f"| {name} | {times.labeller.slope:.2f} | {times.labeller.intercept_s:.0f} | {times.finetune_s:.0f} | "
-                     f"{times.threshold_s:.1f} | {times.sort_s_per_s:.3f} | {fmt(star)} | {fmt(with_pretrain)} | "
+                     f"{times.threshold_s:.1f} | {times.sort_s_per_s:.3f} | {fmt(star)} | {'not timed' if pretrain is None else fmt(with_pretrain)} | "
                      f"{check['labeller_s']:.0f} / {check['labeller_predicted_s']:.0f} s at {check['length_s']:g} s | "
                      f"{check['esort_s']:.0f} / {check['esort_predicted_s']:.0f} s |")
     return "\n".join(lines)
@@ -184,9 +198,16 @@ def main() -> None:
     parser.add_argument("--cache", default="cache")
     parser.add_argument("--out", default="pipeline_time.json")
     parser.add_argument("--table", help="print the table of this saved run (and write its plot beside it)")
+    parser.add_argument("--pretrain-s", type=float, default=None,
+                        help="pretraining's wall seconds measured by the run that built the cached backbone "
+                             "(for the 'with pretraining' column when this run's backbone is a cache hit)")
     args = parser.parse_args()
+    if args.pretrain_s is not None and not args.pretrain_s > 0:
+        parser.error(f"--pretrain-s must be > 0; got {args.pretrain_s}")
     if args.table:
         result = json.loads(Path(args.table).read_text())
+        if args.pretrain_s is not None:
+            result["backbone"]["pretrain_s_given"] = args.pretrain_s
     else:
         from esort_jax.runtime.host_memory import configure_host_allocator
 
