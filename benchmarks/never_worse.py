@@ -3,13 +3,15 @@ item 0; the tables of docs/claims.md).
 
     python benchmarks/never_worse.py --work never_worse_work --out nw.jsonl             # the measurement
     python benchmarks/never_worse.py --seeds 0 --kinds drifting --arms before fixed --out quick.jsonl
+    python benchmarks/never_worse.py --generator esort --channels 64 --arms fixed motion --out nw.jsonl
     python benchmarks/never_worse.py --table nw.jsonl                           # tables only
 
 Recordings: SpikeInterface's `generate_drifting_recording` (one sorting, a static and a drifting
 recording), 48 units on 96 channels of a Neuropixels-1.0-like layout (4 staggered columns, 20 µm
 rows), 40 s at 32 kHz; drift: rigid zigzag 30 µm peak to peak with a 40 s period from t = 0, so
 the training span (first 20 s) sees 0..+15 µm and the scored span (last 20 s) 0..-15 µm: the
-drift the network must handle is never in its labels. Labeller: Tridesclous2 (with motion
+drift the network must handle is never in its labels. `--generator esort`: the same on this
+project's synthesiser (`make_esort_recordings`: the np1 preset's `--channels`, the same drift; results under `<work>/esort_generator`, rows marked `generator`). Labeller: Tridesclous2 (with motion
 correction on the drifting recording) on the first 20 s; its run on the whole recording is the
 reference scored on the same last 20 s. E-Sort (`esort_from_labels`, preprocessing as sort_real's
 default, transfer from a backbone pretrained on a source synthesised on the same geometry) in arms
@@ -30,6 +32,7 @@ labeller, paired with a dropped unit, or missed, so losses can be attributed per
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -56,13 +59,16 @@ def np1_probe(num_channels: int):
 
 
 def make_recordings(seed: int, args, folder: Path) -> tuple[dict, object, dict]:
-    """({'static', 'drifting': saved SpikeInterface recordings}, truth sorting, drift facts)."""
+    """({'static', 'drifting': saved SpikeInterface recordings}, truth sorting, drift facts),
+    from SpikeInterface's generator or (--generator esort) this project's."""
     from spikeinterface.core import load
-    from spikeinterface.generation import generate_drifting_recording
 
     if (folder / "truth").exists():
         return ({k: load(folder / k) for k in ("static", "drifting")}, load(folder / "truth"),
                 json.loads((folder / "drift.json").read_text()))
+    if args.generator == "esort":
+        return make_esort_recordings(seed, args, folder)
+    from spikeinterface.generation import generate_drifting_recording
     static, drifting, sorting, extra = generate_drifting_recording(
         num_units=args.units, duration=DURATION_S, sampling_frequency=FS, probe=np1_probe(args.channels),
         generate_displacement_vector_kwargs=dict(
@@ -79,6 +85,39 @@ def make_recordings(seed: int, args, folder: Path) -> tuple[dict, object, dict]:
     truth = sorting.save(folder=folder / "truth", overwrite=True)
     (folder / "drift.json").write_text(json.dumps(drift))
     return saved, truth, drift
+
+
+def make_esort_recordings(seed: int, args, folder: Path) -> tuple[dict, object, dict]:
+    """The same experiment on this project's synthesiser (data_gen, the np1 preset: `--channels`
+    of Neuropixels 1.0 from site 160, or all 384; its own unit density and firing, not --units),
+    40 s, static and with the SpikeInterface run's drift: rigid, a 40 s triangle 30 µm peak to
+    peak from 0 (slow mode at 90 µm/min), so the training span sees 0..±15 µm and the scored span
+    0..∓15 µm (never in the labels). The two recordings have the same units and spike trains
+    (the same seed; drift only moves the templates)."""
+    from data_gen import SynthesisConfig, write_synthetic
+    from data_gen.config import DriftConfig, ProbeConfig
+    from esort_jax.io import read_recording_folder, to_spikeinterface_recording, to_spikeinterface_sorting
+
+    probe = ProbeConfig(n_channels=args.channels, first_channel=160) if args.channels < 384 else ProbeConfig()
+    static = SynthesisConfig(duration_s=DURATION_S, seed=seed, probe=probe, sampling_frequency=FS)
+    drifts = {"static": DriftConfig(),
+              "drifting": DriftConfig(mode="slow", slow_velocity_um_per_min=90.0, slow_amplitude_um=30.0)}
+    saved, truths = {}, {}
+    for kind, drift in drifts.items():
+        synth = write_synthetic(dataclasses.replace(static, drift=drift), folder / f"{kind}_esort", progress=False)
+        recording, truths[kind] = read_recording_folder(synth)
+        saved[kind] = to_spikeinterface_recording(recording).save(folder=folder / kind, overwrite=True, n_jobs=1,
+                                                                   progress_bar=False)
+    if not (np.array_equal(truths["static"].samples, truths["drifting"].samples)
+            and np.array_equal(truths["static"].unit_indices, truths["drifting"].unit_indices)):
+        raise RuntimeError("data_gen gave different spike trains with and without drift; the pair is not comparable")
+    truth = to_spikeinterface_sorting(truths["static"]).save(folder=folder / "truth", overwrite=True)
+    drift = truths["drifting"].drift
+    disp, cut = drift.displacement_um[:, 0], np.searchsorted(drift.samples, int(TRAIN_S * FS))
+    drift_facts = {"train_um": [float(disp[:cut].min()), float(disp[:cut].max())],
+                   "rest_um": [float(disp[cut:].min()), float(disp[cut:].max())], "generator": "esort"}
+    (folder / "drift.json").write_text(json.dumps(drift_facts))
+    return saved, truth, drift_facts
 
 
 def run_labeller(si_recording, kind: str, stop_s: float | None, folder: Path) -> tuple[object, float]:
@@ -276,7 +315,10 @@ def main() -> None:
     parser.add_argument("--kinds", nargs="+", default=["static", "drifting"], choices=["static", "drifting"])
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     parser.add_argument("--channels", type=int, default=96)
-    parser.add_argument("--units", type=int, default=48)
+    parser.add_argument("--units", type=int, default=48, help="units of SpikeInterface's generator")
+    parser.add_argument("--generator", choices=["spikeinterface", "esort"], default="spikeinterface",
+                        help="whose synthetic recordings: SpikeInterface's generate_drifting_recording or "
+                             "this project's data_gen (np1, make_esort_recordings)")
     parser.add_argument("--work", default="never_worse_work")
     parser.add_argument("--cache", default="cache")
     parser.add_argument("--out", default="never_worse.jsonl")
@@ -284,20 +326,27 @@ def main() -> None:
     args = parser.parse_args()
     if args.table:
         rows = [json.loads(line) for line in Path(args.table).read_text().splitlines() if line.strip()]
-        for kind in ("static", "drifting"):
-            print(f"\n{kind}\n{summary_table(rows, kind)}\n\n{cause_table(rows, kind)}")
+        groups = sorted({(r.get("generator", "spikeinterface"), r.get("channels")) for r in rows}, key=str)
+        for generator, channels in groups:
+            mine = [r for r in rows if (r.get("generator", "spikeinterface"), r.get("channels")) == (generator, channels)]
+            for kind in ("static", "drifting"):
+                print(f"\n{generator} generator, {channels or 'unrecorded'} channels, {kind}\n"
+                      f"{summary_table(mine, kind)}\n\n{cause_table(mine, kind)}")
         return
     from esort_jax.runtime.host_memory import configure_host_allocator
 
     configure_host_allocator()
     out = Path(args.out)
     done = {(r["seed"], r["kind"], r["arm"]) for r in
-            (json.loads(line) for line in (out.read_text().splitlines() if out.exists() else []) if line.strip())}
+            (json.loads(line) for line in (out.read_text().splitlines() if out.exists() else []) if line.strip())
+            if r.get("generator", "spikeinterface") == args.generator}
+    work = Path(args.work) / ("esort_generator" if args.generator == "esort" else "")
     for seed in args.seeds:
-        recordings, truth, drift = make_recordings(seed, args, Path(args.work) / f"seed{seed}" / "data")
+        recordings, truth, drift = make_recordings(seed, args, work / f"seed{seed}" / "data")
         for kind in args.kinds:
-            for row in recording_rows(seed, kind, recordings[kind], truth, args, Path(args.work), done):
+            for row in recording_rows(seed, kind, recordings[kind], truth, args, work, done):
                 row["drift"] = drift if kind == "drifting" else None
+                row["generator"], row["channels"] = args.generator, args.channels
                 with out.open("a") as handle:
                     handle.write(json.dumps(row, default=float) + "\n")
 

@@ -94,3 +94,31 @@ def test_break_even_length_solves_the_two_lines(tmp_path):
     assert break_even_s(slow) is None  # a labeller faster per second than E-Sort: never
     plot_break_even({"sorter": times}, tmp_path / "b.png", measured=[{"length_s": 60, "seconds": 320}])
     assert (tmp_path / "b.png").stat().st_size > 0
+
+
+def test_the_esort_generator_pair_has_one_set_of_spikes_and_the_drift_the_labels_never_see(tmp_path, monkeypatch):
+    """benchmarks/never_worse.py --generator esort: static and drifting recordings of this
+    project's synthesiser with the same spike trains; the scored span drifts the other way
+    from the training span (as with SpikeInterface's generator); the pair is cached."""
+    import types
+
+    from benchmarks import never_worse
+
+    args = types.SimpleNamespace(channels=4, generator="esort")
+    monkeypatch.setattr(never_worse, "make_esort_recordings", _count(never_worse.make_esort_recordings))
+    recordings, truth, drift = never_worse.make_recordings(0, args, tmp_path)
+    again, truth_again, drift_again = never_worse.make_recordings(0, args, tmp_path)
+    assert never_worse.make_esort_recordings.calls == 1 and drift_again == drift  # read back, not rebuilt
+    assert truth.get_num_units() == truth_again.get_num_units() > 0
+    assert recordings["static"].get_num_channels() == 4 and recordings["drifting"].get_num_samples() == 40 * 32000
+    train, rest = sorted(drift["train_um"], key=abs), sorted(drift["rest_um"], key=abs)
+    assert train[0] == pytest.approx(0.0, abs=1e-6) and rest[0] == pytest.approx(0.0, abs=1e-6)
+    assert abs(train[1]) == pytest.approx(15.0) and rest[1] == pytest.approx(-train[1])  # 0..±15, then 0..∓15 µm
+
+
+def _count(function):
+    def counted(*args, **kwargs):
+        counted.calls += 1
+        return function(*args, **kwargs)
+    counted.calls = 0
+    return counted
