@@ -5,6 +5,7 @@ reported; SIGTERM writes the spikes so far to a sorting folder. Every wait is bo
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -141,6 +142,9 @@ def test_bad_messages_gaps_and_restarts_are_reported_and_each_stretch_equals_the
     saved = read_sorting_npz(tmp_path / "sorting" / "sorting.npz")
     np.testing.assert_array_equal(np.sort(saved.samples), np.sort(expected["sample"]))
     assert harness.result["blocks"] == 38 and harness.result["gaps"] == 1 and harness.result["restarts"] == 1
+    assert harness.result["complete"] is False and harness.result["channels_checked"] is False  # data was lost
+    (stopped,) = harness.kinds("stopped")
+    assert stopped["complete"] is False
 
 
 def test_blocks_later_than_max_lag_are_dropped_and_the_stream_resumes_after_a_gap(setup, tmp_path):
@@ -180,6 +184,9 @@ def test_sigterm_stops_the_service_and_writes_the_spikes_so_far(setup, tmp_path)
     np.testing.assert_array_equal(saved.samples, expected["sample"])
     assert not (tmp_path / "spikes.partial").exists()
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored
+    assert harness.result["complete"] is True  # nothing refused, no gap
+    info = json.loads((tmp_path / "sorting" / "segments.json").read_text())
+    assert info["complete"] is True and info["channels_checked"] is False
 
 
 def test_the_spike_log_writes_off_the_sorting_thread_and_reports_a_failed_write(tmp_path):
@@ -298,6 +305,7 @@ def test_a_described_stream_is_reordered_into_the_networks_channels_and_a_wrong_
     assert all("do not match the network's" in message for message in errors[1:])
     (gap,) = harness.kinds("gap")
     assert (gap["expected_seq"], gap["got_seq"]) == (10, 12)
+    assert harness.result["channels_checked"] is True and harness.result["complete"] is False
 
 
 def test_with_require_stream_description_undescribed_blocks_are_refused(setup, tmp_path):

@@ -137,6 +137,7 @@ class SortingService:
         self._warned_clock = False
         self._last_status = time.monotonic()
         self._channels = "undescribed"  # | "accepted" | "refused" (the last stream description)
+        self._channels_checked = False  # a description was checked against the network's channels
         self._channel_index: np.ndarray | None = None  # stream column of each network channel
 
     # -- the loop ---------------------------------------------------------------------------
@@ -249,6 +250,7 @@ class SortingService:
             self._event("error", message=f"stream description refused: {error}")
             return
         self._channels, self._channel_index = "accepted", index
+        self._channels_checked = self._channels_checked or checked
         self._event("stream", checked=checked, reordered=index is not None)
         log.info("stream description accepted (checked: %s, reordered: %s)", checked, index is not None)
 
@@ -342,10 +344,18 @@ class SortingService:
                     lag_ms_max=worst, behind=behind, clock_offset_ms=self._clock_offset_ms)
 
     def _shutdown(self) -> dict:
+        """Flush, write the sorting folder; the counts plus `complete` (every message that arrived
+        was sorted: no error, gap or drop) and `channels_checked` (a stream description was
+        checked against the network's channels), so a summary never hides lost data."""
         if self._expected is not None:
             self._publish(self.sorter.flush(), [], compute_s=0.0)
+        quality = {"complete": not (self.counts["errors"] or self.counts["gaps"] or self.counts["dropped"]),
+                   "channels_checked": self._channels_checked}
         folder = self.spikes.write_sorting(spikeinterface=self.config.write_spikeinterface,
-                                           extra={"counts": self.counts})
-        self._event("stopped", **self.counts, sorting=str(folder))
+                                           extra={"counts": self.counts, **quality})
+        self._event("stopped", **self.counts, **quality, sorting=str(folder))
         log.info("stopped: %s; spikes written to %s", self.counts, folder)
-        return {**self.counts, "sorting": str(folder)}
+        if not quality["complete"]:
+            log.warning("the sorting is incomplete: %d messages refused, %d gaps, %d blocks dropped (segments.json "
+                        "lists the stretches sorted)", self.counts["errors"], self.counts["gaps"], self.counts["dropped"])
+        return {**self.counts, **quality, "sorting": str(folder)}
