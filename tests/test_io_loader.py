@@ -151,3 +151,18 @@ def test_openephys_without_probe_settings_takes_a_probe_file(tmp_path):
     probeinterface.write_probeinterface(tmp_path / "line.json", line)
     replaced, _ = load_recording(tmp_path / "sglx", probe=tmp_path / "line.json")
     np.testing.assert_allclose(replaced.channel_positions[:, 1], 10.0 * np.arange(384))
+
+
+def test_a_sequence_of_sortings_becomes_one_spikeinterface_segment_each():
+    from esort_jax.io import to_spikeinterface_sorting
+    from esort_jax.recording import Sorting
+
+    a = Sorting(np.array([5, 9]), np.array([0, 1]), np.array(["x", "y"]), 32000.0)
+    b = Sorting(np.array([3]), np.array([1]), np.array(["x", "y"]), 32000.0)
+    si_sorting = to_spikeinterface_sorting([a, b])
+    assert si_sorting.get_num_segments() == 2 and list(si_sorting.unit_ids) == ["x", "y"]
+    assert si_sorting.get_unit_spike_train("y", segment_index=1).tolist() == [3]
+    with pytest.raises(ValueError, match="share unit ids"):
+        to_spikeinterface_sorting([a, Sorting(np.array([3]), np.array([0]), np.array(["x"]), 32000.0)])
+    with pytest.raises(ValueError, match="no segments"):
+        to_spikeinterface_sorting([])

@@ -140,7 +140,12 @@ def test_bad_messages_gaps_and_restarts_are_reported_and_each_stretch_equals_the
     assert statuses[-1]["errors"] == 3 and statuses[-1]["gaps"] == 1
     assert any(s["lag_ms_max"] is not None and s["lag_ms_max"] >= 0 for s in statuses)
     saved = read_sorting_npz(tmp_path / "sorting" / "sorting.npz")
-    np.testing.assert_array_equal(np.sort(saved.samples), np.sort(expected["sample"]))
+    first_stream = [_offline(params, recording, a * BLOCK, b * BLOCK)["sample"] for a, b in ((0, 20), (22, 30))]
+    restarted = _offline(params, recording, 0, 10 * BLOCK)["sample"] + 30 * BLOCK  # placed after the first stream
+    np.testing.assert_array_equal(np.sort(saved.samples), np.sort(np.concatenate([*first_stream, restarted])))
+    streams = json.loads((tmp_path / "sorting" / "segments.json").read_text())["streams"]
+    assert [(st["first_sample"], st["end_sample"], st["sample_offset"]) for st in streams] == [
+        (0, 30 * BLOCK, 0), (0, 10 * BLOCK, 30 * BLOCK)]
     assert harness.result["blocks"] == 38 and harness.result["gaps"] == 1 and harness.result["restarts"] == 1
     assert harness.result["complete"] is False and harness.result["channels_checked"] is False  # data was lost
     (stopped,) = harness.kinds("stopped")
@@ -326,3 +331,36 @@ def test_with_require_stream_description_undescribed_blocks_are_refused(setup, t
     errors = [e["message"] for e in harness.kinds("error")]
     assert "no stream description has been received" in errors[0] and "30000 Hz" in errors[1]
     np.testing.assert_array_equal(harness.records(), _offline(params, recording, BLOCK, 6 * BLOCK))
+
+
+def test_each_publisher_restart_is_a_segment_of_the_spikeinterface_sorting(tmp_path):
+    """Two streams numbered from 0 (a restart between them), the second one empty at first and
+    one with no spikes at all: si/ has one segment per stream in the publisher's numbering,
+    sorting.npz one timeline with the later streams after the earlier ones."""
+    import spikeinterface.core as si
+
+    from esort_jax.online.spike_log import SpikeLog
+
+    log = SpikeLog(tmp_path, [7, 8], 32000.0)
+    log.begin_segment(0, 0, "start")
+    log.append([100, 900], [0, 1], [2.0, 3.0])
+    log.extend_segment(1000, 9)
+    log.begin_segment(1200, 12, "gap")  # same numbering: the same stream
+    log.append([1500], [1], [2.5])
+    log.extend_segment(2000, 19)
+    log.begin_segment(0, 0, "restart")
+    log.append([50, 60], [1, 0], [2.0, 2.0])
+    log.extend_segment(800, 7)
+    log.begin_segment(0, 0, "restart")  # a stream without spikes
+    log.extend_segment(100, 0)
+    folder = log.write_sorting()
+    saved = read_sorting_npz(folder / "sorting.npz")
+    np.testing.assert_array_equal(saved.samples, [100, 900, 1500, 2050, 2060])
+    np.testing.assert_array_equal(np.load(folder / "scores.npy"), np.float32([2.0, 3.0, 2.5, 2.0, 2.0]))
+    streams = json.loads((folder / "segments.json").read_text())["streams"]
+    assert [(s["first_spike"], s["end_spike"], s["sample_offset"]) for s in streams] == [(0, 3, 0), (3, 5, 2000),
+                                                                                         (5, 5, 2800)]
+    sorting = si.load(folder / "si")
+    assert sorting.get_num_segments() == 2  # SpikeInterface's folder keeps segments up to the last spike
+    np.testing.assert_array_equal(sorting.get_unit_spike_train(8, segment_index=0), [900, 1500])
+    np.testing.assert_array_equal(sorting.get_unit_spike_train(7, segment_index=1), [60])

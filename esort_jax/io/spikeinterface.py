@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import mmap
 import warnings
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -201,10 +202,26 @@ def _classes():
 # sortings
 
 
-def to_spikeinterface_sorting(sorting: Sorting) -> Any:
-    """A SpikeInterface `NumpySorting` with the same spike samples and unit ids (one segment)."""
+def to_spikeinterface_sorting(sorting: Sorting | Sequence[Sorting]) -> Any:
+    """A SpikeInterface `NumpySorting` with the same spike samples and unit ids: one segment, or
+    one per Sorting of a sequence (e.g. stretches with their own sample numbering; empty ones
+    kept), which must share unit ids and sampling rate."""
     from spikeinterface.core import NumpySorting
     from spikeinterface.core.base import minimum_spike_dtype
+
+    if not isinstance(sorting, Sorting):
+        segments = list(sorting)
+        if not segments:
+            raise ValueError("no segments given")
+        first = segments[0]
+        for other in segments[1:]:
+            if not np.array_equal(np.asarray(other.unit_ids), np.asarray(first.unit_ids)) or \
+                    other.sampling_frequency != first.sampling_frequency:
+                raise ValueError("segments must share unit ids and sampling frequency")
+        ids = np.asarray(first.unit_ids)
+        return NumpySorting.from_samples_and_labels([np.asarray(s.samples) for s in segments],
+                                                    [ids[s.unit_indices] for s in segments],
+                                                    first.sampling_frequency, unit_ids=ids)
 
     # The spike vector directly (what NumpySorting.from_samples_and_labels builds, without its
     # per-unit label comparisons): our spikes are already ordered by (sample, unit index).

@@ -7,6 +7,13 @@ long it runs) and turned into a sorting folder, atomically, when it stops.
         scores.npy              [S] float32, aligned with the sorting's spikes
         segments.json           the contiguous stretches sorted (gaps and restarts split them)
         si/                     a SpikeInterface sorting folder (spikeinterface.load), optional
+
+A publisher restart starts a new numbering of samples (a new stream). With more than one
+stream, si/ has one SpikeInterface segment per stream in the publisher's numbering, and
+sorting.npz puts the streams one after another on one timeline: stream i's samples plus its
+`sample_offset` (segments.json `streams`), so no two streams' spikes share sample numbers.
+(Streams after the last spike hold none and are not segments of si/: SpikeInterface's folder
+format keeps segments up to the last spike.)
 """
 
 from __future__ import annotations
@@ -81,7 +88,8 @@ class SpikeLog:
 
     def begin_segment(self, first_sample: int, first_seq: int, reason: str) -> None:
         self.segments.append({"first_sample": int(first_sample), "end_sample": int(first_sample),
-                              "first_seq": int(first_seq), "last_seq": int(first_seq), "began": reason})
+                              "first_seq": int(first_seq), "last_seq": int(first_seq), "began": reason,
+                              "spikes_before": int(self.num_spikes)})
 
     def extend_segment(self, end_sample: int, last_seq: int) -> None:
         if self.segments:
@@ -92,17 +100,43 @@ class SpikeLog:
         replacing an older one); the partial file is removed afterwards."""
         self.close()
         records = np.fromfile(self.path, SPIKE_RECORD)
-        sorting = Sorting(records["sample"], records["unit"], self.unit_ids, self.sampling_frequency)
-        order = np.lexsort((records["unit"], records["sample"]))
+        streams = self._streams(records.size)
+        samples = records["sample"].copy()
+        for stream in streams:
+            samples[stream["first_spike"]:stream["end_spike"]] += stream["sample_offset"]
+        sorting = Sorting(samples, records["unit"], self.unit_ids, self.sampling_frequency)
+        order = np.lexsort((records["unit"], samples))
         out = self.folder / name
         with atomic_folder(out, overwrite=True) as tmp:
             write_sorting_npz(tmp / "sorting.npz", sorting)
             np.save(tmp / "scores.npy", records["score"][order])
-            info = {"segments": self.segments, "num_spikes": int(records.size), **(extra or {})}
+            info = {"segments": self.segments, "streams": streams, "num_spikes": int(records.size), **(extra or {})}
             (tmp / "segments.json").write_text(json.dumps(to_jsonable(info), indent=2))
             if spikeinterface:
                 from esort_jax.io.spikeinterface import to_spikeinterface_sorting
 
-                to_spikeinterface_sorting(sorting).save(folder=tmp / "si")
+                parts = [Sorting(records["sample"][s["first_spike"]:s["end_spike"]],
+                                 records["unit"][s["first_spike"]:s["end_spike"]], self.unit_ids,
+                                 self.sampling_frequency) for s in streams]
+                to_spikeinterface_sorting(parts[0] if len(parts) == 1 else parts).save(folder=tmp / "si")
         self.path.unlink(missing_ok=True)
         return out
+
+    def _streams(self, num_records: int) -> list[dict]:
+        """The streams (a restart begins the next): their spikes' record range, sample range in
+        the publisher's numbering and the offset that puts them after the previous stream."""
+        starts = [i for i, segment in enumerate(self.segments) if i == 0 or segment["began"] == "restart"]
+        if not starts:
+            return [{"first_spike": 0, "end_spike": int(num_records), "first_sample": 0, "end_sample": 0,
+                     "sample_offset": 0}]
+        streams, timeline_end = [], None
+        for a, b in zip(starts, starts[1:] + [len(self.segments)]):
+            mine = self.segments[a:b]
+            first = min(s["first_sample"] for s in mine)
+            end = max(s["end_sample"] for s in mine)
+            offset = 0 if timeline_end is None else max(0, timeline_end - first)
+            streams.append({"first_spike": mine[0]["spikes_before"],
+                            "end_spike": self.segments[b]["spikes_before"] if b < len(self.segments) else int(num_records),
+                            "first_sample": first, "end_sample": end, "sample_offset": offset})
+            timeline_end = end + offset
+        return streams
