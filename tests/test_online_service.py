@@ -331,6 +331,26 @@ def test_with_require_stream_description_undescribed_blocks_are_refused(setup, t
     errors = [e["message"] for e in harness.kinds("error")]
     assert "no stream description has been received" in errors[0] and "30000 Hz" in errors[1]
     np.testing.assert_array_equal(harness.records(), _offline(params, recording, BLOCK, 6 * BLOCK))
+    assert harness.result["channels_checked"] is True
+
+
+def test_a_description_that_cannot_be_checked_is_refused_only_when_one_is_required(setup, tmp_path):
+    recording, params, sorter = setup
+    x = recording.read()
+    for required in (False, True):
+        harness = Harness(sorter, tmp_path / str(required), require_stream_description=required)
+        try:
+            harness.push.send_multipart(protocol.pack_stream())  # describes nothing: cannot be compared
+            _send_blocks(harness, x, range(0, 3), 0)
+            harness.wait(lambda: len(harness.kinds("error")) == 4 if required else harness.covered(2)())
+        finally:
+            harness.close()
+        if required:
+            assert "description refused: it cannot be checked" in harness.kinds("error")[0]["message"]
+            assert not harness.records().size and harness.result["blocks"] == 0
+        else:
+            assert [e["checked"] for e in harness.kinds("stream")] == [False]
+            assert harness.result["channels_checked"] is False and harness.result["blocks"] == 3
 
 
 def test_each_publisher_restart_is_a_segment_of_the_spikeinterface_sorting(tmp_path):

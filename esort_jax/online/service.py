@@ -137,7 +137,7 @@ class SortingService:
         self._warned_clock = False
         self._last_status = time.monotonic()
         self._channels = "undescribed"  # | "accepted" | "refused" (the last stream description)
-        self._channels_checked = False  # a description was checked against the network's channels
+        self._descriptions = {"checked": 0, "unchecked": 0}  # accepted stream descriptions
         self._channel_index: np.ndarray | None = None  # stream column of each network channel
 
     # -- the loop ---------------------------------------------------------------------------
@@ -241,18 +241,22 @@ class SortingService:
                                   tolerance_um=self.config.channel_tolerance_um)
             checked = True
         except NothingToCompare as error:
+            if self.config.require_stream_description:  # it asks for a description that matched
+                return self._refuse_description(f"it cannot be checked ({error})")
             index, checked = None, False
             log.warning("stream description accepted unchecked: %s", error)
         except (protocol.ProtocolError, ChannelMapError) as error:
-            self._channels, self._channel_index = "refused", None
-            self.counts["errors"] += 1
-            log.warning("stream description refused: %s", error)
-            self._event("error", message=f"stream description refused: {error}")
-            return
+            return self._refuse_description(str(error))
         self._channels, self._channel_index = "accepted", index
-        self._channels_checked = self._channels_checked or checked
+        self._descriptions["checked" if checked else "unchecked"] += 1
         self._event("stream", checked=checked, reordered=index is not None)
         log.info("stream description accepted (checked: %s, reordered: %s)", checked, index is not None)
+
+    def _refuse_description(self, reason: str) -> None:
+        self._channels, self._channel_index = "refused", None
+        self.counts["errors"] += 1
+        log.warning("stream description refused: %s", reason)
+        self._event("error", message=f"stream description refused: {reason}")
 
     def _too_old(self, block: protocol.BlockMessage) -> bool:
         """Drop policy: a block older than max_lag_ms is skipped (the next one is then a gap)."""
@@ -345,12 +349,13 @@ class SortingService:
 
     def _shutdown(self) -> dict:
         """Flush, write the sorting folder; the counts plus `complete` (every message that arrived
-        was sorted: no error, gap or drop) and `channels_checked` (a stream description was
-        checked against the network's channels), so a summary never hides lost data."""
+        was sorted: no error, gap or drop) and `channels_checked` (stream descriptions were
+        accepted and every one was checked against the network's channels), so a summary never
+        hides lost data or an unchecked channel order."""
         if self._expected is not None:
             self._publish(self.sorter.flush(), [], compute_s=0.0)
         quality = {"complete": not (self.counts["errors"] or self.counts["gaps"] or self.counts["dropped"]),
-                   "channels_checked": self._channels_checked}
+                   "channels_checked": self._descriptions["checked"] > 0 and not self._descriptions["unchecked"]}
         folder = self.spikes.write_sorting(spikeinterface=self.config.write_spikeinterface,
                                            extra={"counts": self.counts, **quality})
         self._event("stopped", **self.counts, **quality, sorting=str(folder))
