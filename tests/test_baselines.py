@@ -363,3 +363,15 @@ def test_every_experiment_file_composes_with_the_baselines_config(experiment):
     read_plan(BaselinesConfig, cfg)
     from_dict(ESortArms, OmegaConf.to_container(cfg.esort, resolve=True), "esort")
     from_dict(WindowConfig, OmegaConf.to_container(cfg.finetune.windows, resolve=True), "finetune.windows")
+
+
+def test_a_sorter_that_may_cache_its_traces_on_a_nearly_full_disk_is_warned_about(monkeypatch, tmp_path):
+    import collections
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(baselines.shutil, "disk_usage", lambda path: usage(100e9, 80e9, 20e9))
+    ten_minutes = 600 * 32000
+    message = baselines.disk_warning("tridesclous2", 384, ten_minutes, tmp_path)
+    assert message and "29.5 GB as float32" in message and "20.0 GB free" in message
+    assert baselines.disk_warning("tridesclous2", 64, 60 * 32000, tmp_path) is None  # 0.5 GB fits
+    assert baselines.disk_warning("kilosort4", 384, ten_minutes, tmp_path) is None  # not a caching sorter

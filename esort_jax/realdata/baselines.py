@@ -304,6 +304,27 @@ def log_tail(folder: Path, lines: int = 40) -> str:
     return "\n".join(parts) if parts else f"(no log found in {folder})"
 
 
+# Sorters that may write their preprocessed traces (float32) into the sorter folder: Tridesclous2
+# and SpykingCircus2 cache them on disk when they exceed their share of the RAM
+# (`cache_preprocessing`); 10 minutes of 384 channels are 30 GB.
+DISK_CACHING_SORTERS = ("tridesclous2", "spykingcircus2")
+
+
+def disk_warning(name: str, num_channels: int, num_samples: int, folder: Path) -> str | None:
+    """A warning when `folder`'s disk has less free space than sorter `name` may write there
+    (its preprocessed traces as float32: 4 x channels x samples bytes), else None. A warning,
+    not a refusal: the sorter caches in memory when the traces fit."""
+    if name not in DISK_CACHING_SORTERS:
+        return None
+    need = 4 * int(num_channels) * int(num_samples)
+    free = shutil.disk_usage(folder).free
+    if free >= need:
+        return None
+    return (f"{name} may cache its preprocessed traces ({need / 1e9:.1f} GB as float32) in {folder}, whose disk has "
+            f"{free / 1e9:.1f} GB free: it can fail with 'No space left on device' after running for a while; "
+            "free space or give an output folder on a larger disk")
+
+
 def _sorter_input(recording, start: int, stop: int, output_folder: Path):
     """(SpikeInterface recording of [start, stop), the binary copy made for the sorter or None) of a
     Recording or a SpikeInterface recording: one SpikeInterface cannot serialise is written to
@@ -389,6 +410,10 @@ def run_baseline(
     output_folder.mkdir(parents=True)
     sorter_folder = output_folder / "sorter"
 
+    num_channels = recording.num_channels if isinstance(recording, Recording) else recording.get_num_channels()
+    low_disk = disk_warning(name, num_channels, stop - start, output_folder)
+    if low_disk:
+        warnings.warn(low_disk, stacklevel=2)
     si_recording, copy_folder = _sorter_input(recording, start, stop, output_folder)
     try:
         sorting, wall = _run_sorter(name, version, si_recording, sorter_folder, params, (start, stop), n_jobs, verbose)
