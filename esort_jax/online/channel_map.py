@@ -47,7 +47,7 @@ def channel_order(expected_positions, expected_ids, positions=None, ids=None, *,
     """
     expected_positions, positions = _known(expected_positions), _known(positions)
     if positions is not None and expected_positions is not None:
-        index = _match_positions(np.asarray(expected_positions, float), np.asarray(positions, float), tolerance_um)
+        index = _match_positions(expected_positions, positions, tolerance_um)
     elif ids is not None and expected_ids is not None:
         index = _match_ids(np.asarray(expected_ids), np.asarray(ids))
     else:
@@ -68,8 +68,8 @@ def _known(positions):
 
 
 def _match_positions(expected: np.ndarray, got: np.ndarray, tolerance_um: float) -> np.ndarray:
-    if got.ndim != 2 or got.shape[1] < 2 or not np.isfinite(got[:, :2]).all():
-        raise ChannelMapError(f"channel positions must be finite [C, 2] µm; got shape {got.shape}")
+    if got.ndim != 2 or got.shape[1] < 2:  # finite already (_known)
+        raise ChannelMapError(f"channel positions must be [C, 2] µm; got shape {got.shape}")
     got = got[:, :2]
     if got.shape[0] != expected.shape[0]:
         raise ChannelMapError(f"the stream describes {got.shape[0]} channels; the network takes {expected.shape[0]}")
