@@ -237,8 +237,8 @@ class WindowFeeder:
             }
 
     def host_batches(self, order: np.ndarray) -> Prefetcher:
-        """(windows [W, B, C], labels [B, N]) device batches following `order`, gathered by a
-        background thread `prefetch` batches ahead (host path)."""
+        """(windows [W, B, C], labels [B, N]) device batches following `order` (len(order) / B
+        of them), gathered by a background thread `prefetch` batches ahead (host path)."""
         B = self.batch_size
 
         def produce(i):
@@ -249,7 +249,7 @@ class WindowFeeder:
             y = self.windows.labels[idx]
             return jax.device_put(x, self.window_sharding), jax.device_put(y, self.batch_sharding)
 
-        return Prefetcher(produce, self.steps, depth=self.prefetch)
+        return Prefetcher(produce, len(order) // B, depth=self.prefetch)
 
     def _process_share(self, idx: np.ndarray) -> tuple[jax.Array, jax.Array]:
         """Batch `idx` as global arrays of which this process gathers only the windows its own

@@ -138,9 +138,10 @@ class TrainConfig:
         matrix products (any backend, any device count); 'native': the C++ kernel of
         esort_jax.fast.native reads the windows in place from the traces (one CPU device, float32;
         an error if it cannot be used); 'auto' (default): 'native' where it can be used.
-      max_steps: a budget in optimiser steps instead of epochs: the run gets
-        ceil(max_steps / steps per epoch) epochs (replacing `epochs`), so arms with different
-        training-set sizes get the same budget. None: `epochs` decides.
+      max_steps: a budget in optimiser steps instead of epochs: the run takes exactly
+        max_steps steps (ceil(max_steps / steps per epoch) epochs, replacing `epochs`, the last
+        one cut short where the budget ends), so arms with different training-set sizes get the
+        same budget. None: `epochs` decides.
       early_stopping_patience_steps: stop once the validation loss (`val_loss`, checked after
         each epoch) has not improved by more than `early_stopping_min_delta` for this many
         optimiser steps; the last state is kept (0: off; needs validation windows).
@@ -291,7 +292,7 @@ def _decay_mask(params: dict) -> dict:
 
 
 def learning_rate_schedule(config: TrainConfig, steps_each_epoch: int) -> optax.Schedule:
-    total = config.epochs * steps_each_epoch
+    total = run_steps(config, steps_each_epoch)
     warmup = int(round(config.warmup_epochs * steps_each_epoch))
     peak = config.learning_rate
     if config.schedule == "cosine":
@@ -307,6 +308,20 @@ def learning_rate_schedule(config: TrainConfig, steps_each_epoch: int) -> optax.
     return optax.constant_schedule(peak)
 
 
+_OPTIMIZER_SETTINGS = ("epochs", "max_steps", "learning_rate", "optimizer", "weight_decay", "schedule",
+                       "warmup_epochs", "final_lr_fraction")
+
+
+def run_steps(config: TrainConfig, steps_each_epoch: int) -> int:
+    """Optimiser steps of a whole run: `max_steps` when set, else epochs × steps per epoch."""
+    return config.epochs * steps_each_epoch if config.max_steps is None else config.max_steps
+
+
+def epoch_steps(config: TrainConfig, steps_each_epoch: int, epoch: int) -> int:
+    """Optimiser steps of `epoch` (from 0): a whole epoch, or what is left of `max_steps`."""
+    return max(0, min(steps_each_epoch, run_steps(config, steps_each_epoch) - epoch * steps_each_epoch))
+
+
 def make_optimizer(config: TrainConfig, params: dict, steps_each_epoch: int, freeze: str = "none"):
     """Adam / AdamW with the configured schedule; frozen parameters get zero updates.
 
@@ -314,17 +329,14 @@ def make_optimizer(config: TrainConfig, params: dict, steps_each_epoch: int, fre
     compiled step across `train` calls (sweeps, tests)."""
     settings = tuple(
         getattr(config, name)
-        for name in ("epochs", "learning_rate", "optimizer", "weight_decay", "schedule", "warmup_epochs", "final_lr_fraction")
+        for name in _OPTIMIZER_SETTINGS
     )
     return _optimizer(settings, steps_each_epoch, freeze, jax.tree.structure(params))
 
 
 @functools.lru_cache(maxsize=64)
 def _optimizer(settings: tuple, steps_each_epoch: int, freeze: str, treedef):
-    config = TrainConfig(**dict(zip(
-        ("epochs", "learning_rate", "optimizer", "weight_decay", "schedule", "warmup_epochs", "final_lr_fraction"),
-        settings,
-    )))
+    config = TrainConfig(**dict(zip(_OPTIMIZER_SETTINGS, settings)))
     params = jax.tree.unflatten(treedef, [0] * treedef.num_leaves)
     schedule = learning_rate_schedule(config, steps_each_epoch)
     if config.optimizer == "adamw":
@@ -650,8 +662,8 @@ def train(
 
 
 def _step_budget(config: TrainConfig, steps_each_epoch: int, validation_windows: int) -> TrainConfig:
-    """`config` with `max_steps` turned into epochs (ceil(max_steps / steps per epoch)); a
-    ValueError when early stopping has no validation windows to watch."""
+    """`config` with `max_steps` turned into epochs (ceil(max_steps / steps per epoch); the last
+    epoch stops at max_steps, `epoch_steps`); a ValueError when early stopping has no validation windows to watch."""
     if config.early_stopping_patience_steps and not validation_windows:
         raise ValueError("train.early_stopping_patience_steps needs validation windows "
                          "(windows.validation_fraction > 0 and max_validation_windows > 0)")
@@ -711,19 +723,21 @@ def _run_epochs(model, recording, windows, config, mesh, tx, state, epochs: rang
     state = jax.device_put(state, NamedSharding(mesh, PartitionSpec()))
     shuffle_key = rng_streams(config.seed)["shuffle"]
     history, written = list(history), None
-    with _progress_bar(config.progress, len(epochs) * train_feed.steps) as progress:
+    total = sum(epoch_steps(config, train_feed.steps, epoch) for epoch in epochs)
+    with _progress_bar(config.progress, total) as progress:
         for epoch in epochs:
             started = time.perf_counter()
             order = epoch_order(shuffle_key, epoch, len(windows.train), config.batch_size)
+            steps = epoch_steps(config, train_feed.steps, epoch)
             state, train_loss = _train_epoch(
-                step_fn, state, train_feed, order, progress, epoch, config.log_every_steps
+                step_fn, state, train_feed, order, steps, progress, epoch, config.log_every_steps
             )
             _check_finite_state(state, epoch)
             metrics = {"epoch": epoch, "step": int(state.step), "batch_size": config.batch_size, "train_loss": train_loss}
             val = _evaluate(eval_fn, val_feed, state.params, state.batch_stats)
             metrics.update({f"val_{k}": v for k, v in val.items()})
             metrics["epoch_seconds"] = time.perf_counter() - started
-            metrics["windows_per_second"] = train_feed.steps * config.batch_size / metrics["epoch_seconds"]
+            metrics["windows_per_second"] = steps * config.batch_size / metrics["epoch_seconds"]
             history.append(metrics)
             _report_epoch(progress, metrics, last=epoch + 1 == epochs.stop)
             completed, stop = epoch + 1, early_stop(history, config)
@@ -742,8 +756,9 @@ class NonFiniteTrainingError(ArithmeticError):
     """The training loss or the parameters became NaN or inf (the message names epoch and step)."""
 
 
-def _train_epoch(step_fn, state, feed: WindowFeeder, order, progress, epoch: int, log_every: int):
-    """One pass over the epoch order: (state, mean loss). The losses are checked where they are
+def _train_epoch(step_fn, state, feed: WindowFeeder, order, steps: int, progress, epoch: int, log_every: int):
+    """The first `steps` batches of the epoch order (all of them but in a step budget's last
+    epoch): (state, mean loss). The losses are checked where they are
     fetched anyway (the progress bar's log steps, the epoch's mean): no extra device sync."""
     losses = []
     first_step = epoch * feed.steps  # optimiser steps before this epoch
@@ -760,11 +775,11 @@ def _train_epoch(step_fn, state, feed: WindowFeeder, order, progress, epoch: int
 
     if feed.resident:
         order = jax.device_put(order, feed.replicated)
-        for i in range(feed.steps):
+        for i in range(steps):
             state, loss = step_fn(state, feed.data, order, i)
             after_step(i, loss)
     else:
-        with feed.host_batches(np.asarray(order)) as batches:
+        with feed.host_batches(np.asarray(order)[: steps * feed.batch_size]) as batches:
             for i, (x, y) in enumerate(batches):
                 state, loss = step_fn(state, x, y)
                 if losses:  # at most two steps in flight: bounds the batches held in memory

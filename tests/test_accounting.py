@@ -138,6 +138,25 @@ def test_max_steps_sets_the_epochs_and_early_stopping_ends_the_run(data):
     assert result.steps == 3 * each == result.history[-1]["step"]
 
 
+@pytest.mark.parametrize("data_on_device", ["always", "never"])
+def test_max_steps_is_exact_when_it_ends_inside_an_epoch(data, data_on_device):
+    from esort_jax.batches import steps_per_epoch
+    from esort_jax.train import init_model, learning_rate_schedule, train
+
+    recording, truth = data
+    windows = make_windows(recording, truth, WindowConfig(jitter=J), window=W, anchor=A, seed=0)
+    each = steps_per_epoch(len(windows.train), 64)
+    assert each >= 2, "the test needs an epoch of several steps to end one inside"
+    budget = 2 * each + 1  # two whole epochs and one step of the third
+    model = init_model(recording.num_channels, windows.num_units, TINY_MODEL, seed=0)
+    config = TrainConfig(batch_size=64, progress=False, max_steps=budget, data_on_device=data_on_device)
+    result = train(model, recording, windows, config)
+    assert result.steps == budget == result.history[-1]["step"]
+    assert [h["step"] for h in result.history] == [each, 2 * each, budget] and result.finished
+    cosine = learning_rate_schedule(TrainConfig(max_steps=budget, schedule="cosine", epochs=3), each)
+    assert float(cosine(budget)) == pytest.approx(0.0, abs=1e-9)  # the decay ends where the budget does
+
+
 def test_label_reduction_is_also_read_against_the_labels_used(tmp_path):
     from esort_jax.report.curves import reduction_by_axis, summarise
     from esort_jax.report.plots import label_efficiency_figures
