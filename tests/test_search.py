@@ -31,7 +31,7 @@ hydra:
   sweeper:
     params:
       finetune.train.batch_size: 256
-      finetune.train.epochs: choice(2, 4, 8)
+      finetune.train.epochs: choice(2, 3, 4)
 """
 
 
