@@ -177,7 +177,7 @@ def table(result: dict) -> str:
 
 def plot(result: dict, path: Path) -> None:
     """Time vs recording length per labeller, alone and with E-Sort (backbone cached), measured points."""
-    from esort_jax.report.breakeven import plot_break_even
+    from esort_jax.report.breakeven import break_even_s, plot_break_even
 
     curves, points = {}, []
     for name, run in result["sorters"].items():
@@ -186,8 +186,6 @@ def plot(result: dict, path: Path) -> None:
         first = run["labeller"][0]["seconds"]
         points += [{"length_s": e["length_s"], "marker": "x",
                     "seconds": first + e["finetune_s"] + e["threshold_s"] + e["sort_rest_s"]} for e in run["esort"]]
-    from esort_jax.report.breakeven import break_even_s
-
     crossings = [x for x in (break_even_s(times) for times in curves.values()) if x is not None]
     longest = max([3600.0, 2 * max(result["lengths_s"])] + [1.25 * x for x in crossings])  # show where they cross
     plot_break_even(curves, path, measured=points, max_length_s=min(longest, 86400.0))

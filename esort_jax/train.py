@@ -663,7 +663,8 @@ def train(
 
 def _step_budget(config: TrainConfig, steps_each_epoch: int, validation_windows: int) -> TrainConfig:
     """`config` with `max_steps` turned into epochs (ceil(max_steps / steps per epoch); the last
-    epoch stops at max_steps, `epoch_steps`); a ValueError when early stopping has no validation windows to watch."""
+    epoch stops at max_steps, `epoch_steps`); a ValueError when early stopping has no
+    validation windows to watch."""
     if config.early_stopping_patience_steps and not validation_windows:
         raise ValueError("train.early_stopping_patience_steps needs validation windows "
                          "(windows.validation_fraction > 0 and max_validation_windows > 0)")
