@@ -44,6 +44,8 @@ def make_recordings(duration: float, seed: int, folder: Path, drifts: list[str])
     """{'static' and each drift mode: a saved SpikeInterface recording}, the ground truth."""
     from spikeinterface.generation import generate_drifting_recording
 
+    from esort_jax.io.spikeinterface import SAVE_JOB_KWARGS
+
     recordings, truth = {}, None
     for mode in drifts or ["slow"]:  # the static recording is the same for every drift mode
         spec = DRIFTS[mode]
@@ -56,9 +58,9 @@ def make_recordings(duration: float, seed: int, folder: Path, drifts: list[str])
             ),
         )
         if mode in drifts:
-            recordings[mode] = drifting.save(folder=folder / mode, overwrite=True, n_jobs=1, progress_bar=False)
+            recordings[mode] = drifting.save(folder=folder / mode, overwrite=True, **SAVE_JOB_KWARGS)
         if truth is None:
-            recordings["static"] = static.save(folder=folder / "static", overwrite=True, n_jobs=1, progress_bar=False)
+            recordings["static"] = static.save(folder=folder / "static", overwrite=True, **SAVE_JOB_KWARGS)
             truth = sorting
     return recordings, truth
 

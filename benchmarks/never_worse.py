@@ -63,6 +63,8 @@ def make_recordings(seed: int, args, folder: Path) -> tuple[dict, object, dict]:
     from SpikeInterface's generator or (--generator esort) this project's."""
     from spikeinterface.core import load
 
+    from esort_jax.io.spikeinterface import SAVE_JOB_KWARGS
+
     if (folder / "truth").exists():
         return ({k: load(folder / k) for k in ("static", "drifting")}, load(folder / "truth"),
                 json.loads((folder / "drift.json").read_text()))
@@ -80,7 +82,7 @@ def make_recordings(seed: int, args, folder: Path) -> tuple[dict, object, dict]:
     cut = int(TRAIN_S * extra["displacement_sampling_frequency"])
     drift = {"train_um": [float(disp[:cut].min()), float(disp[:cut].max())],
              "rest_um": [float(disp[cut:].min()), float(disp[cut:].max())]}
-    saved = {k: r.save(folder=folder / k, overwrite=True, n_jobs=1, progress_bar=False)
+    saved = {k: r.save(folder=folder / k, overwrite=True, **SAVE_JOB_KWARGS)
              for k, r in (("static", static), ("drifting", drifting))}
     truth = sorting.save(folder=folder / "truth", overwrite=True)
     (folder / "drift.json").write_text(json.dumps(drift))
@@ -97,6 +99,7 @@ def make_esort_recordings(seed: int, args, folder: Path) -> tuple[dict, object, 
     from data_gen import SynthesisConfig, write_synthetic
     from data_gen.config import DriftConfig, ProbeConfig
     from esort_jax.io import read_recording_folder, to_spikeinterface_recording, to_spikeinterface_sorting
+    from esort_jax.io.spikeinterface import SAVE_JOB_KWARGS
 
     probe = ProbeConfig(n_channels=args.channels, first_channel=160) if args.channels < 384 else ProbeConfig()
     static = SynthesisConfig(duration_s=DURATION_S, seed=seed, probe=probe, sampling_frequency=FS)
@@ -106,8 +109,8 @@ def make_esort_recordings(seed: int, args, folder: Path) -> tuple[dict, object, 
     for kind, drift in drifts.items():
         synth = write_synthetic(dataclasses.replace(static, drift=drift), folder / f"{kind}_esort", progress=False)
         recording, truths[kind] = read_recording_folder(synth)
-        saved[kind] = to_spikeinterface_recording(recording).save(folder=folder / kind, overwrite=True, n_jobs=1,
-                                                                   progress_bar=False)
+        saved[kind] = to_spikeinterface_recording(recording).save(folder=folder / kind, overwrite=True,
+                                                                   **SAVE_JOB_KWARGS)
     if not (np.array_equal(truths["static"].samples, truths["drifting"].samples)
             and np.array_equal(truths["static"].unit_indices, truths["drifting"].unit_indices)):
         raise RuntimeError("data_gen gave different spike trains with and without drift; the pair is not comparable")

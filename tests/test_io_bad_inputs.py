@@ -15,6 +15,7 @@ from esort_jax.config import ConfigError
 from esort_jax.io import RecordingFormatError, load_recording, write_mearec, write_recording_folder, write_sorting_npz
 from esort_jax.io.extractors import BinaryOptions
 from esort_jax.io.loader import load_ground_truth
+from esort_jax.io.spikeinterface import SAVE_JOB_KWARGS
 from tests._files import FS, small_data
 
 pytestmark = [pytest.mark.filterwarnings("ignore:The extractor is not serializable"),
@@ -75,7 +76,7 @@ def test_ground_truth_errors_say_what_the_path_holds(tmp_path):
         load_ground_truth(tmp_path / "notes.txt")
     from esort_jax.io import to_spikeinterface_recording
 
-    to_spikeinterface_recording(small_data()[0]).save(folder=tmp_path / "si_recording", n_jobs=1, progress_bar=False)
+    to_spikeinterface_recording(small_data()[0]).save(folder=tmp_path / "si_recording", **SAVE_JOB_KWARGS)
     with pytest.raises(RecordingFormatError, match=r"si_recording: ground truth: a recording \(spikeinterface "
                                                    r"format\) that carries no spike times"):
         load_ground_truth(tmp_path / "si_recording")
@@ -159,7 +160,7 @@ def test_truncated_spikeinterface_and_mearec_files_are_refused(tmp_path):
 
     recording, truth = small_data()
     folder = tmp_path / "si"
-    to_spikeinterface_recording(recording).save(folder=folder, n_jobs=1, progress_bar=False)
+    to_spikeinterface_recording(recording).save(folder=folder, **SAVE_JOB_KWARGS)
     raw = folder / "traces_cached_seg0.raw"
     with open(raw, "r+b") as handle:
         handle.truncate(raw.stat().st_size - 6)  # a copy cut mid-frame

@@ -14,11 +14,12 @@ from esort_jax.io import (
     load_recording,
     to_spikeinterface_recording,
 )
+from esort_jax.io.spikeinterface import SAVE_JOB_KWARGS
 from tests._tiny import FS, fast_compile, tiny_recording  # noqa: F401  (fixture)
 
 
 REPO = Path(__file__).resolve().parent.parent
-JOB = dict(n_jobs=1, progress_bar=False)
+JOB = SAVE_JOB_KWARGS
 pytestmark = pytest.mark.filterwarnings(
     "ignore:The extractor is not serializable", "ignore:Empty units have been removed"
 )

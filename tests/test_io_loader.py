@@ -8,6 +8,7 @@ from esort_jax import ArrayTraces, GroundTruth, Recording, Sorting
 from esort_jax.config import ConfigError
 from esort_jax.io import RecordingFormatError, load_recording, write_mearec, write_recording_folder
 from esort_jax.io.extractors import BinaryOptions
+from esort_jax.io.spikeinterface import SAVE_JOB_KWARGS
 
 FS = 32000.0
 pytestmark = pytest.mark.filterwarnings("ignore:The extractor is not serializable")
@@ -48,7 +49,7 @@ def test_spikeinterface_folders(tmp_path):
     from esort_jax.io import to_spikeinterface_recording, to_spikeinterface_sorting
 
     recording, truth, traces = _data()
-    job = dict(n_jobs=1, progress_bar=False)
+    job = SAVE_JOB_KWARGS
     to_spikeinterface_recording(recording).save(folder=tmp_path / "pair" / "recording", **job)
     loaded, nothing = load_recording(tmp_path / "pair" / "recording")
     assert nothing is None

@@ -7,14 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from esort_jax.realdata.labeller import load_labels
 from esort_jax.io.phy import PhyFormatError, read_phy_folder, template_similarity, write_phy_folder
-from esort_jax.realdata.labeller import check_labels_fit
+from esort_jax.io.spikeinterface import SAVE_JOB_KWARGS
+from esort_jax.realdata.labeller import check_labels_fit, load_labels
 from tests._tiny import FS, fast_compile, tiny_recording  # noqa: F401  (fixture)
 from tests._phy import blank_recording, write_phy
 
 REPO = Path(__file__).resolve().parent.parent
-JOB = dict(n_jobs=1, progress_bar=False)
+JOB = SAVE_JOB_KWARGS
 pytestmark = pytest.mark.filterwarnings(
     "ignore:The extractor is not serializable", "ignore:Empty units have been removed"
 )

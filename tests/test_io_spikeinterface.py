@@ -16,11 +16,12 @@ from esort_jax.io import (  # noqa: E402
     to_spikeinterface_sorting,
     write_recording_folder,
 )
+from esort_jax.io.spikeinterface import SAVE_JOB_KWARGS  # noqa: E402
 
 FS = 30000.0
 eq = np.testing.assert_array_equal
 pytestmark = pytest.mark.filterwarnings("ignore:The extractor is not serializable")
-JOB = dict(n_jobs=1, progress_bar=False)
+JOB = SAVE_JOB_KWARGS
 
 
 def _recording(num_samples=1200, num_channels=5, seed=0, probe=False):

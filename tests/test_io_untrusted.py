@@ -16,6 +16,7 @@ from esort_jax.io import load_recording, open_spikeinterface_recording
 from esort_jax.io.folder import RecordingFormatError
 from esort_jax.io.loader import load_ground_truth
 from esort_jax.io.phy import PhyFormatError, read_phy_folder
+from esort_jax.io.spikeinterface import SAVE_JOB_KWARGS
 from esort_jax.io.untrusted import UnsafeFileError, load_spikeinterface_folder, read_python_literals
 
 pytestmark = pytest.mark.filterwarnings("ignore:The extractor is not serializable")
@@ -128,7 +129,7 @@ def _saved_sorting(folder: Path, labels=None) -> Path:
 def _saved_recording(folder: Path) -> Path:
     from esort_jax.io import to_spikeinterface_recording
 
-    to_spikeinterface_recording(_recording()).save(folder=folder, n_jobs=1, progress_bar=False)
+    to_spikeinterface_recording(_recording()).save(folder=folder, **SAVE_JOB_KWARGS)
     return folder
 
 

@@ -10,12 +10,13 @@ from esort_jax.config import ConfigError
 from esort_jax.io import (
     to_spikeinterface_recording,
 )
+from esort_jax.io.spikeinterface import SAVE_JOB_KWARGS
 from esort_jax.realdata.preprocess import PreprocessConfig, preprocess, preprocessed_recording
 from tests._tiny import FS, fast_compile, tiny_recording  # noqa: F401  (fixture)
 
 
 REPO = Path(__file__).resolve().parent.parent
-JOB = dict(n_jobs=1, progress_bar=False)
+JOB = SAVE_JOB_KWARGS
 pytestmark = pytest.mark.filterwarnings(
     "ignore:The extractor is not serializable", "ignore:Empty units have been removed"
 )

@@ -7,13 +7,14 @@ import pytest
 
 from esort_jax import Sorting
 from esort_jax.config import ConfigError
+from esort_jax.io.spikeinterface import SAVE_JOB_KWARGS
 from esort_jax.realdata.labeller import SorterLabels, make_unit_table
 from esort_jax.realdata.quality import QualityFilter, isi_violations, select_units
 from tests._tiny import FS, fast_compile  # noqa: F401  (fixture)
 
 
 REPO = Path(__file__).resolve().parent.parent
-JOB = dict(n_jobs=1, progress_bar=False)
+JOB = SAVE_JOB_KWARGS
 pytestmark = pytest.mark.filterwarnings(
     "ignore:The extractor is not serializable", "ignore:Empty units have been removed"
 )

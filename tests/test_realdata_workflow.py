@@ -12,6 +12,7 @@ from esort_jax.evaluate import evaluate
 from esort_jax.io import (
     to_spikeinterface_recording,
 )
+from esort_jax.io.spikeinterface import SAVE_JOB_KWARGS
 from esort_jax.realdata.labeller import load_labels
 from esort_jax.report.tables import evaluation_table
 from esort_jax.train import TrainConfig
@@ -19,7 +20,7 @@ from tests._tiny import TINY_MODEL, fast_compile, tiny_recording  # noqa: F401  
 
 
 REPO = Path(__file__).resolve().parent.parent
-JOB = dict(n_jobs=1, progress_bar=False)
+JOB = SAVE_JOB_KWARGS
 pytestmark = pytest.mark.filterwarnings(
     "ignore:The extractor is not serializable", "ignore:Empty units have been removed"
 )

@@ -13,6 +13,7 @@ from spikeinterface.sorters import BaseSorter
 
 import esort_jax.spikeinterface  # noqa: F401  registers "esort"
 from esort_jax.config import ConfigError
+from esort_jax.io.spikeinterface import SAVE_JOB_KWARGS
 from tests._tiny import TINY_MODEL, fast_compile  # noqa: F401  (fixture)
 
 SMALL = dict(model={"window": TINY_MODEL.window, "anchor": TINY_MODEL.anchor,
@@ -30,7 +31,7 @@ def ground_truth(tmp_path_factory):
         generate_probe_kwargs=dict(num_columns=1, ypitch=20, contact_shapes="circle", contact_shape_params={"radius": 6}),
     )
     recording.set_property("group", np.repeat([0, 1], 4))
-    recording = recording.save(folder=tmp_path_factory.mktemp("gt") / "recording", n_jobs=1, progress_bar=False)
+    recording = recording.save(folder=tmp_path_factory.mktemp("gt") / "recording", **SAVE_JOB_KWARGS)
     main = np.asarray([list(recording.channel_ids).index(c) for c in truth.get_property("main_channel_id")])
     truth = NumpySorting.from_sorting(truth)
     truth.set_property("group", (main >= 4).astype(int))
@@ -188,7 +189,7 @@ def test_labeller_tridesclous2(tmp_path):
         durations=[30.0], sampling_frequency=32000.0, num_channels=16, num_units=6, seed=1,
         noise_kwargs=dict(noise_levels=5.0, strategy="tile_pregenerated"),
     )
-    recording = recording.save(folder=tmp_path / "recording", n_jobs=1, progress_bar=False)
+    recording = recording.save(folder=tmp_path / "recording", **SAVE_JOB_KWARGS)
     sorting = ss.run_sorter("esort", recording, folder=tmp_path / "esort", labeller="tridesclous2", train_seconds=15.0,
                             train={"epochs": 10}, analyzer=False)
     log = json.loads((tmp_path / "esort" / "spikeinterface_log.json").read_text())["esort"]

@@ -24,7 +24,16 @@ __all__ = [
     "to_spikeinterface_sorting",
     "from_spikeinterface_sorting",
     "SpikeInterfaceTraces",
+    "SAVE_JOB_KWARGS",
 ]
+
+# How to write a SpikeInterface recording to a binary folder (`si_recording.save(folder=...,
+# **SAVE_JOB_KWARGS)`). SpikeInterface 0.105's binary writer runs a full `gc.collect()` after
+# every chunk (1 s of data by default); in a process holding JAX and a large heap each collection
+# costs ~0.3 s on this project's 2-core machine, so 40 s of 4 channels took ~25 s to write inside
+# the test suite against ~2 s alone. Chunks of 128 MB bound the number of collections on small
+# channel counts and keep memory bounded on any (384 float32 channels: ~2.7 s per chunk).
+SAVE_JOB_KWARGS = {"n_jobs": 1, "progress_bar": False, "chunk_memory": "128M"}
 
 
 # --------------------------------------------------------------------------------------------

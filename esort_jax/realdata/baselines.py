@@ -330,6 +330,7 @@ def _sorter_input(recording, start: int, stop: int, output_folder: Path):
     Recording or a SpikeInterface recording: one SpikeInterface cannot serialise is written to
     `<output_folder>/recording_binary/`."""
     from esort_jax.io import to_spikeinterface_recording
+    from esort_jax.io.spikeinterface import SAVE_JOB_KWARGS
 
     if isinstance(recording, Recording):
         recording = to_spikeinterface_recording(recording)
@@ -339,7 +340,7 @@ def _sorter_input(recording, start: int, stop: int, output_folder: Path):
     copy_folder = output_folder / "recording_binary"
     with warnings.catch_warnings():  # "not serializable ... provenance": expected, that is why we copy
         warnings.filterwarnings("ignore", message="The extractor is not serializable")
-        return si_recording.save(folder=copy_folder, format="binary", n_jobs=1, progress_bar=False), copy_folder
+        return si_recording.save(folder=copy_folder, format="binary", **SAVE_JOB_KWARGS), copy_folder
 
 
 def _run_sorter(name, version, si_recording, sorter_folder: Path, params: dict, span, n_jobs: int,
