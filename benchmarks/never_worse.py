@@ -19,14 +19,19 @@ that each change one thing:
 
   before      the workflow as it was: negatives ignore the quality filter's dropped units, 10 epochs
   fixed       negatives avoid every labelled spike (clear_dropped_units, today's default)
-  converged   fixed, trained to convergence (early stopping on the validation loss, <= 3000 steps)
+  converged   fixed, trained to convergence (early stopping on the validation loss, patience 300 steps,
+              at most --converged-max-steps, default 3000: set it above the 10 epochs' steps at 384 channels)
   truth       fixed, trained on the ground truth of the first span (no labeller errors: a bound)
   motion      fixed, on the recording motion-corrected by SpikeInterface (static too: what correction costs where nothing drifts)
 
 Every arm is scored against the ground truth on the last 20 s (units paired by agreement, 0.4 ms)
 with SpikeForest's SNR summary, and `oracle_threshold` says what a threshold tuned on that span
 would add (a diagnosis, never a result). `label_flags` marks each unit as oversplit by the
-labeller, paired with a dropped unit, or missed, so losses can be attributed per unit.
+labeller, paired with a dropped unit, or missed, so losses can be attributed per unit. Two rows
+per recording score the FIRST span: `teacher` (the labeller's run on the first 20 s: the labels
+E-Sort learns) and `labeller_training_span` (its whole-recording run), so the gap to the labeller
+splits into what twice the data gave the labeller and what E-Sort lost against its teacher
+(`span_table`, printed with --table).
 """
 
 from __future__ import annotations
@@ -170,7 +175,7 @@ def backbone_and_hit(si_recording, cache_dir: Path) -> tuple[Path, bool]:
     return checkpoint, bool(hit)
 
 
-def arm_options(arm: str, si_recording, truth, labels, seed: int) -> tuple[object, object, dict]:
+def arm_options(arm: str, si_recording, truth, labels, seed: int, max_steps: int = 3000) -> tuple[object, object, dict]:
     """(recording, labels, esort_from_labels options) of an arm (module doc)."""
     from esort_jax.realdata.preprocess import PreprocessConfig, preprocess
     from esort_jax.realdata.workflow import CPU_TRAIN
@@ -179,7 +184,7 @@ def arm_options(arm: str, si_recording, truth, labels, seed: int) -> tuple[objec
     options = {"train": CPU_TRAIN, "clear_dropped_units": arm != "before", "seed": seed,
                "preprocess": PreprocessConfig()}
     if arm == "converged":
-        options["train"] = TrainConfig(progress=False, max_steps=3000, early_stopping_patience_steps=300)
+        options["train"] = TrainConfig(progress=False, max_steps=max_steps, early_stopping_patience_steps=300)
     if arm == "truth":
         labels = truth
     if arm == "motion":
@@ -191,14 +196,14 @@ def arm_options(arm: str, si_recording, truth, labels, seed: int) -> tuple[objec
     return si_recording, labels, options
 
 
-def esort_arm(arm: str, si_recording, truth, labels, checkpoint: Path, seed: int) -> dict:
+def esort_arm(arm: str, si_recording, truth, labels, checkpoint: Path, seed: int, max_steps: int = 3000) -> dict:
     """One E-Sort arm trained on `labels` of the first 20 s, scored on the rest (module doc)."""
     from esort_jax import pipeline
     from esort_jax.evaluate import evaluate
     from esort_jax.realdata.diagnose import oracle_threshold
     from esort_jax.realdata.workflow import esort_from_labels
 
-    recording, labels, options = arm_options(arm, si_recording, truth, labels, seed)
+    recording, labels, options = arm_options(arm, si_recording, truth, labels, seed, max_steps)
     started = time.perf_counter()
     result = esort_from_labels(recording, labels, train_seconds=TRAIN_S, checkpoint=checkpoint, **options)
     wall = time.perf_counter() - started
@@ -243,17 +248,23 @@ def recording_rows(seed: int, kind: str, si_recording, truth, args, work: Path, 
     whole, whole_s = run_labeller(si_recording, kind, None, folder / "labeller_whole")
     kept = select_units(load_labels(first), (0, train_end), QualityFilter()).kept
     base = {"seed": seed, "kind": kind}
-    if (seed, kind, "labeller") not in done:
+    if (seed, kind, "labeller", None) not in done:
         yield {**base, "arm": "labeller", **scored(evaluate(whole, truth, identities="unknown", span=rest), truth, snr),
                "seconds": {"labeller_first": first_s, "labeller_whole": whole_s},
                "units_labelled": int(first.num_units), "units_kept": int(kept.sum()),
                "flags": label_flags(first, kept, truth, (0, train_end)), "snr": snr.tolist()}
-    checkpoint = backbone(si_recording, Path(args.cache))
+    for arm, sorting in (("teacher", first), ("labeller_training_span", whole)):  # the first span's scores
+        if (seed, kind, arm, None) not in done:
+            yield {**base, "arm": arm, "span": "training",
+                   **scored(evaluate(sorting, truth, identities="unknown", span=(0, train_end)), truth, snr)}
+    checkpoint = None
     for arm in args.arms:
-        if (seed, kind, arm) in done:
+        budget = args.converged_max_steps if arm == "converged" else None
+        if (seed, kind, arm, budget) in done:
             continue
-        out = esort_arm(arm, si_recording, truth, first, checkpoint, seed)
-        row = {**base, "arm": arm, **scored(out.pop("scores"), truth, snr), **out}
+        checkpoint = checkpoint or backbone(si_recording, Path(args.cache))  # only when an arm runs
+        out = esort_arm(arm, si_recording, truth, first, checkpoint, seed, args.converged_max_steps)
+        row = {**base, "arm": arm, "max_steps": budget, **scored(out.pop("scores"), truth, snr), **out}
         print(f"[never_worse] seed {seed} {kind} {arm}: accuracy_mean {row['accuracy_mean']:.3f}", flush=True)
         yield row
 
@@ -265,6 +276,19 @@ def _mean_std(values) -> str:
     return f"{np.mean(values):.3f} ± {np.std(values, ddof=1) if len(values) > 1 else 0.0:.3f}"
 
 
+def arm_label(row: dict) -> str:
+    """The arm's name in the tables; the converged arm with its step cap (rows before the cap was
+    an option ran with 3000)."""
+    if row["arm"] != "converged":
+        return row["arm"]
+    return f"converged (≤ {row.get('max_steps') or 3000} steps)"
+
+
+def _labels(rows: list[dict], arms) -> list[str]:
+    """The table's methods in `arms` order, one per converged step cap."""
+    return [label for arm in arms for label in sorted({arm_label(r) for r in rows if r["arm"] == arm})]
+
+
 def summary_table(rows: list[dict], kind: str) -> str:
     """Markdown: per method, mean ± std over seeds of the scores, and the paired difference in
     per-unit mean accuracy from the labeller (same seed)."""
@@ -273,10 +297,8 @@ def summary_table(rows: list[dict], kind: str) -> str:
     head = ("| method | seeds | acc. mean per unit | − labeller (paired) | acc. pooled | well detected | "
             "acc. mean, SNR ≥ 8 | oracle threshold acc. mean | units kept / labelled |")
     lines = [head, "|" + "---|" * 9]
-    for arm in ("labeller", *ARMS):
-        cells = [r for r in mine if r["arm"] == arm]
-        if not cells:
-            continue
+    for arm in _labels(mine, ("labeller", *ARMS)):
+        cells = [r for r in mine if arm_label(r) == arm]
         diff = [r["accuracy_mean"] - labeller[r["seed"]]["accuracy_mean"] for r in cells if r["seed"] in labeller]
         oracle = [r["oracle"]["accuracy_mean"] for r in cells if "oracle" in r]
         units = "-" if arm == "labeller" else f"{np.mean([r['units_kept'] for r in cells]):.0f} / " \
@@ -288,18 +310,42 @@ def summary_table(rows: list[dict], kind: str) -> str:
     return "\n".join(lines)
 
 
+def span_table(rows: list[dict], kind: str, arms=("fixed", "converged", "motion")) -> str:
+    """Markdown: where E-Sort's gap to the labeller comes from, mean ± std over seeds. The labeller
+    run on the whole recording clusters twice the data E-Sort's teacher (the labeller on the
+    training span only) had; both are scored on the training span (`labeller_training_span`,
+    `teacher` rows), so `whole − teacher` is what more data gave the labeller there and
+    `arm − teacher` what E-Sort lost against the labels it learned (scored on the rest)."""
+    mine = [r for r in rows if r["kind"] == kind]
+    by_seed = {}
+    for r in mine:
+        by_seed.setdefault(r["seed"], {})[arm_label(r)] = r["accuracy_mean"]
+    seeds = [s for s, d in by_seed.items() if {"labeller", "teacher", "labeller_training_span"} <= d.keys()]
+    if not seeds:
+        return "(no teacher rows: run the benchmark again on this --out to add them)"
+    esort = [a for a in _labels(mine, arms) if any(a in by_seed[s] for s in seeds)]
+    head = ["labeller (whole), rest", "labeller (whole), training span", "teacher (labeller on the training span), training span",
+            *[f"{a}, rest" for a in esort], "whole − teacher, training span", *[f"{a} − teacher" for a in esort]]
+    values = [[by_seed[s].get(k) for s in seeds] for k in ("labeller", "labeller_training_span", "teacher", *esort)]
+    values += [[by_seed[s]["labeller_training_span"] - by_seed[s]["teacher"] for s in seeds]]
+    values += [[by_seed[s][a] - by_seed[s]["teacher"] for s in seeds if a in by_seed[s]] for a in esort]
+    return "\n".join([f"| seeds | {' | '.join(head)} |", "|" + "---|" * (1 + len(head)),
+                      f"| {len(seeds)} | " + " | ".join(_mean_std(v) for v in values) + " |"])
+
+
 def cause_table(rows: list[dict], kind: str, arms=("before", "fixed", "converged", "motion")) -> str:
     """Markdown: per-unit accuracy of each arm minus the labeller's, pooled over seeds, by what
     the labeller's first-span labels did with the unit (label_flags)."""
     groups = {"oversplit by the labeller": "oversplit", "paired labeller unit dropped": "paired_dropped",
               "missed by the labeller": "missed", "none of these": None}
-    lines = ["| units | n | " + " | ".join(f"{a} − labeller" for a in arms) + " |", "|" + "---|" * (2 + len(arms))]
     ref = {r["seed"]: r for r in rows if r["kind"] == kind and r["arm"] == "labeller"}
+    arms = _labels([r for r in rows if r["kind"] == kind], arms)
+    lines = ["| units | n | " + " | ".join(f"{a} − labeller" for a in arms) + " |", "|" + "---|" * (2 + len(arms))]
     for name, flag in groups.items():
         cells, count = [], 0
         for arm in arms:
             diffs = []
-            for r in (r for r in rows if r["kind"] == kind and r["arm"] == arm and r["seed"] in ref):
+            for r in (r for r in rows if r["kind"] == kind and arm_label(r) == arm and r["seed"] in ref):
                 flags, base = ref[r["seed"]]["flags"], ref[r["seed"]]["per_unit_accuracy"]
                 for u, (a, b) in enumerate(zip(r["per_unit_accuracy"], base)):
                     hit = (not any(flags[f][u] for f in ("oversplit", "paired_dropped", "missed"))) if flag is None \
@@ -310,6 +356,15 @@ def cause_table(rows: list[dict], kind: str, arms=("before", "fixed", "converged
             cells.append(f"{np.mean(diffs):+.3f}" if diffs else "-")
         lines.append(f"| {name} | {count} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def done_rows(lines: list[str], generator: str, channels: int) -> set:
+    """(seed, kind, arm, step cap) of the JSONL rows already measured for this generator and
+    channel count (rows without `channels` count for any; the converged arm's cap defaults to the
+    3000 steps it had before the cap was an option): run again, only the rest is measured."""
+    rows = (json.loads(line) for line in lines if line.strip())
+    return {(r["seed"], r["kind"], r["arm"], r.get("max_steps") or (3000 if r["arm"] == "converged" else None))
+            for r in rows if r.get("generator", "spikeinterface") == generator and r.get("channels") in (None, channels)}
 
 
 def main() -> None:
@@ -325,6 +380,8 @@ def main() -> None:
     parser.add_argument("--work", default="never_worse_work")
     parser.add_argument("--cache", default="cache")
     parser.add_argument("--out", default="never_worse.jsonl")
+    parser.add_argument("--converged-max-steps", type=int, default=3000,
+                        help="the converged arm's step cap (rows record it as max_steps; one row per cap)")
     parser.add_argument("--table", help="only print the tables of this JSONL file")
     args = parser.parse_args()
     if args.table:
@@ -334,15 +391,13 @@ def main() -> None:
             mine = [r for r in rows if (r.get("generator", "spikeinterface"), r.get("channels")) == (generator, channels)]
             for kind in ("static", "drifting"):
                 print(f"\n{generator} generator, {channels or 'unrecorded'} channels, {kind}\n"
-                      f"{summary_table(mine, kind)}\n\n{cause_table(mine, kind)}")
+                      f"{summary_table(mine, kind)}\n\n{cause_table(mine, kind)}\n\n{span_table(mine, kind)}")
         return
     from esort_jax.runtime.host_memory import configure_host_allocator
 
     configure_host_allocator()
     out = Path(args.out)
-    done = {(r["seed"], r["kind"], r["arm"]) for r in
-            (json.loads(line) for line in (out.read_text().splitlines() if out.exists() else []) if line.strip())
-            if r.get("generator", "spikeinterface") == args.generator}
+    done = done_rows(out.read_text().splitlines() if out.exists() else [], args.generator, args.channels)
     work = Path(args.work) / ("esort_generator" if args.generator == "esort" else "")
     for seed in args.seeds:
         recordings, truth, drift = make_recordings(seed, args, work / f"seed{seed}" / "data")

@@ -122,3 +122,44 @@ def _count(function):
         return function(*args, **kwargs)
     counted.calls = 0
     return counted
+
+
+def test_the_span_table_splits_the_gap_into_more_data_and_what_esort_lost():
+    """benchmarks/never_worse.py: the labeller on the whole recording against its run on the
+    training span only (E-Sort's teacher), both scored on the training span, and E-Sort against
+    that teacher; one converged row per step cap."""
+    from benchmarks import never_worse
+
+    rows = []
+    for seed, (whole_rest, whole_train, teacher, motion) in enumerate([(0.86, 0.86, 0.83, 0.82), (0.80, 0.82, 0.80, 0.81)]):
+        rows += [{"seed": seed, "kind": "static", "arm": "labeller", "accuracy_mean": whole_rest},
+                 {"seed": seed, "kind": "static", "arm": "labeller_training_span", "accuracy_mean": whole_train},
+                 {"seed": seed, "kind": "static", "arm": "teacher", "accuracy_mean": teacher},
+                 {"seed": seed, "kind": "static", "arm": "motion", "accuracy_mean": motion}]
+    rows.append({"seed": 0, "kind": "static", "arm": "converged", "max_steps": 20000, "accuracy_mean": 0.5})
+    rows.append({"seed": 0, "kind": "static", "arm": "converged", "accuracy_mean": 0.4})  # before the cap was recorded
+    table = never_worse.span_table(rows, "static").splitlines()
+    head = [c.strip() for c in table[0].strip("|").split("|")]
+    cells = dict(zip(head, (c.strip() for c in table[2].strip("|").split("|"))))
+    assert cells["seeds"] == "2"
+    assert cells["whole − teacher, training span"] == "0.025 ± 0.007"  # (0.03 + 0.02) / 2
+    assert cells["motion − teacher"] == "0.000 ± 0.014"  # -0.01 and +0.01
+    assert cells["converged (≤ 20000 steps) − teacher"] == "-0.330 ± 0.000"  # seed 0 only
+    assert cells["converged (≤ 3000 steps) − teacher"] == "-0.430 ± 0.000"
+    assert "no teacher rows" in never_worse.span_table(rows[3:4], "static")
+
+
+def test_rows_already_measured_are_keyed_by_generator_channels_and_step_cap():
+    import json
+
+    from benchmarks import never_worse
+
+    lines = [json.dumps(r) for r in (
+        {"seed": 0, "kind": "static", "arm": "motion", "generator": "esort", "channels": 64},
+        {"seed": 0, "kind": "static", "arm": "converged", "generator": "esort", "channels": 384},
+        {"seed": 0, "kind": "static", "arm": "converged", "generator": "esort", "channels": 384, "max_steps": 20000},
+        {"seed": 1, "kind": "drifting", "arm": "fixed"},  # SpikeInterface's generator, before channels were recorded
+    )] + [""]
+    assert never_worse.done_rows(lines, "esort", 384) == {(0, "static", "converged", 3000), (0, "static", "converged", 20000)}
+    assert never_worse.done_rows(lines, "esort", 64) == {(0, "static", "motion", None)}
+    assert never_worse.done_rows(lines, "spikeinterface", 96) == {(1, "drifting", "fixed", None)}
