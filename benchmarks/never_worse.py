@@ -324,8 +324,9 @@ def span_table(rows: list[dict], kind: str, arms=("fixed", "converged", "motion"
     if not seeds:
         return "(no teacher rows: run the benchmark again on this --out to add them)"
     esort = [a for a in _labels(mine, arms) if any(a in by_seed[s] for s in seeds)]
-    head = ["labeller (whole), rest", "labeller (whole), training span", "teacher (labeller on the training span), training span",
-            *[f"{a}, rest" for a in esort], "whole − teacher, training span", *[f"{a} − teacher" for a in esort]]
+    head = ["labeller (whole), rest", "labeller (whole), training span",
+            "teacher (labeller on the training span), training span", *[f"{a}, rest" for a in esort],
+            "whole − teacher, training span", *[f"{a} − teacher" for a in esort]]
     values = [[by_seed[s].get(k) for s in seeds] for k in ("labeller", "labeller_training_span", "teacher", *esort)]
     values += [[by_seed[s]["labeller_training_span"] - by_seed[s]["teacher"] for s in seeds]]
     values += [[by_seed[s][a] - by_seed[s]["teacher"] for s in seeds if a in by_seed[s]] for a in esort]

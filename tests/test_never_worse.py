@@ -131,7 +131,8 @@ def test_the_span_table_splits_the_gap_into_more_data_and_what_esort_lost():
     from benchmarks import never_worse
 
     rows = []
-    for seed, (whole_rest, whole_train, teacher, motion) in enumerate([(0.86, 0.86, 0.83, 0.82), (0.80, 0.82, 0.80, 0.81)]):
+    scores = [(0.86, 0.86, 0.83, 0.82), (0.80, 0.82, 0.80, 0.81)]
+    for seed, (whole_rest, whole_train, teacher, motion) in enumerate(scores):
         rows += [{"seed": seed, "kind": "static", "arm": "labeller", "accuracy_mean": whole_rest},
                  {"seed": seed, "kind": "static", "arm": "labeller_training_span", "accuracy_mean": whole_train},
                  {"seed": seed, "kind": "static", "arm": "teacher", "accuracy_mean": teacher},
@@ -160,6 +161,7 @@ def test_rows_already_measured_are_keyed_by_generator_channels_and_step_cap():
         {"seed": 0, "kind": "static", "arm": "converged", "generator": "esort", "channels": 384, "max_steps": 20000},
         {"seed": 1, "kind": "drifting", "arm": "fixed"},  # SpikeInterface's generator, before channels were recorded
     )] + [""]
-    assert never_worse.done_rows(lines, "esort", 384) == {(0, "static", "converged", 3000), (0, "static", "converged", 20000)}
+    assert never_worse.done_rows(lines, "esort", 384) == {(0, "static", "converged", 3000),
+                                                          (0, "static", "converged", 20000)}
     assert never_worse.done_rows(lines, "esort", 64) == {(0, "static", "motion", None)}
     assert never_worse.done_rows(lines, "spikeinterface", 96) == {(1, "drifting", "fixed", None)}
