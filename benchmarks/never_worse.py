@@ -49,6 +49,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 ARMS = ("before", "fixed", "converged", "truth", "motion")
+CONVERGED_MAX_STEPS = 3000  # the converged arm's default step cap (rows made before it was an option used it)
 TRAIN_S, DURATION_S, FS = 20.0, 40.0, 32000.0
 
 
@@ -175,7 +176,7 @@ def backbone_and_hit(si_recording, cache_dir: Path) -> tuple[Path, bool]:
     return checkpoint, bool(hit)
 
 
-def arm_options(arm: str, si_recording, truth, labels, seed: int, max_steps: int = 3000) -> tuple[object, object, dict]:
+def arm_options(arm: str, si_recording, truth, labels, seed: int, max_steps: int = CONVERGED_MAX_STEPS) -> tuple[object, object, dict]:
     """(recording, labels, esort_from_labels options) of an arm (module doc)."""
     from esort_jax.realdata.preprocess import PreprocessConfig, preprocess
     from esort_jax.realdata.workflow import CPU_TRAIN
@@ -196,7 +197,7 @@ def arm_options(arm: str, si_recording, truth, labels, seed: int, max_steps: int
     return si_recording, labels, options
 
 
-def esort_arm(arm: str, si_recording, truth, labels, checkpoint: Path, seed: int, max_steps: int = 3000) -> dict:
+def esort_arm(arm: str, si_recording, truth, labels, checkpoint: Path, seed: int, max_steps: int = CONVERGED_MAX_STEPS) -> dict:
     """One E-Sort arm trained on `labels` of the first 20 s, scored on the rest (module doc)."""
     from esort_jax import pipeline
     from esort_jax.evaluate import evaluate
@@ -281,7 +282,7 @@ def arm_label(row: dict) -> str:
     an option ran with 3000)."""
     if row["arm"] != "converged":
         return row["arm"]
-    return f"converged (≤ {row.get('max_steps') or 3000} steps)"
+    return f"converged (≤ {row.get('max_steps') or CONVERGED_MAX_STEPS} steps)"
 
 
 def _labels(rows: list[dict], arms) -> list[str]:
@@ -364,7 +365,7 @@ def done_rows(lines: list[str], generator: str, channels: int) -> set:
     channel count (rows without `channels` count for any; the converged arm's cap defaults to the
     3000 steps it had before the cap was an option): run again, only the rest is measured."""
     rows = (json.loads(line) for line in lines if line.strip())
-    return {(r["seed"], r["kind"], r["arm"], r.get("max_steps") or (3000 if r["arm"] == "converged" else None))
+    return {(r["seed"], r["kind"], r["arm"], r.get("max_steps") or (CONVERGED_MAX_STEPS if r["arm"] == "converged" else None))
             for r in rows if r.get("generator", "spikeinterface") == generator and r.get("channels") in (None, channels)}
 
 
@@ -381,7 +382,7 @@ def main() -> None:
     parser.add_argument("--work", default="never_worse_work")
     parser.add_argument("--cache", default="cache")
     parser.add_argument("--out", default="never_worse.jsonl")
-    parser.add_argument("--converged-max-steps", type=int, default=3000,
+    parser.add_argument("--converged-max-steps", type=int, default=CONVERGED_MAX_STEPS,
                         help="the converged arm's step cap (rows record it as max_steps; one row per cap)")
     parser.add_argument("--table", help="only print the tables of this JSONL file")
     args = parser.parse_args()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import mmap
+import types
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -33,7 +34,7 @@ __all__ = [
 # costs ~0.3 s on this project's 2-core machine, so 40 s of 4 channels took ~25 s to write inside
 # the test suite against ~2 s alone. Chunks of 128 MB bound the number of collections on small
 # channel counts and keep memory bounded on any (384 float32 channels: ~2.6 s per chunk).
-SAVE_JOB_KWARGS = {"n_jobs": 1, "progress_bar": False, "chunk_memory": "128M"}
+SAVE_JOB_KWARGS = types.MappingProxyType({"n_jobs": 1, "progress_bar": False, "chunk_memory": "128M"})
 
 
 # --------------------------------------------------------------------------------------------
