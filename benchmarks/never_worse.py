@@ -23,6 +23,7 @@ that each change one thing:
               at most --converged-max-steps, default 3000: set it above the 10 epochs' steps at 384 channels)
   truth       fixed, trained on the ground truth of the first span (no labeller errors: a bound)
   motion      fixed, on the recording motion-corrected by SpikeInterface (static too: what correction costs where nothing drifts)
+  truth_motion  motion, trained on the ground truth of the first span (labeller errors on corrected traces: a bound)
 
 Every arm is scored against the ground truth on the last 20 s (units paired by agreement, 0.4 ms)
 with SpikeForest's SNR summary, and `oracle_threshold` says what a threshold tuned on that span
@@ -31,7 +32,12 @@ labeller, paired with a dropped unit, or missed, so losses can be attributed per
 per recording score the FIRST span: `teacher` (the labeller's run on the first 20 s: the labels
 E-Sort learns) and `labeller_training_span` (its whole-recording run), so the gap to the labeller
 splits into what twice the data gave the labeller and what E-Sort lost against its teacher
-(`span_table`, printed with --table).
+(`span_table`, printed with --table). Each E-Sort row also holds its scores on the training
+span (`training_span`: E-Sort against its teacher on the same span, in-sample), and every row
+`misses`: how the spikes of the units the whole-recording labeller sorts well are missed
+(crowded, to a neighbouring unit, undetected; `diagnose.spike_misses`, `miss_table`).
+`--keep-sortings` writes each arm's sorting to `<work>/.../<kind>/esort_<arm>`;
+`--misses-from-kept` prints the miss table from those without training again.
 """
 
 from __future__ import annotations
@@ -48,9 +54,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-ARMS = ("before", "fixed", "converged", "truth", "motion")
+ARMS = ("before", "fixed", "converged", "truth", "motion", "truth_motion")
 CONVERGED_MAX_STEPS = 3000  # the converged arm's default step cap (rows made before it was an option used it)
 TRAIN_S, DURATION_S, FS = 20.0, 40.0, 32000.0
+TRAINING_SPAN = ", training span"  # an arm's score on the span it was trained on, in the span table
 
 
 def np1_probe(num_channels: int):
@@ -186,9 +193,9 @@ def arm_options(arm: str, si_recording, truth, labels, seed: int, max_steps: int
                "preprocess": PreprocessConfig()}
     if arm == "converged":
         options["train"] = TrainConfig(progress=False, max_steps=max_steps, early_stopping_patience_steps=300)
-    if arm == "truth":
+    if arm in ("truth", "truth_motion"):
         labels = truth
-    if arm == "motion":
+    if arm in ("motion", "truth_motion"):
         from spikeinterface.preprocessing import correct_motion
 
         si_recording = correct_motion(preprocess(si_recording, PreprocessConfig()), preset="dredge_fast",
@@ -197,8 +204,14 @@ def arm_options(arm: str, si_recording, truth, labels, seed: int, max_steps: int
     return si_recording, labels, options
 
 
-def esort_arm(arm: str, si_recording, truth, labels, checkpoint: Path, seed: int, max_steps: int = CONVERGED_MAX_STEPS) -> dict:
-    """One E-Sort arm trained on `labels` of the first 20 s, scored on the rest (module doc)."""
+def esort_arm(arm: str, si_recording, truth, labels, checkpoint: Path, seed: int, max_steps: int = CONVERGED_MAX_STEPS,
+              keep: Path | None = None, reference: dict | None = None) -> dict:
+    """One E-Sort arm trained on `labels` of the first 20 s, scored on the rest (module doc), and
+    on the training span it learned from (`training_span`: the same span as the `teacher` row, so
+    E-Sort against its labels is paired there; in-sample, not a result). `keep`: also write the
+    arm's sorting there (a SpikeInterface sorting folder) for per-spike diagnostics. `reference`
+    (`miss_reference`): also how the arm misses the spikes of the units the labeller sorts well
+    (`misses`, per span)."""
     from esort_jax import pipeline
     from esort_jax.evaluate import evaluate
     from esort_jax.realdata.diagnose import oracle_threshold
@@ -210,13 +223,44 @@ def esort_arm(arm: str, si_recording, truth, labels, checkpoint: Path, seed: int
     wall = time.perf_counter() - started
     rest = result.rest_span
     scores = evaluate(result.sorting, truth, identities="unknown", span=rest)
+    training_span = evaluate(result.sorting, truth, identities="unknown", span=(0, result.train_end))
+    misses = {name: miss_report(result.sorting, truth, name, reference) for name in ("rest", "training_span")} \
+        if reference else None
+    if keep is not None:
+        from esort_jax.io.phy import write_sorting_folder
+
+        write_sorting_folder(result.sorting, keep, overwrite=True)
     low = pipeline.sort(result.fitted, result.recording, result.config, threshold=min(result.config.evaluation.thresholds),
                         span=(result.train_end, result.recording.num_samples))
     oracle = oracle_threshold(low.sorting, low.scores, truth, rest, result.config.evaluation.thresholds)
     accounting = pipeline.label_accounting(result.fitted, result.threshold_curve, result.config)
-    return {"scores": scores, "threshold": result.threshold, "oracle": oracle, "seconds": {**result.seconds, "wall": wall},
+    return {"scores": scores, "training_span": training_span, "misses": misses, "threshold": result.threshold, "oracle": oracle, "seconds": {**result.seconds, "wall": wall},
             "units_kept": result.selection.report()["num_kept"], "units_labelled": len(result.selection.rows),
             "training": result.fitted.summary(), **{k: v for k, v in accounting.items() if k != "label_accounting"}}
+
+
+WELL_SORTED = 0.9  # units the whole-recording labeller sorts at least this well: the spikes `misses` follows
+
+
+def miss_reference(whole, truth, locations: np.ndarray, spans: dict) -> dict:
+    """What `miss_report` needs: per span name, the truth units the labeller's whole-recording
+    run sorts with accuracy >= WELL_SORTED there, and the units' locations."""
+    from esort_jax.evaluate import evaluate
+
+    units = {}
+    for name, span in spans.items():
+        accuracy = np.asarray([np.nan if a is None else a for a in
+                               evaluate(whole, truth, identities="unknown", span=span).per_unit()["accuracy"]], float)
+        units[name] = np.flatnonzero(np.nan_to_num(accuracy) >= WELL_SORTED)
+    return {"units": units, "spans": dict(spans), "locations": locations}
+
+
+def miss_report(sorting, truth, span: str, reference: dict) -> dict:
+    """`diagnose.spike_misses` of `sorting` on the span named `span` ('rest' or 'training_span')
+    for the units the labeller sorts well there."""
+    from esort_jax.realdata.diagnose import spike_misses
+
+    return spike_misses(sorting, truth, reference["spans"][span], reference["locations"], units=reference["units"][span])
 
 
 def scored(result, truth, snr) -> dict:
@@ -230,42 +274,115 @@ def scored(result, truth, snr) -> dict:
             "per_unit_accuracy": per_unit["accuracy"]}
 
 
-def recording_rows(seed: int, kind: str, si_recording, truth, args, work: Path, done: set):
-    """Yields the labeller's row and every arm's for one recording (skipping those in `done`)."""
-    from esort_jax.evaluate import evaluate
+def recording_context(si_recording, truth, kind: str, folder: Path) -> tuple:
+    """(truth as our Sorting, SNR, `miss_reference`, the labeller's first-span sorting and its
+    seconds, its whole-recording sorting and seconds) of one recording; the labeller runs are
+    cached in `folder`."""
     from esort_jax.io.spikeinterface import from_spikeinterface_sorting
-    from esort_jax.realdata.diagnose import label_flags
-    from esort_jax.realdata.labeller import load_labels
     from esort_jax.realdata.preprocess import PreprocessConfig, preprocessed_recording
-    from esort_jax.realdata.quality import QualityFilter, select_units
+    from esort_jax.recording import ArrayTraces
     from esort_jax.report.snr import unit_snr
 
-    folder = work / f"seed{seed}" / kind
     truth = from_spikeinterface_sorting(truth)
     train_end = int(TRAIN_S * FS)
     rest = (train_end, si_recording.get_num_samples() - 60 + 1 + 29)
-    snr = unit_snr(preprocessed_recording(si_recording, PreprocessConfig()), truth)
+    lazy = preprocessed_recording(si_recording, PreprocessConfig())
+    # in memory (40 s: 61 MB at 384 channels): unit_snr reads thousands of snippets, each one a
+    # filter pass with margins on the lazy recording (12 min at 384 channels, now seconds)
+    preprocessed = dataclasses.replace(lazy, traces=ArrayTraces(lazy.read(0, lazy.num_samples)))
+    snr, channels = unit_snr(preprocessed, truth, with_channels=True)
+    locations = np.where(channels[:, None] >= 0, np.asarray(preprocessed.channel_positions)[channels], np.nan)
     first, first_s = run_labeller(si_recording, kind, TRAIN_S, folder / "labeller_first")
     whole, whole_s = run_labeller(si_recording, kind, None, folder / "labeller_whole")
+    reference = miss_reference(whole, truth, locations, {"rest": rest, "training_span": (0, train_end)})
+    return truth, snr, reference, first, first_s, whole, whole_s
+
+
+def kept_misses(seed: int, kind: str, si_recording, truth, arms, work: Path) -> list[tuple[str, str, dict]]:
+    """(method, span, misses) of the labeller (whole recording), the teacher and each arm in
+    `arms` whose sorting a run with --keep-sortings left in `work`: no training."""
+    from esort_jax.realdata.labeller import load_labels
+
+    folder = work / f"seed{seed}" / kind
+    truth, _, reference, first, _, whole, _ = recording_context(si_recording, truth, kind, folder)
+    out = [("labeller (whole)", span, miss_report(whole, truth, span, reference)) for span in ("rest", "training_span")]
+    out.append(("teacher", "training_span", miss_report(first, truth, "training_span", reference)))
+    for arm in arms:
+        if (folder / f"esort_{arm}").exists():
+            sorting = load_labels(folder / f"esort_{arm}").sorting
+            out += [(arm, span, miss_report(sorting, truth, span, reference)) for span in ("rest", "training_span")]
+    return out
+
+
+def miss_table(entries: list[tuple[str, str, dict]]) -> str:
+    """Markdown: per (method, span), how the spikes of the units the whole-recording labeller
+    sorts well (accuracy >= WELL_SORTED) are missed, counts pooled over the entries given
+    (`diagnose.spike_misses`)."""
+    pooled: dict = {}
+    for method, span, m in entries:
+        cell = pooled.setdefault((method, span), dict.fromkeys(
+            ("n", "units", "spikes", "missed", "crowded", "missed_crowded", "to_neighbour", "undetected", "unit_lost"), 0))
+        cell["n"] += 1
+        for key in cell:
+            if key != "n":
+                cell[key] += m[key]
+
+    def pct(a, b):
+        return f"{100 * a / b:.2f}%" if b else "-"
+
+    lines = ["| method | span | recordings | units | spikes | missed | missed, crowded spikes | missed, isolated spikes | "
+             "crowded share | missed to a neighbouring unit | missed, undetected | spikes of units lost |",
+             "|" + "---|" * 12]
+    for (method, span), c in pooled.items():
+        lines.append(f"| {method} | {span.replace('_', ' ')} | {c['n']} | {c['units']} | {c['spikes']} | "
+                     f"{pct(c['missed'], c['spikes'])} | {pct(c['missed_crowded'], c['crowded'])} | "
+                     f"{pct(c['missed'] - c['missed_crowded'], c['spikes'] - c['crowded'])} | "
+                     f"{pct(c['crowded'], c['spikes'])} | {pct(c['to_neighbour'], c['spikes'])} | "
+                     f"{pct(c['undetected'], c['spikes'])} | {c['unit_lost']} |")
+    return "\n".join(lines)
+
+
+def row_misses(rows: list[dict], kind: str) -> list[tuple[str, str, dict]]:
+    """`miss_table` entries from the JSONL rows of one kind that hold `misses`."""
+    names = {"labeller": "labeller (whole)"}
+    return [(names.get(r["arm"], arm_label(r)), span, m) for r in rows if r["kind"] == kind and r.get("misses")
+            and r["arm"] != "labeller_training_span" for span, m in r["misses"].items()]
+
+
+def recording_rows(seed: int, kind: str, si_recording, truth, args, work: Path, done: set):
+    """Yields the labeller's row and every arm's for one recording (skipping those in `done`)."""
+    from esort_jax.evaluate import evaluate
+    from esort_jax.realdata.diagnose import label_flags
+    from esort_jax.realdata.labeller import load_labels
+    from esort_jax.realdata.quality import QualityFilter, select_units
+
+    folder = work / f"seed{seed}" / kind
+    truth, snr, reference, first, first_s, whole, whole_s = recording_context(si_recording, truth, kind, folder)
+    train_end, rest = reference["spans"]["training_span"][1], reference["spans"]["rest"]
     kept = select_units(load_labels(first), (0, train_end), QualityFilter()).kept
     base = {"seed": seed, "kind": kind}
     if (seed, kind, "labeller", None) not in done:
         yield {**base, "arm": "labeller", **scored(evaluate(whole, truth, identities="unknown", span=rest), truth, snr),
                "seconds": {"labeller_first": first_s, "labeller_whole": whole_s},
                "units_labelled": int(first.num_units), "units_kept": int(kept.sum()),
-               "flags": label_flags(first, kept, truth, (0, train_end)), "snr": snr.tolist()}
+               "flags": label_flags(first, kept, truth, (0, train_end)), "snr": snr.tolist(),
+               "misses": {name: miss_report(whole, truth, name, reference) for name in ("rest", "training_span")}}
     for arm, sorting in (("teacher", first), ("labeller_training_span", whole)):  # the first span's scores
         if (seed, kind, arm, None) not in done:
             yield {**base, "arm": arm, "span": "training",
-                   **scored(evaluate(sorting, truth, identities="unknown", span=(0, train_end)), truth, snr)}
+                   **scored(evaluate(sorting, truth, identities="unknown", span=(0, train_end)), truth, snr),
+                   **({"misses": {"training_span": miss_report(first, truth, "training_span", reference)}}
+                      if arm == "teacher" else {})}  # the whole run's are in the labeller's row
     checkpoint = None
     for arm in args.arms:
         budget = args.converged_max_steps if arm == "converged" else None
         if (seed, kind, arm, budget) in done:
             continue
         checkpoint = checkpoint or backbone(si_recording, Path(args.cache))  # only when an arm runs
-        out = esort_arm(arm, si_recording, truth, first, checkpoint, seed, args.converged_max_steps)
-        row = {**base, "arm": arm, "max_steps": budget, **scored(out.pop("scores"), truth, snr), **out}
+        keep = folder / f"esort_{arm}" if args.keep_sortings else None
+        out = esort_arm(arm, si_recording, truth, first, checkpoint, seed, args.converged_max_steps, keep, reference)
+        row = {**base, "arm": arm, "max_steps": budget, **scored(out.pop("scores"), truth, snr),
+               "training_span": scored(out.pop("training_span"), truth, snr), **out}
         print(f"[never_worse] seed {seed} {kind} {arm}: accuracy_mean {row['accuracy_mean']:.3f}", flush=True)
         yield row
 
@@ -311,26 +428,35 @@ def summary_table(rows: list[dict], kind: str) -> str:
     return "\n".join(lines)
 
 
-def span_table(rows: list[dict], kind: str, arms=("fixed", "converged", "motion")) -> str:
+def span_table(rows: list[dict], kind: str, arms=("fixed", "converged", "motion", "truth_motion")) -> str:
     """Markdown: where E-Sort's gap to the labeller comes from, mean ± std over seeds. The labeller
     run on the whole recording clusters twice the data E-Sort's teacher (the labeller on the
     training span only) had; both are scored on the training span (`labeller_training_span`,
     `teacher` rows), so `whole − teacher` is what more data gave the labeller there and
-    `arm − teacher` what E-Sort lost against the labels it learned (scored on the rest)."""
+    `arm − teacher` what E-Sort lost against the labels it learned (scored on the rest). Arms
+    whose rows hold E-Sort's own score on the training span (`training_span`, rows written since
+    it was added) get `arm, training span` and `arm − teacher, training span`: E-Sort against its
+    teacher on the same span (in-sample: the spikes it was trained on), which separates
+    reproducing the labels from carrying them over to the rest."""
     mine = [r for r in rows if r["kind"] == kind]
     by_seed = {}
     for r in mine:
         by_seed.setdefault(r["seed"], {})[arm_label(r)] = r["accuracy_mean"]
+        if "training_span" in r:
+            by_seed[r["seed"]][arm_label(r) + TRAINING_SPAN] = r["training_span"]["accuracy_mean"]
     seeds = [s for s, d in by_seed.items() if {"labeller", "teacher", "labeller_training_span"} <= d.keys()]
     if not seeds:
         return "(no teacher rows: run the benchmark again on this --out to add them)"
     esort = [a for a in _labels(mine, arms) if any(a in by_seed[s] for s in seeds)]
+    esort_train = [a + TRAINING_SPAN for a in esort if any(a + TRAINING_SPAN in by_seed[s] for s in seeds)]
     head = ["labeller (whole), rest", "labeller (whole), training span",
             "teacher (labeller on the training span), training span", *[f"{a}, rest" for a in esort],
-            "whole − teacher, training span", *[f"{a} − teacher" for a in esort]]
-    values = [[by_seed[s].get(k) for s in seeds] for k in ("labeller", "labeller_training_span", "teacher", *esort)]
+            *esort_train, "whole − teacher, training span", *[f"{a} − teacher" for a in esort],
+            *[f"{a.removesuffix(TRAINING_SPAN)} − teacher{TRAINING_SPAN}" for a in esort_train]]
+    values = [[by_seed[s].get(k) for s in seeds]
+              for k in ("labeller", "labeller_training_span", "teacher", *esort, *esort_train)]
     values += [[by_seed[s]["labeller_training_span"] - by_seed[s]["teacher"] for s in seeds]]
-    values += [[by_seed[s][a] - by_seed[s]["teacher"] for s in seeds if a in by_seed[s]] for a in esort]
+    values += [[by_seed[s][a] - by_seed[s]["teacher"] for s in seeds if a in by_seed[s]] for a in (*esort, *esort_train)]
     return "\n".join([f"| seeds | {' | '.join(head)} |", "|" + "---|" * (1 + len(head)),
                       f"| {len(seeds)} | " + " | ".join(_mean_std(v) for v in values) + " |"])
 
@@ -384,6 +510,11 @@ def main() -> None:
     parser.add_argument("--out", default="never_worse.jsonl")
     parser.add_argument("--converged-max-steps", type=int, default=CONVERGED_MAX_STEPS,
                         help="the converged arm's step cap (rows record it as max_steps; one row per cap)")
+    parser.add_argument("--keep-sortings", action="store_true",
+                        help="write each E-Sort arm's sorting to <work>/.../<kind>/esort_<arm> (SpikeInterface folder)")
+    parser.add_argument("--misses-from-kept", action="store_true",
+                        help="print how the labeller, the teacher and the --arms a --keep-sortings run left in "
+                             "--work miss the spikes of well-sorted units (diagnose.spike_misses); no training")
     parser.add_argument("--table", help="only print the tables of this JSONL file")
     args = parser.parse_args()
     if args.table:
@@ -394,6 +525,8 @@ def main() -> None:
             for kind in ("static", "drifting"):
                 print(f"\n{generator} generator, {channels or 'unrecorded'} channels, {kind}\n"
                       f"{summary_table(mine, kind)}\n\n{cause_table(mine, kind)}\n\n{span_table(mine, kind)}")
+                if row_misses(mine, kind):
+                    print(f"\n{miss_table(row_misses(mine, kind))}")
         return
     from esort_jax.runtime.host_memory import configure_host_allocator
 
@@ -403,6 +536,11 @@ def main() -> None:
     work = Path(args.work) / ("esort_generator" if args.generator == "esort" else "")
     for seed in args.seeds:
         recordings, truth, drift = make_recordings(seed, args, work / f"seed{seed}" / "data")
+        if args.misses_from_kept:
+            for kind in args.kinds:
+                print(f"\nseed {seed}, {kind}: spikes of the units the whole-recording labeller sorts well\n"
+                      f"{miss_table(kept_misses(seed, kind, recordings[kind], truth, args.arms, work))}", flush=True)
+            continue
         for kind in args.kinds:
             for row in recording_rows(seed, kind, recordings[kind], truth, args, work, done):
                 row["drift"] = drift if kind == "drifting" else None

@@ -51,6 +51,8 @@ def test_snr_is_the_mean_waveform_peak_over_the_mad_noise():
     snr = unit_snr(recording, truth, noise_seconds=1.0)
     # unit-variance noise plus waveforms of peak 8 on the main channel: SNR close to 8
     assert snr.shape == (3,) and np.all((snr > 6.5) & (snr < 10.0)), snr
+    same, channels = unit_snr(recording, truth, noise_seconds=1.0, with_channels=True)
+    assert np.array_equal(same, snr) and channels.tolist() == [0, 3, 6]  # unit u's main channel is 3u
     per_unit = {"unit_ids": [2, 0, 1], "accuracy": [0.9, 0.5, None]}
     summary = snr_summary(per_unit, np.array([9.0, 3.0, 20.0]), [0, 1, 2])
     # units 2 (SNR 20, acc 0.9) and 0 (SNR 9, acc 0.5) are above the cut; unit 1 is silent (None)
@@ -136,7 +138,8 @@ def test_the_span_table_splits_the_gap_into_more_data_and_what_esort_lost():
         rows += [{"seed": seed, "kind": "static", "arm": "labeller", "accuracy_mean": whole_rest},
                  {"seed": seed, "kind": "static", "arm": "labeller_training_span", "accuracy_mean": whole_train},
                  {"seed": seed, "kind": "static", "arm": "teacher", "accuracy_mean": teacher},
-                 {"seed": seed, "kind": "static", "arm": "motion", "accuracy_mean": motion}]
+                 {"seed": seed, "kind": "static", "arm": "motion", "accuracy_mean": motion,
+                  **({"training_span": {"accuracy_mean": 0.84}} if seed == 0 else {})}]
     rows.append({"seed": 0, "kind": "static", "arm": "converged", "max_steps": 20000, "accuracy_mean": 0.5})
     rows.append({"seed": 0, "kind": "static", "arm": "converged", "accuracy_mean": 0.4})  # before the cap was recorded
     table = never_worse.span_table(rows, "static").splitlines()
@@ -147,6 +150,10 @@ def test_the_span_table_splits_the_gap_into_more_data_and_what_esort_lost():
     assert cells["motion − teacher"] == "0.000 ± 0.014"  # -0.01 and +0.01
     assert cells["converged (≤ 20000 steps) − teacher"] == "-0.330 ± 0.000"  # seed 0 only
     assert cells["converged (≤ 3000 steps) − teacher"] == "-0.430 ± 0.000"
+    # E-Sort on the span it learned from, paired with its teacher there (only rows that hold it)
+    assert cells["motion, training span"] == "0.840 ± 0.000"
+    assert cells["motion − teacher, training span"] == "0.010 ± 0.000"  # seed 0: 0.84 - 0.83
+    assert "converged (≤ 3000 steps), training span" not in cells
     assert "no teacher rows" in never_worse.span_table(rows[3:4], "static")
 
 
@@ -165,3 +172,51 @@ def test_rows_already_measured_are_keyed_by_generator_channels_and_step_cap():
                                                           (0, "static", "converged", 20000)}
     assert never_worse.done_rows(lines, "esort", 64) == {(0, "static", "motion", None)}
     assert never_worse.done_rows(lines, "spikeinterface", 96) == {(1, "drifting", "fixed", None)}
+
+
+def test_spike_misses_split_a_units_missed_spikes_into_crowded_to_a_neighbour_and_undetected():
+    from esort_jax.realdata.diagnose import spike_misses
+
+    fs = 32000.0
+    a = np.arange(10, 100) * 1000
+    b, c, d = a[:20] + 20, a[:20] + 500, a[50:60] + 100  # b 0.6 ms after a's first 20 (crowded, outside the tolerance); c far; d never sorted
+    truth = Sorting.from_unit_dict({"a": a, "b": b, "c": c, "d": d}, fs)
+    locations = np.array([[0.0, 0.0], [0.0, 40.0], [0.0, 500.0], [0.0, 1000.0]])
+    missed = np.r_[0:5, 40:43]  # five crowded spikes, three isolated ones
+    sorting = Sorting.from_unit_dict({
+        10: np.delete(a, missed),
+        11: np.sort(np.r_[b, a[:3]]),   # the neighbour takes a's spikes 0-2
+        12: np.sort(np.r_[c, a[4]]),    # a far unit firing at a's spike 4 is not a neighbour
+    }, fs)
+    out = spike_misses(sorting, truth, (0, 200_000), locations, units=[0])
+    assert (out["units"], out["spikes"], out["crowded"]) == (1, 90, 20)
+    assert (out["missed"], out["missed_crowded"], out["to_neighbour"], out["undetected"]) == (8, 5, 3, 5)
+    assert out["missed_rate_crowded"] == pytest.approx(5 / 20) and out["missed_rate_isolated"] == pytest.approx(3 / 70)
+    everyone = spike_misses(sorting, truth, (0, 200_000), locations)
+    assert everyone["unit_lost"] == 10 and everyone["spikes"] == 90 + 20 + 20
+    assert everyone["missed"] == 8  # b and c lose nothing
+    with pytest.raises(ValueError, match="unit_locations has 3 rows for 4 truth units"):
+        spike_misses(sorting, truth, (0, 200_000), locations[:3])
+
+
+def test_the_miss_table_pools_counts_over_recordings_per_method_and_span():
+    from benchmarks import never_worse
+
+    def misses(spikes, missed, crowded, missed_crowded, to_neighbour):
+        return {"units": 2, "spikes": spikes, "missed": missed, "crowded": crowded, "missed_crowded": missed_crowded,
+                "to_neighbour": to_neighbour, "undetected": missed - to_neighbour, "unit_lost": 0}
+
+    rows = [{"seed": seed, "kind": "static", "arm": "motion",
+             "misses": {"rest": misses(100, 4, 10, 2, 1), "training_span": misses(100, 2, 10, 1, 0)}}
+            for seed in (0, 1)]
+    rows.append({"seed": 0, "kind": "static", "arm": "labeller_training_span", "misses": {"training_span": misses(1, 1, 1, 1, 1)}})
+    rows.append({"seed": 0, "kind": "drifting", "arm": "motion", "misses": {"rest": misses(1, 1, 1, 1, 1)}})
+    entries = never_worse.row_misses(rows, "static")
+    assert [(m, s) for m, s, _ in entries] == [("motion", "rest"), ("motion", "training_span")] * 2
+    table = never_worse.miss_table(entries).splitlines()
+    head = [c.strip() for c in table[0].strip("|").split("|")]
+    rest = dict(zip(head, (c.strip() for c in table[2].strip("|").split("|"))))
+    assert (rest["method"], rest["span"], rest["recordings"], rest["units"], rest["spikes"]) == ("motion", "rest", "2", "4", "200")
+    assert rest["missed"] == "4.00%" and rest["missed, crowded spikes"] == "20.00%"      # 8 of 200; 4 of 20
+    assert rest["missed, isolated spikes"] == "2.22%" and rest["missed to a neighbouring unit"] == "1.00%"  # 4 of 180
+    assert len(table) == 4  # the training span's row; the labeller's training-span run is left out

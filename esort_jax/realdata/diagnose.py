@@ -3,13 +3,18 @@
     flags = label_flags(labels.sorting, selection.kept, truth, (0, train_end))
     best = oracle_threshold(result, truth, thresholds)   # a diagnosis, never a reported result
 
+    misses = spike_misses(result.sorting, truth, span, locations, units=well_sorted)
+
 `label_flags` says, per ground-truth unit, what the labeller's labels of the training span did
 with it: which labeller units hold its spikes (`oversplit`: two or more), whether the one paired
 with it was dropped by the quality filter (its spikes then are not E-Sort's positives), whether
 none was paired (`missed`). `oracle_threshold` sweeps the post-processing threshold on the
 SCORED span against ground truth: how much a perfect threshold would add. It reads the truth of
 the span results are reported on, so it only tells whether the threshold is a cause; the
-pipeline's threshold is always chosen on labelled training data.
+pipeline's threshold is always chosen on labelled training data. `spike_misses` says, for
+chosen ground-truth units, how a sorting misses their spikes: how many, how many of those were
+crowded (another unit within `crowd_um` spiked within `crowd_ms`), went to a neighbouring unit
+of the sorting, or were not detected at all.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import numpy as np
 from esort_jax.evaluate import evaluate, match_count_matrix, tolerance_to_samples
 from esort_jax.recording import Sorting
 
-__all__ = ["label_flags", "oracle_threshold"]
+__all__ = ["label_flags", "oracle_threshold", "spike_misses"]
 
 
 def label_flags(labels: Sorting, kept: np.ndarray, truth: Sorting, span: tuple[int, int], *,
@@ -64,3 +69,73 @@ def oracle_threshold(sorting: Sorting, scores: np.ndarray, truth: Sorting, span:
     best = max(curve, key=lambda c: -1.0 if np.isnan(c["accuracy_mean"]) else c["accuracy_mean"])
     return {"threshold": best["threshold"], "accuracy_mean": best["accuracy_mean"],
             "accuracy_pooled": best["accuracy_pooled"], "well_detected": best["well_detected"], "curve": curve}
+
+
+def _nearest_distance(sorted_samples: np.ndarray, samples: np.ndarray) -> np.ndarray:
+    """Per sample, the distance to the nearest of `sorted_samples` (a large number if none)."""
+    out = np.full(samples.shape, np.iinfo(np.int64).max, dtype=np.int64)
+    j = np.searchsorted(sorted_samples, samples)
+    for k in (j - 1, j):
+        ok = (k >= 0) & (k < sorted_samples.size)
+        out[ok] = np.minimum(out[ok], np.abs(sorted_samples[k[ok]] - samples[ok]))
+    return out
+
+
+def spike_misses(sorting: Sorting, truth: Sorting, span: tuple[int, int], unit_locations: np.ndarray, *,
+                 units: Sequence[int] | None = None, tolerance_ms: float = 0.4, crowd_ms: float = 1.0,
+                 crowd_um: float = 60.0) -> dict:
+    """How `sorting` misses the spikes of the ground-truth units `units` (indices into truth;
+    default all) in `span`. Each unit is paired as `evaluate` pairs it (identities unknown); a
+    spike is missed when its paired unit has no spike within `tolerance_ms`.
+
+    `unit_locations` [N_truth, 2 or 3] (µm) places the truth units; each unit of `sorting` sits
+    where the truth unit it shares most spikes with does. A spike is `crowded` when a spike of
+    another truth unit within `crowd_um` lies within `crowd_ms`. A missed spike went `to_neighbour`
+    when another unit of `sorting` placed within `crowd_um` has a spike within `tolerance_ms`,
+    else it is `undetected`. Spikes of units without a pair count as `unit_lost` (not in the
+    other counts). Returns counts and rates (NaN when there are no spikes)."""
+    delta = tolerance_to_samples(tolerance_ms, truth.sampling_frequency)
+    window = int(round(crowd_ms * truth.sampling_frequency / 1000.0))
+    locations = np.asarray(unit_locations, dtype=np.float64)
+    if locations.shape[0] != truth.num_units:
+        raise ValueError(f"unit_locations has {locations.shape[0]} rows for {truth.num_units} truth units")
+    units = np.arange(truth.num_units) if units is None else np.asarray(units, dtype=np.int64)
+    paired = evaluate(sorting, truth, tolerance_ms=tolerance_ms, identities="unknown", span=span).pred_index
+    truth_in, sorted_in = truth.in_span(*span), sorting.in_span(*span)
+    counts = match_count_matrix(truth_in.samples, truth_in.unit_indices, sorted_in.samples,
+                                sorted_in.unit_indices, truth.num_units, sorting.num_units, delta)
+    owner = counts.argmax(axis=0) if truth.num_units and sorting.num_units else np.zeros(0, dtype=np.int64)
+    has_owner = counts.max(axis=0) > 0 if counts.size else np.zeros(sorting.num_units, dtype=bool)
+    close = np.linalg.norm(locations[:, None, :] - locations[None, :, :], axis=-1) <= crowd_um  # [N, N]
+    tally = dict.fromkeys(("spikes", "missed", "crowded", "missed_crowded", "to_neighbour", "undetected",
+                           "unit_lost"), 0)
+    for u in units.tolist():
+        mine = truth_in.unit_samples(u)
+        if not mine.size:
+            continue
+        neighbours = np.flatnonzero(close[u])
+        others = np.sort(truth_in.samples[np.isin(truth_in.unit_indices, neighbours[neighbours != u])])
+        crowded = _nearest_distance(others, mine) <= window
+        k = int(paired[u])
+        if k < 0:
+            tally["unit_lost"] += int(mine.size)
+            continue
+        own = np.sort(sorted_in.unit_samples(k))
+        missed = _nearest_distance(own, mine) > delta
+        near_units = np.flatnonzero(has_owner & np.isin(owner, neighbours))
+        near = np.sort(sorted_in.samples[np.isin(sorted_in.unit_indices, near_units[near_units != k])])
+        went = missed & (_nearest_distance(near, mine) <= delta)
+        tally["spikes"] += int(mine.size)
+        tally["crowded"] += int(crowded.sum())
+        tally["missed"] += int(missed.sum())
+        tally["missed_crowded"] += int((missed & crowded).sum())
+        tally["to_neighbour"] += int(went.sum())
+        tally["undetected"] += int((missed & ~went).sum())
+
+    def rate(a: int, b: int) -> float:
+        return a / b if b else float("nan")
+
+    return {**tally, "units": int(units.size), "missed_rate": rate(tally["missed"], tally["spikes"]),
+            "missed_rate_crowded": rate(tally["missed_crowded"], tally["crowded"]),
+            "missed_rate_isolated": rate(tally["missed"] - tally["missed_crowded"], tally["spikes"] - tally["crowded"]),
+            "tolerance_ms": tolerance_ms, "crowd_ms": crowd_ms, "crowd_um": crowd_um}

@@ -40,14 +40,18 @@ def _noise_std(recording: Recording, noise_seconds: float, chunk: int) -> np.nda
 
 
 def unit_snr(recording: Recording, truth: Sorting, *, max_spikes: int = 300, ms_before: float = 1.0,
-             ms_after: float = 2.0, noise_seconds: float = 10.0, seed: int = 0) -> np.ndarray:
+             ms_after: float = 2.0, noise_seconds: float = 10.0, seed: int = 0,
+             with_channels: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """[N] SNR of every unit of `truth` on `recording` (module doc); NaN for a unit without a
-    spike whose waveform fits in the recording."""
+    spike whose waveform fits in the recording. `with_channels`: also the [N] channel index the
+    SNR was taken on (the unit's largest peak over noise; -1 for such a unit), e.g. to place units
+    at `recording.channel_positions`."""
     fs = recording.sampling_frequency
     before, after = int(round(ms_before * fs / 1000)), int(round(ms_after * fs / 1000))
     noise = np.maximum(_noise_std(recording, noise_seconds, chunk=int(fs)), 1e-12)
     rng = np.random.default_rng(seed)
     snr = np.full(truth.num_units, np.nan)
+    channels = np.full(truth.num_units, -1, dtype=np.int64)
     for u in range(truth.num_units):
         spikes = truth.unit_samples(u)
         spikes = spikes[(spikes >= before) & (spikes + after <= recording.num_samples)]
@@ -55,8 +59,9 @@ def unit_snr(recording: Recording, truth: Sorting, *, max_spikes: int = 300, ms_
             continue
         chosen = np.sort(rng.choice(spikes, size=min(max_spikes, spikes.size), replace=False))
         mean = np.mean([recording.read(int(s) - before, int(s) + after) for s in chosen], axis=0)
-        snr[u] = float(np.max(np.max(np.abs(mean), axis=0) / noise))
-    return snr
+        per_channel = np.max(np.abs(mean), axis=0) / noise
+        snr[u], channels[u] = float(np.max(per_channel)), int(np.argmax(per_channel))
+    return (snr, channels) if with_channels else snr
 
 
 def _bin_row(accuracy: np.ndarray, lo: float, hi: float, snr: np.ndarray) -> dict:
