@@ -149,3 +149,42 @@ def test_auto_follows_a_labeller_that_corrected_motion(tmp_path):
     assert MotionConfig(enabled=False).applies_to(short, "kilosort4 nblocks=1")[0] is False  # an explicit choice stands
     flat = generate_recording(num_channels=4, durations=[2.0], sampling_frequency=32000.0, set_probe=False)
     assert auto.applies_to(flat, "kilosort4 nblocks=1")[0] is False
+
+
+def test_the_noise_levels_motion_correction_reads_are_seeded_and_the_callers_recording_left_alone():
+    from spikeinterface.core import generate_recording, get_noise_levels
+
+    from esort_jax.realdata.motion import seeded_noise_levels
+
+    recording = generate_recording(num_channels=8, durations=[20.0], sampling_frequency=32000.0, seed=0)
+    first, again, other = (get_noise_levels(seeded_noise_levels(recording, seed), return_in_uV=False)
+                           for seed in (0, 0, 1))
+    assert np.array_equal(first, again) and not np.array_equal(first, other)
+    assert not any(key.startswith("noise_level") for key in recording.get_property_keys())  # a view got them
+    assert list(seeded_noise_levels(recording, 0).channel_ids) == list(recording.channel_ids)
+
+
+
+def test_correct_motion_hands_spikeinterface_a_recording_whose_noise_levels_are_seeded(monkeypatch):
+    """SpikeInterface's correct_motion sets its detection threshold from get_noise_levels of the
+    recording it is given (unseeded random chunks: on our 64-channel drifting recording two runs
+    found 8886 and 8894 peaks and different motion). It must get the seeded, cached estimate."""
+    import spikeinterface.preprocessing as spre
+    from spikeinterface.core import generate_recording, get_noise_levels
+
+    from esort_jax.realdata import motion as motion_module
+
+    seen = []
+
+    def fake_correct_motion(recording, **kwargs):
+        seen.append(get_noise_levels(recording, return_in_uV=False))  # what the real one reads
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(spre, "correct_motion", fake_correct_motion)
+    recording = generate_recording(num_channels=8, durations=[20.0], sampling_frequency=32000.0, seed=0)
+    for seed in (0, 0, 3):
+        with pytest.raises(RuntimeError, match="stop here"):
+            motion_module.correct_motion(recording, MotionConfig(enabled=True, seed=seed))
+    assert np.array_equal(seen[0], seen[1]) and not np.array_equal(seen[0], seen[2])
+    expected = get_noise_levels(recording, return_in_uV=False, random_slices_kwargs={"seed": 0})
+    assert np.array_equal(seen[0], expected)

@@ -42,7 +42,7 @@ import numpy as np
 from esort_jax.config import ConfigError, require
 from esort_jax.runtime.spikeinterface_jobs import spikeinterface_jobs
 
-__all__ = ["MOTION_PRESETS", "MotionConfig", "correct_motion", "labeller_motion_correction", "labels_motion_correction",
+__all__ = ["MOTION_PRESETS", "MotionConfig", "correct_motion", "seeded_noise_levels", "labeller_motion_correction", "labels_motion_correction",
            "motion_summary", "plot_motion", "spikeinterface_jobs"]
 
 MOTION_PRESETS = ("dredge_fast", "rigid_fast", "dredge", "nonrigid_accurate", "nonrigid_fast_and_accurate",
@@ -76,6 +76,9 @@ class MotionConfig:
         recording has fewer channels).
       n_jobs: worker threads for peak detection and localisation (-1: every core).
       chunk_duration_s: chunk length of that pass.
+      seed: seed of the random chunks SpikeInterface's noise-level estimate reads (it sets the
+        peak detection threshold; unseeded, two runs on the same recording estimated different
+        motion and E-Sort's scores moved by up to 0.006: docs/claims.md, section 0).
     """
 
     enabled: bool | Literal["auto"] = False
@@ -84,6 +87,7 @@ class MotionConfig:
     keep_all_channels: bool = True
     n_jobs: int = 1
     chunk_duration_s: float = 1.0
+    seed: int = 0
 
     def validate(self, where: str = "preprocess.motion") -> None:
         require(self.preset in MOTION_PRESETS, f"{where}.preset",
@@ -195,8 +199,9 @@ def correct_motion(si_recording: Any, config: MotionConfig, *, folder: str | Pat
     jobs = dict(n_jobs=config.n_jobs, pool_engine="thread", progress_bar=False,
                 chunk_duration=f"{config.chunk_duration_s}s")
     with spikeinterface_jobs(**jobs):  # the noise-level pass inside reads the global settings
+        seeded = seeded_noise_levels(si_recording, config.seed)
         corrected, motion, info = spre.correct_motion(
-            si_recording, preset=config.preset, folder=None, output_motion=True, output_motion_info=True,
+            seeded, preset=config.preset, folder=None, output_motion=True, output_motion_info=True,
             **options, **jobs,
         )
     summary = motion_summary(motion, info, config)
@@ -204,6 +209,19 @@ def correct_motion(si_recording: Any, config: MotionConfig, *, folder: str | Pat
         _save(info, summary, si_recording, Path(folder))
         summary["folder"] = str(Path(folder))
     return corrected, summary
+
+
+def seeded_noise_levels(si_recording: Any, seed: int) -> Any:
+    """A view of `si_recording` (all its channels; the caller's object is left alone) whose
+    noise levels -- the ones SpikeInterface's correct_motion reads for its detection threshold,
+    `get_noise_levels(recording, return_in_uV=False)` -- are estimated from random chunks drawn
+    with `seed`. SpikeInterface caches them as a recording property and correct_motion reuses
+    that cache; unseeded, it draws other chunks on every run."""
+    from spikeinterface.core import get_noise_levels
+
+    view = si_recording.select_channels(si_recording.channel_ids)
+    get_noise_levels(view, return_in_uV=False, force_recompute=True, random_slices_kwargs={"seed": int(seed)})
+    return view
 
 
 def motion_summary(motion: Any, info: dict, config: MotionConfig) -> dict:
