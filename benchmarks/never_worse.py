@@ -196,10 +196,12 @@ def arm_options(arm: str, si_recording, truth, labels, seed: int, max_steps: int
     if arm in ("truth", "truth_motion"):
         labels = truth
     if arm in ("motion", "truth_motion"):
-        from spikeinterface.preprocessing import correct_motion
+        from esort_jax.realdata.motion import MotionConfig, correct_motion
 
-        si_recording = correct_motion(preprocess(si_recording, PreprocessConfig()), preset="dredge_fast",
-                                      n_jobs=2, progress_bar=False)
+        # the library's correction, as sort_real and the sorter run it (seeded since 21cf8ad; rows
+        # before called SpikeInterface's correct_motion directly, the same preset, unseeded)
+        si_recording, _ = correct_motion(preprocess(si_recording, PreprocessConfig()),
+                                         MotionConfig(enabled=True, preset="dredge_fast", n_jobs=2))
         options["preprocess"] = None
     return si_recording, labels, options
 
