@@ -53,6 +53,16 @@ def test_snr_is_the_mean_waveform_peak_over_the_mad_noise():
     assert snr.shape == (3,) and np.all((snr > 6.5) & (snr < 10.0)), snr
     same, channels = unit_snr(recording, truth, noise_seconds=1.0, with_channels=True)
     assert np.array_equal(same, snr) and channels.tolist() == [0, 3, 6]  # unit u's main channel is 3u
+    from esort_jax.report.snr import _mean_snippets
+
+    spikes = {u: truth.unit_samples(u)[1:-1] for u in range(3)}
+    one_read = _mean_snippets(recording, spikes, 32, 64, chunk=10**9)
+    per_spike = {u: np.mean([recording.read(int(t) - 32, int(t) + 64) for t in v], axis=0) for u, v in spikes.items()}
+    for chunk in (1, 500, 10**9):  # a read per spike, a few per second, one for all
+        chunked = _mean_snippets(recording, spikes, 32, 64, chunk=chunk)
+        for u in spikes:
+            np.testing.assert_allclose(chunked[u], per_spike[u], rtol=1e-5, atol=1e-5)
+            np.testing.assert_array_equal(chunked[u], one_read[u])
     per_unit = {"unit_ids": [2, 0, 1], "accuracy": [0.9, 0.5, None]}
     summary = snr_summary(per_unit, np.array([9.0, 3.0, 20.0]), [0, 1, 2])
     # units 2 (SNR 20, acc 0.9) and 0 (SNR 9, acc 0.5) are above the cut; unit 1 is silent (None)
