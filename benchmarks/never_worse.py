@@ -236,7 +236,8 @@ def esort_arm(arm: str, si_recording, truth, labels, checkpoint: Path, seed: int
                         span=(result.train_end, result.recording.num_samples))
     oracle = oracle_threshold(low.sorting, low.scores, truth, rest, result.config.evaluation.thresholds)
     accounting = pipeline.label_accounting(result.fitted, result.threshold_curve, result.config)
-    return {"scores": scores, "training_span": training_span, "misses": misses, "threshold": result.threshold, "oracle": oracle, "seconds": {**result.seconds, "wall": wall},
+    return {"scores": scores, "training_span": training_span, "misses": misses, "threshold": result.threshold,
+            "oracle": oracle, "seconds": {**result.seconds, "wall": wall},
             "units_kept": result.selection.report()["num_kept"], "units_labelled": len(result.selection.rows),
             "training": result.fitted.summary(), **{k: v for k, v in accounting.items() if k != "label_accounting"}}
 
@@ -262,7 +263,8 @@ def miss_report(sorting, truth, span: str, reference: dict) -> dict:
     for the units the labeller sorts well there."""
     from esort_jax.realdata.diagnose import spike_misses
 
-    return spike_misses(sorting, truth, reference["spans"][span], reference["locations"], units=reference["units"][span])
+    return spike_misses(sorting, truth, reference["spans"][span], reference["locations"],
+                        units=reference["units"][span])
 
 
 def scored(result, truth, snr) -> dict:
@@ -322,8 +324,9 @@ def miss_table(entries: list[tuple[str, str, dict]]) -> str:
     (`diagnose.spike_misses`)."""
     pooled: dict = {}
     for method, span, m in entries:
-        cell = pooled.setdefault((method, span), dict.fromkeys(
-            ("n", "units", "spikes", "missed", "crowded", "missed_crowded", "to_neighbour", "undetected", "unit_lost"), 0))
+        cell = pooled.setdefault((method, span), dict.fromkeys(("n", "units", "spikes", "missed", "crowded",
+                                                                "missed_crowded", "to_neighbour", "undetected",
+                                                                "unit_lost"), 0))
         cell["n"] += 1
         for key in cell:
             if key != "n":
@@ -458,7 +461,8 @@ def span_table(rows: list[dict], kind: str, arms=("fixed", "converged", "motion"
     values = [[by_seed[s].get(k) for s in seeds]
               for k in ("labeller", "labeller_training_span", "teacher", *esort, *esort_train)]
     values += [[by_seed[s]["labeller_training_span"] - by_seed[s]["teacher"] for s in seeds]]
-    values += [[by_seed[s][a] - by_seed[s]["teacher"] for s in seeds if a in by_seed[s]] for a in (*esort, *esort_train)]
+    values += [[by_seed[s][a] - by_seed[s]["teacher"] for s in seeds if a in by_seed[s]]
+               for a in (*esort, *esort_train)]
     return "\n".join([f"| seeds | {' | '.join(head)} |", "|" + "---|" * (1 + len(head)),
                       f"| {len(seeds)} | " + " | ".join(_mean_std(v) for v in values) + " |"])
 

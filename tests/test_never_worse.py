@@ -189,7 +189,8 @@ def test_spike_misses_split_a_units_missed_spikes_into_crowded_to_a_neighbour_an
 
     fs = 32000.0
     a = np.arange(10, 100) * 1000
-    b, c, d = a[:20] + 20, a[:20] + 500, a[50:60] + 100  # b 0.6 ms after a's first 20 (crowded, outside the tolerance); c far; d never sorted
+    # b 0.6 ms after a's first 20 (crowded, outside the 0.4 ms tolerance); c far; d never sorted
+    b, c, d = a[:20] + 20, a[:20] + 500, a[50:60] + 100
     truth = Sorting.from_unit_dict({"a": a, "b": b, "c": c, "d": d}, fs)
     locations = np.array([[0.0, 0.0], [0.0, 40.0], [0.0, 500.0], [0.0, 1000.0]])
     missed = np.r_[0:5, 40:43]  # five crowded spikes, three isolated ones
@@ -219,14 +220,15 @@ def test_the_miss_table_pools_counts_over_recordings_per_method_and_span():
     rows = [{"seed": seed, "kind": "static", "arm": "motion",
              "misses": {"rest": misses(100, 4, 10, 2, 1), "training_span": misses(100, 2, 10, 1, 0)}}
             for seed in (0, 1)]
-    rows.append({"seed": 0, "kind": "static", "arm": "labeller_training_span", "misses": {"training_span": misses(1, 1, 1, 1, 1)}})
+    rows.append({"seed": 0, "kind": "static", "arm": "labeller_training_span",
+                 "misses": {"training_span": misses(1, 1, 1, 1, 1)}})
     rows.append({"seed": 0, "kind": "drifting", "arm": "motion", "misses": {"rest": misses(1, 1, 1, 1, 1)}})
     entries = never_worse.row_misses(rows, "static")
     assert [(m, s) for m, s, _ in entries] == [("motion", "rest"), ("motion", "training_span")] * 2
     table = never_worse.miss_table(entries).splitlines()
     head = [c.strip() for c in table[0].strip("|").split("|")]
     rest = dict(zip(head, (c.strip() for c in table[2].strip("|").split("|"))))
-    assert (rest["method"], rest["span"], rest["recordings"], rest["units"], rest["spikes"]) == ("motion", "rest", "2", "4", "200")
+    assert [rest[k] for k in ("method", "span", "recordings", "units", "spikes")] == ["motion", "rest", "2", "4", "200"]
     assert rest["missed"] == "4.00%" and rest["missed, crowded spikes"] == "20.00%"      # 8 of 200; 4 of 20
     assert rest["missed, isolated spikes"] == "2.22%" and rest["missed to a neighbouring unit"] == "1.00%"  # 4 of 180
     assert len(table) == 4  # the training span's row; the labeller's training-span run is left out

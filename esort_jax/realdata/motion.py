@@ -42,8 +42,8 @@ import numpy as np
 from esort_jax.config import ConfigError, require
 from esort_jax.runtime.spikeinterface_jobs import spikeinterface_jobs
 
-__all__ = ["MOTION_PRESETS", "MotionConfig", "correct_motion", "seeded_noise_levels", "labeller_motion_correction", "labels_motion_correction",
-           "motion_summary", "plot_motion", "spikeinterface_jobs"]
+__all__ = ["MOTION_PRESETS", "MotionConfig", "correct_motion", "seeded_noise_levels", "labeller_motion_correction",
+           "labels_motion_correction", "motion_summary", "plot_motion", "spikeinterface_jobs"]
 
 MOTION_PRESETS = ("dredge_fast", "rigid_fast", "dredge", "nonrigid_accurate", "nonrigid_fast_and_accurate",
                   "kilosort_like", "medicine")
