@@ -164,7 +164,6 @@ def test_the_noise_levels_motion_correction_reads_are_seeded_and_the_callers_rec
     assert list(seeded_noise_levels(recording, 0).channel_ids) == list(recording.channel_ids)
 
 
-
 def test_correct_motion_hands_spikeinterface_a_recording_whose_noise_levels_are_seeded(monkeypatch):
     """SpikeInterface's correct_motion sets its detection threshold from get_noise_levels of the
     recording it is given (unseeded random chunks: on our 64-channel drifting recording two runs
