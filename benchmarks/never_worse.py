@@ -24,6 +24,9 @@ that each change one thing:
   truth       fixed, trained on the ground truth of the first span (no labeller errors: a bound)
   motion      fixed, on the recording motion-corrected by SpikeInterface (static too: what correction costs where nothing drifts)
   truth_motion  motion, trained on the ground truth of the first span (labeller errors on corrected traces: a bound)
+  collisions  fixed, with collision augmentation in training (esort_jax.augment: 30 % of the windows get a
+              neighbouring unit's spike within ±30 samples; the settings chosen beforehand, not on these spans)
+  motion_collisions  motion, with the same collision augmentation
 
 Every arm is scored against the ground truth on the last 20 s (units paired by agreement, 0.4 ms)
 with SpikeForest's SNR summary, and `oracle_threshold` says what a threshold tuned on that span
@@ -54,7 +57,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-ARMS = ("before", "fixed", "converged", "truth", "motion", "truth_motion")
+ARMS = ("before", "fixed", "converged", "truth", "motion", "truth_motion", "collisions", "motion_collisions")
+# The collision arms' augmentation, fixed before any of them ran (never tuned on a scored span).
+COLLISIONS = {"collision_probability": 0.3, "collision_max_shift": 30, "collision_neighbours": 8,
+              "collision_scale_jitter": 0.2}
 CONVERGED_MAX_STEPS = 3000  # the converged arm's default step cap (rows made before it was an option used it)
 TRAIN_S, DURATION_S, FS = 20.0, 40.0, 32000.0
 TRAINING_SPAN = ", training span"  # an arm's score on the span it was trained on, in the span table
@@ -195,7 +201,9 @@ def arm_options(arm: str, si_recording, truth, labels, seed: int, max_steps: int
         options["train"] = TrainConfig(progress=False, max_steps=max_steps, early_stopping_patience_steps=300)
     if arm in ("truth", "truth_motion"):
         labels = truth
-    if arm in ("motion", "truth_motion"):
+    if arm in ("collisions", "motion_collisions"):
+        options["train"] = dataclasses.replace(CPU_TRAIN, **COLLISIONS)
+    if arm in ("motion", "truth_motion", "motion_collisions"):
         from esort_jax.realdata.motion import MotionConfig, correct_motion
 
         # the library's correction, as sort_real and the sorter run it (seeded since 21cf8ad; rows

@@ -64,9 +64,10 @@ from flax import nnx, struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from esort_jax import checkpoint as ckpt
+from esort_jax.augment import CollisionSpec, collision_data, overlay_collisions
 from esort_jax.batches import (
     WindowFeeder, batch_indices, epoch_order, first_nonfinite, plan_residency, span_bytes, steps_per_epoch,
-    take_batch,
+    take_batch, window_sharding,
 )
 from esort_jax.config import ConfigError, require, to_dict
 from esort_jax.fast import choose_kernel
@@ -146,6 +147,12 @@ class TrainConfig:
         each epoch) has not improved by more than `early_stopping_min_delta` for this many
         optimiser steps; the last state is kept (0: off; needs validation windows).
       early_stopping_min_delta: the improvement that counts.
+      collision_probability: fraction of training windows that get a neighbouring unit's spike
+        laid over them (esort_jax.augment; 0: off, the paper's training).
+      collision_max_shift: how far from the window's anchor the overlaid spike may land, in
+        samples either side (about 1 ms; within the labels' jitter it is a positive).
+      collision_neighbours: how many of each unit's most overlapping units may be overlaid.
+      collision_scale_jitter: the overlaid spike's amplitude is scaled by 1 ± this (uniform).
     """
 
     epochs: int = 50
@@ -169,6 +176,10 @@ class TrainConfig:
     max_steps: int | None = None
     early_stopping_patience_steps: int = 0
     early_stopping_min_delta: float = 0.0
+    collision_probability: float = 0.0
+    collision_max_shift: int = 30
+    collision_neighbours: int = 8
+    collision_scale_jitter: float = 0.2
 
     def validate(self, where: str = "train") -> None:
         require(self.epochs >= 1, f"{where}.epochs", f"must be >= 1; got {self.epochs}")
@@ -215,6 +226,14 @@ class TrainConfig:
         require(self.max_steps is None or self.max_steps >= 1, f"{where}.max_steps", "must be >= 1 or null")
         require(self.early_stopping_patience_steps >= 0, f"{where}.early_stopping_patience_steps", "must be >= 0")
         require(self.early_stopping_min_delta >= 0, f"{where}.early_stopping_min_delta", "must be >= 0")
+        require(0 <= self.collision_probability <= 1, f"{where}.collision_probability",
+                f"must lie in [0, 1]; got {self.collision_probability}")
+        require(self.collision_max_shift >= 0, f"{where}.collision_max_shift",
+                f"must be >= 0 samples; got {self.collision_max_shift}")
+        require(self.collision_neighbours >= 1, f"{where}.collision_neighbours",
+                f"must be >= 1; got {self.collision_neighbours}")
+        require(0 <= self.collision_scale_jitter < 1, f"{where}.collision_scale_jitter",
+                f"must lie in [0, 1); got {self.collision_scale_jitter}")
 
 
 @dataclasses.dataclass(eq=False)
@@ -253,9 +272,11 @@ class TrainResult:
 
 
 def rng_streams(seed: int) -> dict[str, jax.Array]:
-    """Named key streams derived from one root key: 'init' (parameters) and 'shuffle'."""
+    """Named key streams derived from one root key: 'init' (parameters), 'shuffle' and
+    'augment' (esort_jax.augment, folded with the optimiser step)."""
     root = jax.random.key(seed)
-    return {"init": jax.random.fold_in(root, 0), "shuffle": jax.random.fold_in(root, 1)}
+    return {"init": jax.random.fold_in(root, 0), "shuffle": jax.random.fold_in(root, 1),
+            "augment": jax.random.fold_in(root, 2)}
 
 
 def init_model(num_channels: int, num_units: int, config: ModelConfig, seed: int) -> ESortNet:
@@ -443,20 +464,28 @@ def _train_kernel(kernel: str, model: ESortNet, mesh: Mesh) -> str:
     )
 
 
-def make_train_step(model: ESortNet, tx, mesh: Mesh, *, batch_size: int, resident: bool, kernel: str = "auto"):
+def make_train_step(model: ESortNet, tx, mesh: Mesh, *, batch_size: int, resident: bool, kernel: str = "auto",
+                    collisions: tuple[CollisionSpec, dict] | None = None):
     """`train_step` jitted for a data path. Resident: step(state, data, order, i) cuts batch i
     of `order` from data = {"traces" [T, C], "starts" [M] (relative to traces), "labels" [M, N]}
     (esort_jax.batches.WindowFeeder.data). Host: step(state, x [W, B, C], y [B, N]). Both return
-    (new state, loss); `state` is donated. `kernel`: see `TrainConfig.kernel`."""
+    (new state, loss); `state` is donated. `kernel`: see `TrainConfig.kernel`. `collisions`:
+    (spec, {"templates", "neighbours", "key"} on the devices): every batch goes through
+    esort_jax.augment.overlay_collisions with the key folded with the step first."""
     graphdef, _ = _graphdefs(model)
     kernel = _train_kernel(kernel, model, mesh)
-    return _jitted_train_step(graphdef, tx, mesh, batch_size, resident, model.config.window, kernel)
+    spec, arrays = collisions if collisions is not None else (None, None)
+    jitted = _jitted_train_step(graphdef, tx, mesh, batch_size, resident, model.config.window, kernel, spec)
+    return jitted if spec is None else functools.partial(jitted, collisions=arrays)
 
 
 @functools.lru_cache(maxsize=32)
-def _jitted_train_step(graphdef, tx, mesh, batch_size, resident, window, kernel):
+def _jitted_train_step(graphdef, tx, mesh, batch_size, resident, window, kernel, spec: CollisionSpec | None = None):
     replicated = NamedSharding(mesh, PartitionSpec())
     step = functools.partial(train_step, graphdef, tx)
+    if spec is not None:
+        return jax.jit(_augmented_step(step, mesh, batch_size, resident, window, kernel, spec),
+                       donate_argnums=0, out_shardings=(replicated, replicated))
 
     if resident and kernel == "native":
         def fn(state, data, order, i):
@@ -475,6 +504,27 @@ def _jitted_train_step(graphdef, tx, mesh, batch_size, resident, window, kernel)
         fn = step
 
     return jax.jit(fn, donate_argnums=0, out_shardings=(replicated, replicated))
+
+
+def _augmented_step(step, mesh, batch_size, resident, window, kernel, spec: CollisionSpec):
+    """The step with the batch augmented first: the windows are materialised (gathered on
+    device, or as they came from the host) and go to the native kernel as rows."""
+
+    def augmented(state, x, y, collisions):
+        key = jax.random.fold_in(collisions["key"], state.step)
+        x, y = overlay_collisions(key, x, y, collisions["templates"], collisions["neighbours"], spec)
+        x = jax.lax.with_sharding_constraint(x, window_sharding(mesh))
+        if kernel == "native":
+            w, b, c = x.shape
+            x = fast_training.WindowRows(x.reshape(w * b, c), jnp.arange(b, dtype=jnp.int32), b)
+        return step(state, x, y)
+
+    if resident:
+        def fn(state, data, order, i, collisions):
+            x, y = take_batch(data, order, i, batch_size, window, mesh)
+            return augmented(state, x, y, collisions)
+        return fn
+    return augmented
 
 
 def make_eval_step(model: ESortNet, mesh: Mesh, *, batch_size: int, resident: bool):
@@ -837,10 +887,30 @@ def _feeds_and_steps(model, recording, windows, config, mesh, tx):
         "native kernel (windows read in place)" if kernel == "native" else "XLA (windows gathered)",
     )
     step_fn = make_train_step(
-        model, tx, mesh, batch_size=config.batch_size, resident=train_resident, kernel=kernel
+        model, tx, mesh, batch_size=config.batch_size, resident=train_resident, kernel=kernel,
+        collisions=_collisions(recording, windows, config, mesh),
     )
     eval_fn = make_eval_step(model, mesh, batch_size=config.batch_size, resident=val_resident)
     return feeds[0], feeds[1], step_fn, eval_fn
+
+
+def _collisions(recording, windows, config: TrainConfig, mesh: Mesh) -> tuple[CollisionSpec, dict] | None:
+    """The collision augmentation's spec and device arrays for a run (None when it is off)."""
+    if config.collision_probability == 0:
+        return None
+    started = time.perf_counter()
+    data = collision_data(recording, windows, max_shift=config.collision_max_shift,
+                          neighbours=config.collision_neighbours)
+    log.info("collision augmentation: %.0f%% of windows, shift ±%d samples, %d neighbours per unit, templates "
+             "from the kept spikes (%.1f s)", 100 * config.collision_probability, config.collision_max_shift,
+             config.collision_neighbours, time.perf_counter() - started)
+    spec = CollisionSpec(probability=float(config.collision_probability), max_shift=int(config.collision_max_shift),
+                         jitter=int(windows.train.jitter), scale_jitter=float(config.collision_scale_jitter))
+    replicated = NamedSharding(mesh, PartitionSpec())
+    arrays = {"templates": jax.device_put(data["templates"], replicated),
+              "neighbours": jax.device_put(data["neighbours"], replicated),
+              "key": jax.device_put(rng_streams(config.seed)["augment"], replicated)}
+    return spec, arrays
 
 
 def _epoch_saver(run_dir, model, recording, windows, config, signature, freeze, transfer, metadata_extra):
@@ -923,7 +993,10 @@ def _check_finite_traces(recording: Recording, windows: WindowSets) -> None:
 
 def _resume_settings(config: TrainConfig) -> dict:
     """The TrainConfig values that change the numbers a run computes (a resumed run must match)."""
-    return {k: v for k, v in to_dict(config).items() if k not in _RESUME_IGNORED}
+    settings = {k: v for k, v in to_dict(config).items() if k not in _RESUME_IGNORED}
+    if config.collision_probability == 0:  # off: its settings change nothing (and older runs lack them)
+        settings = {k: v for k, v in settings.items() if not k.startswith("collision_")}
+    return settings
 
 
 def _write_state_into(model: ESortNet, state: TrainState) -> None:

@@ -49,6 +49,9 @@ def test_slurm_launcher_configs_render_their_resources(name, tmp_path, monkeypat
         assert f"#SBATCH --gpus-per-node={launcher['gpus_per_node']}\n" in script
 
 
+# ~30 s (two Hydra jobs through submitit's local executor); `make test-slow` runs it, and the
+# slurm script the same launcher writes is checked in the default suite above
+@pytest.mark.slow
 def test_two_job_multirun_through_submitit_local(tmp_path):
     cache, sweep = tmp_path / "cache", tmp_path / "sweep"
     env = environment(cache)

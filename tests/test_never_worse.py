@@ -45,7 +45,7 @@ def test_dropped_units_spikes_are_never_negatives_unless_asked(clear):
 
 
 def test_snr_is_the_mean_waveform_peak_over_the_mad_noise():
-    from esort_jax.report.snr import _mean_snippets, snr_summary, unit_snr
+    from esort_jax.report.snr import mean_snippets, snr_summary, unit_snr
 
     recording, truth = tiny_recording(duration_s=1.5, rate_hz=20.0, amplitude=8.0, seed=1)
     snr = unit_snr(recording, truth, noise_seconds=1.0)
@@ -55,10 +55,10 @@ def test_snr_is_the_mean_waveform_peak_over_the_mad_noise():
     assert np.array_equal(same, snr) and channels.tolist() == [0, 3, 6]  # unit u's main channel is 3u
     # the snippets are read about `chunk` samples at a time: the same means as one read per spike
     spikes = {u: truth.unit_samples(u)[1:-1] for u in range(3)}
-    one_read = _mean_snippets(recording, spikes, 32, 64, chunk=10**9)
+    one_read = mean_snippets(recording, spikes, 32, 64, chunk=10**9)
     per_spike = {u: np.mean([recording.read(int(t) - 32, int(t) + 64) for t in v], axis=0) for u, v in spikes.items()}
     for chunk in (1, 500, 10**9):  # a read per spike, a few per second, one for all
-        chunked = _mean_snippets(recording, spikes, 32, 64, chunk=chunk)
+        chunked = mean_snippets(recording, spikes, 32, 64, chunk=chunk)
         for u in spikes:
             np.testing.assert_allclose(chunked[u], per_spike[u], rtol=1e-5, atol=1e-5)
             np.testing.assert_array_equal(chunked[u], one_read[u])

@@ -47,7 +47,8 @@ def _old_pretrain_key(model, windows, train, seed, data_key):
         # (settings added later, at their defaults, are not in the key: issue 17's label_mode, max_steps, ...)
         "windows": {k: v for k, v in to_dict(windows).items() if k != "label_mode"},
         "train": {k: v for k, v in to_dict(train).items() if k not in (
-            "progress", "log_every_steps", "max_steps", "early_stopping_patience_steps", "early_stopping_min_delta")},
+            "progress", "log_every_steps", "max_steps", "early_stopping_patience_steps", "early_stopping_min_delta")
+            and not k.startswith("collision_")},
         "seed": seed,
     }
 

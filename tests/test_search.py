@@ -90,6 +90,8 @@ def _study(sweep_dir: Path) -> optuna.study.Study:
     return optuna.load_study(study_name=record["study_name"], storage=record["storage"])
 
 
+# ~32 s (two runs of a 4-trial search); `make test-slow` runs it
+@pytest.mark.slow
 def test_a_killed_search_resumes_without_losing_or_repeating_trials(tmp_path, shared_cache):
     sweep = tmp_path / "search"
     command = _search_command(tmp_path, sweep, "hydra.sweeper.n_trials=4",

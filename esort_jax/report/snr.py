@@ -23,7 +23,7 @@ import numpy as np
 
 from esort_jax.recording import Recording, Sorting
 
-__all__ = ["SNR_CUT", "SNR_BINS", "WELL_DETECTED", "unit_snr", "snr_summary"]
+__all__ = ["SNR_CUT", "SNR_BINS", "WELL_DETECTED", "unit_snr", "snr_summary", "mean_snippets"]
 
 SNR_CUT = 8.0  # SpikeForest's default cut
 SNR_BINS = (0.0, 5.0, 8.0, 15.0, float("inf"))
@@ -58,14 +58,14 @@ def unit_snr(recording: Recording, truth: Sorting, *, max_spikes: int = 300, ms_
         spikes = spikes[(spikes >= before) & (spikes + after <= recording.num_samples)]
         if spikes.size:
             chosen[u] = np.sort(rng.choice(spikes, size=min(max_spikes, spikes.size), replace=False))
-    means = _mean_snippets(recording, chosen, before, after, chunk=int(fs))
+    means = mean_snippets(recording, chosen, before, after, chunk=int(fs))
     for u, mean in means.items():
         per_channel = np.max(np.abs(mean), axis=0) / noise
         snr[u], channels[u] = float(np.max(per_channel)), int(np.argmax(per_channel))
     return (snr, channels) if with_channels else snr
 
 
-def _mean_snippets(recording: Recording, spikes: dict, before: int, after: int, chunk: int) -> dict:
+def mean_snippets(recording: Recording, spikes: dict, before: int, after: int, chunk: int) -> dict:
     """{unit: [before + after, C] mean of the snippets [s - before, s + after) at its spikes},
     read a chunk of about `chunk` samples at a time (one read per snippet costs a filter pass
     each on a lazily preprocessed recording: minutes at 384 channels)."""
