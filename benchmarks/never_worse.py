@@ -475,6 +475,30 @@ def span_table(rows: list[dict], kind: str, arms=("fixed", "converged", "motion"
                       f"| {len(seeds)} | " + " | ".join(_mean_std(v) for v in values) + " |"])
 
 
+AUGMENTED = (("fixed", "collisions"), ("motion", "motion_collisions"))
+
+
+def augmentation_table(rows: list[dict], kind: str) -> str:
+    """Markdown: each arm with and without the collision augmentation, paired by seed (the same
+    recording, labels and training seed): per-unit mean accuracy, mean ± std over the seeds that
+    have both rows, the paired difference and its per-seed values, and the augmented arm minus
+    the labeller. Empty without augmented rows."""
+    mine = [r for r in rows if r["kind"] == kind]
+    acc = {(r["seed"], r["arm"]): r["accuracy_mean"] for r in mine}
+    lines = ["| arms | seeds | without | with | with − without (paired) | per seed | with − labeller |",
+             "|" + "---|" * 7]
+    for plain, augmented in AUGMENTED:
+        seeds = sorted(s for s, a in acc if a == augmented and (s, plain) in acc)
+        if not seeds:
+            continue
+        diff = [acc[s, augmented] - acc[s, plain] for s in seeds]
+        gap = [acc[s, augmented] - acc[s, "labeller"] for s in seeds if (s, "labeller") in acc]
+        lines.append(f"| {plain} → {augmented} | {len(seeds)} | {_mean_std([acc[s, plain] for s in seeds])} | "
+                     f"{_mean_std([acc[s, augmented] for s in seeds])} | {_mean_std(diff)} | "
+                     f"{', '.join(f'{d:+.3f}' for d in diff)} | {_mean_std(gap)} |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def cause_table(rows: list[dict], kind: str, arms=("before", "fixed", "converged", "motion")) -> str:
     """Markdown: per-unit accuracy of each arm minus the labeller's, pooled over seeds, by what
     the labeller's first-span labels did with the unit (label_flags)."""
@@ -541,6 +565,8 @@ def main() -> None:
                       f"{summary_table(mine, kind)}\n\n{cause_table(mine, kind)}\n\n{span_table(mine, kind)}")
                 if row_misses(mine, kind):
                     print(f"\n{miss_table(row_misses(mine, kind))}")
+                if augmentation_table(mine, kind):
+                    print(f"\n{augmentation_table(mine, kind)}")
         return
     from esort_jax.runtime.host_memory import configure_host_allocator
 

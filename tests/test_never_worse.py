@@ -231,3 +231,33 @@ def test_the_miss_table_pools_counts_over_recordings_per_method_and_span():
     assert rest["missed"] == "4.00%" and rest["missed, crowded spikes"] == "20.00%"      # 8 of 200; 4 of 20
     assert rest["missed, isolated spikes"] == "2.22%" and rest["missed to a neighbouring unit"] == "1.00%"  # 4 of 180
     assert len(table) == 4  # the training span's row; the labeller's training-span run is left out
+
+
+def test_collision_arms_change_only_the_augmentation():
+    """The collisions arm is the fixed arm with the augmentation fixed in COLLISIONS."""
+    import dataclasses
+
+    from benchmarks import never_worse
+    from esort_jax.realdata.workflow import CPU_TRAIN
+
+    recording, labels, fixed = never_worse.arm_options("fixed", "rec", "truth", "labels", seed=3)
+    _, _, collisions = never_worse.arm_options("collisions", "rec", "truth", "labels", seed=3)
+    assert (recording, labels) == ("rec", "labels") and fixed["train"] == CPU_TRAIN
+    assert collisions["train"] == dataclasses.replace(CPU_TRAIN, **never_worse.COLLISIONS)
+    assert collisions["train"].collision_probability > 0
+    assert {k: v for k, v in collisions.items() if k != "train"} == {k: v for k, v in fixed.items() if k != "train"}
+
+
+def test_augmentation_table_pairs_arms_by_seed():
+    from benchmarks import never_worse
+
+    def row(seed, arm, acc, kind="static"):
+        return {"seed": seed, "kind": kind, "arm": arm, "accuracy_mean": acc}
+
+    rows = [row(0, "labeller", 0.80), row(1, "labeller", 0.90), row(0, "fixed", 0.70), row(0, "collisions", 0.75),
+            row(1, "fixed", 0.85), row(1, "collisions", 0.84), row(2, "collisions", 0.99),  # seed 2: no pair
+            row(0, "motion", 0.7, kind="drifting")]
+    table = never_worse.augmentation_table(rows, "static").splitlines()
+    assert len(table) == 3 and table[2].startswith("| fixed → collisions | 2 | 0.775 ± 0.106 | 0.795 ± 0.064 |")
+    assert "| +0.050, -0.010 |" in table[2] and table[2].endswith("| 0.020 ± 0.042 | +0.050, -0.010 | -0.055 ± 0.007 |")
+    assert never_worse.augmentation_table(rows, "drifting") == ""
