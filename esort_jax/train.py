@@ -884,7 +884,8 @@ def _feeds_and_steps(model, recording, windows, config, mesh, tx):
         "layer 1: %s",
         len(windows.train), feeds[0].steps, config.batch_size, mesh.devices.size, where[train_resident],
         where[val_resident],
-        "native kernel (windows read in place)" if kernel == "native" else "XLA (windows gathered)",
+        ("native kernel (windows read in place)" if config.collision_probability == 0 else
+         "native kernel (windows gathered: collision augmentation)") if kernel == "native" else "XLA (windows gathered)",
     )
     step_fn = make_train_step(
         model, tx, mesh, batch_size=config.batch_size, resident=train_resident, kernel=kernel,
