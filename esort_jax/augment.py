@@ -108,9 +108,12 @@ def overlay_collisions(
     templates_NxTxC: jax.Array,
     neighbours_NxK: jax.Array,
     spec: CollisionSpec,
+    has_template_N: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """The batch (windows [W, B, C] time-major, labels [B, N]) with partner spikes overlaid on a
-    `spec.probability` fraction of its windows (module doc). Jit-friendly, static shapes."""
+    `spec.probability` fraction of its windows (module doc). Jit-friendly, static shapes.
+    `has_template_N`: units without a template (no spike to average) are never overlaid, so no
+    label is set without a waveform (default: every unit has one)."""
     W, B, _ = x_WxBxC.shape
     N, K = neighbours_NxK.shape
     D = spec.max_shift
@@ -123,6 +126,8 @@ def overlay_collisions(
     shift_B = jax.random.randint(k_shift, (B,), -D, D + 1)
     scale_B = jax.random.uniform(k_scale, (B,), minval=1.0 - spec.scale_jitter, maxval=1.0 + spec.scale_jitter)
     apply_B = jax.random.bernoulli(k_apply, spec.probability, (B,))
+    if has_template_N is not None:
+        apply_B = apply_B & has_template_N[partner_B]
     # window sample w shows template sample w + D - δ (the partner's spike, at A + D in the
     # template, lands on window sample A + δ)
     rows_WxB = jnp.arange(W)[:, None] + (D - shift_B)[None, :]
@@ -136,11 +141,13 @@ def overlay_collisions(
 
 
 def collision_data(recording: Recording, windows, *, max_shift: int, neighbours: int, max_spikes: int = 200) -> dict:
-    """{'templates' [N, W + 2D, C] float32, 'neighbours' [N, k] int32} (host arrays) for a run
-    on `windows` (esort_jax.windows.WindowSets): templates from its kept spikes within its
-    training span."""
+    """{'templates' [N, W + 2D, C] float32, 'neighbours' [N, k] int32, 'has_template' [N] bool}
+    (host arrays) for a run on `windows` (esort_jax.windows.WindowSets): templates from its kept
+    spikes within its training span (a unit whose spikes all lie too near the span's edges has
+    none and is never overlaid)."""
     templates = unit_templates(
         recording, windows.kept_spikes, windows.unit_ids, window=windows.window, anchor=windows.anchor,
         max_shift=max_shift, span=windows.train_span, max_spikes=max_spikes,
     )
-    return {"templates": templates, "neighbours": template_neighbours(templates, neighbours)}
+    return {"templates": templates, "neighbours": template_neighbours(templates, neighbours),
+            "has_template": templates.any(axis=(1, 2))}

@@ -470,7 +470,7 @@ def make_train_step(model: ESortNet, tx, mesh: Mesh, *, batch_size: int, residen
     of `order` from data = {"traces" [T, C], "starts" [M] (relative to traces), "labels" [M, N]}
     (esort_jax.batches.WindowFeeder.data). Host: step(state, x [W, B, C], y [B, N]). Both return
     (new state, loss); `state` is donated. `kernel`: see `TrainConfig.kernel`. `collisions`:
-    (spec, {"templates", "neighbours", "key"} on the devices): every batch goes through
+    (spec, {"templates", "neighbours", "has_template", "key"} on the devices): every batch goes through
     esort_jax.augment.overlay_collisions with the key folded with the step first."""
     graphdef, _ = _graphdefs(model)
     kernel = _train_kernel(kernel, model, mesh)
@@ -512,7 +512,8 @@ def _augmented_step(step, mesh, batch_size, resident, window, kernel, spec: Coll
 
     def augmented(state, x, y, collisions):
         key = jax.random.fold_in(collisions["key"], state.step)
-        x, y = overlay_collisions(key, x, y, collisions["templates"], collisions["neighbours"], spec)
+        x, y = overlay_collisions(key, x, y, collisions["templates"], collisions["neighbours"], spec,
+                                  collisions["has_template"])
         x = jax.lax.with_sharding_constraint(x, window_sharding(mesh))
         if kernel == "native":
             w, b, c = x.shape
@@ -910,6 +911,7 @@ def _collisions(recording, windows, config: TrainConfig, mesh: Mesh) -> tuple[Co
     replicated = NamedSharding(mesh, PartitionSpec())
     arrays = {"templates": jax.device_put(data["templates"], replicated),
               "neighbours": jax.device_put(data["neighbours"], replicated),
+              "has_template": jax.device_put(data["has_template"], replicated),
               "key": jax.device_put(rng_streams(config.seed)["augment"], replicated)}
     return spec, arrays
 

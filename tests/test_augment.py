@@ -163,3 +163,18 @@ def test_collision_settings_are_checked_and_kept_out_of_resume_keys_when_off():
         return pretrain_key(PipelineConfig(train=TrainConfig(kernel="xla", **train)), seed=0, data_key={"d": 1})
 
     assert key() == key(collision_max_shift=3) != key(collision_probability=0.3)
+
+
+def test_a_unit_without_a_template_is_never_overlaid_nor_labelled():
+    N, C, B, D = 3, 4, 512, 4
+    templates = _impulse_templates(N, C, D)
+    templates[1] = 0.0  # unit 1: no spike to average
+    neighbours = jnp.asarray([[1, 2], [0, 2], [1, 0]], jnp.int32)
+    y = jnp.zeros((B, N), jnp.uint8)
+    spec = CollisionSpec(probability=1.0, max_shift=D, jitter=D, scale_jitter=0.0)  # every shift labels
+    x2, y2 = overlay_collisions(jax.random.key(0), jnp.zeros((W, B, C)), y, jnp.asarray(templates), neighbours,
+                                spec, jnp.asarray(templates.any(axis=(1, 2))))
+    x2, y2 = np.asarray(x2), np.asarray(y2)
+    assert not y2[:, 1].any()  # never a label without a waveform
+    assert y2[:, [0, 2]].any(axis=1).mean() > 0.3  # the others are overlaid and labelled
+    assert np.array_equal(np.abs(x2).sum(axis=(0, 2)) > 0, y2.any(axis=1))
