@@ -41,6 +41,9 @@ span (`training_span`: E-Sort against its teacher on the same span, in-sample), 
 (crowded, to a neighbouring unit, undetected; `diagnose.spike_misses`, `miss_table`).
 `--keep-sortings` writes each arm's sorting to `<work>/.../<kind>/esort_<arm>`;
 `--misses-from-kept` prints the miss table from those without training again.
+`--train-seconds 30` labels the first 30 s instead of 20 (scored: the last 10 s; rows record
+`train_s`): whether a longer labelled span closes the gap (static recordings: the drift's design
+assumes 20 s).
 """
 
 from __future__ import annotations
@@ -373,7 +376,7 @@ def recording_rows(seed: int, kind: str, si_recording, truth, args, work: Path, 
     truth, snr, reference, first, first_s, whole, whole_s = recording_context(si_recording, truth, kind, folder)
     train_end, rest = reference["spans"]["training_span"][1], reference["spans"]["rest"]
     kept = select_units(load_labels(first), (0, train_end), QualityFilter()).kept
-    base = {"seed": seed, "kind": kind}
+    base = {"seed": seed, "kind": kind, **({"train_s": TRAIN_S} if TRAIN_S != 20.0 else {})}
     if (seed, kind, "labeller", None) not in done:
         yield {**base, "arm": "labeller", **scored(evaluate(whole, truth, identities="unknown", span=rest), truth, snr),
                "seconds": {"labeller_first": first_s, "labeller_whole": whole_s},
@@ -524,13 +527,21 @@ def cause_table(rows: list[dict], kind: str, arms=("before", "fixed", "converged
     return "\n".join(lines)
 
 
-def done_rows(lines: list[str], generator: str, channels: int) -> set:
-    """(seed, kind, arm, step cap) of the JSONL rows already measured for this generator and
-    channel count (rows without `channels` count for any; the converged arm's cap defaults to the
-    3000 steps it had before the cap was an option): run again, only the rest is measured."""
+def set_training_span(seconds: float) -> None:
+    """--train-seconds: every function here reads the module's TRAIN_S when it runs."""
+    global TRAIN_S
+    TRAIN_S = float(seconds)
+
+
+def done_rows(lines: list[str], generator: str, channels: int, train_s: float = 20.0) -> set:
+    """(seed, kind, arm, step cap) of the JSONL rows already measured for this generator, channel
+    count and training span (rows without `channels` count for any, rows without `train_s` are
+    20 s; the converged arm's cap defaults to the 3000 steps it had before the cap was an
+    option): run again, only the rest is measured."""
     rows = (json.loads(line) for line in lines if line.strip())
     return {(r["seed"], r["kind"], r["arm"], r.get("max_steps") or (CONVERGED_MAX_STEPS if r["arm"] == "converged" else None))
-            for r in rows if r.get("generator", "spikeinterface") == generator and r.get("channels") in (None, channels)}
+            for r in rows if r.get("generator", "spikeinterface") == generator and r.get("channels") in (None, channels)
+            and r.get("train_s", 20.0) == train_s}
 
 
 def main() -> None:
@@ -553,6 +564,10 @@ def main() -> None:
     parser.add_argument("--misses-from-kept", action="store_true",
                         help="print how the labeller, the teacher and the --arms a --keep-sortings run left in "
                              "--work miss the spikes of well-sorted units (diagnose.spike_misses); no training")
+    parser.add_argument("--train-seconds", type=float, default=TRAIN_S,
+                        help="the labelled span (the rest of the 40 s is scored); rows record it as train_s "
+                             "when it is not 20 s. Give another --work (the recordings' drift facts and the "
+                             "labeller's first-span run depend on it) and another --out (tables do not split by it)")
     parser.add_argument("--table", help="only print the tables of this JSONL file")
     args = parser.parse_args()
     if args.table:
@@ -571,8 +586,12 @@ def main() -> None:
     from esort_jax.runtime.host_memory import configure_host_allocator
 
     configure_host_allocator()
+    if not 0 < args.train_seconds < DURATION_S:
+        parser.error(f"--train-seconds must lie in (0, {DURATION_S}); got {args.train_seconds}")
+    set_training_span(args.train_seconds)
     out = Path(args.out)
-    done = done_rows(out.read_text().splitlines() if out.exists() else [], args.generator, args.channels)
+    done = done_rows(out.read_text().splitlines() if out.exists() else [], args.generator, args.channels,
+                     args.train_seconds)
     work = Path(args.work) / ("esort_generator" if args.generator == "esort" else "")
     for seed in args.seeds:
         recordings, truth, drift = make_recordings(seed, args, work / f"seed{seed}" / "data")

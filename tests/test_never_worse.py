@@ -261,3 +261,20 @@ def test_augmentation_table_pairs_arms_by_seed():
     assert len(table) == 3 and table[2].startswith("| fixed → collisions | 2 | 0.775 ± 0.106 | 0.795 ± 0.064 |")
     assert "| +0.050, -0.010 |" in table[2] and table[2].endswith("| 0.020 ± 0.042 | +0.050, -0.010 | -0.055 ± 0.007 |")
     assert never_worse.augmentation_table(rows, "drifting") == ""
+
+
+def test_rows_of_another_training_span_are_not_counted_as_done():
+    import json
+
+    from benchmarks import never_worse
+
+    lines = [json.dumps({"seed": 0, "kind": "static", "arm": "fixed", "generator": "esort", "channels": 64}),
+             json.dumps({"seed": 1, "kind": "static", "arm": "fixed", "generator": "esort", "channels": 64,
+                         "train_s": 30.0})]
+    assert never_worse.done_rows(lines, "esort", 64) == {(0, "static", "fixed", None)}
+    assert never_worse.done_rows(lines, "esort", 64, 30.0) == {(1, "static", "fixed", None)}
+    try:
+        never_worse.set_training_span(30.0)
+        assert never_worse.TRAIN_S == 30.0
+    finally:
+        never_worse.set_training_span(20.0)
