@@ -35,7 +35,8 @@ import numpy as np
 
 from esort_jax.recording import Recording, Sorting
 
-__all__ = ["CollisionSpec", "unit_templates", "template_neighbours", "overlay_collisions", "collision_data"]
+__all__ = ["CollisionSpec", "unit_templates", "template_neighbours", "overlay_collisions", "collision_data",
+           "idle_collision_settings_removed"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,3 +152,12 @@ def collision_data(recording: Recording, windows, *, max_shift: int, neighbours:
     )
     return {"templates": templates, "neighbours": template_neighbours(templates, neighbours),
             "has_template": templates.any(axis=(1, 2))}
+
+
+def idle_collision_settings_removed(settings: dict, probability: float) -> dict:
+    """`settings` (a TrainConfig as a dict) without its collision_* keys when the augmentation is
+    off: they change nothing then, and runs and caches made before they existed lack them (the
+    resume signature and the pretraining cache key)."""
+    if probability != 0:
+        return settings
+    return {k: v for k, v in settings.items() if not k.startswith("collision_")}

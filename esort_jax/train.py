@@ -64,7 +64,7 @@ from flax import nnx, struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from esort_jax import checkpoint as ckpt
-from esort_jax.augment import CollisionSpec, collision_data, overlay_collisions
+from esort_jax.augment import CollisionSpec, collision_data, idle_collision_settings_removed, overlay_collisions
 from esort_jax.batches import (
     WindowFeeder, batch_indices, epoch_order, first_nonfinite, plan_residency, span_bytes, steps_per_epoch,
     take_batch, window_sharding,
@@ -498,12 +498,17 @@ def _jitted_train_step(graphdef, tx, mesh, batch_size, resident, window, kernel,
             return step(state, x, y)
     elif kernel == "native":
         def fn(state, x, y):
-            w, b, c = x.shape  # windows [W, B, C] as rows [W·B, C]: sample w of window b is row w·B + b
-            return step(state, fast_training.WindowRows(x.reshape(w * b, c), jnp.arange(b, dtype=jnp.int32), b), y)
+            return step(state, _as_rows(x), y)
     else:
         fn = step
 
     return jax.jit(fn, donate_argnums=0, out_shardings=(replicated, replicated))
+
+
+def _as_rows(x_WxBxC: jax.Array) -> fast_training.WindowRows:
+    """Windows [W, B, C] as rows [W·B, C] for the native kernel: sample w of window b is row w·B + b."""
+    w, b, c = x_WxBxC.shape
+    return fast_training.WindowRows(x_WxBxC.reshape(w * b, c), jnp.arange(b, dtype=jnp.int32), b)
 
 
 def _augmented_step(step, mesh, batch_size, resident, window, kernel, spec: CollisionSpec):
@@ -515,10 +520,7 @@ def _augmented_step(step, mesh, batch_size, resident, window, kernel, spec: Coll
         x, y = overlay_collisions(key, x, y, collisions["templates"], collisions["neighbours"], spec,
                                   collisions["has_template"])
         x = jax.lax.with_sharding_constraint(x, window_sharding(mesh))
-        if kernel == "native":
-            w, b, c = x.shape
-            x = fast_training.WindowRows(x.reshape(w * b, c), jnp.arange(b, dtype=jnp.int32), b)
-        return step(state, x, y)
+        return step(state, _as_rows(x) if kernel == "native" else x, y)
 
     if resident:
         def fn(state, data, order, i, collisions):
@@ -996,10 +998,8 @@ def _check_finite_traces(recording: Recording, windows: WindowSets) -> None:
 
 def _resume_settings(config: TrainConfig) -> dict:
     """The TrainConfig values that change the numbers a run computes (a resumed run must match)."""
-    settings = {k: v for k, v in to_dict(config).items() if k not in _RESUME_IGNORED}
-    if config.collision_probability == 0:  # off: its settings change nothing (and older runs lack them)
-        settings = {k: v for k, v in settings.items() if not k.startswith("collision_")}
-    return settings
+    return idle_collision_settings_removed(
+        {k: v for k, v in to_dict(config).items() if k not in _RESUME_IGNORED}, config.collision_probability)
 
 
 def _write_state_into(model: ESortNet, state: TrainState) -> None:

@@ -70,8 +70,9 @@ def pretrain_key(config, *, seed: int, data_key: dict) -> dict:
     without a compiler ('auto' → 'xla') never reuses another's native-kernel network."""
     train_key = _unless_default({k: v for k, v in to_dict(config.train).items() if k not in _UNKEYED_TRAIN})
     train_key["kernel"] = _train_kernel(config)
-    if config.train.collision_probability == 0:  # augmentation off (added later): its settings change nothing
-        train_key = {k: v for k, v in train_key.items() if not k.startswith("collision_")}
+    from esort_jax.augment import idle_collision_settings_removed
+
+    train_key = idle_collision_settings_removed(train_key, config.train.collision_probability)
     if config.train.max_steps is not None:  # max_steps once rounded up to whole epochs: not those networks
         train_key["max_steps_rule"] = "exact"
     return {
