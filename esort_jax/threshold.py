@@ -12,6 +12,7 @@ one set of detections, with known identities, on the anchors the traces cover.
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -21,7 +22,10 @@ from esort_jax.infer import InferenceConfig, InferenceParams, predict_probabilit
 from esort_jax.postprocess import PostprocessConfig, find_spikes
 from esort_jax.recording import Recording, Sorting
 
-__all__ = ["SWEEP_METRICS", "choose_threshold", "sweep_thresholds", "fold_split", "heldout_recall_threshold"]
+__all__ = ["SWEEP_METRICS", "choose_threshold", "sweep_thresholds", "grid_edge", "fold_split",
+           "heldout_recall_threshold"]
+
+log = logging.getLogger(__name__)
 
 # What a sweep can maximise (EvaluationResult.to_dict() keys).
 SWEEP_METRICS = ("accuracy_pooled", "precision_pooled", "recall_pooled", "accuracy_mean",
@@ -66,7 +70,27 @@ def choose_threshold(
     curve["rule"] = "validation_sweep"
     scored = known.in_span(span[0] + params.anchor, span[1] - params.window + 1 + params.anchor)
     curve["labels"] = scored.num_spikes  # the labelled spikes the choice saw (esort_jax.accounting)
+    curve["grid_edge"] = grid_edge(best, config.thresholds)
+    if curve["grid_edge"] == "highest":
+        log.warning(
+            "the threshold sweep chose the largest threshold of its grid (%g): a larger one might agree "
+            "more with the labels. Labels that miss spikes (another sorter's) push the sweep up, so a "
+            "lower threshold can be the better one against the truth (docs/claims.md, section 0); see "
+            "threshold_curve, and set evaluation.thresholds or a fixed evaluation.threshold", best)
     return best, curve
+
+
+def grid_edge(chosen: float, grid: Iterable[float]) -> str | None:
+    """'highest' or 'lowest' when `chosen` is that end of a grid of two or more thresholds, else
+    None: a choice at the grid's edge may be limited by the grid."""
+    values = sorted(float(t) for t in grid)
+    if len(values) < 2:
+        return None
+    if float(chosen) == values[-1]:
+        return "highest"
+    if float(chosen) == values[0]:
+        return "lowest"
+    return None
 
 
 def sweep_thresholds(

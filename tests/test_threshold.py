@@ -10,7 +10,8 @@ from esort_jax.infer import fold_batchnorm
 from esort_jax.pipeline import PipelineConfig, fit
 from esort_jax.postprocess import PostprocessConfig, find_spikes
 from esort_jax.recording import Sorting
-from esort_jax.threshold import choose_threshold, sweep_thresholds
+from esort_jax import threshold as threshold_module
+from esort_jax.threshold import choose_threshold, grid_edge, sweep_thresholds
 from esort_jax.train import TrainConfig
 from esort_jax.windows import WindowConfig
 from tests._tiny import TINY_MODEL, fast_compile, tiny_recording  # noqa: F401  (fixture)
@@ -77,3 +78,23 @@ def test_fixed_threshold_and_errors():
     with pytest.raises(ValueError, match="metric must be one of"):
         sweep_thresholds(np.zeros((1, 50), np.float32), 0, Sorting.from_unit_dict({0: [10]}, FS), [1.0],
                          metric="f1")
+
+
+def test_grid_edge_names_a_choice_at_either_end_of_the_grid():
+    assert grid_edge(2.9, [0.5, 1.7, 2.9]) == "highest"
+    assert grid_edge(0.5, (2.9, 0.5, 1.7)) == "lowest"
+    assert grid_edge(1.7, [0.5, 1.7, 2.9]) is None
+    assert grid_edge(1.0, [1.0]) is None  # a one-value grid has no edge to be limited by
+
+
+@pytest.mark.parametrize("chosen, edge, warned", [(3.0, "highest", True), (1.0, "lowest", False), (2.0, None, False)])
+def test_a_choice_at_the_top_of_the_grid_is_recorded_and_warned(monkeypatch, caplog, chosen, edge, warned):
+    from types import SimpleNamespace
+    monkeypatch.setattr(threshold_module, "predict_probabilities", lambda *a, **k: np.zeros((1, 100), np.float32))
+    monkeypatch.setattr(threshold_module, "sweep_thresholds", lambda *a, **k: (chosen, {"threshold": [1.0, 2.0, 3.0]}))
+    labels = Sorting.from_unit_dict({7: [20, 60]}, FS)
+    with caplog.at_level("WARNING", logger="esort_jax.threshold"):
+        best, curve = choose_threshold(SimpleNamespace(window=10, anchor=5), None, labels, (0, 100),
+                                       EvaluationConfig(thresholds=(1.0, 2.0, 3.0)), unit_ids=[7])
+    assert best == chosen and curve["grid_edge"] == edge
+    assert ("largest threshold of its grid" in caplog.text) == warned
