@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
+from esort_jax import threshold as threshold_module
 from esort_jax.evaluate import EvaluationConfig, evaluate
 from esort_jax.infer import fold_batchnorm
 from esort_jax.pipeline import PipelineConfig, fit
 from esort_jax.postprocess import PostprocessConfig, find_spikes
 from esort_jax.recording import Sorting
-from esort_jax import threshold as threshold_module
 from esort_jax.threshold import choose_threshold, grid_edge, sweep_thresholds
 from esort_jax.train import TrainConfig
 from esort_jax.windows import WindowConfig
@@ -89,7 +91,6 @@ def test_grid_edge_names_a_choice_at_either_end_of_the_grid():
 
 @pytest.mark.parametrize("chosen, edge, warned", [(3.0, "highest", True), (1.0, "lowest", False), (2.0, None, False)])
 def test_a_choice_at_the_top_of_the_grid_is_recorded_and_warned(monkeypatch, caplog, chosen, edge, warned):
-    from types import SimpleNamespace
     monkeypatch.setattr(threshold_module, "predict_probabilities", lambda *a, **k: np.zeros((1, 100), np.float32))
     monkeypatch.setattr(threshold_module, "sweep_thresholds", lambda *a, **k: (chosen, {"threshold": [1.0, 2.0, 3.0]}))
     labels = Sorting.from_unit_dict({7: [20, 60]}, FS)
