@@ -27,6 +27,9 @@ that each change one thing:
   collisions  fixed, with collision augmentation in training (esort_jax.augment: 30 % of the windows get a
               neighbouring unit's spike within ±30 samples; the settings chosen beforehand, not on these spans)
   motion_collisions  motion, with the same collision augmentation
+  motion_converged   motion, trained as `converged` (does stopping at the validation loss's minimum
+              generalise better past the training span? docs/claims.md, section 0)
+  motion_decay  motion, AdamW with weight decay 1e-2 (PyTorch's AdamW default; fixed before any run)
 
 Every arm is scored against the ground truth on the last 20 s (units paired by agreement, 0.4 ms)
 with SpikeForest's SNR summary, and `oracle_threshold` says what a threshold tuned on that span
@@ -60,10 +63,14 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-ARMS = ("before", "fixed", "converged", "truth", "motion", "truth_motion", "collisions", "motion_collisions")
+ARMS = ("before", "fixed", "converged", "truth", "motion", "truth_motion", "collisions", "motion_collisions",
+        "motion_converged", "motion_decay")
+CONVERGED_ARMS = ("converged", "motion_converged")  # early stopping, at most --converged-max-steps
+WEIGHT_DECAY = 1e-2  # the motion_decay arm's AdamW decay (PyTorch's default), fixed before any run
 # The collision arms' augmentation, fixed before any of them ran (never tuned on a scored span).
 COLLISIONS = {"collision_probability": 0.3, "collision_max_shift": 30, "collision_neighbours": 8,
               "collision_scale_jitter": 0.2}
+DEDUP = "+dedup"  # an arm's row with neighbouring units' duplicate detections dropped (--duplicates)
 CONVERGED_MAX_STEPS = 3000  # the converged arm's default step cap (rows made before it was an option used it)
 TRAIN_S, DURATION_S, FS = 20.0, 40.0, 32000.0
 TRAINING_SPAN = ", training span"  # an arm's score on the span it was trained on, in the span table
@@ -200,13 +207,15 @@ def arm_options(arm: str, si_recording, truth, labels, seed: int, max_steps: int
 
     options = {"train": CPU_TRAIN, "clear_dropped_units": arm != "before", "seed": seed,
                "preprocess": PreprocessConfig()}
-    if arm == "converged":
+    if arm in CONVERGED_ARMS:
         options["train"] = TrainConfig(progress=False, max_steps=max_steps, early_stopping_patience_steps=300)
+    if arm == "motion_decay":
+        options["train"] = dataclasses.replace(CPU_TRAIN, optimizer="adamw", weight_decay=WEIGHT_DECAY)
     if arm in ("truth", "truth_motion"):
         labels = truth
     if arm in ("collisions", "motion_collisions"):
         options["train"] = dataclasses.replace(CPU_TRAIN, **COLLISIONS)
-    if arm in ("motion", "truth_motion", "motion_collisions"):
+    if arm in ("motion", "truth_motion", "motion_collisions", "motion_converged", "motion_decay"):
         from esort_jax.realdata.motion import MotionConfig, correct_motion
 
         # the library's correction, as sort_real and the sorter run it (seeded since 21cf8ad; rows
@@ -218,13 +227,15 @@ def arm_options(arm: str, si_recording, truth, labels, seed: int, max_steps: int
 
 
 def esort_arm(arm: str, si_recording, truth, labels, checkpoint: Path, seed: int, max_steps: int = CONVERGED_MAX_STEPS,
-              keep: Path | None = None, reference: dict | None = None) -> dict:
+              keep: Path | None = None, reference: dict | None = None, duplicates: bool = False) -> dict:
     """One E-Sort arm trained on `labels` of the first 20 s, scored on the rest (module doc), and
     on the training span it learned from (`training_span`: the same span as the `teacher` row, so
     E-Sort against its labels is paired there; in-sample, not a result). `keep`: also write the
     arm's sorting there (a SpikeInterface sorting folder) for per-spike diagnostics. `reference`
     (`miss_reference`): also how the arm misses the spikes of the units the labeller sorts well
-    (`misses`, per span)."""
+    (`misses`, per span). `duplicates`: also the same network with neighbouring units' duplicate
+    detections dropped (`diagnose.without_duplicates`, radius and threshold chosen on the
+    validation tail of the training span), returned as `unduplicated` (the arm's row + DEDUP)."""
     from esort_jax import pipeline
     from esort_jax.evaluate import evaluate
     from esort_jax.realdata.diagnose import oracle_threshold
@@ -247,10 +258,26 @@ def esort_arm(arm: str, si_recording, truth, labels, checkpoint: Path, seed: int
                         span=(result.train_end, result.recording.num_samples))
     oracle = oracle_threshold(low.sorting, low.scores, truth, rest, result.config.evaluation.thresholds)
     accounting = pipeline.label_accounting(result.fitted, result.threshold_curve, result.config)
-    return {"scores": scores, "training_span": training_span, "misses": misses, "threshold": result.threshold,
+    unduplicated = None
+    if duplicates:  # the same network, neighbouring units' duplicates dropped (a row of its own)
+        from esort_jax.realdata.diagnose import without_duplicates
+
+        single = without_duplicates(result, seed=seed)
+        if keep is not None:
+            write_sorting_folder(single.sorting, keep.with_name(keep.name + DEDUP), overwrite=True)
+        unduplicated = {
+            "scores": evaluate(single.sorting, truth, identities="unknown", span=rest),
+            "training_span": evaluate(single.sorting, truth, identities="unknown", span=(0, single.train_end)),
+            "misses": {name: miss_report(single.sorting, truth, name, reference) for name in ("rest", "training_span")}
+            if reference else None,
+            "threshold": single.threshold, "duplicates": single.threshold_curve["duplicates"],
+            "seconds": {"duplicates": single.seconds["duplicates"]}}
+    return {"unduplicated": unduplicated, "scores": scores, "training_span": training_span, "misses": misses, "threshold": result.threshold,
             "oracle": oracle, "seconds": {**result.seconds, "wall": wall},
             "units_kept": result.selection.report()["num_kept"], "units_labelled": len(result.selection.rows),
-            "training": result.fitted.summary(), **{k: v for k, v in accounting.items() if k != "label_accounting"}}
+            "training": result.fitted.summary(),
+            "history": [{k: v for k, v in epoch.items() if isinstance(v, (int, float))}
+                        for epoch in result.fitted.train_result.history], **{k: v for k, v in accounting.items() if k != "label_accounting"}}
 
 
 WELL_SORTED = 0.9  # units the whole-recording labeller sorts at least this well: the spikes `misses` follows
@@ -391,16 +418,26 @@ def recording_rows(seed: int, kind: str, si_recording, truth, args, work: Path, 
                       if arm == "teacher" else {})}  # the whole run's are in the labeller's row
     checkpoint = None
     for arm in args.arms:
-        budget = args.converged_max_steps if arm == "converged" else None
+        budget = args.converged_max_steps if arm in CONVERGED_ARMS else None
         if (seed, kind, arm, budget) in done:
             continue
         checkpoint = checkpoint or backbone(si_recording, Path(args.cache))  # only when an arm runs
         keep = folder / f"esort_{arm}" if args.keep_sortings else None
-        out = esort_arm(arm, si_recording, truth, first, checkpoint, seed, args.converged_max_steps, keep, reference)
+        out = esort_arm(arm, si_recording, truth, first, checkpoint, seed, args.converged_max_steps, keep, reference,
+                        duplicates=args.duplicates)
+        single = out.pop("unduplicated")
         row = {**base, "arm": arm, "max_steps": budget, **scored(out.pop("scores"), truth, snr),
                "training_span": scored(out.pop("training_span"), truth, snr), **out}
         print(f"[never_worse] seed {seed} {kind} {arm}: accuracy_mean {row['accuracy_mean']:.3f}", flush=True)
         yield row
+        if single is not None:  # same network, same training: only the post-processing differs
+            pairs = {k: row[k] for k in ("units_kept", "units_labelled", "training", "train_steps", "labels_used_spikes",
+                                         "labelled_seconds") if k in row}
+            derived = {**base, "arm": arm + DEDUP, "max_steps": budget, **scored(single.pop("scores"), truth, snr),
+                       "training_span": scored(single.pop("training_span"), truth, snr), **pairs, **single}
+            print(f"[never_worse] seed {seed} {kind} {arm + DEDUP}: accuracy_mean {derived['accuracy_mean']:.3f}",
+                  flush=True)
+            yield derived
 
 
 def _mean_std(values) -> str:
@@ -411,16 +448,19 @@ def _mean_std(values) -> str:
 
 
 def arm_label(row: dict) -> str:
-    """The arm's name in the tables; the converged arm with its step cap (rows before the cap was
+    """The arm's name in the tables; a converged arm with its step cap (rows before the cap was
     an option ran with 3000)."""
-    if row["arm"] != "converged":
+    base = row["arm"].removesuffix(DEDUP)
+    if base not in CONVERGED_ARMS:
         return row["arm"]
-    return f"converged (≤ {row.get('max_steps') or CONVERGED_MAX_STEPS} steps)"
+    return f"{base} (≤ {row.get('max_steps') or CONVERGED_MAX_STEPS} steps){row['arm'][len(base):]}"
 
 
 def _labels(rows: list[dict], arms) -> list[str]:
-    """The table's methods in `arms` order, one per converged step cap."""
-    return [label for arm in arms for label in sorted({arm_label(r) for r in rows if r["arm"] == arm})]
+    """The table's methods in `arms` order (each followed by its +dedup rows), one per converged
+    step cap."""
+    return [label for arm in arms for name in (arm, arm + DEDUP)
+            for label in sorted({arm_label(r) for r in rows if r["arm"] == name})]
 
 
 def summary_table(rows: list[dict], kind: str) -> str:
@@ -539,7 +579,7 @@ def done_rows(lines: list[str], generator: str, channels: int, train_s: float = 
     20 s; the converged arm's cap defaults to the 3000 steps it had before the cap was an
     option): run again, only the rest is measured."""
     rows = (json.loads(line) for line in lines if line.strip())
-    return {(r["seed"], r["kind"], r["arm"], r.get("max_steps") or (CONVERGED_MAX_STEPS if r["arm"] == "converged" else None))
+    return {(r["seed"], r["kind"], r["arm"], r.get("max_steps") or (CONVERGED_MAX_STEPS if r["arm"] in CONVERGED_ARMS else None))
             for r in rows if r.get("generator", "spikeinterface") == generator and r.get("channels") in (None, channels)
             and r.get("train_s", 20.0) == train_s}
 
@@ -568,6 +608,9 @@ def main() -> None:
                         help="the labelled span (the rest of the 40 s is scored); rows record it as train_s "
                              "when it is not 20 s. Give another --work (the recordings' drift facts and the "
                              "labeller's first-span run depend on it) and another --out (tables do not split by it)")
+    parser.add_argument("--duplicates", action="store_true",
+                        help="also score each arm's network with neighbouring units' duplicate detections dropped "
+                             "(diagnose.without_duplicates; rows '<arm>+dedup', no extra training)")
     parser.add_argument("--table", help="only print the tables of this JSONL file")
     args = parser.parse_args()
     if args.table:

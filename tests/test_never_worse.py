@@ -278,3 +278,36 @@ def test_rows_of_another_training_span_are_not_counted_as_done():
         assert never_worse.TRAIN_S == 30.0
     finally:
         never_worse.set_training_span(20.0)
+
+
+def test_regularised_motion_arms_change_only_the_training(monkeypatch):
+    """motion_decay and motion_converged are the motion arm with one training setting changed."""
+    import dataclasses
+
+    from benchmarks import never_worse
+    from esort_jax.realdata import motion, preprocess
+    from esort_jax.realdata.workflow import CPU_TRAIN
+
+    monkeypatch.setattr(preprocess, "preprocess", lambda recording, config: f"preprocessed {recording}")
+    monkeypatch.setattr(motion, "correct_motion", lambda recording, config: (f"corrected {recording}", None))
+    options = {arm: never_worse.arm_options(arm, "rec", "truth", "labels", seed=3, max_steps=7630)
+               for arm in ("motion", "motion_decay", "motion_converged")}
+    assert {arm: o[0] for arm, o in options.items()} == dict.fromkeys(options, "corrected preprocessed rec")
+    plain = options["motion"][2]
+    assert plain["train"] == CPU_TRAIN
+    assert options["motion_decay"][2]["train"] == dataclasses.replace(CPU_TRAIN, optimizer="adamw", weight_decay=1e-2)
+    converged = options["motion_converged"][2]["train"]
+    assert converged.max_steps == 7630 and converged.early_stopping_patience_steps == 300
+    for arm in ("motion_decay", "motion_converged"):
+        assert {k: v for k, v in options[arm][2].items() if k != "train"} == {k: v for k, v in plain.items() if k != "train"}
+
+
+def test_unduplicated_rows_follow_their_arm_in_the_tables():
+    from benchmarks import never_worse
+
+    rows = [{"arm": "motion+dedup"}, {"arm": "motion_converged", "max_steps": 7630},
+            {"arm": "motion_converged+dedup", "max_steps": 7630}, {"arm": "motion"}]
+    assert [never_worse.arm_label(r) for r in rows] == [
+        "motion+dedup", "motion_converged (≤ 7630 steps)", "motion_converged (≤ 7630 steps)+dedup", "motion"]
+    assert never_worse._labels(rows, ("motion", "motion_converged")) == [
+        "motion", "motion+dedup", "motion_converged (≤ 7630 steps)", "motion_converged (≤ 7630 steps)+dedup"]

@@ -14,19 +14,24 @@ the span results are reported on, so it only tells whether the threshold is a ca
 pipeline's threshold is always chosen on labelled training data. `spike_misses` says, for
 chosen ground-truth units, how a sorting misses their spikes: how many, how many of those were
 crowded (another unit within `crowd_um` spiked within `crowd_ms`), went to a neighbouring unit
-of the sorting, or were not detected at all.
+of the sorting, or were not detected at all. `without_duplicates` measures what dropping the
+weaker of two neighbouring units' detections of one spike would change (esort_jax.duplicate_spikes).
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
+from esort_jax.duplicate_spikes import DEFAULT_RADII_UM, choose_radius_and_threshold, duplicate_mask, unit_positions
 from esort_jax.evaluate import evaluate, match_count_matrix, tolerance_to_samples
 from esort_jax.recording import Sorting
 
-__all__ = ["label_flags", "oracle_threshold", "spike_misses"]
+if TYPE_CHECKING:
+    from esort_jax.realdata.workflow import LabelledSort
+
+__all__ = ["label_flags", "oracle_threshold", "spike_misses", "without_duplicates"]
 
 
 def label_flags(labels: Sorting, kept: np.ndarray, truth: Sorting, span: tuple[int, int], *,
@@ -139,3 +144,50 @@ def spike_misses(sorting: Sorting, truth: Sorting, span: tuple[int, int], unit_l
             "missed_rate_crowded": rate(tally["missed_crowded"], tally["crowded"]),
             "missed_rate_isolated": rate(tally["missed"] - tally["missed_crowded"], tally["spikes"] - tally["crowded"]),
             "tolerance_ms": tolerance_ms, "crowd_ms": crowd_ms, "crowd_um": crowd_um}
+
+
+def without_duplicates(result: "LabelledSort", *, radii_um: Sequence[float] = DEFAULT_RADII_UM,
+                       window_ms: float = 0.4, seed: int = 0) -> "LabelledSort":
+    """`result` (workflow.esort_from_labels) with the duplicate detections of neighbouring units
+    dropped (esort_jax.duplicate_spikes), to measure what one spike, one unit would change: the
+    whole recording sorted again at the sweep's lowest threshold, each unit placed where its
+    labelled spikes in the training span are largest, and the pair (radius, threshold) chosen on
+    the validation tail of the training span against the labels, as the threshold alone is
+    (radius 0 = off; ties go to the smaller radius). The network is not trained again.
+
+    Measured at 384 channels and not adopted (docs/claims.md, section 0): the pipeline, its
+    checkpoints and experiments/sort.py never drop duplicates. The returned result's `sorted` is
+    the lower-threshold sort; `threshold_curve['duplicates']` holds the grid, the choice, the
+    detections each radius dropped and the unit positions; `seconds['duplicates']` the cost."""
+    import dataclasses
+    import time
+
+    from esort_jax import pipeline
+    from esort_jax.evaluate import scored_span
+
+    started = time.perf_counter()
+    config = result.config
+    window_samples = int(round(float(window_ms) * result.recording.sampling_frequency / 1000.0))
+    fixed = config.evaluation.threshold
+    thresholds = [float(fixed)] if fixed is not None else sorted(float(t) for t in config.evaluation.thresholds)
+    low = pipeline.sort(result.fitted, result.recording, config, threshold=thresholds[0],
+                        span=(0, result.recording.num_samples), split=result.train_end)
+    labels = result.selection.sorting
+    unit_labels = labels.select_units(labels.unit_index_of(low.sorting.unit_ids))
+    positions = unit_positions(result.recording, unit_labels, (0, result.train_end), seed=seed)
+    model = result.fitted.model.config
+    validation = scored_span(tuple(result.fitted.windows.validation_span), window=model.window, anchor=model.anchor)
+    radius, threshold, curve = choose_radius_and_threshold(
+        low.sorting, low.scores, labels, validation, thresholds, positions, radii_um=radii_um,
+        window_samples=window_samples, metric=config.evaluation.threshold_metric,
+        tolerance_ms=config.evaluation.tolerance_ms)
+    above = low.scores >= np.float32(threshold)
+    drop = duplicate_mask(low.sorting.samples, low.sorting.unit_indices, low.scores, positions,
+                          radius_um=radius, window_samples=window_samples)
+    curve["dropped_whole_recording"] = int((drop & above).sum())
+    curve["unit_positions_um"] = [[float(x) for x in p] if np.isfinite(p).all() else None for p in positions]
+    keep = above & ~drop
+    return dataclasses.replace(
+        result, sorting=low.sorting.select_spikes(keep), scores=low.scores[keep], threshold=threshold,
+        threshold_curve={**result.threshold_curve, "duplicates": curve}, sorted=low,
+        seconds={**result.seconds, "duplicates": time.perf_counter() - started})
