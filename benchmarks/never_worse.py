@@ -42,6 +42,10 @@ splits into what twice the data gave the labeller and what E-Sort lost against i
 span (`training_span`: E-Sort against its teacher on the same span, in-sample), and every row
 `misses`: how the spikes of the units the whole-recording labeller sorts well are missed
 (crowded, to a neighbouring unit, undetected; `diagnose.spike_misses`, `miss_table`).
+Each E-Sort row also records the validation sweep that chose its threshold (`threshold_curve`,
+against the teacher's labels) and the per-epoch training metrics (`history`), and `--duplicates`
+adds a row `<arm>+dedup`: the same network with neighbouring units' duplicate detections dropped
+(`diagnose.without_duplicates`; no training).
 `--keep-sortings` writes each arm's sorting to `<work>/.../<kind>/esort_<arm>`;
 `--misses-from-kept` prints the miss table from those without training again.
 `--train-seconds 30` labels the first 30 s instead of 20 (scored: the last 10 s; rows record
@@ -273,6 +277,7 @@ def esort_arm(arm: str, si_recording, truth, labels, checkpoint: Path, seed: int
             "threshold": single.threshold, "duplicates": single.threshold_curve["duplicates"],
             "seconds": {"duplicates": single.seconds["duplicates"]}}
     return {"unduplicated": unduplicated, "scores": scores, "training_span": training_span, "misses": misses, "threshold": result.threshold,
+            "threshold_curve": result.threshold_curve,
             "oracle": oracle, "seconds": {**result.seconds, "wall": wall},
             "units_kept": result.selection.report()["num_kept"], "units_labelled": len(result.selection.rows),
             "training": result.fitted.summary(),
