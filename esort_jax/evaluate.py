@@ -47,6 +47,7 @@ SpikeInterface's `count_well_detected_units`.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Literal
 
 import numpy as np
@@ -81,6 +82,10 @@ class EvaluationConfig:
         part of the training region and keeps the best by `threshold_metric`.
       thresholds: the sweep (paper: 0.5 … 2.9 with the peak-normalised 17-tap kernel).
       threshold_metric: what the sweep maximises.
+      threshold_tolerance: the sweep keeps the LOWEST threshold whose `threshold_metric` is within
+        this much of the best (0: the best itself). Labels from another sorter miss spikes, so
+        E-Sort's true detections of those count against low thresholds; a tolerance leans the
+        choice back toward recall (measured in docs/claims.md, section 0).
       window_metrics_max: windows of the evaluation span scored at window level (0: skip).
       heldout_recall_fraction: label_mode 'k_only' (no complete labels to sweep against): the
         threshold is the largest of `thresholds` keeping this fraction of the held-out recall of
@@ -91,6 +96,7 @@ class EvaluationConfig:
     threshold: float | None = None
     thresholds: tuple[float, ...] = tuple(round(0.5 + 0.2 * i, 2) for i in range(13))
     threshold_metric: str = "accuracy_pooled"
+    threshold_tolerance: float = 0.0
     window_metrics_max: int = 16384
     heldout_recall_fraction: float = 0.9
 
@@ -100,6 +106,9 @@ class EvaluationConfig:
         require(
             all(t > 0 for t in self.thresholds), f"{where}.thresholds", f"must be > 0; got {list(self.thresholds)}"
         )
+        require(isinstance(self.threshold_tolerance, (int, float)) and math.isfinite(self.threshold_tolerance)
+                and self.threshold_tolerance >= 0, f"{where}.threshold_tolerance",
+                f"must be a finite number >= 0; got {self.threshold_tolerance!r}")
         require(self.window_metrics_max >= 0, f"{where}.window_metrics_max", "must be >= 0")
         require(0 < self.heldout_recall_fraction <= 1, f"{where}.heldout_recall_fraction",
                 f"must lie in (0, 1]; got {self.heldout_recall_fraction}")

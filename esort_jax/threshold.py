@@ -63,10 +63,11 @@ def choose_threshold(
     best, curve = sweep_thresholds(
         p_NxT, span[0] + params.anchor, known.in_span(*span), config.thresholds,
         tolerance_ms=config.tolerance_ms, config=postprocess_config, unit_ids=unit_ids,
-        metric=config.threshold_metric,
+        metric=config.threshold_metric, within=config.threshold_tolerance,
     )
     curve["span"] = [int(span[0]), int(span[1])]
     curve["metric"] = config.threshold_metric
+    curve["tolerance"] = float(config.threshold_tolerance)
     curve["rule"] = "validation_sweep"
     scored = known.in_span(span[0] + params.anchor, span[1] - params.window + 1 + params.anchor)
     curve["labels"] = scored.num_spikes  # the labelled spikes the choice saw (esort_jax.accounting)
@@ -104,6 +105,7 @@ def sweep_thresholds(
     unit_ids: Sequence | np.ndarray | None = None,
     metric: str = "accuracy_pooled",
     tolerance_samples: int | None = None,
+    within: float = 0.0,
 ) -> tuple[float, dict[str, list]]:
     """The threshold maximising `metric` on a TRAINING span, and the whole curve.
 
@@ -113,7 +115,8 @@ def sweep_thresholds(
     Spikes are detected once at the lowest threshold; each threshold keeps the spikes whose
     score reaches it, which equals a separate run per threshold (see the module docstring).
     Each is evaluated with known identities (row n of p is unit `unit_ids[n]`, default
-    `truth.unit_ids`) on the span the traces cover. Ties go to the lowest threshold.
+    `truth.unit_ids`) on the span the traces cover. The choice is the lowest threshold whose
+    `metric` is within `within` of the best (0: the best; ties go to the lowest threshold).
 
     Returns:
       (best threshold, curve) with curve keys 'threshold', 'num_spikes' and the
@@ -146,8 +149,8 @@ def sweep_thresholds(
         curve["num_spikes"].append(kept.num_spikes)
         for k in keys:
             curve[k].append(summary[k])
-    score = np.asarray(curve[metric], dtype=np.float64)
-    best = int(np.argmax(np.where(np.isnan(score), -np.inf, score)))
+    score = np.where(np.isnan(np.asarray(curve[metric], dtype=np.float64)), -np.inf, curve[metric])
+    best = int(np.argmax(score >= np.max(score) - float(within)))  # the lowest within reach of the best
     return values[best], curve
 
 

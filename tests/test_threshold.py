@@ -51,6 +51,21 @@ def test_sweep_scores_every_threshold_as_a_separate_run():
         assert curve["accuracy_pooled"][k] == pytest.approx(result.accuracy_pooled)
     assert best == thresholds[int(np.argmax(curve["accuracy_pooled"]))]
     assert max(curve["accuracy_pooled"]) > 0.5
+    # with a tolerance: the lowest threshold whose agreement is within it of the best
+    score = np.asarray(curve["accuracy_pooled"])
+    for within in (0.0, 0.02, 0.1, 1.0):
+        lenient, _ = sweep_thresholds(p, offset, truth, thresholds, tolerance_ms=0.4, config=config, within=within)
+        reach = [t for t, v in zip(thresholds, score) if v >= score.max() - within]
+        assert lenient == min(reach) and lenient <= best
+    assert sweep_thresholds(p, offset, truth, thresholds, tolerance_ms=0.4, config=config, within=1.0)[0] == 0.5
+
+
+@pytest.mark.parametrize("tolerance", [-0.01, float("nan"), float("inf")])
+def test_a_negative_or_non_finite_threshold_tolerance_is_refused(tolerance):
+    from esort_jax.config import ConfigError
+
+    with pytest.raises(ConfigError, match="evaluation.threshold_tolerance: must be a finite number >= 0"):
+        EvaluationConfig(threshold_tolerance=tolerance).validate()
 
 
 def test_choice_uses_only_its_span_and_the_networks_units():
@@ -66,6 +81,12 @@ def test_choice_uses_only_its_span_and_the_networks_units():
     for labels in (cut, extra):
         again, curve2 = choose_threshold(params, recording, labels, span, config, unit_ids=unit_ids)
         assert again == best and curve2["accuracy_pooled"] == curve["accuracy_pooled"]
+    # evaluation.threshold_tolerance reaches the sweep and is recorded with it
+    assert curve["tolerance"] == 0.0
+    lenient, curve3 = choose_threshold(params, recording, truth, span,
+                                       EvaluationConfig(thresholds=config.thresholds, threshold_tolerance=1.0),
+                                       unit_ids=unit_ids)
+    assert lenient == 1.0 and curve3["tolerance"] == 1.0 and curve3["accuracy_pooled"] == curve["accuracy_pooled"]
 
 
 def test_fixed_threshold_and_errors():

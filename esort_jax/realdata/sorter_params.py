@@ -107,7 +107,7 @@ _DESCRIPTIONS = {
     "train": "Optimisation (esort_jax.train.TrainConfig: epochs, batch_size, learning_rate, ...). (dict)",
     "evaluation": "Threshold policy (esort_jax.evaluate.EvaluationConfig: threshold (fixed; None sweeps "
                   "`thresholds` on the validation tail of the training span against the labels), thresholds, "
-                  "threshold_metric, tolerance_ms). (dict)",
+                  "threshold_metric, threshold_tolerance, tolerance_ms). (dict)",
     "infer": "Streamed inference (esort_jax.infer.InferenceConfig: chunk_steps, kernel, ...). (dict)",
     "postprocess": "Peak picking (esort_jax.postprocess.PostprocessConfig: kernel_taps, normalisation, ...). (dict)",
     "device": "JAX device: 'auto' (JAX's default: a GPU/TPU when present), 'cpu', 'gpu' or 'tpu'. (str, 'auto')",
