@@ -24,7 +24,7 @@ from esort_jax.postprocess import PostprocessConfig
 from esort_jax.realdata.motion import MotionConfig
 from esort_jax.realdata.preprocess import PreprocessConfig
 from esort_jax.realdata.quality import QualityFilter
-from esort_jax.realdata.workflow import CPU_TRAIN
+from esort_jax.realdata.workflow import CPU_TRAIN, LABELLED_EVALUATION
 from esort_jax.train import TrainConfig
 from esort_jax.windows import WindowConfig
 
@@ -39,7 +39,7 @@ STAGE_CONFIGS: dict[str, tuple[type, Any]] = {
     "model": (ModelConfig, ModelConfig()),
     "windows": (WindowConfig, WindowConfig()),
     "train": (TrainConfig, CPU_TRAIN),
-    "evaluation": (EvaluationConfig, EvaluationConfig()),
+    "evaluation": (EvaluationConfig, LABELLED_EVALUATION),
     "infer": (InferenceConfig, InferenceConfig()),
     "postprocess": (PostprocessConfig, PostprocessConfig()),
 }
