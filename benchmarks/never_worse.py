@@ -276,13 +276,12 @@ def esort_arm(arm: str, si_recording, truth, labels, checkpoint: Path, seed: int
             if reference else None,
             "threshold": single.threshold, "duplicates": single.threshold_curve["duplicates"],
             "seconds": {"duplicates": single.seconds["duplicates"]}}
-    return {"unduplicated": unduplicated, "scores": scores, "training_span": training_span, "misses": misses, "threshold": result.threshold,
-            "threshold_curve": result.threshold_curve,
-            "oracle": oracle, "seconds": {**result.seconds, "wall": wall},
+    history = [{k: v for k, v in epoch.items() if isinstance(v, (int, float))} for epoch in result.fitted.train_result.history]
+    return {"scores": scores, "training_span": training_span, "misses": misses, "threshold": result.threshold,
+            "threshold_curve": result.threshold_curve, "oracle": oracle, "seconds": {**result.seconds, "wall": wall},
             "units_kept": result.selection.report()["num_kept"], "units_labelled": len(result.selection.rows),
-            "training": result.fitted.summary(),
-            "history": [{k: v for k, v in epoch.items() if isinstance(v, (int, float))}
-                        for epoch in result.fitted.train_result.history], **{k: v for k, v in accounting.items() if k != "label_accounting"}}
+            "training": result.fitted.summary(), "history": history, "unduplicated": unduplicated,
+            **{k: v for k, v in accounting.items() if k != "label_accounting"}}
 
 
 WELL_SORTED = 0.9  # units the whole-recording labeller sorts at least this well: the spikes `misses` follows
