@@ -37,6 +37,7 @@ import numpy as np
 from esort_jax.evaluate import evaluate
 from esort_jax.recording import Recording, Sorting
 from esort_jax.report.snr import unit_snr
+from esort_jax.threshold import lowest_within
 
 __all__ = ["DEFAULT_RADII_UM", "unit_positions", "duplicate_mask", "choose_radius_and_threshold"]
 
@@ -109,11 +110,13 @@ def choose_radius_and_threshold(
     window_samples: int,
     metric: str = "accuracy_pooled",
     tolerance_ms: float = 0.4,
+    within: float = 0.0,
 ) -> tuple[float, float, dict]:
     """(radius, threshold, curve): the pair of `radii_um` × `thresholds` whose detections agree
     best (`metric`, known identities) with `labels` on `span`, from `sorting`'s detections at the
     lowest threshold and their `scores`. `span` must be labelled training data (the validation
-    part of the training region). Ties go to the smaller radius, then the lower threshold.
+    part of the training region). The choice is the first pair, smaller radius first, then lower
+    threshold, within `within` of the best (the threshold sweep's rule, threshold.lowest_within).
     `labels` must hold the units of `sorting` (same ids; others are ignored). The curve holds,
     per radius, the metric at every threshold and how many detections it dropped."""
     values = sorted(float(t) for t in thresholds)
@@ -133,7 +136,6 @@ def choose_radius_and_threshold(
     curve: dict = {"radius_um": radii, "threshold": values, metric: [], "dropped": [],
                    "span": [start, stop], "metric": metric, "window_samples": int(window_samples),
                    "labels": known.num_spikes}
-    best, best_value = (radii[0], values[0]), -np.inf
     for radius in radii:
         drop = duplicate_mask(detections.samples, detections.unit_indices, detection_scores, positions,
                               radius_um=radius, window_samples=window_samples)
@@ -142,9 +144,10 @@ def choose_radius_and_threshold(
             kept = detections.select_spikes(~drop & (detection_scores >= np.float32(value)))
             result = evaluate(kept, known, tolerance_ms=tolerance_ms, identities="known", span=(start, stop))
             row.append(float(result.to_dict()[metric]))
-            if np.isfinite(row[-1]) and row[-1] > best_value:
-                best, best_value = (radius, value), row[-1]
         curve[metric].append(row)
         curve["dropped"].append(int((drop & (detection_scores >= np.float32(values[0]))).sum()))
-    curve["chosen"] = {"radius_um": best[0], "threshold": best[1], metric: best_value}
+    radius_index, threshold_index = divmod(lowest_within(np.ravel(curve[metric]), within), len(values))
+    best = radii[radius_index], values[threshold_index]
+    curve["chosen"] = {"radius_um": best[0], "threshold": best[1],
+                       metric: curve[metric][radius_index][threshold_index], "within": float(within)}
     return best[0], best[1], curve

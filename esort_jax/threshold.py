@@ -22,7 +22,7 @@ from esort_jax.infer import InferenceConfig, InferenceParams, predict_probabilit
 from esort_jax.postprocess import PostprocessConfig, find_spikes
 from esort_jax.recording import Recording, Sorting
 
-__all__ = ["SWEEP_METRICS", "choose_threshold", "sweep_thresholds", "grid_edge", "fold_split",
+__all__ = ["SWEEP_METRICS", "choose_threshold", "sweep_thresholds", "lowest_within", "grid_edge", "fold_split",
            "heldout_recall_threshold"]
 
 log = logging.getLogger(__name__)
@@ -149,9 +149,15 @@ def sweep_thresholds(
         curve["num_spikes"].append(kept.num_spikes)
         for k in keys:
             curve[k].append(summary[k])
-    score = np.where(np.isnan(np.asarray(curve[metric], dtype=np.float64)), -np.inf, curve[metric])
-    best = int(np.argmax(score >= np.max(score) - float(within)))  # the lowest within reach of the best
-    return values[best], curve
+    return values[lowest_within(curve[metric], within)], curve
+
+
+def lowest_within(scores: Sequence[float], within: float = 0.0) -> int:
+    """Index of the first of `scores` (ordered from the lowest threshold up) within `within` of
+    the best; NaN counts as no score. `within` 0: the first best."""
+    score = np.asarray(scores, dtype=np.float64)
+    score = np.where(np.isnan(score), -np.inf, score)
+    return int(np.argmax(score >= np.max(score) - float(within)))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -152,8 +152,8 @@ def without_duplicates(result: "LabelledSort", *, radii_um: Sequence[float] = DE
     dropped (esort_jax.duplicate_spikes), to measure what one spike, one unit would change: the
     whole recording sorted again at the sweep's lowest threshold, each unit placed where its
     labelled spikes in the training span are largest, and the pair (radius, threshold) chosen on
-    the validation tail of the training span against the labels, as the threshold alone is
-    (radius 0 = off; ties go to the smaller radius). The network is not trained again.
+    the validation tail of the training span against the labels by the threshold sweep's own rule
+    (radius 0 = off; smaller radius first). The network is not trained again.
 
     Measured at 384 channels and not adopted (docs/claims.md, section 0): the pipeline, its
     checkpoints and experiments/sort.py never drop duplicates. The returned result's `sorted` is
@@ -180,7 +180,7 @@ def without_duplicates(result: "LabelledSort", *, radii_um: Sequence[float] = DE
     radius, threshold, curve = choose_radius_and_threshold(
         low.sorting, low.scores, labels, validation, thresholds, positions, radii_um=radii_um,
         window_samples=window_samples, metric=config.evaluation.threshold_metric,
-        tolerance_ms=config.evaluation.tolerance_ms)
+        tolerance_ms=config.evaluation.tolerance_ms, within=config.evaluation.threshold_tolerance)
     above = low.scores >= np.float32(threshold)
     drop = duplicate_mask(low.sorting.samples, low.sorting.unit_indices, low.scores, positions,
                           radius_um=radius, window_samples=window_samples)
