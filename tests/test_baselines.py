@@ -104,6 +104,22 @@ def test_unknown_sorter_parameter_names_the_key(monkeypatch):
         baselines.sorter_params("kilosort4", {"nblock": 0})
 
 
+def test_unseeded_sorter_seeds_get_ours_unless_given_and_sorters_that_seed_themselves_keep_theirs(monkeypatch):
+    monkeypatch.setattr(baselines, "require_installed", lambda name: None)
+    import spikeinterface.sorters as ss
+
+    defaults = {"tridesclous2": {"seed": None, "detect_threshold": 5.0},
+                "mountainsort5": {"whitening_seed": None, "seeded": None},
+                "spykingcircus2": {"seed": 42}}
+    monkeypatch.setattr(ss, "get_default_sorter_params", lambda name: defaults[name])
+    monkeypatch.setattr(baselines, "check_spikeinterface_sorter", lambda name, where: None)
+    assert baselines.sorter_params("tridesclous2") == {"seed": baselines.SORTER_SEED}
+    assert baselines.sorter_params("tridesclous2", {"seed": 7}) == {"seed": 7}
+    assert baselines.sorter_params("tridesclous2", {"seed": None}) == {"seed": None}  # asked for: unseeded
+    assert baselines.sorter_params("mountainsort5") == {"whitening_seed": baselines.SORTER_SEED}
+    assert baselines.sorter_params("spykingcircus2") == {}
+
+
 def test_missing_sorter_says_which_make_target_installs_it(monkeypatch):
     monkeypatch.setattr(baselines, "SORTER_MODULES", {**baselines.SORTER_MODULES,
                                                       "kilosort4": ("numpy", "no_such_module_xyz")})

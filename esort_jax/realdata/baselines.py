@@ -42,6 +42,7 @@ from esort_jax.windows import WindowConfig, split_spans
 __all__ = [
     "SORTERS",
     "DEFAULT_PARAMS",
+    "SORTER_SEED",
     "INSTALL_TARGET",
     "BaselinesConfig",
     "BaselineResult",
@@ -78,6 +79,13 @@ DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
     "spykingcircus2": {},
     "tridesclous2": {},
 }
+# A sorter's random parameters that SpikeInterface leaves unseeded (default None: 'seed' of
+# Tridesclous2, 'whitening_seed' of MountainSort5, ...) get this seed unless given (every random
+# thing takes a named seed). Sorters that seed themselves (SpykingCircus2 seed=42, Kilosort4
+# cluster_init_seed=5) keep their own. It does not make Tridesclous2 0.105.3 repeat: seeded, on
+# one thread, it still labelled the same 64-channel recording differently from run to run
+# (docs/claims.md, section 0).
+SORTER_SEED = 0
 
 
 class SorterNotInstalled(RuntimeError):
@@ -186,8 +194,9 @@ def require_installed(name: str) -> None:
 
 def sorter_params(name: str, overrides: Mapping[str, Any] | None = None, where: str = "sorter_params") -> dict:
     """DEFAULT_PARAMS[name] updated by `overrides`, each key checked against the sorter's own
-    parameters (ConfigError naming `where.<name>.<key>` and the known ones). Needs the sorter
-    installed (Kilosort4 lists its parameters only then)."""
+    parameters (ConfigError naming `where.<name>.<key>` and the known ones), and SORTER_SEED for
+    the sorter's seeds that are neither given nor seeded by default (`seed`, `*_seed` whose
+    default is None). Needs the sorter installed (Kilosort4 lists its parameters only then)."""
     check_spikeinterface_sorter(name, where)
     require_installed(name)
     from spikeinterface.sorters import get_default_sorter_params
@@ -199,7 +208,8 @@ def sorter_params(name: str, overrides: Mapping[str, Any] | None = None, where: 
             raise ConfigError(
                 f"{where}.{name}.{key}: not a parameter of {name} (known: {', '.join(sorted(known))})"
             )
-    return params
+    unseeded = [key for key, value in known.items() if value is None and (key == "seed" or key.endswith("_seed"))]
+    return {**params, **{key: SORTER_SEED for key in unseeded if key not in params}}
 
 
 def sorter_version(name: str) -> str:
