@@ -94,7 +94,7 @@ def test_ground_truth_unit_table_drift_and_metadata_round_trip(tmp_path):
     sizes = (meta["num_samples"], meta["num_channels"], meta["dtype"], meta["has_ground_truth"])
     assert sizes == (1000, 8, "float32", True)
     assert meta["generator"] == "test" and meta["recording_metadata"] == {"kind": "noise", "seed": 0}
-    assert set(meta["provenance"]) == {"created_utc", "git_commit", "packages"}
+    assert set(meta["provenance"]) == {"created_utc", "git_commit", "packages", "native_thread_pools"}
     assert loaded.metadata["kind"] == "noise" and loaded.metadata["source"] == str(path)
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import esort_jax
-from esort_jax.runtime.provenance import git_commit, package_versions, provenance, utc_now
+from esort_jax.runtime.provenance import git_commit, native_thread_pools, package_versions, provenance, utc_now
 
 REPO = Path(__file__).resolve().parents[1]
 needs_git = pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
@@ -79,5 +79,22 @@ def test_utc_now_and_provenance():
     assert stamp.utcoffset() == datetime.timedelta(0) and stamp.microsecond == 0
     assert before <= stamp <= datetime.datetime.now(datetime.timezone.utc)
     record = provenance()
-    assert set(record) == {"created_utc", "git_commit", "packages"}
+    assert set(record) == {"created_utc", "git_commit", "packages", "native_thread_pools"}
     assert record["git_commit"] == git_commit() and record["packages"] == package_versions()
+    assert record["native_thread_pools"] == native_thread_pools()
+
+
+def test_native_thread_pools_report_the_blas_thread_count_in_force():
+    from threadpoolctl import threadpool_limits
+
+    def blas_counts():
+        return {pool["num_threads"] for pool in native_thread_pools() if pool["user_api"] == "blas"}
+
+    assert blas_counts(), "numpy should be linked to a BLAS that threadpoolctl sees"
+    pools = native_thread_pools()
+    assert all(set(pool) == {"user_api", "internal_api", "version", "num_threads"} for pool in pools)
+    assert len(pools) == len({tuple(sorted(pool.items())) for pool in pools})  # one entry per distinct pool
+    with threadpool_limits(limits=1, user_api="blas"):
+        assert blas_counts() == {1}
+    with threadpool_limits(limits=3, user_api="blas"):
+        assert blas_counts() == {3}

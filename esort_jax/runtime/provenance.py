@@ -1,4 +1,10 @@
-"""Where a result came from: package versions, git commit, devices, time."""
+"""Where a result came from: package versions, git commit, native thread pools, time.
+
+The native thread pools (BLAS, OpenMP: library, version, thread count, via threadpoolctl) are
+recorded because the last bits of a matrix product depend on the BLAS thread count, and a
+network trained on traces that differ in those bits ends elsewhere (docs/claims.md, section 0:
+the count SpikeInterface's thread workers used to leave behind).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,7 @@ import importlib.metadata
 import subprocess
 from pathlib import Path
 
-__all__ = ["package_versions", "git_commit", "utc_now", "provenance"]
+__all__ = ["package_versions", "git_commit", "native_thread_pools", "utc_now", "provenance"]
 
 _PACKAGES = (
     "esort_jax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "scipy",
@@ -54,6 +60,20 @@ def utc_now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
+def native_thread_pools() -> list[dict]:
+    """The native thread pools loaded in this process now (user_api, internal_api, version,
+    num_threads; one entry per distinct pool), in threadpoolctl's order."""
+    from threadpoolctl import threadpool_info
+
+    pools = []
+    for pool in threadpool_info():
+        entry = {key: pool.get(key) for key in ("user_api", "internal_api", "version", "num_threads")}
+        if entry not in pools:
+            pools.append(entry)
+    return pools
+
+
 def provenance() -> dict:
-    """Versions, commit and time, for metadata and results files."""
-    return {"created_utc": utc_now(), "git_commit": git_commit(), "packages": package_versions()}
+    """Versions, commit, native thread pools and time, for metadata and results files."""
+    return {"created_utc": utc_now(), "git_commit": git_commit(), "packages": package_versions(),
+            "native_thread_pools": native_thread_pools()}
