@@ -35,10 +35,10 @@ def spikeinterface_jobs(**job_kwargs) -> Iterator[None]:
     from threadpoolctl import threadpool_limits
 
     saved = dict(get_global_job_kwargs())
-    with threadpool_limits(limits=None):  # the pools' sizes now, put back on the way out
-        with threadpool_limits(limits=1, user_api="blas"):
-            set_global_job_kwargs(**job_kwargs)
-            try:
-                yield
-            finally:
-                set_global_job_kwargs(**saved)
+    # threadpoolctl's limiter records every pool's size on entry and puts all of them back on exit
+    with threadpool_limits(limits=1, user_api="blas"):
+        set_global_job_kwargs(**job_kwargs)
+        try:
+            yield
+        finally:
+            set_global_job_kwargs(**saved)
