@@ -15,12 +15,14 @@ project's synthesiser (`make_esort_recordings`: the np1 preset's `--channels`, t
 correction on the drifting recording) on the first 20 s; its run on the whole recording is the
 reference scored on the same last 20 s. E-Sort (`esort_from_labels`, preprocessing as sort_real's
 default, transfer from a backbone pretrained on a source synthesised on the same geometry) in arms
-that each change one thing:
+that each change one thing; every arm but the converged ones trains 10 epochs (`ten_epochs_training`, the
+real-data default until early stopping became it), so rows measured before and after compare:
 
   before      the workflow as it was: negatives ignore the quality filter's dropped units, 10 epochs
   fixed       negatives avoid every labelled spike (clear_dropped_units, today's default)
   converged   fixed, trained to convergence (early stopping on the validation loss, patience 300 steps,
-              at most --converged-max-steps, default 3000: set it above the 10 epochs' steps at 384 channels)
+              at most --converged-max-steps, default 3000: set it above the 10 epochs' steps at 384 channels;
+              0: at most the 10 epochs, which is the real-data default training CPU_TRAIN)
   truth       fixed, trained on the ground truth of the first span (no labeller errors: a bound)
   motion      fixed, on the recording motion-corrected by SpikeInterface (static too: what correction costs where nothing drifts)
   truth_motion  motion, trained on the ground truth of the first span (labeller errors on corrected traces: a bound)
@@ -28,7 +30,8 @@ that each change one thing:
               neighbouring unit's spike within ±30 samples; the settings chosen beforehand, not on these spans)
   motion_collisions  motion, with the same collision augmentation
   motion_converged   motion, trained as `converged` (does stopping at the validation loss's minimum
-              generalise better past the training span? docs/claims.md, section 0)
+              generalise better past the training span? docs/claims.md, section 0); with
+              --converged-max-steps 0 it is what sort_real and the sorter do by default
   motion_decay  motion, AdamW with weight decay 1e-2 (PyTorch's AdamW default; fixed before any run)
 
 Every arm is scored against the ground truth on the last 20 s (units paired by agreement, 0.4 ms)
@@ -76,6 +79,7 @@ COLLISIONS = {"collision_probability": 0.3, "collision_max_shift": 30, "collisio
               "collision_scale_jitter": 0.2}
 DEDUP = "+dedup"  # an arm's row with neighbouring units' duplicate detections dropped (--duplicates)
 CONVERGED_MAX_STEPS = 3000  # the converged arm's default step cap (rows made before it was an option used it)
+PATIENCE_STEPS = 300  # the converged arms' early-stopping patience, fixed before any of them ran
 TRAIN_S, DURATION_S, FS = 20.0, 40.0, 32000.0
 TRAINING_SPAN = ", training span"  # an arm's score on the span it was trained on, in the span table
 
@@ -203,22 +207,31 @@ def backbone_and_hit(si_recording, cache_dir: Path) -> tuple[Path, bool]:
     return checkpoint, bool(hit)
 
 
+def ten_epochs_training():
+    """10 epochs without early stopping: the real-data default training until early stopping
+    became it (CPU_TRAIN up to commit f224a03). Every arm but the converged ones keeps it, so rows
+    measured before and after that change compare."""
+    from esort_jax.train import TrainConfig
+
+    return TrainConfig(epochs=10, progress=False)
+
+
 def arm_options(arm: str, si_recording, truth, labels, seed: int, max_steps: int = CONVERGED_MAX_STEPS) -> tuple[object, object, dict]:
     """(recording, labels, esort_from_labels options) of an arm (module doc)."""
     from esort_jax.realdata.preprocess import PreprocessConfig, preprocess
-    from esort_jax.realdata.workflow import CPU_TRAIN
-    from esort_jax.train import TrainConfig
 
-    options = {"train": CPU_TRAIN, "clear_dropped_units": arm != "before", "seed": seed,
+    ten_epochs = ten_epochs_training()
+    options = {"train": ten_epochs, "clear_dropped_units": arm != "before", "seed": seed,
                "preprocess": PreprocessConfig()}
-    if arm in CONVERGED_ARMS:
-        options["train"] = TrainConfig(progress=False, max_steps=max_steps, early_stopping_patience_steps=300)
+    if arm in CONVERGED_ARMS:  # max_steps 0: no cap but the 10 epochs (CPU_TRAIN, the real-data default)
+        options["train"] = dataclasses.replace(ten_epochs, max_steps=max_steps or None,
+                                               early_stopping_patience_steps=PATIENCE_STEPS)
     if arm == "motion_decay":
-        options["train"] = dataclasses.replace(CPU_TRAIN, optimizer="adamw", weight_decay=WEIGHT_DECAY)
+        options["train"] = dataclasses.replace(ten_epochs, optimizer="adamw", weight_decay=WEIGHT_DECAY)
     if arm in ("truth", "truth_motion"):
         labels = truth
     if arm in ("collisions", "motion_collisions"):
-        options["train"] = dataclasses.replace(CPU_TRAIN, **COLLISIONS)
+        options["train"] = dataclasses.replace(ten_epochs, **COLLISIONS)
     if arm in ("motion", "truth_motion", "motion_collisions", "motion_converged", "motion_decay"):
         from esort_jax.realdata.motion import MotionConfig, correct_motion
 
@@ -457,7 +470,17 @@ def arm_label(row: dict) -> str:
     base = row["arm"].removesuffix(DEDUP)
     if base not in CONVERGED_ARMS:
         return row["arm"]
-    return f"{base} (≤ {row.get('max_steps') or CONVERGED_MAX_STEPS} steps){row['arm'][len(base):]}"
+    cap = step_cap(row)
+    budget = "≤ 10 epochs: the default" if cap == 0 else f"≤ {cap} steps"
+    return f"{base} ({budget}){row['arm'][len(base):]}"
+
+
+def step_cap(row: dict) -> int | None:
+    """A row's step cap: None for arms without one, a converged arm's `max_steps` (0: the 10
+    epochs alone), 3000 for converged rows made before the cap was recorded."""
+    if row["arm"].removesuffix(DEDUP) not in CONVERGED_ARMS:
+        return None
+    return CONVERGED_MAX_STEPS if row.get("max_steps") is None else row["max_steps"]
 
 
 def _labels(rows: list[dict], arms) -> list[str]:
@@ -583,7 +606,7 @@ def done_rows(lines: list[str], generator: str, channels: int, train_s: float = 
     20 s; the converged arm's cap defaults to the 3000 steps it had before the cap was an
     option): run again, only the rest is measured."""
     rows = (json.loads(line) for line in lines if line.strip())
-    return {(r["seed"], r["kind"], r["arm"], r.get("max_steps") or (CONVERGED_MAX_STEPS if r["arm"] in CONVERGED_ARMS else None))
+    return {(r["seed"], r["kind"], r["arm"], step_cap(r))
             for r in rows if r.get("generator", "spikeinterface") == generator and r.get("channels") in (None, channels)
             and r.get("train_s", 20.0) == train_s}
 
@@ -602,7 +625,8 @@ def main() -> None:
     parser.add_argument("--cache", default="cache")
     parser.add_argument("--out", default="never_worse.jsonl")
     parser.add_argument("--converged-max-steps", type=int, default=CONVERGED_MAX_STEPS,
-                        help="the converged arm's step cap (rows record it as max_steps; one row per cap)")
+                        help="the converged arm's step cap (rows record it as max_steps; one row per cap); "
+                             "0: at most the 10 epochs, the real-data default training (CPU_TRAIN)")
     parser.add_argument("--keep-sortings", action="store_true",
                         help="write each E-Sort arm's sorting to <work>/.../<kind>/esort_<arm> (SpikeInterface folder)")
     parser.add_argument("--misses-from-kept", action="store_true",
@@ -635,6 +659,8 @@ def main() -> None:
     configure_host_allocator()
     if not 0 < args.train_seconds < DURATION_S:
         parser.error(f"--train-seconds must lie in (0, {DURATION_S}); got {args.train_seconds}")
+    if args.converged_max_steps < 0:
+        parser.error(f"--converged-max-steps must be >= 0 (0: at most the 10 epochs); got {args.converged_max_steps}")
     set_training_span(args.train_seconds)
     out = Path(args.out)
     done = done_rows(out.read_text().splitlines() if out.exists() else [], args.generator, args.channels,

@@ -238,12 +238,12 @@ def test_collision_arms_change_only_the_augmentation():
     import dataclasses
 
     from benchmarks import never_worse
-    from esort_jax.realdata.workflow import CPU_TRAIN
 
+    ten_epochs = never_worse.ten_epochs_training()
     recording, labels, fixed = never_worse.arm_options("fixed", "rec", "truth", "labels", seed=3)
     _, _, collisions = never_worse.arm_options("collisions", "rec", "truth", "labels", seed=3)
-    assert (recording, labels) == ("rec", "labels") and fixed["train"] == CPU_TRAIN
-    assert collisions["train"] == dataclasses.replace(CPU_TRAIN, **never_worse.COLLISIONS)
+    assert (recording, labels) == ("rec", "labels") and fixed["train"] == ten_epochs
+    assert collisions["train"] == dataclasses.replace(ten_epochs, **never_worse.COLLISIONS)
     assert collisions["train"].collision_probability > 0
     assert {k: v for k, v in collisions.items() if k != "train"} == {k: v for k, v in fixed.items() if k != "train"}
 
@@ -286,16 +286,15 @@ def test_regularised_motion_arms_change_only_the_training(monkeypatch):
 
     from benchmarks import never_worse
     from esort_jax.realdata import motion, preprocess
-    from esort_jax.realdata.workflow import CPU_TRAIN
-
     monkeypatch.setattr(preprocess, "preprocess", lambda recording, config: f"preprocessed {recording}")
     monkeypatch.setattr(motion, "correct_motion", lambda recording, config: (f"corrected {recording}", None))
     options = {arm: never_worse.arm_options(arm, "rec", "truth", "labels", seed=3, max_steps=7630)
                for arm in ("motion", "motion_decay", "motion_converged")}
     assert {arm: o[0] for arm, o in options.items()} == dict.fromkeys(options, "corrected preprocessed rec")
+    ten_epochs = never_worse.ten_epochs_training()
     plain = options["motion"][2]
-    assert plain["train"] == CPU_TRAIN
-    assert options["motion_decay"][2]["train"] == dataclasses.replace(CPU_TRAIN, optimizer="adamw", weight_decay=1e-2)
+    assert plain["train"] == ten_epochs and ten_epochs.epochs == 10 and not ten_epochs.early_stopping_patience_steps
+    assert options["motion_decay"][2]["train"] == dataclasses.replace(ten_epochs, optimizer="adamw", weight_decay=1e-2)
     converged = options["motion_converged"][2]["train"]
     assert converged.max_steps == 7630 and converged.early_stopping_patience_steps == 300
     for arm in ("motion_decay", "motion_converged"):
@@ -311,3 +310,30 @@ def test_unduplicated_rows_follow_their_arm_in_the_tables():
         "motion+dedup", "motion_converged (≤ 7630 steps)", "motion_converged (≤ 7630 steps)+dedup", "motion"]
     assert never_worse._labels(rows, ("motion", "motion_converged")) == [
         "motion", "motion+dedup", "motion_converged (≤ 7630 steps)", "motion_converged (≤ 7630 steps)+dedup"]
+
+
+def test_converged_arm_without_a_step_cap_is_the_real_data_default(monkeypatch):
+    """--converged-max-steps 0: the motion_converged arm trains exactly as sort_real and the sorter
+    do by default (CPU_TRAIN), and its rows are told apart from capped ones in tables and reruns."""
+    import json
+
+    from benchmarks import never_worse
+    from esort_jax.realdata import motion, preprocess
+    from esort_jax.realdata.workflow import CPU_TRAIN
+
+    monkeypatch.setattr(preprocess, "preprocess", lambda recording, config: recording)
+    monkeypatch.setattr(motion, "correct_motion", lambda recording, config: (recording, None))
+    _, _, options = never_worse.arm_options("motion_converged", "rec", "truth", "labels", seed=3, max_steps=0)
+    assert options["train"] == CPU_TRAIN
+    rows = [{"seed": 0, "kind": "static", "arm": "motion_converged", "max_steps": 0},
+            {"seed": 0, "kind": "static", "arm": "motion_converged", "max_steps": 7630},
+            {"seed": 0, "kind": "static", "arm": "converged"},  # before the cap was recorded: 3000
+            {"seed": 0, "kind": "static", "arm": "motion", "max_steps": None}]
+    assert [never_worse.arm_label(r) for r in rows] == [
+        "motion_converged (≤ 10 epochs: the default)", "motion_converged (≤ 7630 steps)", "converged (≤ 3000 steps)",
+        "motion"]
+    lines = [json.dumps({**r, "generator": "esort", "channels": 384}) for r in rows]
+    assert never_worse.done_rows(lines, "esort", 384) == {(0, "static", "motion_converged", 0),
+                                                          (0, "static", "motion_converged", 7630),
+                                                          (0, "static", "converged", 3000),
+                                                          (0, "static", "motion", None)}
