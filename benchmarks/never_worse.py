@@ -511,7 +511,8 @@ def summary_table(rows: list[dict], kind: str) -> str:
     return "\n".join(lines)
 
 
-def span_table(rows: list[dict], kind: str, arms=("fixed", "converged", "motion", "truth_motion")) -> str:
+def span_table(rows: list[dict], kind: str,
+               arms=("fixed", "converged", "motion", "motion_converged", "truth_motion")) -> str:
     """Markdown: where E-Sort's gap to the labeller comes from, mean ± std over seeds. The labeller
     run on the whole recording clusters twice the data E-Sort's teacher (the labeller on the
     training span only) had; both are scored on the training span (`labeller_training_span`,
@@ -569,7 +570,7 @@ def augmentation_table(rows: list[dict], kind: str) -> str:
     return "\n".join(lines) if len(lines) > 2 else ""
 
 
-def cause_table(rows: list[dict], kind: str, arms=("before", "fixed", "converged", "motion")) -> str:
+def cause_table(rows: list[dict], kind: str, arms=("before", "fixed", "converged", "motion", "motion_converged")) -> str:
     """Markdown: per-unit accuracy of each arm minus the labeller's, pooled over seeds, by what
     the labeller's first-span labels did with the unit (label_flags)."""
     groups = {"oversplit by the labeller": "oversplit", "paired labeller unit dropped": "paired_dropped",

@@ -337,3 +337,23 @@ def test_converged_arm_without_a_step_cap_is_the_real_data_default(monkeypatch):
                                                           (0, "static", "motion_converged", 7630),
                                                           (0, "static", "converged", 3000),
                                                           (0, "static", "motion", None)}
+
+
+def test_cause_and_span_tables_hold_the_default_arm():
+    """The real-data default's rows (motion_converged without a step cap) appear in the cause and
+    span tables, not only in the summary."""
+    from benchmarks import never_worse
+
+    flags = {"oversplit": [True, False], "paired_dropped": [False, False], "missed": [False, False]}
+    rows = [{"seed": 0, "kind": "static", "arm": "labeller", "accuracy_mean": 0.8, "per_unit_accuracy": [0.5, 0.9],
+             "flags": flags},
+            {"seed": 0, "kind": "static", "arm": "teacher", "accuracy_mean": 0.7},
+            {"seed": 0, "kind": "static", "arm": "labeller_training_span", "accuracy_mean": 0.75},
+            {"seed": 0, "kind": "static", "arm": "motion_converged", "max_steps": 0, "accuracy_mean": 0.78,
+             "per_unit_accuracy": [0.7, 0.85], "training_span": {"accuracy_mean": 0.72}}]
+    cause = never_worse.cause_table(rows, "static").splitlines()
+    assert cause[0] == "| units | n | motion_converged (≤ 10 epochs: the default) − labeller |"
+    assert cause[2] == "| oversplit by the labeller | 1 | +0.200 |" and cause[5] == "| none of these | 1 | -0.050 |"
+    span = never_worse.span_table(rows, "static").splitlines()
+    assert "motion_converged (≤ 10 epochs: the default), rest" in span[0]
+    assert span[2].endswith("| 0.050 ± 0.000 | 0.080 ± 0.000 | 0.020 ± 0.000 |")  # whole − teacher, arm − teacher, in-sample arm − teacher
