@@ -104,7 +104,9 @@ _DESCRIPTIONS = {
     "windows": "Training windows (esort_jax.windows.WindowConfig: jitter, spikes_per_unit (None: every labelled "
                "spike), negatives_per_positive, validation_fraction (the tail of the training span the threshold "
                "is chosen on), ...). (dict)",
-    "train": "Optimisation (esort_jax.train.TrainConfig: epochs, batch_size, learning_rate, ...). (dict)",
+    "train": "Optimisation (esort_jax.train.TrainConfig: epochs, batch_size, learning_rate, "
+             "early_stopping_patience_steps, ...; default at most 10 epochs, stopped once the validation loss "
+             "has not improved for 300 steps). (dict)",
     "evaluation": "Threshold policy (esort_jax.evaluate.EvaluationConfig: threshold (fixed; None sweeps "
                   "`thresholds` on the validation tail of the training span against the labels), thresholds, "
                   "threshold_metric, threshold_tolerance, tolerance_ms). (dict)",
