@@ -79,7 +79,6 @@ COLLISIONS = {"collision_probability": 0.3, "collision_max_shift": 30, "collisio
               "collision_scale_jitter": 0.2}
 DEDUP = "+dedup"  # an arm's row with neighbouring units' duplicate detections dropped (--duplicates)
 CONVERGED_MAX_STEPS = 3000  # the converged arm's default step cap (rows made before it was an option used it)
-PATIENCE_STEPS = 300  # the converged arms' early-stopping patience, fixed before any of them ran
 TRAIN_S, DURATION_S, FS = 20.0, 40.0, 32000.0
 TRAINING_SPAN = ", training span"  # an arm's score on the span it was trained on, in the span table
 
@@ -208,12 +207,12 @@ def backbone_and_hit(si_recording, cache_dir: Path) -> tuple[Path, bool]:
 
 
 def ten_epochs_training():
-    """10 epochs without early stopping: the real-data default training until early stopping
-    became it (CPU_TRAIN up to commit f224a03). Every arm but the converged ones keeps it, so rows
-    measured before and after that change compare."""
-    from esort_jax.train import TrainConfig
+    """The real-data default training without its early stopping: all 10 epochs, as CPU_TRAIN was
+    up to commit f224a03. Every arm but the converged ones keeps it, so rows measured before and
+    after that change compare."""
+    from esort_jax.realdata.workflow import CPU_TRAIN
 
-    return TrainConfig(epochs=10, progress=False)
+    return dataclasses.replace(CPU_TRAIN, early_stopping_patience_steps=0)
 
 
 def arm_options(arm: str, si_recording, truth, labels, seed: int, max_steps: int = CONVERGED_MAX_STEPS) -> tuple[object, object, dict]:
@@ -223,9 +222,10 @@ def arm_options(arm: str, si_recording, truth, labels, seed: int, max_steps: int
     ten_epochs = ten_epochs_training()
     options = {"train": ten_epochs, "clear_dropped_units": arm != "before", "seed": seed,
                "preprocess": PreprocessConfig()}
-    if arm in CONVERGED_ARMS:  # max_steps 0: no cap but the 10 epochs (CPU_TRAIN, the real-data default)
-        options["train"] = dataclasses.replace(ten_epochs, max_steps=max_steps or None,
-                                               early_stopping_patience_steps=PATIENCE_STEPS)
+    if arm in CONVERGED_ARMS:  # CPU_TRAIN's early stopping (patience 300 steps) with a step cap; 0: none
+        from esort_jax.realdata.workflow import CPU_TRAIN
+
+        options["train"] = dataclasses.replace(CPU_TRAIN, max_steps=max_steps or None)
     if arm == "motion_decay":
         options["train"] = dataclasses.replace(ten_epochs, optimizer="adamw", weight_decay=WEIGHT_DECAY)
     if arm in ("truth", "truth_motion"):

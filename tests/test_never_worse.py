@@ -286,6 +286,7 @@ def test_regularised_motion_arms_change_only_the_training(monkeypatch):
 
     from benchmarks import never_worse
     from esort_jax.realdata import motion, preprocess
+
     monkeypatch.setattr(preprocess, "preprocess", lambda recording, config: f"preprocessed {recording}")
     monkeypatch.setattr(motion, "correct_motion", lambda recording, config: (f"corrected {recording}", None))
     options = {arm: never_worse.arm_options(arm, "rec", "truth", "labels", seed=3, max_steps=7630)
